@@ -1,0 +1,226 @@
+"""EUPE and DINOv3 encoders as timm models, selected by short names.
+
+timm already carries EUPE as pretrained tags of its own classes (``vit_*_patch16_dinov3_qkvb.eupe_lvd1689m``,
+``convnext_*.eupe_lvd1689m``) and the DINOv3 family as ``Eva`` configurations; this module only maps our short
+names onto them with the settings that reproduce EUPE's own ``forward`` (CLS-token pooling, no classifier,
+dynamic image size) and loads weights from a local file, a transformers snapshot or the timm / HF hub cache.
+
+    >>> model = create_model("eupe-b")                       # random weights (says so)
+    >>> model = create_model("eupe-b", weights="EUPE-ViT-B.pt")  # official FAIR file
+    >>> model = create_model("eupe-b", weights="hub")        # timm/HF hub cache
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# EUPE's released checkpoints carry distillation-only heads (facebookresearch/EUPE, hub/backbones.py loads
+# with strict=False); they are not part of the encoder.
+TRAINING_ONLY_PREFIXES = ("projectors.",)
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One short name: the timm architecture, its pretrained tag (if any) and extra constructor settings."""
+
+    arch: str
+    family: str  # "vit" or "convnext"
+    tag: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def timm_name(self) -> str:
+        return f"{self.arch}.{self.tag}" if self.tag else self.arch
+
+
+# ViT-G proxy of EUPE stage 1 (~1.9B): PE-core-G's width/depth (1536 x 50, MLP 8960) on the DINOv3 ViT
+# (4 registers, RoPE, layer scale), the student the EUPE paper scales up to before scaling down.
+_PROXY_G = dict(embed_dim=1536, depth=50, num_heads=24, mlp_ratio=8960 / 1536, swiglu_mlp=False)
+
+MODELS: dict[str, ModelSpec] = {
+    "eupe-t": ModelSpec("vit_tiny_patch16_dinov3_qkvb", "vit", "eupe_lvd1689m", description="EUPE ViT-T/16"),
+    "eupe-s": ModelSpec("vit_small_patch16_dinov3_qkvb", "vit", "eupe_lvd1689m", description="EUPE ViT-S/16"),
+    "eupe-b": ModelSpec("vit_base_patch16_dinov3_qkvb", "vit", "eupe_lvd1689m", description="EUPE ViT-B/16"),
+    "eupe-convnext-t": ModelSpec("convnext_tiny", "convnext", "eupe_lvd1689m", description="EUPE ConvNeXt-T"),
+    "eupe-convnext-s": ModelSpec("convnext_small", "convnext", "eupe_lvd1689m", description="EUPE ConvNeXt-S"),
+    "eupe-convnext-b": ModelSpec("convnext_base", "convnext", "eupe_lvd1689m", description="EUPE ConvNeXt-B"),
+    "dinov3-s": ModelSpec("vit_small_patch16_dinov3", "vit", "lvd1689m", description="DINOv3 ViT-S/16"),
+    "dinov3-b": ModelSpec("vit_base_patch16_dinov3", "vit", "lvd1689m", description="DINOv3 ViT-B/16"),
+    "dinov3-l": ModelSpec("vit_large_patch16_dinov3", "vit", "lvd1689m", description="DINOv3 ViT-L/16"),
+    "dinov3-h": ModelSpec("vit_huge_plus_patch16_dinov3", "vit", "lvd1689m",
+                          description="DINOv3 ViT-H+/16 (RAP's backbone)"),
+    "dinov3-7b": ModelSpec("vit_7b_patch16_dinov3", "vit", "lvd1689m", description="DINOv3 ViT-7B/16"),
+    # Proxy students of the recipe's stage 1; timm has no weights for them, so they have no tag.
+    "proxy-l": ModelSpec("vit_large_patch16_dinov3_qkvb", "vit", description="EUPE proxy ViT-L/16 (~300M)"),
+    "proxy-h": ModelSpec("vit_huge_plus_patch16_dinov3_qkvb", "vit", description="EUPE proxy ViT-H+/16 (~840M)"),
+    "proxy-g": ModelSpec("vit_huge_plus_patch16_dinov3_qkvb", "vit", kwargs=_PROXY_G,
+                         description="EUPE proxy ViT-G/16 (~1.9B)"),
+}
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing, unreadable, or does not fit the architecture it was given to."""
+
+
+def model_names() -> list[str]:
+    return sorted(MODELS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model name {name!r}; known names: {', '.join(model_names())}") from None
+
+
+def _timm_kwargs(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(num_classes=0)
+    if spec.family == "vit":
+        # EUPE's forward returns the normed CLS token; timm's Eva default is average pooling.
+        kw.update(global_pool="token", dynamic_img_size=True)
+    kw.update(spec.kwargs)
+    kw.update(overrides)
+    return kw
+
+
+def create_model(name: str, weights: str | Path | None = None, *, device: str | torch.device | None = None,
+                 **kwargs: Any) -> nn.Module:
+    """Build the timm model behind a short name and load its weights.
+
+    Args:
+        name: a short name from :data:`MODELS` (``eupe-b``, ``dinov3-h``, ...).
+        weights: ``None`` (random init), ``"hub"`` (timm / Hugging Face hub cache), or a local path: an official
+            FAIR checkpoint (flat DINOv3-layout state dict), timm's safetensors, or a transformers snapshot
+            directory (``config.json`` + ``model.safetensors``) of ``facebook/dinov3-*``.
+        device: where to build; ``"meta"`` builds without allocating (for parameter counts of huge models).
+        **kwargs: extra timm constructor arguments (e.g. ``img_size``, ``depth`` for a reduced test model).
+
+    Returns:
+        The timm model, with ``model.weights_source`` set to ``"random"``, the file path or the hub id.
+    """
+    spec = get_spec(name)
+    kw = _timm_kwargs(spec, kwargs)
+    if weights == "hub":
+        if spec.tag is None:
+            raise WeightsError(f"{name!r} has no published weights; train it or pass a local file")
+        try:
+            model = timm.create_model(spec.timm_name, pretrained=True, **kw)
+        except Exception as exc:  # network, missing cache, licence gate
+            raise WeightsError(
+                f"could not fetch {spec.timm_name!r} from the timm/HF hub cache ({exc}); download the file "
+                f"elsewhere and pass backbone.weights=/path/to/file") from exc
+        model.weights_source = f"hf-hub:timm/{spec.timm_name}"
+        return model
+
+    path = Path(weights) if weights is not None else None
+    if path is not None and path.is_dir():
+        from eupe.hf_dinov3 import create_timm_dinov3_from_hf, is_hf_snapshot
+
+        if not is_hf_snapshot(path):
+            raise WeightsError(f"{path} is a directory but not a transformers snapshot (config.json + "
+                               f"model.safetensors); pass a weights file instead")
+        model = create_timm_dinov3_from_hf(path)
+        model.weights_source = str(path)
+        return model
+
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = timm.create_model(spec.timm_name, pretrained=False, **kw)
+    model.weights_source = "random"
+    if path is not None:
+        load_weights(model, path, family=spec.family)
+        model.weights_source = str(path)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a flat tensor dict from ``.safetensors`` or a torch file, never unpickling arbitrary objects.
+
+    Lightning / timm wrappers (``state_dict``, ``model``, ``model_ema``) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}. It must be a "
+                           f"safetensors file or a torch state dict of tensors") from exc
+    for key in ("model_ema", "model", "module", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a flat dict of tensors (found {type(state).__name__})")
+    return state
+
+
+def _timm_filter(family: str):
+    """timm's own checkpoint filter for a family (FAIR DINOv3/EUPE layout -> timm layout)."""
+    if family == "vit":
+        from timm.models.eva import checkpoint_filter_fn
+    else:
+        from timm.models.convnext import checkpoint_filter_fn
+    return checkpoint_filter_fn
+
+
+def load_weights(model: nn.Module, path: str | Path, *, family: str) -> None:
+    """Load a FAIR or timm checkpoint into ``model`` through timm's filter, strictly.
+
+    Training-only keys (``projectors.*``) are skipped and listed once; a missing, unexpected or mis-shaped key
+    raises :class:`WeightsError` naming the keys and the file.
+    """
+    state = read_state_dict(path)
+    skipped = sorted(k for k in state if k.startswith(TRAINING_ONLY_PREFIXES))
+    if skipped:
+        log.info("%s: skipping %d training-only keys (%s ...)", path, len(skipped), skipped[0])
+    state = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    try:
+        state = _timm_filter(family)(state, model)
+    except Exception as exc:
+        raise WeightsError(f"{path} does not fit {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state and not _is_nonpersistent(model, k))
+    unexpected = sorted(k for k in state if k not in own)
+    shape = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                   for k, v in state.items() if k in own and v.shape != own[k].shape)
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_head(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_head(unexpected)}")
+        if shape:
+            parts.append(f"mis-shaped keys {_head(shape)}")
+        raise WeightsError(f"{path} does not fit this architecture: " + "; ".join(parts)
+                           + ". Check that the file is for this model name.")
+    model.load_state_dict(state, strict=False)
+
+
+def _is_nonpersistent(model: nn.Module, key: str) -> bool:
+    # RoPE periods are computed, not loaded (timm's filter drops them from FAIR files too).
+    return "rope" in key
+
+
+def _head(items: list[str], n: int = 8) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return "[" + ", ".join(items[:n]) + "]" + more
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

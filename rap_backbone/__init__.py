@@ -1,0 +1,1 @@
+"""The RAP planner with a swappable image backbone, its 3D rasterizer and driving corruptions."""
