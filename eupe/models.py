@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 # EUPE's released checkpoints carry distillation-only heads (facebookresearch/EUPE, hub/backbones.py loads
 # with strict=False); they are not part of the encoder.
 TRAINING_ONLY_PREFIXES = ("projectors.",)
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+# Input normalisation of EUPE and DINOv3 (ImageNet statistics, 0..1 scale; timm eva.py _dinov3_cfg).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,9 @@ def create_model(name: str, weights: str | Path | None = None, *, device: str | 
     Args:
         name: a short name from :data:`MODELS` (``eupe-b``, ``dinov3-h``, ...).
         weights: ``None`` (random init), ``"hub"`` (timm / Hugging Face hub cache), or a local path: an official
-            FAIR checkpoint (flat DINOv3-layout state dict), timm's safetensors, or a transformers snapshot
-            directory (``config.json`` + ``model.safetensors``) of ``facebook/dinov3-*``.
+            FAIR checkpoint (flat DINOv3-layout state dict), timm's safetensors, a student checkpoint written by
+            ``eupe/run_distill.py`` for this architecture, or a transformers snapshot directory
+            (``config.json`` + ``model.safetensors``) of ``facebook/dinov3-*``.
         device: where to build; ``"meta"`` builds without allocating (for parameter counts of huge models).
         **kwargs: extra timm constructor arguments (e.g. ``img_size``, ``depth`` for a reduced test model).
 
@@ -184,7 +187,10 @@ def load_weights(model: nn.Module, path: str | Path, *, family: str) -> None:
     Training-only keys (``projectors.*``) are skipped and listed once; a missing, unexpected or mis-shaped key
     raises :class:`WeightsError` naming the keys and the file.
     """
-    state = read_state_dict(path)
+    from eupe.distill.export import is_student_checkpoint, load_student_state_dict
+
+    # A student written by our distillation keeps timm's own layout under a "student." prefix.
+    state = load_student_state_dict(path) if is_student_checkpoint(path) else read_state_dict(path)
     skipped = sorted(k for k in state if k.startswith(TRAINING_ONLY_PREFIXES))
     if skipped:
         log.info("%s: skipping %d training-only keys (%s ...)", path, len(skipped), skipped[0])

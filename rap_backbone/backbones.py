@@ -19,12 +19,9 @@ import torch
 from torch import nn
 
 import eupe
-from eupe.models import get_spec
+from eupe.models import IMAGENET_MEAN, IMAGENET_STD, get_spec
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Names users select with `backbone=<name>`; "student" needs a weights file that describes itself.
 BACKBONE_NAMES = ("dinov3-s", "dinov3-b", "dinov3-l", "dinov3-h", "eupe-t", "eupe-s", "eupe-b",

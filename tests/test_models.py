@@ -156,3 +156,15 @@ def test_other_architecture_file_is_named(tmp_path):
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     with pytest.raises(WeightsError, match="convnext.safetensors"):
         eupe.create_model("eupe-t", weights=path, depth=1)
+
+
+def test_student_checkpoint_loads_through_create_model(tmp_path):
+    from eupe.distill.export import save_student
+
+    torch.manual_seed(0)
+    student = eupe.create_model("eupe-t", depth=1).eval()
+    path = save_student(tmp_path / "student.safetensors", "eupe-t", {"depth": 1}, student.state_dict(),
+                        {}, {"stage": "test"})
+    loaded = eupe.create_model("eupe-t", weights=path, depth=1).eval()
+    x = torch.randn(1, 3, 32, 48)
+    torch.testing.assert_close(loaded.forward_features(x), student.forward_features(x))

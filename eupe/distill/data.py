@@ -1,0 +1,417 @@
+"""Distillation data: image sources, parametrised augmentations, datasets and a resumable batch sampler.
+
+Sources (each a list of items that decode to an RGB uint8 image):
+- ``ImageFolderSource``: every image file under a directory (recursive).
+- ``TarShardSource``: WebDataset-style ``.tar`` shards read with the standard ``tarfile`` module; members are
+  indexed once and then read by byte offset.
+- ``NavsimCameraSource``: camera images of NAVSIM scenes selected by our scene loader (driving domain).
+- ``synthetic_source()``: the rasterized camera images of the embedded synthetic world (navmini).
+
+Augmentations are drawn as parameters (``AugParams``: crop box in relative coordinates + horizontal flip)
+from a generator seeded by (seed, epoch, sample index), so the teacher-feature cache can store them and a
+resumed run sees the same images. A corrupt image or shard is skipped, counted and named once in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+AUG_DIM = 5  # (top, left, height, width) relative to the source image, flip flag
+
+
+# --- sources -----------------------------------------------------------------------------------------------
+def decode_image(data: bytes, *, what: str) -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 [H,W,3]; raises ValueError naming ``what`` when corrupt."""
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if arr is None or arr.ndim != 3 or min(arr.shape[:2]) < 2:
+        raise ValueError(f"corrupt or unreadable image: {what}")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+class ImageFolderSource:
+    """All image files under ``root`` (sorted, recursive)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist")
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise ValueError(f"image folder {self.root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def describe(self, i: int) -> str:
+        return str(self.files[i])
+
+    def load(self, i: int) -> np.ndarray:
+        path = self.files[i]
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise ValueError(f"unreadable image {path}: {err}") from err
+        return decode_image(data, what=str(path))
+
+
+class TarShardSource:
+    """Images inside WebDataset-style tar shards (``*.tar`` files or a directory of them).
+
+    Shards that cannot be indexed are skipped and listed in ``bad_shards``.
+    """
+
+    def __init__(self, shards: str | Path | Sequence[str | Path]) -> None:
+        if isinstance(shards, (str, Path)):
+            p = Path(shards)
+            paths = sorted(p.glob("*.tar")) if p.is_dir() else [p]
+        else:
+            paths = [Path(s) for s in shards]
+        self.items: list[tuple[Path, int, int, str]] = []  # (shard, data offset, size, member name)
+        self.bad_shards: list[str] = []
+        for shard in paths:
+            try:
+                with tarfile.open(shard, "r:") as tf:
+                    members = [m for m in tf.getmembers()
+                               if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES]
+            except (tarfile.TarError, OSError, EOFError) as err:
+                log.warning("skipping corrupt shard %s: %s", shard, err)
+                self.bad_shards.append(str(shard))
+                continue
+            self.items.extend((shard, m.offset_data, m.size, m.name) for m in members)
+        if not self.items:
+            raise ValueError(f"no readable images in tar shards {[str(p) for p in paths]} "
+                             f"(corrupt: {self.bad_shards})")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def describe(self, i: int) -> str:
+        shard, _, _, name = self.items[i]
+        return f"{shard}:{name}"
+
+    def load(self, i: int) -> np.ndarray:
+        shard, offset, size, _ = self.items[i]
+        try:
+            with open(shard, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+        except OSError as err:
+            raise ValueError(f"unreadable shard member {self.describe(i)}: {err}") from err
+        if len(data) != size:
+            raise ValueError(f"truncated shard member {self.describe(i)}")
+        return decode_image(data, what=self.describe(i))
+
+
+class NavsimCameraSource:
+    """Camera images of the current frame of each NAVSIM scene selected by our ``SceneLoader``.
+
+    Args:
+        data_path: ``navsim_logs/<split>``; sensor_blobs_path: ``sensor_blobs/<split>``.
+        cameras: nuPlan camera names to use (``cam_f0``, ``cam_l0``, ...).
+        log_names: optional scene-filter log names; other scene-filter fields keep NAVSIM's defaults.
+    """
+
+    def __init__(self, data_path: str | Path, sensor_blobs_path: str | Path, *,
+                 cameras: Sequence[str] = ("cam_f0",), log_names: Sequence[str] | None = None) -> None:
+        from navsim_agents.data.dataclasses import SceneFilter
+        from navsim_agents.data.scene_loader import SceneLoader
+
+        scene_filter = SceneFilter(log_names=list(log_names)) if log_names else SceneFilter()
+        loader = SceneLoader(Path(data_path), Path(sensor_blobs_path), scene_filter, on_corrupt_log="skip")
+        self.blobs = Path(sensor_blobs_path)
+        current = scene_filter.num_history_frames - 1
+        self.files: list[Path] = []
+        for token in loader.tokens:
+            frame = loader.scene_frames_dicts[token][current]
+            for cam in cameras:
+                cams = frame.get("cams", {})
+                entry = cams.get(cam.upper(), cams.get(cam))  # OpenScene pickles name cameras CAM_F0, ...
+                if entry is not None and entry.get("data_path"):
+                    self.files.append(self.blobs / entry["data_path"])
+        if not self.files:
+            raise ValueError(f"no {list(cameras)} images in the NAVSIM scenes of {data_path}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def describe(self, i: int) -> str:
+        return str(self.files[i])
+
+    def load(self, i: int) -> np.ndarray:
+        try:
+            data = self.files[i].read_bytes()
+        except OSError as err:
+            raise ValueError(f"unreadable camera image {self.files[i]}: {err}") from err
+        return decode_image(data, what=str(self.files[i]))
+
+
+def synthetic_source(*, root: str | Path | None = None, cameras: Sequence[str] = ("cam_f0",),
+                     train_logs: bool = True) -> NavsimCameraSource:
+    """Rasterized camera images of the embedded synthetic world (generated on first use)."""
+    from navsim_agents.data import synthetic
+
+    data_root = synthetic.ensure_navmini(root)
+    logs = synthetic.NAVMINI_TRAIN_LOGS if train_logs else synthetic.NAVMINI_TEST_LOGS
+    return NavsimCameraSource(data_root / "navsim_logs" / "navmini", data_root / "sensor_blobs" / "navmini",
+                              cameras=cameras, log_names=logs)
+
+
+class ProceduralSource:
+    """Deterministic procedural images (smooth colour fields + rectangles) for smoke runs, tests and benchmarks.
+
+    They carry no knowledge of the visual world: a run on them only exercises the machinery.
+    """
+
+    def __init__(self, num_images: int, *, size: int = 64, seed: int = 0) -> None:
+        self.n, self.size, self.seed = int(num_images), int(size), int(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def describe(self, i: int) -> str:
+        return f"procedural[{self.seed}]#{i}"
+
+    def load(self, i: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, int(i), 4241])
+        s = self.size
+        field_ = cv2.resize(rng.uniform(0, 255, (4, 4, 3)).astype(np.float32), (s, s), interpolation=cv2.INTER_CUBIC)
+        for _ in range(int(rng.integers(1, 4))):
+            y0, x0 = rng.integers(0, s - 4, 2)
+            h, w = rng.integers(4, s // 2 + 1, 2)
+            field_[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, 3)
+        return np.clip(field_, 0, 255).astype(np.uint8)
+
+
+class ConcatSource:
+    """Several sources seen as one list."""
+
+    def __init__(self, sources: Sequence[Any]) -> None:
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _find(self, i: int) -> tuple[Any, int]:
+        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return self.sources[k], i - int(self.offsets[k])
+
+    def describe(self, i: int) -> str:
+        s, j = self._find(i)
+        return s.describe(j)
+
+    def load(self, i: int) -> np.ndarray:
+        s, j = self._find(i)
+        return s.load(j)
+
+
+def build_source(specs: Sequence[dict[str, Any]]) -> ConcatSource:
+    """Build sources from config dicts ``{type: folder|tar|navsim|synthetic, ...}``."""
+    out = []
+    for spec in specs:
+        spec = dict(spec)
+        kind = spec.pop("type")
+        if kind == "folder":
+            out.append(ImageFolderSource(spec["root"]))
+        elif kind == "tar":
+            out.append(TarShardSource(spec["shards"]))
+        elif kind == "navsim":
+            out.append(NavsimCameraSource(spec["data_path"], spec["sensor_blobs_path"],
+                                          cameras=spec.get("cameras", ("cam_f0",)), log_names=spec.get("log_names")))
+        elif kind == "procedural":
+            out.append(ProceduralSource(spec["num_images"], size=spec.get("size", 64), seed=spec.get("seed", 0)))
+        elif kind == "synthetic":
+            out.append(synthetic_source(root=spec.get("root"), cameras=spec.get("cameras", ("cam_f0",))))
+        else:
+            raise ValueError(f"unknown data source type {kind!r}; use folder, tar, navsim, synthetic or procedural")
+    return ConcatSource(out)
+
+
+# --- augmentations ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random-resized-crop + horizontal flip, the geometric augmentations of ViT distillation recipes."""
+
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    enabled: bool = True
+
+
+def draw_aug_params(rng: np.random.Generator, cfg: AugmentConfig, hw: tuple[int, int]) -> np.ndarray:
+    """Draw [top, left, height, width, flip] (relative to an image of size ``hw``) as float32 [5]."""
+    h, w = hw
+    if not cfg.enabled:
+        return np.array([0, 0, 1, 1, 0], dtype=np.float32)
+    area = h * w
+    log_r = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    for _ in range(10):  # torchvision RandomResizedCrop's rejection sampling
+        target = area * rng.uniform(*cfg.crop_scale)
+        ratio = math.exp(rng.uniform(*log_r))
+        cw, ch = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            break
+    else:  # central crop fallback
+        ch, cw = h, w
+        top = left = 0
+    flip = float(rng.uniform() < cfg.hflip)
+    return np.array([top / h, left / w, ch / h, cw / w, flip], dtype=np.float32)
+
+
+def apply_aug(image: np.ndarray, params: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Crop / flip an RGB uint8 [H,W,3] image per ``params`` and resize to ``size`` -> float [3,size,size] in [0,1]."""
+    p = np.asarray(params, dtype=np.float64)
+    h, w = image.shape[:2]
+    top, left = int(round(p[0] * h)), int(round(p[1] * w))
+    ch, cw = max(1, int(round(p[2] * h))), max(1, int(round(p[3] * w)))
+    crop = image[top:top + ch, left:left + cw]
+    if p[4] > 0.5:
+        crop = crop[:, ::-1]
+    x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255.0)
+    x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return x.clamp_(0.0, 1.0)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """Generator for one sample's augmentation, independent of worker and batch layout."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+class DistillImageDataset(Dataset):
+    """Items are ``(index, epoch)`` pairs -> ``{"image" [3,S,S], "index", "aug" [5], "valid"}``.
+
+    A corrupt image yields ``valid=False`` (and a black image); the collate function drops it and the module
+    counts it in ``data/skipped``.
+    """
+
+    def __init__(self, source: Any, *, size: int, aug: AugmentConfig = AugmentConfig(), seed: int = 0) -> None:
+        self.source, self.size, self.aug, self.seed = source, int(size), aug, int(seed)
+        self._warned: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load_image(self, index: int) -> np.ndarray | None:
+        try:
+            return self.source.load(index)
+        except ValueError as err:
+            if index not in self._warned:
+                self._warned.add(index)
+                log.warning("skipping sample %d: %s", index, err)
+            return None
+
+    def get(self, index: int, aug: np.ndarray | None = None, epoch: int = 0) -> dict[str, Any]:
+        """One sample with either the given augmentation parameters or freshly drawn ones."""
+        image = self.load_image(index)
+        if image is None:
+            return {"image": torch.zeros(3, self.size, self.size), "index": index,
+                    "aug": torch.zeros(AUG_DIM), "valid": False}
+        if aug is None:
+            aug = draw_aug_params(sample_rng(self.seed, epoch, index), self.aug, image.shape[:2])
+        return {"image": apply_aug(image, aug, self.size), "index": index,
+                "aug": torch.as_tensor(aug, dtype=torch.float32), "valid": True}
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict[str, Any]:
+        index, epoch = (item, 0) if isinstance(item, int) else item
+        return self.get(int(index), epoch=int(epoch))
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack valid samples; ``skipped`` counts the dropped corrupt ones. Teacher features are stacked too."""
+    good = [s for s in samples if s["valid"]]
+    out: dict[str, Any] = {"skipped": len(samples) - len(good)}
+    if not good:
+        out.update(image=torch.zeros(0, 3, 1, 1), index=torch.zeros(0, dtype=torch.long), aug=torch.zeros(0, AUG_DIM))
+        return out
+    out["image"] = torch.stack([s["image"] for s in good])
+    out["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
+    out["aug"] = torch.stack([s["aug"] for s in good])
+    if "teacher" in good[0]:
+        out["teacher"] = {
+            key: {"summary": torch.stack([s["teacher"][key]["summary"] for s in good]),
+                  "patch": torch.stack([s["teacher"][key]["patch"] for s in good]),
+                  "grid": good[0]["teacher"][key]["grid"],
+                  "size": good[0]["teacher"][key]["size"]}
+            for key in good[0]["teacher"]
+        }
+    return out
+
+
+# --- resumable sampling -----------------------------------------------------------------------------------
+class ShuffledPlan:
+    """Batch at global position p: epoch ``p // per_epoch`` is a permutation seeded by (seed, epoch), split
+    over ``world_size`` ranks; items are ``(index, epoch)``."""
+
+    def __init__(self, num_samples: int, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if num_samples < batch_size * world_size:
+            raise ValueError(f"{num_samples} samples are fewer than one global batch ({batch_size} x {world_size})")
+        self.n, self.bs, self.seed, self.rank, self.world = num_samples, batch_size, seed, rank, world_size
+        self.per_epoch = num_samples // (batch_size * world_size)
+
+    def batch(self, position: int) -> list[tuple[int, int]]:
+        epoch, k = divmod(position, self.per_epoch)
+        perm = np.random.default_rng([self.seed, epoch, 7919]).permutation(self.n)
+        g = self.bs * self.world
+        chunk = perm[k * g:(k + 1) * g][self.rank::self.world]
+        return [(int(i), int(epoch)) for i in chunk]
+
+
+class ResumableBatchSampler(Sampler[list]):
+    """Yields ``plan.batch(p)`` for global batch positions ``start .. total-1``.
+
+    The loader of a resumed run is built with ``start`` = batches already done, so it continues with exactly
+    the batches an uninterrupted run would see (Lightning restarts the epoch iterator on resume).
+    """
+
+    def __init__(self, plan: Any, *, total: int, start: int = 0) -> None:
+        self.plan, self.total, self.start = plan, int(total), int(start)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __iter__(self) -> Iterator[list]:
+        for position in range(self.start, self.total):
+            yield self.plan.batch(position)
+
+
+class DistillDataModule(pl.LightningDataModule):
+    """Serves ``dataset`` in the batches of ``plan`` for ``total_batches`` positions; a resumed run starts at
+    the position its restored ``global_step`` has reached (times gradient accumulation).
+
+    ``plan`` is a plan object or a callable ``(rank, world_size) -> plan`` evaluated once the trainer (and
+    so the process's place in DDP / FSDP) is known.
+    """
+
+    def __init__(self, dataset: Dataset, plan: Any, *, total_batches: int, num_workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        super().__init__()
+        self.dataset, self.plan, self.total = dataset, plan, int(total_batches)
+        self.num_workers, self.pin_memory = int(num_workers), pin_memory
+
+    def train_dataloader(self) -> DataLoader:
+        start, rank, world = 0, 0, 1
+        if self.trainer is not None:
+            start = int(self.trainer.global_step) * int(self.trainer.accumulate_grad_batches)
+            rank, world = int(self.trainer.global_rank), int(self.trainer.world_size)
+        plan = self.plan(rank, world) if callable(self.plan) else self.plan
+        sampler = ResumableBatchSampler(plan, total=self.total, start=start)
+        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate_samples, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)

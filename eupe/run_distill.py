@@ -1,0 +1,184 @@
+"""Distil teachers into a student (Hydra + Lightning), or build the teacher-feature cache.
+
+    python eupe/run_distill.py distill=tiny_cpu                       # smoke run on CPU, random teachers
+    python eupe/run_distill.py distill=tiny_cpu cache=build && python eupe/run_distill.py distill=tiny_cpu cache=read
+    python eupe/run_distill.py distill=stage1_proxy trainer.devices=8 trainer.strategy=fsdp
+    python eupe/run_distill.py distill=stage2_student cache=build     # run teachers once, write features
+    python eupe/run_distill.py distill=stage2_student cache=read      # train from the cache
+    python eupe/run_distill.py distill=stage3_multires                # initialised from stage 2
+
+A run writes ``<output_dir>/checkpoints/last.ckpt`` (resumed automatically when present), CSV logs, and at
+the end ``<output_dir>/student.safetensors`` (``eupe.distill.export`` format, loadable by
+``build_backbone("student", weights=PATH)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from eupe.distill.cache import CachedDistillDataset, CachePlan, CacheWriter, TeacherCache
+from eupe.distill.data import (
+    AugmentConfig,
+    DistillDataModule,
+    DistillImageDataset,
+    ShuffledPlan,
+    build_source,
+    collate_samples,
+)
+from eupe.distill.module import DistillModule
+
+log = logging.getLogger(__name__)
+CACHE_MODES = ("online", "build", "read")
+
+
+def build_dataset(d: DictConfig) -> DistillImageDataset:
+    """The image dataset of a distill config (sources + augmentation)."""
+    source = build_source(OmegaConf.to_container(d.data.sources, resolve=True))
+    aug = AugmentConfig(**OmegaConf.to_container(d.data.augment, resolve=True))
+    aug = AugmentConfig(crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio), hflip=aug.hflip,
+                        enabled=aug.enabled)
+    return DistillImageDataset(source, size=int(d.data.image_size), aug=aug, seed=int(d.seed))
+
+
+def build_module(d: DictConfig, *, teacher_dims: dict | None = None) -> DistillModule:
+    """The LightningModule of a distill config."""
+    return DistillModule(
+        student_name=d.student.name, student_kwargs=OmegaConf.to_container(d.student.kwargs, resolve=True),
+        teachers=OmegaConf.to_container(d.teachers, resolve=True), teacher_dims=teacher_dims,
+        head_hidden=int(d.heads.hidden), normalizer=d.normalizer.mode, normalizer_warmup=int(d.normalizer.warmup_iters),
+        student_size=int(d.student.size), student_pyramid=list(d.student.pyramid or []),
+        teacher_pyramid=list(d.teacher_pyramid or []), lr=float(d.optim.lr), weight_decay=float(d.optim.weight_decay),
+        betas=tuple(d.optim.betas), warmup_steps=int(d.optim.warmup_steps), max_steps=int(d.max_steps),
+        min_lr_ratio=float(d.optim.min_lr_ratio), patch_cos_weight=float(d.loss.patch_cos_weight),
+        patch_smooth_l1_weight=float(d.loss.patch_smooth_l1_weight), ema_decay=float(d.ema_decay),
+        grad_checkpointing=bool(d.grad_checkpointing), init_from=d.init_from,
+        recipe={"stage": d.stage, "batch_size": int(d.batch_size), "max_steps": int(d.max_steps),
+                "optim": OmegaConf.to_container(d.optim, resolve=True)}, seed=int(d.seed))
+
+
+def _strategy(cfg: DictConfig, module: DistillModule):
+    """``fsdp`` wraps each student block (activation checkpointing stays timm's own); other names pass through."""
+    if cfg.trainer.strategy != "fsdp":
+        return cfg.trainer.strategy
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    blocks = getattr(module.student, "blocks", None) or getattr(module.student, "stages", None)
+    policy = {type(blocks[0])} if blocks is not None and len(blocks) else None
+    return FSDPStrategy(auto_wrap_policy=policy)
+
+
+def _precision(cfg: DictConfig) -> str:
+    if cfg.trainer.precision != "auto":
+        return str(cfg.trainer.precision)
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def build_cache(cfg: DictConfig) -> Path:
+    """Run the teachers over ``cache.epochs`` epochs of augmented batches and write their features."""
+    d = cfg.distill
+    dataset = build_dataset(d)
+    module = build_module(d)  # for the per-step size draws and teacher construction
+    teachers = module.teachers
+    plan = ShuffledPlan(len(dataset), batch_size=int(d.batch_size), seed=int(d.seed))
+    positions = plan.per_epoch * int(cfg.cache_epochs)
+    writer = CacheWriter(
+        cfg.cache_dir, teachers={c.key: {"name": c.name, "summary_dim": teachers[c.key].summary_dim,
+                                         "patch_dim": teachers[c.key].patch_dim,
+                                         "weights_source": teachers[c.key].weights_source}
+                                 for c in module.teacher_configs},
+        image_size=dataset.size, seed=int(d.seed), augment=dataset.aug, num_samples=len(dataset),
+        batch_size=int(d.batch_size), shard_rows=int(cfg.cache_shard_rows))
+    start = writer.positions_done
+    if start:
+        log.info("cache %s: resuming after %d of %d batches", cfg.cache_dir, start, positions)
+    skipped = 0
+    for position in range(start, positions):
+        batch = collate_samples([dataset[item] for item in plan.batch(position)])
+        skipped += batch["skipped"]
+        if batch["image"].shape[0] == 0:
+            continue
+        _, sizes = module.draw_sizes(position)
+        feats = module.run_teachers(batch["image"], sizes)
+        epoch = torch.full_like(batch["index"], position // plan.per_epoch)
+        writer.add(index=batch["index"], epoch=epoch, aug=batch["aug"], features=feats,
+                   sizes={k: int(sizes[k] or teachers[k].img_size) for k in feats}, position=position)
+    path = writer.close()
+    log.info("cache %s complete: %d rows, %d corrupt images skipped", cfg.cache_dir, writer.rows_done, skipped)
+    return path
+
+
+def train(cfg: DictConfig) -> Path:
+    """Fit the student; resumes from ``<output_dir>/checkpoints/last.ckpt``; returns the exported student."""
+    d = cfg.distill
+    out = Path(cfg.output_dir)
+    pl.seed_everything(int(d.seed), workers=True)
+    dataset = build_dataset(d)
+    accumulate = int(cfg.trainer.accumulate_grad_batches)
+    bs, seed = int(d.batch_size), int(d.seed)
+    if cfg.cache == "read":
+        cache = TeacherCache(cfg.cache_dir)
+        module = build_module(d, teacher_dims=cache.teacher_dims())
+        train_set = CachedDistillDataset(cache, dataset)
+        rows = [s["rows"] for s in cache.shards]
+
+        def plan(rank: int, world: int) -> CachePlan:
+            return CachePlan(rows, batch_size=bs, seed=seed, rank=rank, world_size=world)
+    else:
+        module = build_module(d)
+        train_set = dataset
+
+        def plan(rank: int, world: int) -> ShuffledPlan:
+            return ShuffledPlan(len(dataset), batch_size=bs, seed=seed, rank=rank, world_size=world)
+    datamodule = DistillDataModule(train_set, plan, total_batches=int(d.max_steps) * accumulate,
+                                   num_workers=int(d.data.num_workers), pin_memory=torch.cuda.is_available())
+    ckpt_dir = out / "checkpoints"
+    callbacks = [pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
+                                              every_n_train_steps=int(cfg.trainer.checkpoint_every_n_steps),
+                                              save_last=True, save_top_k=1),
+                 pl.callbacks.LearningRateMonitor(logging_interval="step")]
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator, num_nodes=int(cfg.trainer.num_nodes),
+        devices=cfg.trainer.devices, strategy=_strategy(cfg, module), precision=_precision(cfg), max_steps=int(d.max_steps),
+        accumulate_grad_batches=accumulate, gradient_clip_val=cfg.trainer.gradient_clip_val,
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps), callbacks=callbacks,
+        logger=pl.loggers.CSVLogger(str(out), name="logs"), use_distributed_sampler=False,
+        enable_progress_bar=bool(cfg.trainer.progress_bar), default_root_dir=str(out))
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = str(last) if cfg.resume and last.is_file() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    export = Path(cfg.export_path)
+    if trainer.is_global_zero:
+        sources = {c.key: (module._teachers[c.key].weights_source if c.key in module._teachers else "cache")
+                   for c in module.teacher_configs}
+        module.export(export, extra_recipe={"teacher_weights": sources, "cache": cfg.cache})
+        log.info("student written to %s", export)
+        if any(s == "random" for s in sources.values()):
+            log.warning("some teachers had RANDOM weights (%s): this student carries no knowledge", sources)
+    return export
+
+
+@hydra.main(config_path="../configs", config_name="run_distill", version_base=None)
+def main(cfg: DictConfig) -> None:
+    if cfg.cache not in CACHE_MODES:
+        raise ValueError(f"cache={cfg.cache!r} unknown; use one of {CACHE_MODES}")
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.output_dir) / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
+    if cfg.cache == "build":
+        build_cache(cfg)
+    else:
+        train(cfg)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

@@ -1,0 +1,310 @@
+"""Teachers for distillation: any timm encoder -> (summary [B,C], patch tokens [B,N,C] + grid).
+
+Each teacher runs at its own native resolution and input normalisation (from its timm ``pretrained_cfg``),
+frozen, under ``no_grad`` and, on GPU, bf16 autocast. A teacher can be placed on its own device (``device``),
+which shards a multi-teacher set over the GPUs of one process.
+
+Registry names (``teacher_names()``): PE-core / PE-lang / PE-spatial, DINOv3 of any size, SigLIP / SigLIP2,
+SAM, RADIO, EUPE encoders, the EUPE proxy (a stage-1 student checkpoint, see ``eupe.distill.export``), the RAP
+3D encoder (``rap-3d``, from a RAP / our planner checkpoint), and ``timm:<any timm model name>``.
+
+    >>> t = build_teacher("dinov3-b", weights="hub")
+    >>> out = t(images01)          # images in [0,1], any size: resized to the teacher's resolution
+    >>> out.summary.shape, out.patch.shape, out.grid
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eupe.models import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A registry entry: the timm architecture (or another factory), native resolution, constructor args."""
+
+    arch: str
+    img_size: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    hub_tag: str | None = None  # timm pretrained tag used with weights="hub" (None: timm's default tag)
+    factory: str = "timm"  # "timm" | "eupe" (eupe.create_model short name) | "student" | "rap"
+    description: str = ""
+
+
+_TOKEN = dict(global_pool="token")
+# Native resolutions: timm pretrained_cfg input sizes of each tag; EUPE recipe runs PE at 448 and DINOv3 at
+# 256 (spec section 2).
+TEACHERS: dict[str, TeacherSpec] = {
+    "pe-core-g": TeacherSpec("vit_pe_core_gigantic_patch14_448", 448, description="PE-core G/14 (1.9B)"),
+    "pe-core-l": TeacherSpec("vit_pe_core_large_patch14_336", 336, description="PE-core L/14"),
+    "pe-core-b": TeacherSpec("vit_pe_core_base_patch16_224", 224, description="PE-core B/16"),
+    "pe-core-s": TeacherSpec("vit_pe_core_small_patch16_384", 384, description="PE-core S/16"),
+    "pe-core-t": TeacherSpec("vit_pe_core_tiny_patch16_384", 384, description="PE-core T/16"),
+    "pe-lang-g": TeacherSpec("vit_pe_lang_gigantic_patch14_448", 448, description="PE-lang G/14 (1.7B)"),
+    "pe-lang-l": TeacherSpec("vit_pe_lang_large_patch14_448", 448, description="PE-lang L/14"),
+    "pe-spatial-g": TeacherSpec("vit_pe_spatial_gigantic_patch14_448", 448, description="PE-spatial G/14"),
+    "pe-spatial-l": TeacherSpec("vit_pe_spatial_large_patch14_448", 448, description="PE-spatial L/14"),
+    "pe-spatial-b": TeacherSpec("vit_pe_spatial_base_patch16_512", 512, description="PE-spatial B/16"),
+    "pe-spatial-s": TeacherSpec("vit_pe_spatial_small_patch16_512", 512, description="PE-spatial S/16"),
+    "pe-spatial-t": TeacherSpec("vit_pe_spatial_tiny_patch16_512", 512, description="PE-spatial T/16"),
+    "dinov3-s": TeacherSpec("vit_small_patch16_dinov3", 256, _TOKEN, "lvd1689m", description="DINOv3 S/16"),
+    "dinov3-s+": TeacherSpec("vit_small_plus_patch16_dinov3", 256, _TOKEN, "lvd1689m", description="DINOv3 S+/16"),
+    "dinov3-b": TeacherSpec("vit_base_patch16_dinov3", 256, _TOKEN, "lvd1689m", description="DINOv3 B/16"),
+    "dinov3-l": TeacherSpec("vit_large_patch16_dinov3", 256, _TOKEN, "lvd1689m", description="DINOv3 L/16"),
+    "dinov3-h": TeacherSpec("vit_huge_plus_patch16_dinov3", 256, _TOKEN, "lvd1689m", description="DINOv3 H+/16 (840M)"),
+    "dinov3-7b": TeacherSpec("vit_7b_patch16_dinov3", 256, _TOKEN, "lvd1689m", description="DINOv3 7B/16"),
+    "siglip-b": TeacherSpec("vit_base_patch16_siglip_256", 256, hub_tag="webli", description="SigLIP B/16"),
+    "siglip2-b": TeacherSpec("vit_base_patch16_siglip_256", 256, hub_tag="v2_webli", description="SigLIP2 B/16"),
+    "siglip2-so400m": TeacherSpec("vit_so400m_patch16_siglip_256", 256, hub_tag="v2_webli",
+                                  description="SigLIP2 So400m/16"),
+    "sam-b": TeacherSpec("samvit_base_patch16", 1024, description="SAM ViT-B image encoder (neck output)"),
+    "sam-l": TeacherSpec("samvit_large_patch16", 1024, description="SAM ViT-L image encoder (neck output)"),
+    "sam-h": TeacherSpec("samvit_huge_patch16", 1024, description="SAM ViT-H image encoder (neck output)"),
+    "radio-b": TeacherSpec("vit_base_patch16_radio_v3", 512, _TOKEN, description="C-RADIOv3 B/16"),
+    "radio-l": TeacherSpec("vit_large_patch16_radio_v3", 512, _TOKEN, description="C-RADIOv3 L/16"),
+    "radio-h": TeacherSpec("vit_huge_patch16_radio_v3", 512, _TOKEN, description="C-RADIOv3 H/16"),
+    "eupe-t": TeacherSpec("eupe-t", 256, factory="eupe", description="EUPE ViT-T/16"),
+    "eupe-s": TeacherSpec("eupe-s", 256, factory="eupe", description="EUPE ViT-S/16"),
+    "eupe-b": TeacherSpec("eupe-b", 256, factory="eupe", description="EUPE ViT-B/16"),
+    "eupe-proxy": TeacherSpec("student", 256, factory="student",
+                              description="EUPE proxy: a stage-1 student checkpoint (weights=PATH)"),
+    "rap-3d": TeacherSpec("rap", 256, factory="rap",
+                          description="RAP 3D encoder: RAP backbone + Raster-to-Real projector (weights=PATH)"),
+}
+TIMM_PREFIX = "timm:"
+
+
+def teacher_names() -> list[str]:
+    """Registry names, plus the ``timm:<name>`` form for any timm model."""
+    return sorted(TEACHERS) + [f"{TIMM_PREFIX}<any timm model>"]
+
+
+def get_teacher_spec(name: str) -> TeacherSpec:
+    """Registry entry for ``name`` (or an ad-hoc entry for ``timm:<model>``); unknown names raise KeyError."""
+    if name.startswith(TIMM_PREFIX):
+        arch = name[len(TIMM_PREFIX):]
+        if not timm.is_model(arch.split(".")[0]):
+            raise KeyError(f"teacher {name!r}: timm does not know model {arch!r} (see timm.list_models())")
+        return TeacherSpec(arch.split(".")[0], 0, hub_tag=arch.partition(".")[2] or None,
+                           description=f"timm {arch}")
+    try:
+        return TEACHERS[name]
+    except KeyError:
+        raise KeyError(f"unknown teacher {name!r}; known teachers: {', '.join(teacher_names())}") from None
+
+
+@dataclass
+class TeacherOutput:
+    """Teacher features: summary [B,Cs], patch tokens [B,N,Cp] (row-major over ``grid`` = (h, w))."""
+
+    summary: torch.Tensor
+    patch: torch.Tensor
+    grid: tuple[int, int]
+
+
+def encode_timm(model: nn.Module, x: torch.Tensor) -> TeacherOutput:
+    """Run a timm encoder on normalised images ``x [B,3,H,W]`` -> summary, patch tokens and their grid.
+
+    ViTs (VisionTransformer, Eva): patch tokens are the tokens after the model's prefix (CLS + registers);
+    the summary is ``forward_head(pre_logits=True)`` (CLS token, attention pool or average, per the model).
+    Feature maps [B,C,h,w] (ConvNeXt, SAM neck) are flattened row-major; the summary is the pooled head.
+    """
+    feats = model.forward_features(x)
+    if isinstance(feats, (tuple, list)):
+        feats = feats[0]
+    summary = model.forward_head(feats, pre_logits=True)
+    if feats.ndim == 4:
+        grid = (int(feats.shape[-2]), int(feats.shape[-1]))
+        patch = feats.flatten(2).transpose(1, 2)
+    else:
+        npt = int(getattr(model, "num_prefix_tokens", 0))
+        patch = feats[:, npt:]
+        ps = model.patch_embed.patch_size
+        ph, pw = (ps, ps) if isinstance(ps, int) else ps
+        grid = (x.shape[-2] // ph, x.shape[-1] // pw)
+        if patch.shape[1] != grid[0] * grid[1]:
+            raise ValueError(f"{type(model).__name__}: {patch.shape[1]} patch tokens do not form a {grid} grid")
+    if summary.ndim != 2:
+        summary = summary.flatten(1)
+    return TeacherOutput(summary=summary, patch=patch, grid=grid)
+
+
+class Teacher(nn.Module):
+    """A frozen encoder at its native resolution and normalisation.
+
+    ``forward(images)`` takes RGB in [0,1] of any size (on any device) and returns fp32 ``TeacherOutput``
+    on the teacher's device. ``size`` overrides the resolution (stage-3 multi-resolution draws).
+    """
+
+    def __init__(self, *, name: str, model: nn.Module, img_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...], weights_source: str, encode=encode_timm) -> None:
+        super().__init__()
+        self.name, self.model, self.img_size = name, model, int(img_size)
+        self.weights_source = weights_source
+        self._encode = encode
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            probe = self.forward(torch.zeros(1, 3, self.img_size, self.img_size))
+        self.summary_dim = int(probe.summary.shape[-1])
+        self.patch_dim = int(probe.patch.shape[-1])
+        self.native_grid = probe.grid
+
+    def train(self, mode: bool = True) -> Teacher:  # a teacher never leaves eval mode
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, *, size: int | tuple[int, int] | None = None) -> TeacherOutput:
+        size = size or self.img_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        x = images.to(self.device, non_blocking=True).float()
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.mean) / self.std
+        use_bf16 = x.device.type == "cuda"
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = self._encode(self.model, x)
+        return TeacherOutput(summary=out.summary.float(), patch=out.patch.float(), grid=out.grid)
+
+
+def _load_timm(spec: TeacherSpec, name: str, weights: str | Path | None, kwargs: dict[str, Any]) -> tuple[nn.Module, str]:
+    kw = dict(num_classes=0)
+    kw.update(spec.kwargs)
+    is_vit_like = spec.arch.startswith(("vit_", "eva", "deit", "naflexvit"))
+    if is_vit_like:
+        kw.setdefault("dynamic_img_size", True)  # stage 3 runs teachers at several resolutions
+    kw.update(kwargs)
+    if weights is None:
+        log.warning("teacher %s: RANDOM weights (no checkpoint given); its features carry no knowledge", name)
+        return timm.create_model(spec.arch, pretrained=False, **kw), "random"
+    if weights == "hub":
+        tagged = f"{spec.arch}.{spec.hub_tag}" if spec.hub_tag else spec.arch
+        try:
+            return timm.create_model(tagged, pretrained=True, **kw), f"hf-hub:timm/{tagged}"
+        except Exception as err:
+            raise RuntimeError(f"teacher {name}: could not fetch {tagged!r} from the timm/HF hub cache ({err}); "
+                               "download it elsewhere and pass weights=/path/to/file") from err
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher {name}: checkpoint {path} does not exist")
+    try:
+        # timm's own loader (weights_only) and the architecture's checkpoint filter (FAIR / OpenCLIP layouts)
+        model = timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay=dict(
+            file=str(path), hf_hub_id=None, url=None, num_classes=0), **kw)
+    except Exception as err:
+        raise ValueError(f"teacher {name}: checkpoint {path} does not fit {spec.arch}: "
+                         f"{type(err).__name__}: {str(err)[:400]}") from err
+    return model, str(path)
+
+
+def build_teacher(name: str, *, weights: str | Path | None = None, img_size: int | None = None,
+                  device: str | torch.device | None = None, **kwargs: Any) -> Teacher:
+    """Build a frozen teacher.
+
+    Args:
+        name: a registry name (``teacher_names()``) or ``timm:<model name>``.
+        weights: None (random init, logged loudly), ``"hub"`` (timm / HF cache), or a checkpoint path.
+        img_size: resolution the teacher runs at (default: its native one).
+        device: where the teacher lives (e.g. ``"cuda:1"``); default CPU.
+        **kwargs: timm constructor overrides (e.g. ``embed_dim``, ``depth`` for a small random teacher).
+    """
+    spec = get_teacher_spec(name)
+    if spec.factory == "rap":
+        teacher = _build_rap_teacher(name, weights, img_size or spec.img_size, kwargs)
+        return teacher.to(device) if device is not None else teacher
+    if spec.factory == "student":
+        if weights is None:
+            raise ValueError(f"teacher {name}: needs weights=PATH to a student checkpoint (eupe/run_distill.py)")
+        from eupe.distill.export import load_student
+
+        model, meta = load_student(weights)
+        mean, std = tuple(meta["mean"]), tuple(meta["std"])
+        size = img_size or meta.get("img_size") or spec.img_size
+        source = str(weights)
+    elif spec.factory == "eupe":
+        from eupe.models import create_model
+
+        model = create_model(spec.arch, weights=weights, **kwargs)
+        cfg = model.pretrained_cfg
+        mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+        size = img_size or spec.img_size
+        source = str(getattr(model, "weights_source", weights or "random"))
+    else:
+        if img_size is not None:
+            kwargs = dict(kwargs, img_size=img_size)  # build fixed-grid models (SAM, SigLIP) at that size
+        model, source = _load_timm(spec, name, weights, kwargs)
+        cfg = model.pretrained_cfg
+        mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        size = img_size or spec.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    teacher = Teacher(name=name, model=model, img_size=size, mean=mean, std=std, weights_source=source)
+    return teacher.to(device) if device is not None else teacher
+
+
+# --- RAP 3D encoder ---------------------------------------------------------------------------------------
+def _build_rap_teacher(name: str, weights: str | Path | None, img_size: int, kwargs: dict[str, Any]) -> Teacher:
+    """RAP's image backbone followed by its Raster-to-Real projection (the planner's image neck).
+
+    ``weights``: RAP's released checkpoint (``agent._rap_model.*``, loaded by ``load_rap_checkpoint``) or one
+    written by our RAP agent (``load_planner_checkpoint``; ``kwargs["backbone"]`` names the backbone it was
+    trained with, default ``dinov3-h``, and ``kwargs["backbone_kwargs"]`` its timm overrides). The features
+    are the neck output per patch, the space RAP aligns real and rasterized camera features in (the camera /
+    level embeddings RAP adds are constant offsets, removed by the feature normaliser anyway); the summary
+    is their mean. Real or rasterized camera images are both valid input.
+    """
+    if weights is None:
+        raise ValueError(f"teacher {name}: needs weights=PATH to a RAP or eupe-drive planner checkpoint")
+    try:
+        from rap_backbone import checkpoints as ck
+    except ImportError as err:
+        raise ImportError(f"teacher {name}: rap_backbone.checkpoints is unavailable ({err})") from err
+    kwargs = dict(kwargs)
+    backbone_name = kwargs.pop("backbone", "dinov3-h")
+    backbone_kwargs = dict(kwargs.pop("backbone_kwargs", {}) or {})
+    state = ck.read_checkpoint_state(weights)
+    try:
+        if any(k.startswith(ck.RAP_PREFIX) for k in state):
+            planner = ck.load_rap_checkpoint(weights, **kwargs)
+        else:
+            from rap_backbone.backbones import build_backbone
+
+            backbone = build_backbone(backbone_name, **backbone_kwargs)
+            planner = ck.load_planner_checkpoint(weights, backbone, **kwargs)
+    except ck.CheckpointKeyError as err:
+        raise ValueError(f"teacher {name}: checkpoint {weights} does not fit: {err}") from err
+    del state
+    backbone = planner.backbone
+    encoder = _RapEncoder(backbone, planner.neck)
+    return Teacher(name=name, model=encoder, img_size=img_size, mean=tuple(backbone.mean), std=tuple(backbone.std),
+                   weights_source=str(weights), encode=_encode_rap)
+
+
+class _RapEncoder(nn.Module):
+    def __init__(self, backbone: nn.Module, neck: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.neck = backbone, neck
+
+
+def _encode_rap(model: _RapEncoder, x: torch.Tensor) -> TeacherOutput:
+    _, patch_map = model.backbone(x, normalized=True)
+    projected = model.neck(patch_map.to(next(model.neck.parameters()).dtype))
+    tokens = projected.flatten(2).transpose(1, 2)
+    return TeacherOutput(summary=tokens.mean(1), patch=tokens,
+                         grid=(int(projected.shape[-2]), int(projected.shape[-1])))
