@@ -1,0 +1,303 @@
+"""PDM-Closed: IDM proposals along the route centerline, simulated and scored; the best one is EP's reference.
+
+Re-implements navsim `pdm_planner/{abstract_pdm_planner,abstract_pdm_closed_planner,pdm_closed_planner}.py`,
+`proposal/{batch_idm_policy,pdm_generator,pdm_proposal}.py`, `observation/{pdm_observation,pdm_object_manager}.py`,
+`utils/graph_search/dijkstra.py` and the first part of `utils/route_utils.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from shapely.geometry import CAP_STYLE, Point
+
+from navsim_agents.scoring import constants as C
+from navsim_agents.scoring import map_api as M
+from navsim_agents.scoring.constants import PACIFICA
+from navsim_agents.scoring.constants import BBCoordsIndex as BB
+from navsim_agents.scoring.constants import StateIndex as S
+from navsim_agents.scoring.geometry import box_coords, normalize_angle
+from navsim_agents.scoring.scorer import CenterlinePath, PDMScorer, ScorerConfig
+from navsim_agents.scoring.simulator import simulate_proposals
+from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
+
+
+@dataclass
+class Track:
+    """One tracked object in global coordinates at the current frame."""
+
+    token: str
+    type_name: str
+    x: float
+    y: float
+    heading: float
+    length: float
+    width: float
+    vx: float = 0.0
+    vy: float = 0.0
+
+    @property
+    def is_agent(self) -> bool:
+        return self.type_name in C.AGENT_TYPE_NAMES
+
+
+@dataclass
+class RouteContext:
+    """Route roadblocks/lanes, drivable map and centerline of a scene (everything agent-independent)."""
+
+    route_block_ids: list[str]
+    route_lane_ids: list[str]
+    drivable: DrivableMap
+    centerline: CenterlinePath
+    start_lane_id: str
+
+
+def load_route(map_api: M.NuPlanGpkgMap, roadblock_ids) -> tuple[list[str], list[str]]:
+    """Unique route block ids (order kept) and the lanes they contain (navsim `_load_route_dicts`)."""
+    blocks, lanes = [], []
+    for bid in dict.fromkeys(str(b) for b in roadblock_ids):
+        block = map_api.block(bid)
+        if block is None:
+            raise KeyError(f"route roadblock {bid} not in map {map_api.map_name}")
+        blocks.append(block.id)
+        lanes.extend(block.interior_ids)
+    return blocks, lanes
+
+
+def _starting_lane(map_api, ego_rear: np.ndarray, ego_box, drivable: DrivableMap, route_lanes: list[str]) -> str:
+    """Route lane under the rear axle with the smallest heading error, else the closest one."""
+    hits = drivable.intersects(Point(ego_rear[0], ego_rear[1]))
+    cands, errs = [], []
+    for lid in hits:
+        if lid in route_lanes:
+            path = map_api.edges[lid].discrete_path
+            d = np.sqrt(((ego_rear[None, :2] - path[:, :2]) ** 2).sum(-1))
+            cands.append(lid)
+            errs.append(abs(normalize_angle(path[np.argmin(d), 2] - ego_rear[2])))
+    if cands:
+        return cands[int(np.argmin(np.abs(errs)))]
+    best, best_d = None, np.inf
+    center = Point(*(ego_rear[:2] + C.PACIFICA.rear_axle_to_center * np.array([np.cos(ego_rear[2]), np.sin(ego_rear[2])])))
+    for lid in route_lanes:
+        poly = map_api.edges[lid].polygon
+        if poly.contains(center):
+            return lid
+        d = poly.distance(ego_box)
+        if d < best_d:
+            best, best_d = lid, d
+    return best
+
+
+def _dijkstra(map_api, start: str, candidates: list[str], target_block: str) -> list[str]:
+    """Lane path from `start` to a lane of `target_block` through `candidates` (navsim `Dijkstra.search`)."""
+    cand = set(candidates)
+    queue, frontier, dist, depth = [start], [start], [1.0], [1]
+    parent = {start: None}
+    expanded, expanded_dist, expanded_depth = [], [], []
+    end, found = start, False
+    while queue:
+        d, idx = min((val, i) for i, val in enumerate(dist))
+        current, cur_depth = queue[idx], depth[idx]
+        del dist[idx], queue[idx], frontier[idx], depth[idx]
+        if map_api.edges[current].roadblock_id == target_block:
+            end, found = current, True
+            break
+        expanded.append(current)
+        expanded_dist.append(d)
+        expanded_depth.append(cur_depth)
+        for nxt in map_api.edges[current].outgoing_ids:
+            if nxt not in cand:
+                continue
+            alt = d + map_api.edges[nxt].baseline.length
+            if nxt not in expanded and nxt not in frontier:
+                parent[nxt] = current
+                queue.append(nxt)
+                frontier.append(nxt)
+                dist.append(alt)
+                depth.append(cur_depth + 1)
+            elif nxt in frontier:
+                j = frontier.index(nxt)
+                if alt < dist[j]:
+                    parent[nxt] = current
+                    dist[j] = alt
+                    depth[j] = cur_depth + 1
+    if not found:
+        max_depth = max(expanded_depth)
+        at_max = [i for i, dd in enumerate(expanded_depth) if dd == max_depth]
+        _, k = min((expanded_dist[i], j) for j, i in enumerate(at_max))
+        end = expanded[at_max[k]]
+    path = [end]
+    while parent[path[-1]] is not None:
+        path.append(parent[path[-1]])
+    return path[::-1]
+
+
+def build_route_context(map_api: M.NuPlanGpkgMap, roadblock_ids, ego_rear: np.ndarray,
+                        radius: float = C.PDM_MAP_RADIUS) -> RouteContext:
+    """Route lanes, drivable area around the ego center and the Dijkstra centerline for a scene."""
+    blocks, lanes = load_route(map_api, roadblock_ids)
+    center = ego_rear[:2] + PACIFICA.rear_axle_to_center * np.array([np.cos(ego_rear[2]), np.sin(ego_rear[2])])
+    drivable = DrivableMap.from_map(map_api, center[0], center[1], radius)
+    ego_box = shapely.polygons(_ego_ring(ego_rear))
+    start = _starting_lane(map_api, ego_rear, ego_box, drivable, lanes)
+    start_block = map_api.edges[start].roadblock_id
+    start_idx = int(np.argmax(np.array(blocks) == start_block))
+    window = blocks[start_idx: start_idx + C.PDM_CENTERLINE_SEARCH_DEPTH]
+    lane_path = _dijkstra(map_api, start, lanes, window[-1])
+    poses = np.concatenate([map_api.edges[lid].discrete_path for lid in lane_path], axis=0)
+    return RouteContext(blocks, lanes, drivable, CenterlinePath(poses), start)
+
+
+def _ego_ring(rear: np.ndarray) -> np.ndarray:
+    center = rear[:2] + PACIFICA.rear_axle_to_center * np.array([np.cos(rear[2]), np.sin(rear[2])])
+    coords = box_coords(center, np.asarray(rear[2]), PACIFICA.length, PACIFICA.width)
+    coords[BB.CENTER] = coords[BB.FRONT_LEFT]
+    return coords
+
+
+def red_light_geometries(map_api, traffic_lights, route_lane_ids) -> tuple[list[str], list]:
+    """Tokens `red_light_<id>` and polygons of on-route lane connectors whose light is red."""
+    route = set(route_lane_ids)
+    tokens, polys = [], []
+    for lc_id, is_red in traffic_lights:
+        lc = str(lc_id)
+        if is_red and lc in route:
+            tokens.append(f"{C.RED_LIGHT_TOKEN}_{lc}")
+            polys.append(map_api.edges[lc].polygon)
+    return tokens, polys
+
+
+def forecast_observation(tracks: list[Track], ego_rear: np.ndarray, red_tokens, red_polys,
+                         num_samples: int = C.PDM_TRAJECTORY_NUM_POSES) -> Observation:
+    """PDM-Closed's constant-velocity forecast at every second 10 Hz step (navsim `PDMObservation.update`)."""
+    center = ego_rear[:2] + PACIFICA.rear_axle_to_center * np.array([np.cos(ego_rear[2]), np.sin(ego_rear[2])])
+    kept = [t for t in tracks if t.type_name != "ego" and np.hypot(t.x - center[0], t.y - center[1]) <= C.PDM_MAP_RADIUS]
+    static = [t for t in kept if not t.is_agent]
+    dynamic = []
+    for type_name, limit in C.MAX_DYNAMIC_OBJECTS.items():
+        group = [t for t in kept if t.type_name == type_name]
+        d = np.array([np.hypot(t.x - center[0], t.y - center[1]) for t in group])
+        dynamic += [group[i] for i in np.argsort(d, kind="stable")][:limit] if group else []
+    d = np.array([np.hypot(t.x - center[0], t.y - center[1]) for t in static])
+    static = [static[i] for i in np.argsort(d, kind="stable")][: C.MAX_STATIC_OBJECTS] if static else []
+
+    def ring(t: Track, dx=0.0, dy=0.0):
+        c = box_coords(np.array([t.x + dx, t.y + dy]), np.asarray(t.heading), t.length, t.width)
+        c[BB.CENTER] = c[BB.FRONT_LEFT]
+        return c
+
+    static_polys = [shapely.polygons(ring(t)) for t in static]
+    dxy = []
+    for t in dynamic:
+        speed = np.hypot(t.vx, t.vy)
+        vel_angle = np.arctan2(t.vy, t.vx)
+        forward = abs(normalize_angle(t.heading - vel_angle)) < np.pi / 2
+        h = t.heading if forward else normalize_angle(t.heading + np.pi)
+        dxy.append((np.cos(h) * speed, np.sin(h) * speed))
+    maps = []
+    tokens = [t.token for t in static] + [t.token for t in dynamic] + list(red_tokens)
+    for sample in range(0, num_samples + C.PDM_OBSERVATION_SAMPLE_RES, C.PDM_OBSERVATION_SAMPLE_RES):
+        dt = sample * C.PROPOSAL_INTERVAL
+        dyn = [shapely.polygons(ring(t, vx * dt, vy * dt)) for t, (vx, vy) in zip(dynamic, dxy, strict=False)]
+        maps.append(OccupancyMap(tokens, static_polys + dyn + list(red_polys)))
+    unique = {t.token: TrackInfo(t.is_agent, t.heading, float(np.hypot(t.vx, t.vy)), t.vx, t.vy) for t in kept}
+    ego_poly = shapely.polygons(_ego_ring(ego_rear))
+    collided = []
+    for tok in maps[0].intersects(ego_poly):
+        if C.RED_LIGHT_TOKEN in tok and not ego_poly.within(maps[0][tok]):
+            continue
+        collided.append(tok)
+    return Observation(maps, unique, collided, stride=C.PDM_OBSERVATION_SAMPLE_RES)
+
+
+def _idm_step(x, v, x_lead, v_lead, l_rear, target_v, dt):
+    s_star = (C.IDM_MIN_GAP_TO_LEAD_AGENT + v * C.IDM_HEADWAY_TIME
+              + v * (v - v_lead) / (2 * np.sqrt(C.IDM_ACCEL_MAX * C.IDM_DECEL_MAX)))
+    s_alpha = np.maximum(x_lead - x - l_rear, C.IDM_MIN_GAP_TO_LEAD_AGENT)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v_dot = C.IDM_ACCEL_MAX * (1 - (v / target_v) ** C.IDM_ACCELERATION_EXPONENT - (s_star / s_alpha) ** 2)
+    v_dot = np.clip(v_dot, -C.IDM_DECEL_MAX, C.IDM_ACCEL_MAX)
+    return x + dt * v, v + dt * v_dot
+
+
+def generate_proposals(paths: list[CenterlinePath], speed_limit: float | None, ego_state: np.ndarray,
+                       observation: Observation, num_poses: int = C.PROPOSAL_NUM_POSES) -> np.ndarray:
+    """IDM unroll along each path for every speed-limit fraction: states [P*5, num_poses+1, 11]."""
+    fractions = np.array(C.IDM_SPEED_LIMIT_FRACTIONS)
+    base = speed_limit if speed_limit is not None else C.IDM_FALLBACK_TARGET_VELOCITY
+    target = fractions * base
+    n_long = len(fractions)
+    dt = C.PROPOSAL_INTERVAL
+    out = np.zeros((len(paths) * n_long, num_poses + 1, C.STATE_SIZE))
+    rear = ego_state[:2]
+    for li, path in enumerate(paths):
+        sl = slice(li * n_long, (li + 1) * n_long)
+        x = np.zeros((n_long, num_poses + 1))
+        v = np.zeros((n_long, num_poses + 1))
+        lead = np.zeros((n_long, num_poses + 1, 3))  # progress, velocity, rear length
+        x[:, 0] = path.linestring.project(Point(*rear))
+        v[:, 0] = ego_state[S.VELOCITY_X]
+        out[sl, 0, :3] = path.interpolate(np.array([x[0, 0]]))[0]
+        corridor = path.substring(x[0, 0], x[0, 0] + abs(np.max(target)) * C.PDM_TRAJECTORY_NUM_POSES * dt)
+        corridor = corridor.buffer(PACIFICA.width / 2, cap_style=CAP_STYLE.square)
+        for t in range(1, num_poses + 1):
+            if t % C.PDM_LEADING_AGENT_UPDATE_RATE != 0:
+                lead[:, t] = lead[:, t - 1]
+            else:
+                occ = observation[t]
+                progress = {}
+                for tok in occ.intersects(corridor):
+                    if tok not in observation.collided_track_ids:
+                        progress[tok] = path.linestring.project(occ[tok].centroid)
+                # one buffer shared by the proposals of this step, as in the devkit (fields carry over)
+                buffer = np.zeros(3)
+                for k in range(n_long):
+                    ego_prog = x[k, t - 1]
+                    ahead = [tok for tok, pr in progress.items() if pr > ego_prog]
+                    if ahead:
+                        ego_poly = shapely.polygons(_ego_ring(out[li * n_long + k, t - 1, :3]))
+                        dists = [ego_poly.distance(occ[tok]) for tok in ahead]
+                        j = int(np.argmin(dists))
+                        nearest = ahead[j]
+                        buffer[0] = ego_prog + dists[j]
+                        if C.RED_LIGHT_TOKEN not in nearest:
+                            info = observation.unique[nearest]
+                            rel = normalize_angle(info.heading - out[li * n_long + k, t - 1, 2])
+                            buffer[1] = info.speed * np.cos(rel) if info.is_agent else 0.0
+                    else:
+                        buffer[0] = path.length
+                        buffer[2] = PACIFICA.length / 2
+                    lead[k, t] = buffer
+            x[:, t], v[:, t] = _idm_step(x[:, t - 1], v[:, t - 1], lead[:, t, 0], lead[:, t, 1], lead[:, t, 2], target, dt)
+            out[sl, t, :3] = path.interpolate(x[:, t])
+    return out
+
+
+def parallel_path(poses: np.ndarray, offset: float) -> np.ndarray:
+    """Path shifted `offset` m to the left of each pose's heading (navsim `parallel_discrete_path`)."""
+    theta = poses[:, 2] + np.pi / 2
+    return np.column_stack([poses[:, 0] + np.cos(theta) * offset, poses[:, 1] + np.sin(theta) * offset, poses[:, 2]])
+
+
+def pdm_closed_trajectories(map_api, route: RouteContext, ego_state: np.ndarray, tracks: list[Track],
+                            traffic_lights, versions=("v1", "v2")) -> dict[str, np.ndarray]:
+    """Best PDM-Closed proposal poses [41,3] (0..4 s at 0.1 s) per scorer version.
+
+    The proposals do not depend on the scorer, so they are generated and simulated once; each version's scorer
+    then picks its own best one (navsim v1.1 and v2 differ only there).
+    """
+    red_tokens, red_polys = red_light_geometries(map_api, traffic_lights, route.route_lane_ids)
+    observation = forecast_observation(tracks, ego_state[:3], red_tokens, red_polys)
+    base = route.centerline.poses
+    paths = [route.centerline] + [CenterlinePath(parallel_path(base, o)) for o in C.PDM_LATERAL_OFFSETS]
+    speed_limit = map_api.edges[route.start_lane_id].speed_limit_mps
+    proposals = generate_proposals(paths, speed_limit, ego_state, observation)
+    simulated = simulate_proposals(proposals, ego_state)
+    out = {}
+    for version in versions:
+        scorer = PDMScorer(ScorerConfig(version=version))
+        result = scorer.score(simulated, observation, route.centerline, route.route_lane_ids, route.drivable)
+        out[version] = proposals[int(np.argmax(result["score"])), :, :3]
+    return out

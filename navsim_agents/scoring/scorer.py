@@ -1,0 +1,322 @@
+"""PDM scorer: v1 PDMS (navsim v1.1) and v2 EPDMS (navsim main) over batches of simulated proposals.
+
+Re-implements navsim `pdm_planner/scoring/pdm_scorer.py` and `pdm_scorer_utils.py` (both versions) with the
+nuplan collision classification (`metrics/utils/collision_utils.py`, `observation/idm/utils.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+import shapely.ops
+from shapely.geometry import LineString
+
+from navsim_agents.scoring import constants as C
+from navsim_agents.scoring import map_api as M
+from navsim_agents.scoring.comfort import ego_is_comfortable
+from navsim_agents.scoring.constants import BBCoordsIndex as BB
+from navsim_agents.scoring.constants import StateIndex as S
+from navsim_agents.scoring.geometry import coords_to_polygons, ego_coords
+from navsim_agents.scoring.world import DrivableMap, Observation
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Weights and thresholds; navsim `PDMScorerConfig` (v1.1 / main)."""
+
+    version: str = "v2"  # "v1" = PDMS, "v2" = EPDMS
+    progress_weight: float = 5.0
+    ttc_weight: float = 5.0
+    comfortable_weight: float = 2.0  # v1
+    lane_keeping_weight: float = 2.0  # v2
+    history_comfort_weight: float = 2.0  # v2
+    two_frame_extended_comfort_weight: float = 2.0  # v2
+    driving_direction_horizon: float = 1.0
+    driving_direction_compliance_threshold: float = 2.0
+    driving_direction_violation_threshold: float = 6.0
+    stopped_speed_threshold: float = 5e-03
+    future_collision_horizon_window: float = 1.0
+    progress_distance_threshold: float = 5.0
+    lane_keeping_deviation_limit: float = 0.5
+    lane_keeping_horizon_window: float = 2.0
+    human_penalty_filter: bool = True
+
+
+class CenterlinePath:
+    """Discrete centerline with progress interpolation (navsim `utils/pdm_path.py::PDMPath`)."""
+
+    def __init__(self, poses: np.ndarray):
+        from scipy.interpolate import interp1d
+
+        self.poses = np.asarray(poses, dtype=np.float64)
+        arr = self.poses.copy()
+        arr[:, 2] = np.unwrap(arr[:, 2], axis=0)
+        step = np.linalg.norm(np.diff(arr[:, :2], axis=0), axis=-1)
+        self.progress = np.cumsum(np.append(0.0, step))
+        self.linestring = LineString(arr[:, :2])
+        self._arr = arr
+        self._interp = interp1d(self.progress, arr, axis=0)
+
+    @property
+    def length(self) -> float:
+        return float(self.progress[-1])
+
+    def project(self, points: np.ndarray) -> np.ndarray:
+        return shapely.line_locate_point(self.linestring, shapely.points(points))
+
+    def interpolate(self, distances) -> np.ndarray:
+        d = np.clip(distances, 1e-5, self.length)
+        out = self._interp(d)
+        out[..., 2] = np.arctan2(np.sin(out[..., 2]), np.cos(out[..., 2]))
+        out[np.isnan(out)] = 0.0
+        return out
+
+    def substring(self, start: float, end: float) -> LineString:
+        start, end = np.clip(start, 0.0, self.length), np.clip(end, 0.0, self.length)
+        inside = (start <= self.progress) & (self.progress <= end)
+        coords = self._arr[inside, :2]
+        if len(coords) > 1:
+            return LineString(coords)
+        return shapely.ops.substring(self.linestring, start, end)
+
+
+def _relative_angle(ego_xy: np.ndarray, ego_heading: float, agent_xy: np.ndarray) -> float:
+    vec = np.asarray(agent_xy, dtype=np.float64) - ego_xy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dot = np.cos(ego_heading) * vec[0] / np.linalg.norm(vec) + np.sin(ego_heading) * vec[1] / np.linalg.norm(vec)
+        return float(np.arccos(dot))
+
+
+def is_agent_ahead(ego_xy, ego_heading, agent_xy) -> bool:
+    """nuplan `is_agent_ahead` (30 deg cone)."""
+    return bool(_relative_angle(ego_xy, ego_heading, agent_xy) < np.deg2rad(C.AGENT_AHEAD_ANGLE_DEG))
+
+
+def is_agent_behind(ego_xy, ego_heading, agent_xy) -> bool:
+    """nuplan `is_agent_behind` (150 deg)."""
+    return bool(_relative_angle(ego_xy, ego_heading, agent_xy) > np.deg2rad(C.AGENT_BEHIND_ANGLE_DEG))
+
+
+def collision_type(state: np.ndarray, ego_polygon, track, track_polygon) -> str:
+    """'stopped_ego' | 'stopped_track' | 'active_rear' | 'active_front' | 'active_lateral' (navsim utils)."""
+    if float(np.hypot(state[S.VELOCITY_X], state[S.VELOCITY_Y])) <= C.STOPPED_SPEED_THRESHOLD_COLLISION:
+        return "stopped_ego"
+    if (not track.is_agent) or track.speed <= C.STOPPED_SPEED_THRESHOLD_COLLISION:
+        return "stopped_track"
+    c = track_polygon.centroid
+    if is_agent_behind(state[:2], state[S.HEADING], (c.x, c.y)):
+        return "active_rear"
+    ring = ego_polygon.exterior.coords
+    if LineString([ring[0], ring[3]]).intersects(track_polygon):
+        return "active_front"
+    return "active_lateral"
+
+
+class PDMScorer:
+    """Scores simulated proposals [B,T,11]; one instance per version."""
+
+    def __init__(self, config: ScorerConfig = ScorerConfig(), *, num_poses: int = C.PROPOSAL_NUM_POSES,
+                 dt: float = C.PROPOSAL_INTERVAL):
+        self.config = config
+        self.num_poses = num_poses
+        self.dt = dt
+
+    # ------------------------------------------------------------------------------------------------------
+    def score(self, states: np.ndarray, observation: Observation, centerline: CenterlinePath,
+              route_lane_ids, drivable: DrivableMap, human_past_states: np.ndarray | None = None,
+              reference_masked_progress=None) -> dict:
+        """Sub-scores per proposal: dict of arrays [B] (+ 'multi', 'weighted' [W,B], 'weights' [W], 'score').
+
+        `reference_masked_progress`: progress x multiplicative metrics of proposals scored earlier (PDM-Closed's,
+        from the metric cache); it joins the progress normalisation as if those proposals were in the batch.
+        """
+        extra = np.atleast_1d(np.asarray([] if reference_masked_progress is None else reference_masked_progress,
+                                         dtype=np.float64))
+        v2 = self.config.version == "v2"
+        self._states = states
+        self._obs = observation
+        self._drivable = drivable
+        n = states.shape[0]
+        self._coords = ego_coords(states)
+        self._polygons = coords_to_polygons(self._coords)
+        self._areas(route_lane_ids)
+        out = {"no_at_fault_collisions": self._no_at_fault_collisions(),
+               "drivable_area_compliance": (~self._nondrivable.any(axis=-1)).astype(np.float64),
+               "driving_direction_compliance": self._driving_direction(skip_intersection=v2)}
+        raw_progress = self._progress(centerline)
+        out["time_to_collision_within_bound"] = self._ttc()
+        if v2:
+            out["traffic_light_compliance"] = self._traffic_light()
+            out["lane_keeping"] = self._lane_keeping(centerline)
+            out["history_comfort"] = self._history_comfort(human_past_states, n)
+            multi = (out["no_at_fault_collisions"] * out["drivable_area_compliance"]
+                     * out["traffic_light_compliance"] * out["driving_direction_compliance"])
+            masked = raw_progress * multi
+            norm = np.max(np.concatenate([masked, extra]))
+            if norm > self.config.progress_distance_threshold:
+                ep = np.clip(raw_progress / norm, 0.0, 1.0)
+            else:
+                ep = np.ones(n)
+            out["ego_progress"] = ep
+            weighted = np.stack([ep, out["time_to_collision_within_bound"], out["lane_keeping"],
+                                 out["history_comfort"], np.zeros(n)])
+            weights = np.array([self.config.progress_weight, self.config.ttc_weight, self.config.lane_keeping_weight,
+                                self.config.history_comfort_weight, self.config.two_frame_extended_comfort_weight])
+            score = multi * (weighted[:4] * weights[:4, None]).sum(0) / weights[:4].sum()
+        else:
+            times = np.arange(states.shape[1], dtype=np.float64) * self.dt
+            out["comfort"] = ego_is_comfortable(states, times, version="v1").all(axis=-1).astype(np.float64)
+            multi = out["no_at_fault_collisions"] * out["drivable_area_compliance"]
+            masked = raw_progress * multi
+            norm = np.max(np.concatenate([masked, extra]))
+            if norm > self.config.progress_distance_threshold:
+                ep = masked / norm
+            else:
+                ep = np.ones(n)
+                ep[multi == 0.0] = 0.0
+            out["ego_progress"] = ep
+            weighted = np.stack([ep, out["time_to_collision_within_bound"], out["comfort"],
+                                 out["driving_direction_compliance"]])
+            weights = np.array([self.config.progress_weight, self.config.ttc_weight,
+                                self.config.comfortable_weight, 0.0])
+            score = multi * (weighted * weights[:, None]).sum(0) / weights.sum()
+        out["multi"] = multi
+        out["weighted"] = weighted
+        out["weights"] = weights
+        out["score"] = score
+        out["raw_progress"] = raw_progress
+        out["masked_progress"] = masked
+        return out
+
+    # ------------------------------------------------------------------------------------------------------
+    def _areas(self, route_lane_ids) -> None:
+        d = self._drivable
+        inside = d.points_in_polygons(self._coords).transpose(1, 2, 0, 3)  # B,T,P,5
+        area_idx = d.indices_of([M.ROADBLOCK, M.INTERSECTION, M.CARPARK_AREA])
+        lane_idx = d.indices_of([M.LANE, M.LANE_CONNECTOR])
+        route = set(str(r) for r in route_lane_ids)
+        on_route_idx = [i for i in lane_idx if d.tokens[i] in route]
+        corners, center = inside[..., :4], inside[..., 4]
+        lane_corners = corners[:, :, lane_idx].sum(axis=-1)  # B,T,Plane
+        multiple = ((lane_corners > 0).sum(axis=-1) > 1) & np.all(lane_corners != 4, axis=-1)
+        nondrivable = (corners[:, :, area_idx].sum(axis=-2) > 0).sum(axis=-1) < 4
+        oncoming = center[..., on_route_idx].sum(axis=-1) == 0
+        self._multiple, self._nondrivable, self._oncoming = multiple, nondrivable, oncoming
+        self._in_intersection_center = d.in_layer(self._coords[:, :, BB.CENTER], M.INTERSECTION)
+
+    def _no_at_fault_collisions(self) -> np.ndarray:
+        n = self._states.shape[0]
+        scores = np.ones(n)
+        collided = [list(self._obs.collided_track_ids) for _ in range(n)]
+        for t in range(self.num_poses + 1):
+            occ = self._obs[t]
+            if len(occ) == 0:
+                continue
+            hits = occ.query(self._polygons[:, t], predicate="intersects")
+            for p, g in zip(hits[0], hits[1], strict=False):
+                token = occ.tokens[g]
+                if C.RED_LIGHT_TOKEN in token or token in collided[p]:
+                    continue
+                track = self._obs.unique[token]
+                kind = collision_type(self._states[p, t], self._polygons[p, t], track, occ[token])
+                lateral_fault = self._multiple[p, t] or self._nondrivable[p, t]
+                if kind in ("active_front", "stopped_track") or (lateral_fault and kind == "active_lateral"):
+                    scores[p] = min(scores[p], 0.0 if track.is_agent else 0.5)
+                else:
+                    collided[p].append(token)
+        return scores
+
+    def _driving_direction(self, *, skip_intersection: bool) -> np.ndarray:
+        centers = self._coords[:, :, BB.CENTER]
+        step = np.zeros(centers.shape[:2])
+        step[:, 1:] = np.linalg.norm(centers[:, 1:] - centers[:, :-1], axis=-1)
+        keep = self._oncoming.copy()
+        if skip_intersection:
+            keep &= ~self._in_intersection_center
+        step[~keep] = 0.0
+        horizon = int(self.config.driving_direction_horizon / self.dt)
+        cums = np.concatenate([np.zeros((step.shape[0], 1)), np.cumsum(step, axis=-1)], axis=-1)
+        t = np.arange(step.shape[1])
+        window = cums[:, t + 1] - cums[:, np.maximum(0, t - horizon)]
+        worst = window.max(axis=-1)
+        return np.where(worst < self.config.driving_direction_compliance_threshold, 1.0,
+                        np.where(worst < self.config.driving_direction_violation_threshold, 0.5, 0.0))
+
+    def _progress(self, centerline: CenterlinePath) -> np.ndarray:
+        c = self._coords[:, :, BB.CENTER]
+        start = centerline.project(c[:, 0])
+        end = centerline.project(c[:, -1])
+        return np.clip(end - start, 0.0, None)
+
+    def _ttc(self) -> np.ndarray:
+        v2 = self.config.version == "v2"
+        n = self._states.shape[0]
+        scores = np.ones(n)
+        collided = [list(self._obs.collided_track_ids) for _ in range(n)]
+        window = self.config.future_collision_horizon_window if v2 else 1.0
+        future = np.arange(0, int(window * 10), 3)
+        speeds = np.hypot(self._states[..., S.VELOCITY_X], self._states[..., S.VELOCITY_Y])
+        heading = self._states[..., S.HEADING]
+        dxy = np.stack([np.cos(heading) * speeds, np.sin(heading) * speeds], axis=-1)
+        ring = self._coords.copy()
+        ring[:, :, BB.CENTER] = ring[:, :, BB.FRONT_LEFT]
+        projected = ring[:, :, None] + dxy[:, :, None, None, :] * (future * self.dt)[None, None, :, None, None]
+        polygons = shapely.polygons(projected)  # B,T,F
+        last = self.num_poses - int(max(future)) if v2 else self.num_poses
+        rear_in_intersection = self._drivable.in_layer(self._states[..., :2], M.INTERSECTION)
+        for t in range(last + 1):
+            for f_idx, f in enumerate(future):
+                occ = self._obs[t + f]
+                if len(occ) == 0:
+                    continue
+                hits = occ.query(polygons[:, t, f_idx], predicate="intersects")
+                for p, g in zip(hits[0], hits[1], strict=False):
+                    token = occ.tokens[g]
+                    if C.RED_LIGHT_TOKEN in token or token in collided[p] or speeds[p, t] < self.config.stopped_speed_threshold:
+                        continue
+                    c = occ[token].centroid
+                    ego_xy, ego_h = self._states[p, t, :2], self._states[p, t, S.HEADING]
+                    risky = self._multiple[p, t] or self._nondrivable[p, t] or rear_in_intersection[p, t]
+                    if is_agent_ahead(ego_xy, ego_h, (c.x, c.y)) or (risky and not is_agent_behind(ego_xy, ego_h, (c.x, c.y))):
+                        scores[p] = 0.0
+                    else:
+                        collided[p].append(token)
+        return scores
+
+    def _traffic_light(self) -> np.ndarray:
+        n = self._states.shape[0]
+        scores = np.ones(n)
+        for t in range(self.num_poses + 1):
+            occ = self._obs[t]
+            if len(occ) == 0:
+                continue
+            hits = occ.query(self._polygons[:, t], predicate="intersects")
+            for p, g in zip(hits[0], hits[1], strict=False):
+                if occ.tokens[g].startswith(C.RED_LIGHT_TOKEN):
+                    scores[p] = 0.0
+        return scores
+
+    def _lane_keeping(self, centerline: CenterlinePath) -> np.ndarray:
+        centers = self._coords[:, :, BB.CENTER]
+        required = int(np.ceil(self.config.lane_keeping_horizon_window / self.dt))
+        dist = shapely.distance(shapely.points(centers), centerline.linestring)
+        scores = np.ones(centers.shape[0])
+        for p in range(centers.shape[0]):
+            run = 0
+            for t in range(centers.shape[1]):
+                if self._in_intersection_center[p, t]:
+                    continue  # intersection poses neither count nor reset the run
+                run = run + 1 if dist[p, t] > self.config.lane_keeping_deviation_limit else 0
+                if run >= required:
+                    scores[p] = 0.0
+                    break
+        return scores
+
+    def _history_comfort(self, past: np.ndarray | None, n: int) -> np.ndarray:
+        if past is None:
+            return np.ones(n)
+        padded = np.concatenate([np.repeat(past[None], n, axis=0), self._states], axis=1)
+        times = np.arange(padded.shape[1], dtype=np.float64) * self.dt
+        return ego_is_comfortable(padded, times, version="v2").all(axis=-1).astype(np.float64)

@@ -1,0 +1,199 @@
+"""Batch LQR tracker + kinematic bicycle model: PDM's simulation of proposals before scoring.
+
+Mirrors navsim `pdm_planner/simulation/{batch_lqr,batch_lqr_utils,batch_kinematic_bicycle,pdm_simulator}.py`
+(identical in v1.1 and v2). All arrays are batched over proposals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from navsim_agents.scoring import constants as C
+from navsim_agents.scoring.constants import PACIFICA, VehicleParameters
+from navsim_agents.scoring.constants import StateIndex as S
+from navsim_agents.scoring.geometry import normalize_angle, principal_value
+
+# numpy < 2 cut singular values below 1e-15 * s_max in pinv (the devkit's numpy); numpy 2 defaults to
+# max(M, N) * eps, which could drop the tiny initial-curvature direction (penalty 1e-10) of the fits.
+PINV_RCOND = 1e-15
+
+
+def _profile_from_derivatives(initial: np.ndarray, derivatives: np.ndarray, dt: float) -> np.ndarray:
+    """Integrate `derivatives` [B,N] from `initial` [B] -> profile [B,N+1]."""
+    cumsum = np.cumsum(derivatives * dt, axis=-1)
+    return initial[..., None] + np.concatenate([np.zeros(cumsum.shape[:-1] + (1,)), cumsum], axis=-1)
+
+
+def _fit_velocity_and_acceleration(xy_disp: np.ndarray, headings: np.ndarray, dt: float, jerk_penalty: float):
+    """Least-squares initial velocity and acceleration profile from displacements [B,M,2]."""
+    batch, m = xy_disp.shape[:2]
+    y = xy_disp.reshape(batch, -1)
+    a_col = np.zeros(y.shape)
+    a_col[:, 0::2] = np.cos(headings)
+    a_col[:, 1::2] = np.sin(headings)
+    a = np.repeat(a_col[..., None] * dt**2, m, axis=2)
+    a[..., 0] = a_col * dt
+    upper = np.repeat(np.triu(np.ones((m, m), dtype=bool), k=1), 2, axis=0)
+    a[:, upper] = 0.0
+    n = m - 2
+    banded = np.zeros((n, n + 1))
+    banded[:, 1:] = np.eye(n)
+    banded[:, :-1] -= np.eye(n)
+    r = np.block([np.zeros((n, 1)), banded])
+    lhs = np.einsum("bji,bjk->bik", a, a) + jerk_penalty * (r.T @ r)[None]
+    x = np.einsum("bij,bj->bi", np.linalg.pinv(lhs, rcond=PINV_RCOND) @ a.transpose(0, 2, 1), y)
+    return x[:, 0], x[:, 1:]
+
+
+def _fit_curvature(heading_disp: np.ndarray, velocity: np.ndarray, dt: float, curvature_rate_penalty: float):
+    """Least-squares initial curvature and curvature-rate profile."""
+    batch, dim = heading_disp.shape
+    a = np.repeat(np.tri(dim)[None], batch, axis=0)
+    a[:, :, 0] = velocity * dt
+    vel = velocity * dt**2
+    a[:, 1:, 1:] *= vel[:, None, 1:].transpose(0, 2, 1)
+    q = curvature_rate_penalty * np.eye(dim)
+    q[0, 0] = C.LQR_INITIAL_CURVATURE_PENALTY
+    at = a.transpose(0, 2, 1)
+    x = np.einsum("bij,bj->bi", np.linalg.pinv(at @ a + q, rcond=PINV_RCOND) @ at, heading_disp)
+    return x[:, 0], x[:, 1:]
+
+
+def velocity_curvature_profiles(poses: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """Velocity [B,N-1] and curvature [B,N-1] profiles fitted to poses [B,N,3]."""
+    diff = np.diff(poses, axis=1)
+    v0, accel = _fit_velocity_and_acceleration(diff[..., :2], poses[:, :-1, 2], dt, C.LQR_JERK_PENALTY)
+    velocity = _profile_from_derivatives(v0, accel, dt)
+    k0, krate = _fit_curvature(normalize_angle(diff[..., 2]), velocity, dt, C.LQR_CURVATURE_RATE_PENALTY)
+    return velocity, _profile_from_derivatives(k0, krate, dt)
+
+
+class BatchLQRTracker:
+    """Decoupled longitudinal / lateral one-step LQR over a 10-step horizon (nuPlan's LQR, batched)."""
+
+    def __init__(self, *, vehicle: VehicleParameters = PACIFICA, dt: float = C.PROPOSAL_INTERVAL):
+        self._wheel_base = vehicle.wheel_base
+        self._dt = dt
+        self._horizon = C.LQR_TRACKING_HORIZON
+        self._q_lat = np.diag(C.LQR_Q_LATERAL)
+
+    def update(self, reference_states: np.ndarray) -> None:
+        """Load the reference states [B,N,11] (only poses are used) and fit their profiles."""
+        self._ref = reference_states
+        self._velocity, self._curvature = velocity_curvature_profiles(reference_states[..., :3], self._dt)
+
+    def track(self, index: int, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Commands (acceleration [B], steering rate [B]) to track the reference from `states` at step `index`."""
+        ref = self._ref[:, index]
+        dx, dy = states[:, S.X] - ref[:, S.X], states[:, S.Y] - ref[:, S.Y]
+        href = ref[:, S.HEADING]
+        lateral = np.stack(
+            [-dx * np.sin(href) + dy * np.cos(href), normalize_angle(states[:, S.HEADING] - href),
+             states[:, S.STEERING_ANGLE]], axis=-1)
+        v0 = states[:, S.VELOCITY_X]
+
+        batch, num = self._velocity.shape
+        ref_idx = min(index + self._horizon, num - 1)
+        v_ref = self._velocity[:, ref_idx]
+        curv = np.zeros((batch, self._horizon))
+        length = ref_idx - index
+        curv[:, :length] = self._curvature[:, index:ref_idx]
+        if length < self._horizon:
+            curv[:, length:] = self._curvature[:, ref_idx, None]
+
+        accel = np.zeros(batch)
+        steer_rate = np.zeros(batch)
+        stop = (v_ref <= C.LQR_STOPPING_VELOCITY) & (v0 <= C.LQR_STOPPING_VELOCITY)
+        accel[stop] = -C.LQR_STOPPING_GAIN * (v0[stop] - v_ref[stop])
+        go = ~stop
+        b_lon = self._horizon * self._dt
+        err = v0[go] - v_ref[go]
+        accel[go] = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon * C.LQR_Q_LONGITUDINAL * err
+        vel_profile = _profile_from_derivatives(v0[go], np.repeat(accel[go, None], self._horizon, axis=-1), self._dt)
+        steer_rate[go] = self._lateral(lateral[go], vel_profile[:, : self._horizon], curv[go])
+        return accel, steer_rate
+
+    def _lateral(self, x0: np.ndarray, velocity: np.ndarray, curvature: np.ndarray) -> np.ndarray:
+        """One-step lateral LQR over the horizon.
+
+        The devkit multiplies the 10 step matrices M_k = [[1, v dt, 0], [0, 1, v dt / L], [0, 0, 1]] (and the
+        affine terms) one by one; their product has the closed form below, accumulated with cumulative sums in the
+        same order as the sequential products.
+        """
+        dt = self._dt
+        m01 = velocity * dt
+        m12 = velocity * dt / self._wheel_base
+        steps = np.arange(self._horizon) * dt
+        zero = np.zeros((len(x0), 1))
+
+        def exclusive(values):  # sums over the steps before each step
+            return np.concatenate([zero, np.cumsum(values, axis=-1)[:, :-1]], axis=-1)
+
+        c_before = exclusive(m12)
+        b1_before = exclusive(m12 * steps)
+        g1_terms = -velocity * curvature * dt
+        g1_before = exclusive(g1_terms)
+        a01 = np.cumsum(m01, axis=-1)[:, -1]
+        a02 = np.cumsum(m01 * c_before, axis=-1)[:, -1]
+        a12 = np.cumsum(m12, axis=-1)[:, -1]
+        b = np.stack([np.cumsum(m01 * b1_before, axis=-1)[:, -1], np.cumsum(m12 * steps, axis=-1)[:, -1],
+                      np.full(len(x0), self._horizon * dt)], axis=-1)
+        g0 = np.cumsum(m01 * g1_before, axis=-1)[:, -1]
+        g1 = np.cumsum(g1_terms, axis=-1)[:, -1]
+        err = np.stack([x0[:, 0] + a01 * x0[:, 1] + a02 * x0[:, 2] + g0,
+                        x0[:, 1] + a12 * x0[:, 2] + g1,
+                        x0[:, 2]], axis=-1)
+        err[:, 1:] = np.arctan2(np.sin(err[:, 1:]), np.cos(err[:, 1:]))
+        btq = b * np.diag(self._q_lat)[None]  # Q is diagonal
+        inv = -1.0 / (np.einsum("bi,bi->b", btq, b) + C.LQR_R_LATERAL)
+        return inv * np.einsum("bi,bi->b", btq, err)
+
+
+class BatchKinematicBicycleModel:
+    """Kinematic bicycle at the rear axle with first-order lags on acceleration and steering."""
+
+    def __init__(self, *, vehicle: VehicleParameters = PACIFICA):
+        self._wheel_base = vehicle.wheel_base
+
+    def propagate(self, states: np.ndarray, accel_cmd: np.ndarray, steer_rate_cmd: np.ndarray, dt: float) -> np.ndarray:
+        """Next states [B,11] from states [B,11] and commands after `dt` seconds."""
+        accel = states[:, S.ACCELERATION_X]
+        steer = states[:, S.STEERING_ANGLE]
+        ideal_steer = dt * steer_rate_cmd + steer
+        new_accel = dt / (dt + C.BICYCLE_ACCEL_TIME_CONSTANT) * (accel_cmd - accel) + accel
+        new_steer = dt / (dt + C.BICYCLE_STEERING_TIME_CONSTANT) * (ideal_steer - steer) + steer
+        new_steer_rate = (new_steer - steer) / dt
+
+        speed = states[:, S.VELOCITY_X]
+        heading = states[:, S.HEADING]
+        out = states.copy()
+        out[:, S.X] = states[:, S.X] + speed * np.cos(heading) * dt
+        out[:, S.Y] = states[:, S.Y] + speed * np.sin(heading) * dt
+        out[:, S.HEADING] = principal_value(heading + speed * np.tan(steer) / self._wheel_base * dt)
+        out[:, S.VELOCITY_X] = speed + new_accel * dt
+        out[:, S.VELOCITY_Y] = 0.0
+        out[:, S.STEERING_ANGLE] = np.clip(steer + new_steer_rate * dt, -C.BICYCLE_MAX_STEERING_ANGLE,
+                                           C.BICYCLE_MAX_STEERING_ANGLE)
+        out[:, S.ANGULAR_VELOCITY] = out[:, S.VELOCITY_X] * np.tan(out[:, S.STEERING_ANGLE]) / self._wheel_base
+        # the state derivative of velocity (x: filtered accel, y: the input's lateral accel)
+        out[:, S.ACCELERATION_X] = new_accel
+        out[:, S.ACCELERATION_Y] = 0.0
+        out[:, S.ANGULAR_ACCELERATION] = (out[:, S.ANGULAR_VELOCITY] - states[:, S.ANGULAR_VELOCITY]) / dt
+        out[:, S.STEERING_RATE] = new_steer_rate
+        return out
+
+
+def simulate_proposals(reference_states: np.ndarray, initial_state: np.ndarray, *,
+                       num_poses: int = C.PROPOSAL_NUM_POSES, dt: float = C.PROPOSAL_INTERVAL,
+                       vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
+    """Track each reference [B,>=N+1,11] from `initial_state` [11]; return simulated states [B,N+1,11]."""
+    refs = reference_states[:, : num_poses + 1]
+    tracker = BatchLQRTracker(vehicle=vehicle, dt=dt)
+    tracker.update(refs)
+    model = BatchKinematicBicycleModel(vehicle=vehicle)
+    out = np.zeros(refs.shape)
+    out[:, 0] = initial_state
+    for t in range(1, num_poses + 1):
+        accel, steer_rate = tracker.track(t - 1, out[:, t - 1])
+        out[:, t] = model.propagate(out[:, t - 1], accel, steer_rate, dt)
+    return out

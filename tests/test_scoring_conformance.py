@@ -1,0 +1,112 @@
+"""Our PDMS / EPDMS against the official devkit's per-scene CSVs on the navsim_dev conformance set."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from navsim_agents.agents.constant_velocity_agent import ConstantVelocityAgent
+from navsim_agents.agents.human_agent import HumanAgent
+from navsim_agents.agents.trajectory_file_agent import TrajectoryFileAgent
+from navsim_agents.data.dataclasses import SceneFilter
+from navsim_agents.data.scene_loader import SceneLoader
+from navsim_agents.scoring import evaluate as E
+from navsim_agents.scoring.pdm_score import PDMScoreRunner
+
+
+def _conformance_root() -> Path:
+    env = os.environ.get("EUPE_DRIVE_CONFORMANCE")
+    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "conformance"
+    return base / "navsim_dev"
+
+
+ROOT = _conformance_root()
+pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"conformance set not found at {ROOT} "
+                                 "(set EUPE_DRIVE_CONFORMANCE to the folder holding navsim_dev/)")
+DISCRETE_TOL, CONTINUOUS_TOL = 1e-6, 1e-3  # navsim_dev/README.md
+# Known deviation, kept visible: in v1.1 PDM-Closed's proposals 13/14 of this scene pass a parked car with 2 mm
+# and 9 mm to spare in our simulation and the official one drops them for TTC (it selects proposal 12), so the
+# progress normaliser differs by 3 %. Only ego_progress / score of these rows may deviate, by at most 0.05.
+KNOWN_EP_DEVIATIONS = {("v1", "fb07ae8bce3a8d80")}
+KNOWN_EP_TOL = 0.05
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tokens = json.loads((ROOT / "scene_tokens.json").read_text())
+    scene_filter = SceneFilter(num_history_frames=4, num_future_frames=10, frame_interval=1, has_route=True,
+                               tokens=list(tokens))
+    loader = SceneLoader(ROOT / "navsim_logs" / "navsim_dev", ROOT / "sensor_blobs" / "navsim_dev", scene_filter,
+                         map_root=ROOT / "maps", map_version="nuplan-maps-v1.0")
+    cache_root = tmp_path_factory.mktemp("metric_cache")
+    caches = {t: E.ensure_metric_cache(loader.scene_frames_dicts[t], cache_root, str(ROOT / "maps"),
+                                       "nuplan-maps-v1.0") for t in loader.tokens}
+    return loader, caches
+
+
+def _agent(name: str):
+    if name == "human":
+        return HumanAgent()
+    if name == "constant_velocity":
+        return ConstantVelocityAgent()
+    agent = TrajectoryFileAgent(str(ROOT / "trajectories.json"))
+    agent.initialize()
+    return agent
+
+
+def _scores(setup, agent_name: str, version: str) -> pd.DataFrame:
+    loader, caches = setup
+    agent = _agent(agent_name)
+    runner = PDMScoreRunner(version, human_penalty_filter=version == "v2")
+
+    def trajectory(token):
+        agent_input = loader.get_agent_input_from_token(token)
+        if agent.requires_scene:
+            return lambda: agent.compute_trajectory(agent_input, loader.get_scene_from_token(token))
+        return lambda: agent.compute_trajectory(agent_input)
+
+    rows = [E.score_token(t, caches[t], trajectory(t), runner) for t in loader.tokens]
+    return E.finalize(rows, version)
+
+
+@pytest.mark.parametrize("version,folder", [("v1", "v1.1"), ("v2", "v2")])
+@pytest.mark.parametrize("agent_name", ["trajectory_file", "human", "constant_velocity"])
+def test_matches_official_rows(setup, agent_name, version, folder):
+    ours = _scores(setup, agent_name, version)
+    expected = pd.read_csv(ROOT / "expected" / folder / f"{agent_name}.csv", index_col=0)
+    assert list(ours.columns) == list(expected.columns), "CSV columns differ from the devkit's"
+    expected = expected[~expected["token"].str.startswith("average")].set_index("token")
+    ours = ours[~ours["token"].str.startswith("average")].set_index("token")
+    assert sorted(ours.index) == sorted(expected.index)
+    problems, known_seen = [], set()
+    for token, exp_row in expected.iterrows():
+        row = ours.loc[token]
+        assert bool(row["valid"]) == bool(exp_row["valid"]), token
+        for col in expected.columns:
+            if col == "valid":
+                continue
+            a, b = float(row[col]), float(exp_row[col])
+            tol = CONTINUOUS_TOL if col in ("ego_progress", "score") else DISCRETE_TOL
+            if np.isnan(a) != np.isnan(b) or (not np.isnan(b) and abs(a - b) > tol):
+                if (version, token) in KNOWN_EP_DEVIATIONS and col in ("ego_progress", "score") \
+                        and abs(a - b) <= KNOWN_EP_TOL:
+                    known_seen.add((version, token))
+                    continue
+                problems.append(f"{token} {col}: ours {a} official {b}")
+    assert not problems, "\n".join(problems)
+    stale = {k for k in KNOWN_EP_DEVIATIONS if k[0] == version and k[1] in expected.index} - known_seen
+    if agent_name == "human":  # the human row of that scene is normalised by PDM-Closed: it must show it
+        assert not stale, f"known deviation {stale} no longer deviates: remove it from KNOWN_EP_DEVIATIONS"
+
+
+def test_human_scores_near_top_and_constant_velocity_lower(setup):
+    human = _scores(setup, "human", "v1")
+    cv = _scores(setup, "constant_velocity", "v1")
+    h = human.loc[human.token == "average", "score"].item()
+    c = cv.loc[cv.token == "average", "score"].item()
+    assert h > 0.9 and c < h

@@ -1,0 +1,158 @@
+"""Each PDM sub-score on a hand-built scene whose answer follows from the metric's definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shapely.geometry import Polygon, box
+
+from navsim_agents.scoring import map_api as M
+from navsim_agents.scoring.constants import PACIFICA, STATE_SIZE
+from navsim_agents.scoring.constants import StateIndex as S
+from navsim_agents.scoring.geometry import box_coords
+from navsim_agents.scoring.scorer import CenterlinePath, PDMScorer, ScorerConfig
+from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
+
+T = np.arange(41) * 0.1
+R2C = PACIFICA.rear_axle_to_center
+
+
+def road(extra_lanes=(), on_route_split=None):
+    """Straight two-lane road along +x: lane 'A' (y in [-3.5, 0], on route) and 'B' (y in [0, 3.5], oncoming)."""
+    tokens = ["rb", "A", "B"]
+    kinds = [M.ROADBLOCK, M.LANE, M.LANE]
+    polys = [box(-100, -3.5, 300, 3.5), box(-100, -3.5, 300, 0.0), box(-100, 0.0, 300, 3.5)]
+    for token, kind, poly in extra_lanes:
+        tokens.append(token)
+        kinds.append(kind)
+        polys.append(poly)
+    return DrivableMap(tokens, kinds, polys)
+
+
+CENTERLINE = CenterlinePath(np.array([[x, -1.75, 0.0] for x in np.arange(-100.0, 301.0, 1.0)]))
+
+
+def states_along(xs, ys, speed, heading=0.0):
+    """States [1,41,11] of an ego whose rear axle follows (xs, ys) at `speed` with `heading`."""
+    s = np.zeros((1, 41, STATE_SIZE))
+    s[0, :, S.X], s[0, :, S.Y], s[0, :, S.HEADING] = xs, ys, heading
+    s[0, :, S.VELOCITY_X] = speed
+    return s
+
+
+def observation(tracks, steps=41):
+    """tracks: list of (token, type_is_agent, speed, heading, fn(t)->(x, y), length, width)."""
+    maps = []
+    for k in range(steps):
+        toks, polys = [], []
+        for token, _, _, heading, pos, length, width in tracks:
+            c = box_coords(np.array(pos(k * 0.1)), np.asarray(heading), length, width)[:4]
+            toks.append(token)
+            polys.append(Polygon(c))
+        maps.append(OccupancyMap(toks, polys))
+    unique = {t[0]: TrackInfo(t[1], t[3], t[2]) for t in tracks}
+    return Observation(maps, unique)
+
+
+def score(states, obs=None, version="v2", drivable=None, route=("A",), centerline=CENTERLINE, past=None):
+    obs = obs if obs is not None else observation([], steps=50 if version == "v1" else 41)
+    scorer = PDMScorer(ScorerConfig(version=version))
+    return scorer.score(states, obs, centerline, list(route), drivable or road(), past)
+
+
+def test_driving_in_lane_scores_full_marks():
+    r = score(states_along(10 * T, -1.75, 10.0))
+    for key in ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
+                "traffic_light_compliance", "time_to_collision_within_bound", "lane_keeping"):
+        assert r[key][0] == 1.0, key
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_hitting_a_stopped_vehicle_is_at_fault_nc_zero(version):
+    obs = observation([("car", True, 0.0, 0.0, lambda t: (20.0, -1.75), 4.8, 2.0)], steps=50)
+    r = score(states_along(10 * T, -1.75, 10.0), obs, version=version)
+    assert r["no_at_fault_collisions"][0] == 0.0
+
+
+def test_hitting_a_static_object_gives_half():
+    obs = observation([("cone", False, 0.0, 0.0, lambda t: (20.0, -1.75), 0.5, 0.5)])
+    assert score(states_along(10 * T, -1.75, 10.0), obs)["no_at_fault_collisions"][0] == 0.5
+
+
+def test_rear_ended_by_faster_follower_is_not_at_fault():
+    # ego at 2 m/s, follower at 12 m/s starting 12 m behind the rear axle: it hits the ego's rear
+    obs = observation([("follower", True, 12.0, 0.0, lambda t: (-12.0 + 12.0 * t, -1.75), 4.8, 2.0)])
+    r = score(states_along(2 * T, -1.75, 2.0), obs)
+    assert r["no_at_fault_collisions"][0] == 1.0
+
+
+def test_leaving_the_road_fails_drivable_area():
+    ys = np.clip(-1.75 + 2.0 * T, None, 5.0)  # drifts left until the car body is beyond y = 3.5
+    r = score(states_along(10 * T, ys, 10.0))
+    assert r["drivable_area_compliance"][0] == 0.0
+
+
+@pytest.mark.parametrize("stretch,expected", [(3.0, 0.5), (7.0, 0.0)])
+def test_driving_against_traffic_over_3m_and_7m(stretch, expected):
+    # ego drives in lane B; only B's piece x in [20, 20 + stretch] is off-route -> oncoming there
+    lanes = [("B1", M.LANE, box(-100, 0, 20, 3.5)), ("B3", M.LANE, box(20 + stretch, 0, 300, 3.5))]
+    drivable = DrivableMap(["rb", "B1", "B2", "B3"], [M.ROADBLOCK, M.LANE, M.LANE, M.LANE],
+                           [box(-100, -3.5, 300, 3.5), lanes[0][2], box(20, 0, 20 + stretch, 3.5), lanes[1][2]])
+    xs = 10 * T - R2C + 0.5  # centers at 0.5, 1.5, ...: strictly inside each piece
+    r = score(states_along(xs, 1.75, 10.0), drivable=drivable, route=("B1", "B3"))
+    assert r["driving_direction_compliance"][0] == expected
+
+
+def test_red_light_connector_fails_traffic_light_compliance():
+    light = ("red_light_lc1", True, 0.0, 0.0, lambda t: (30.0, -1.75), 2.0, 3.5)
+    r = score(states_along(10 * T, -1.75, 10.0), observation([light]))
+    assert r["traffic_light_compliance"][0] == 0.0
+    assert r["no_at_fault_collisions"][0] == 1.0  # red lights are not collisions
+
+
+@pytest.mark.parametrize("offset,seconds,expected", [(0.6, 2.0, 0.0), (0.6, 1.5, 1.0), (0.4, 4.0, 1.0)])
+def test_lane_keeping_offset(offset, seconds, expected):
+    n = int(round(seconds / 0.1))
+    ys = np.full(41, -1.75)
+    ys[5:5 + n] += offset
+    r = score(states_along(10 * T, ys, 10.0))
+    assert r["lane_keeping"][0] == expected
+
+
+def test_progress_ratio_against_pdm_closed():
+    both = np.concatenate([states_along(5 * T, -1.75, 5.0), states_along(2.5 * T, -1.75, 2.5)])
+    r = score(both)  # raw progress 20 m (reference) and 10 m (agent)
+    assert np.allclose(r["raw_progress"], [20.0, 10.0])
+    assert np.allclose(r["ego_progress"], [1.0, 0.5])
+    slow = np.concatenate([states_along(1 * T, -1.75, 1.0), states_along(0.5 * T, -1.75, 0.5)])
+    assert np.allclose(score(slow)["ego_progress"], [1.0, 1.0])  # best progress below 5 m
+
+
+@pytest.mark.parametrize("gap,expected", [(8.5, 0.0), (12.0, 1.0)])
+def test_ttc_on_a_stopped_vehicle_ego_brakes_in_time(gap, expected):
+    # ego brakes from 10 m/s to a stop within 8 m; its constant-velocity projection reaches 9 m (0.9 s)
+    v0, decel = 10.0, 10.0**2 / (2 * 8.0)
+    t_stop = v0 / decel
+    tt = np.minimum(T, t_stop)
+    st = states_along(v0 * tt - decel * tt**2 / 2, -1.75, 0.0)
+    st[0, :, S.VELOCITY_X] = np.maximum(v0 - decel * T, 0.0)
+    front = PACIFICA.front_length
+    lead = ("lead", True, 0.0, 0.0, lambda t: (front + gap + 2.4, -1.75), 4.8, 2.0)
+    r = score(st, observation([lead]))
+    assert r["no_at_fault_collisions"][0] == 1.0
+    assert r["time_to_collision_within_bound"][0] == expected
+
+
+def test_zigzag_fails_comfort_v1():
+    st = states_along(10 * T, -1.75, 10.0)
+    st[0, :, S.HEADING] = 0.3 * (-1.0) ** np.arange(41)
+    assert score(st, version="v1")["comfort"][0] == 0.0
+    assert score(states_along(10 * T, -1.75, 10.0), version="v1")["comfort"][0] == 1.0
+
+
+def test_v1_score_formula():
+    both = np.concatenate([states_along(5 * T, -1.75, 5.0), states_along(2.5 * T, -1.75, 2.5)])
+    r = score(both, version="v1")
+    assert np.allclose(r["score"], [(5 * 1.0 + 5 + 2) / 12, (5 * 0.5 + 5 + 2) / 12])
+
+

@@ -1,0 +1,72 @@
+"""Kinematic bicycle, LQR tracker, pose interpolation and comfort: values from their definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from navsim_agents.scoring.comfort import ego_is_comfortable
+from navsim_agents.scoring.constants import PACIFICA, STATE_SIZE
+from navsim_agents.scoring.constants import StateIndex as S
+from navsim_agents.scoring.pdm_score import interpolate_poses
+from navsim_agents.scoring.simulator import BatchKinematicBicycleModel, simulate_proposals
+
+
+def _fit_circle(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares circle (Kasa fit): center, radius."""
+    a = np.column_stack([2 * points[:, 0], 2 * points[:, 1], np.ones(len(points))])
+    b = (points**2).sum(1)
+    cx, cy, c = np.linalg.lstsq(a, b, rcond=None)[0]
+    return np.array([cx, cy]), float(np.sqrt(c + cx**2 + cy**2))
+
+
+def test_constant_steering_drives_circle_of_radius_wheelbase_over_tan_steer():
+    steer, speed, dt = 0.2, 5.0, 0.01
+    state = np.zeros((1, STATE_SIZE))
+    state[0, S.VELOCITY_X] = speed
+    state[0, S.STEERING_ANGLE] = steer
+    model = BatchKinematicBicycleModel()
+    points = []
+    for _ in range(3000):  # more than one full lap
+        state = model.propagate(state, np.zeros(1), np.zeros(1), dt)
+        points.append(state[0, :2].copy())
+    _, radius = _fit_circle(np.array(points))
+    expected = PACIFICA.wheel_base / np.tan(steer)
+    # Euler steps of length v*dt turning by w*dt lie on a circle of radius (v dt / 2) / sin(w dt / 2)
+    euler = (speed * dt / 2) / np.sin(speed * np.tan(steer) / PACIFICA.wheel_base * dt / 2)
+    assert abs(radius - euler) < 1e-6
+    assert abs(radius - expected) / expected < 1e-4
+
+
+def test_lqr_tracks_straight_constant_speed_reference_with_near_zero_error():
+    speed, heading = 10.0, 0.3
+    t = np.arange(41) * 0.1
+    ref = np.zeros((1, 41, STATE_SIZE))
+    ref[0, :, 0] = 100.0 + speed * t * np.cos(heading)
+    ref[0, :, 1] = -50.0 + speed * t * np.sin(heading)
+    ref[0, :, 2] = heading
+    initial = ref[0, 0].copy()
+    initial[S.VELOCITY_X] = speed
+    sim = simulate_proposals(ref, initial)
+    err = np.linalg.norm(sim[0, :, :2] - ref[0, :, :2], axis=-1)
+    assert err.max() < 1e-6
+    assert np.allclose(sim[0, :, S.VELOCITY_X], speed, atol=1e-6)
+    assert np.allclose(sim[0, :, S.HEADING], heading, atol=1e-9)
+
+
+def test_interpolation_is_linear_between_half_second_poses():
+    initial = np.array([0.0, 0.0, 0.0])
+    poses = np.stack([np.arange(1, 9) * 5.0, np.zeros(8), np.zeros(8)], axis=-1)
+    out = interpolate_poses(initial, poses)
+    assert out.shape == (41, 3)
+    assert np.allclose(out[:, 0], np.arange(41) * 1.0)
+
+
+def test_comfort_straight_passes_and_zigzag_fails():
+    t = np.arange(41) * 0.1
+    states = np.zeros((2, 41, STATE_SIZE))
+    states[:, :, 0] = 10.0 * t
+    states[:, :, S.VELOCITY_X] = 10.0
+    states[1, :, S.HEADING] = 0.3 * (-1.0) ** np.arange(41)  # heading flips every 0.1 s
+    for version in ("v1", "v2"):
+        ok = ego_is_comfortable(states, t, version=version).all(axis=-1)
+        assert ok.tolist() == [True, False]
