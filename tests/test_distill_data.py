@@ -119,15 +119,19 @@ def test_build_source_errors(tmp_path):
     assert np.array_equal(ProceduralSource(3, size=16).load(1), ProceduralSource(3, size=16).load(1))
 
 
-def test_synthetic_world_source():
-    synthetic = pytest.importorskip("navsim_agents.data.synthetic", reason="synthetic world not available yet")
-    if not hasattr(synthetic, "ensure_navmini"):
-        pytest.skip("navsim_agents.data.synthetic.ensure_navmini not available yet")
-    from eupe.distill.data import synthetic_source
+def test_synthetic_world_source(tmp_path):
+    from navsim_agents.data import synthetic
 
-    src = synthetic_source()
+    from eupe.distill.data import NavsimCameraSource
+
+    # a tiny world in the navmini layout (the default one takes about a minute to generate)
+    root = synthetic.generate_world(tmp_path / "world", num_train_logs=1, num_test_logs=1, frames_per_log=14,
+                                    image_size=(96, 54), warmup_s=3)
+    src = NavsimCameraSource(root / "navsim_logs" / "navmini", root / "sensor_blobs" / "navmini",
+                             cameras=("cam_f0",), log_names=synthetic.NAVMINI_TRAIN_LOGS[:1])
     img = src.load(0)
-    assert img.ndim == 3 and img.shape[2] == 3 and len(src) > 0
+    # 14 frames hold exactly one 4 + 10 frame NAVSIM window, so one camera image per scene
+    assert img.shape == (54, 96, 3) and len(src) == 1
 
 
 def test_teacher_registry_and_errors(tmp_path):
