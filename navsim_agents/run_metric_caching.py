@@ -32,7 +32,9 @@ def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     for token in tqdm(loader.tokens, unit="scene", disable=not cfg.progress):
         frames = loader.scene_frames_dicts[token]
-        existed = E.cache_file(root, frames[3]["log_name"], token).is_file()
+        # a cache of an older format is rebuilt by ensure_metric_cache: it counts as built, not reused
+        existed = E.MetricCache.stored_format_version(E.cache_file(root, frames[3]["log_name"], token)) \
+            == E.CACHE_FORMAT_VERSION
         try:
             E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version, force=bool(cfg.force))
             stats["reused" if existed and not cfg.force else "built"] += 1

@@ -3,12 +3,18 @@
     python navsim_agents/run_pdm_score.py agent=constant_velocity split=navmini scorer=pdms
     python navsim_agents/run_pdm_score.py agent=trajectory_file agent.path=out.json split=custom split.data_split=mini
 
-Output: ``$NAVSIM_EXP_ROOT/<experiment_name>/<timestamp>.csv``; rows are appended to a partial file next to it while
-the run goes, so a rerun of the same experiment resumes where an interrupted one stopped.
+Output: ``$NAVSIM_EXP_ROOT/<experiment_name>/<timestamp>.csv`` and a JSON sidecar ``<timestamp>.json`` describing
+the run (agent, backbone and its weights, planner weights, corruption, split, scorer, token counts; read by
+``run_robustness_report.py``). Rows are appended to a partial file next to it while the run goes, named with a
+hash of the run's configuration, so a rerun of the same configuration resumes where an interrupted one stopped
+and the jobs of a sweep that share an experiment folder never resume from each other's rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import logging
 import time
 from datetime import datetime
@@ -28,10 +34,49 @@ def metric_cache_root(cfg: DictConfig, data_split: str) -> Path:
     return Path(cfg.metric_cache_path) if cfg.metric_cache_path else Path(cfg.exp_root) / "metric_cache" / data_split
 
 
+# the config groups that decide a run's rows; two runs resume from each other only when all of them agree
+RUN_KEY_GROUPS = ("agent", "backbone", "planner", "corruption", "split", "scorer")
+
+
+def run_key(cfg: DictConfig) -> str:
+    """12 hex digits identifying the scored configuration (the resolved `RUN_KEY_GROUPS`; absent ones are None)."""
+    resolved = {group: OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) is not None else None
+                for group in RUN_KEY_GROUPS}
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def partial_path(cfg: DictConfig) -> Path:
-    """Rows of an unfinished run: `<exp_root>/<experiment_name>/partial_<scorer>_<agent class>.jsonl`."""
+    """Rows of an unfinished run: `<exp_root>/<experiment_name>/partial_<scorer>_<agent class>_<run_key>.jsonl`."""
     agent_tag = str(cfg.agent.get("_target_", "agent")).rsplit(".", 1)[-1]
-    return Path(cfg.exp_root) / str(cfg.experiment_name) / f"partial_{cfg.scorer.name}_{agent_tag}.jsonl"
+    name = f"partial_{cfg.scorer.name}_{agent_tag}_{run_key(cfg)}.jsonl"
+    return Path(cfg.exp_root) / str(cfg.experiment_name) / name
+
+
+def run_sidecar(cfg: DictConfig, agent, rows: list[dict]) -> dict[str, Any]:
+    """What `run_robustness_report.py` reads next to a CSV: agent, backbone (name, weights_source) or None for
+    agents without an image backbone, planner weights, corruption (name, severity, cameras, seed), split, scorer,
+    number of tokens and of valid rows."""
+    backbone_module = getattr(agent, "backbone", None)
+    if backbone_module is not None and cfg.get("backbone") is not None:
+        backbone = {"name": str(cfg.backbone.name),
+                    "weights_source": str(getattr(backbone_module, "weights_source", "unknown"))}
+        planner_weights = getattr(agent, "_loaded_from", None) or "random (no agent.checkpoint)"
+    else:
+        backbone = {"name": None, "weights_source": None}
+        planner_weights = str(getattr(agent, "weights_source", "unknown"))
+    corruption = OmegaConf.to_container(cfg.corruption, resolve=True)
+    return {
+        "agent": agent.name(),
+        "backbone": backbone,
+        "planner_weights": str(planner_weights),
+        "corruption": {key: corruption.get(key) for key in ("name", "severity", "cameras", "seed")},
+        "split": str(cfg.split.data_split),
+        "scorer": str(cfg.scorer.name),
+        "num_tokens": len(rows),
+        "num_valid": sum(bool(r.get("valid", False)) for r in rows),
+        "run_key": run_key(cfg),
+    }
 
 
 def _make_agent(cfg: DictConfig):
@@ -46,7 +91,11 @@ def _trajectory_fn(agent, loader, token: str, cfg: DictConfig):
         if cfg.corruption.name != "none":
             from rap_backbone.corruptions import apply_to_agent_input  # lazy: image code is heavy
 
-            agent_input = apply_to_agent_input(agent_input, cfg.corruption, seed_key=token)
+            extra = {}
+            # synthetic scenes are raster renders: fog gets true depth and calibration drift a true re-render
+            if cfg.split.get("synthetic", False) and "scene" in inspect.signature(apply_to_agent_input).parameters:
+                extra["scene"] = loader.get_scene_from_token(token)
+            agent_input = apply_to_agent_input(agent_input, cfg.corruption, seed_key=token, **extra)
         if getattr(agent, "requires_scene", False):
             return agent.compute_trajectory(agent_input, loader.get_scene_from_token(token))
         return agent.compute_trajectory(agent_input)
@@ -149,6 +198,7 @@ def run(cfg: DictConfig) -> Path:
     df = E.finalize(rows, version)
     csv_path = out_dir / f"{datetime.now().strftime('%Y.%m.%d.%H.%M.%S')}.csv"
     df.to_csv(csv_path)
+    csv_path.with_suffix(".json").write_text(json.dumps(run_sidecar(cfg, agent, rows), indent=2) + "\n")
     partial.unlink(missing_ok=True)
     weights = getattr(agent, "weights_source", "unknown")
     elapsed = time.perf_counter() - start

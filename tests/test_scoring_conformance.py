@@ -110,3 +110,25 @@ def test_human_scores_near_top_and_constant_velocity_lower(setup):
     h = human.loc[human.token == "average", "score"].item()
     c = cv.loc[cv.token == "average", "score"].item()
     assert h > 0.9 and c < h
+
+
+def test_route_context_uses_the_corrected_route_of_the_data_layer_map():
+    """navsim's PDM-Closed corrects the route at the first iteration: a route missing its roadblock connector gets
+    it back (BFS between consecutive roadblocks), so the centerline equals the one of the complete route."""
+    from navsim_agents.data.maps import get_maps_api
+    from navsim_agents.scoring.metric_cache import frame_ego_state, load_log, scene_frames
+    from navsim_agents.scoring.pdm_closed import build_route_context
+
+    log = next(p for p in sorted((ROOT / "navsim_logs" / "navsim_dev").glob("*.pkl")) if "00121_00147" in p.name)
+    current = scene_frames(load_log(log), "4e1b0dbeff2032d7")[3]
+    ego = frame_ego_state(current)[:3]
+    map_api = get_maps_api(ROOT / "maps", "nuplan-maps-v1.0", current["map_location"])
+    full = build_route_context(map_api, current["roadblock_ids"], ego)
+    assert full.route_block_ids == ["10002", "20001", "10005"]
+    gapped = build_route_context(map_api, ["10002", "10005"], ego)
+    assert gapped.route_block_ids == full.route_block_ids
+    np.testing.assert_array_equal(gapped.centerline.poses, full.centerline.poses)
+    # the ego drives in the middle of a straight lane: the centerline passes under its rear axle with its heading
+    assert full.centerline.length > 100.0
+    pose = full.centerline.interpolate(np.array([full.centerline.project(ego[:2])]))[0]
+    assert np.hypot(*(pose[:2] - ego[:2])) < 0.5 and abs(pose[2] - ego[2]) < 1e-6

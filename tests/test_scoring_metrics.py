@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon, box
 
-from navsim_agents.scoring import map_api as M
+from navsim_agents.scoring import world as M
 from navsim_agents.scoring.constants import PACIFICA, STATE_SIZE
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import box_coords

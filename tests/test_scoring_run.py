@@ -112,3 +112,120 @@ def test_ray_worker_gives_the_sequential_csv(tmp_path):
     ray_df = pd.read_csv(run_pdm_score.run(_cfg(tmp_path, "scorer=epdms", "worker=ray", "worker.tokens_per_task=2",
                                                 name="ray")), index_col=0)
     pd.testing.assert_frame_equal(seq, ray_df)
+
+
+def test_sidecar_describes_the_run(tmp_path):
+    cfg = _cfg(tmp_path, "scorer=pdms", tokens=TOKENS[:2] + ["ffffffffffffffff"])
+    csv_path = run_pdm_score.run(cfg)
+    sidecar = json.loads(csv_path.with_suffix(".json").read_text())
+    assert sidecar["agent"] == "ConstantVelocityAgent"
+    assert sidecar["backbone"] == {"name": None, "weights_source": None}  # a rule-based agent has no backbone
+    assert sidecar["planner_weights"] == "none (rule-based)"
+    assert sidecar["corruption"] == {"name": "none", "severity": 0, "cameras": "all", "seed": 0}
+    assert sidecar["split"] == "navsim_dev" and sidecar["scorer"] == "pdms"
+    assert sidecar["num_tokens"] == 3 and sidecar["num_valid"] == 2  # the unknown token is an invalid row
+
+
+def test_sidecar_of_a_backbone_agent_is_what_the_robustness_report_reads(tmp_path):
+    from types import SimpleNamespace
+
+    from navsim_agents.run_robustness_report import _meta_from_mapping
+
+    cfg = _cfg(tmp_path, "backbone=eupe-s", "corruption=fog", "corruption.severity=4", "corruption.seed=7")
+    agent = SimpleNamespace(name=lambda: "RAPAgent", backbone=SimpleNamespace(weights_source="/w/eupe-s.pt"),
+                            _loaded_from="/w/rap.ckpt")
+    rows = [{"token": "a", "valid": True}, {"token": "b", "valid": False}]
+    sidecar = run_pdm_score.run_sidecar(cfg, agent, rows)
+    assert sidecar["backbone"] == {"name": "eupe-s", "weights_source": "/w/eupe-s.pt"}
+    assert sidecar["planner_weights"] == "/w/rap.ckpt"
+    assert sidecar["corruption"] == {"name": "fog", "severity": 4, "cameras": "all", "seed": 7}
+    assert (sidecar["num_tokens"], sidecar["num_valid"]) == (2, 1)
+    meta = _meta_from_mapping(json.loads(json.dumps(sidecar)), "sidecar")
+    assert (meta.backbone, meta.weights_source, meta.corruption, meta.severity, meta.planner_weights) == \
+        ("eupe-s", "/w/eupe-s.pt", "fog", 4, "/w/rap.ckpt")
+
+
+def test_partial_file_is_keyed_by_the_run_configuration(tmp_path):
+    base = run_pdm_score.partial_path(_cfg(tmp_path, "corruption=fog", "corruption.severity=1"))
+    assert base == run_pdm_score.partial_path(_cfg(tmp_path, "corruption=fog", "corruption.severity=1"))
+    for extra in (("corruption=fog", "corruption.severity=3"), ("corruption=rain", "corruption.severity=1"),
+                  ("corruption=fog", "corruption.severity=1", "backbone=eupe-s"),
+                  ("corruption=fog", "corruption.severity=1", "scorer=epdms"),
+                  ("corruption=fog", "corruption.severity=1", "corruption.seed=1")):
+        other = run_pdm_score.partial_path(_cfg(tmp_path, *extra))
+        assert other.parent == base.parent and other != base, extra
+
+
+def test_sweep_jobs_sharing_a_folder_do_not_resume_from_each_other(tmp_path):
+    clean = _cfg(tmp_path, "scorer=pdms", tokens=TOKENS[:2])
+    other = _cfg(tmp_path, "scorer=pdms", "corruption.seed=5", tokens=TOKENS[:2])
+    foreign = run_pdm_score.partial_path(other)
+    foreign.parent.mkdir(parents=True)
+    # rows of an interrupted job of another configuration (impossible values, so a mix-up shows)
+    for token in TOKENS[:2]:
+        E.append_partial(foreign, {"token": token, "valid": True, "no_at_fault_collisions": 0.0,
+                                   "drivable_area_compliance": 0.0, "ego_progress": 0.0,
+                                   "time_to_collision_within_bound": 0.0, "comfort": 0.0,
+                                   "driving_direction_compliance": 0.0, "score": -7.0})
+    df = pd.read_csv(run_pdm_score.run(clean), index_col=0)
+    assert (df["score"].iloc[:-1] >= 0).all()
+    assert len(E.read_partial(foreign)) == 2  # the other job's rows are left for it to resume from
+
+
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_corrupted_synthetic_scenes_pass_the_scene(monkeypatch, synthetic):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    import rap_backbone.corruptions as corruptions
+
+    seen = {}
+
+    def fake_apply(agent_input, cfg_corruption, seed_key="", *, depth_fn=None, rerender_fn=None, scene=None):
+        seen.update(seed_key=seed_key, scene=scene)
+        return agent_input
+
+    monkeypatch.setattr(corruptions, "apply_to_agent_input", fake_apply)
+    cfg = OmegaConf.create({"corruption": {"name": "fog", "severity": 2, "cameras": "all", "seed": 0},
+                            "split": {"synthetic": synthetic}})
+    loader = SimpleNamespace(get_agent_input_from_token=lambda t: "input", get_scene_from_token=lambda t: f"scene {t}")
+    agent = SimpleNamespace(requires_scene=False, compute_trajectory=lambda agent_input: agent_input)
+    assert run_pdm_score._trajectory_fn(agent, loader, "tok", cfg)() == "input"
+    assert seen == {"seed_key": "tok", "scene": "scene tok" if synthetic else None}
+
+
+def test_stale_metric_cache_formats_are_rebuilt(tmp_path):
+    from navsim_agents.scoring.metric_cache import CACHE_FORMAT_VERSION, MetricCache, load_log, scene_frames
+
+    log = next(p for p in sorted((ROOT / "navsim_logs" / "navsim_dev").glob("*.pkl")) if "00121_00147" in p.name)
+    frames = scene_frames(load_log(log), TOKENS[0])
+    path = E.ensure_metric_cache(frames, tmp_path, str(ROOT / "maps"), "nuplan-maps-v1.0")
+    assert MetricCache.stored_format_version(path) == CACHE_FORMAT_VERSION
+    # rewrite it as an older format: loading refuses it, ensure_metric_cache recomputes it
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(arrays["meta_json"].tobytes().decode())
+    meta["format_version"] = CACHE_FORMAT_VERSION - 1
+    arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(ValueError, match="rebuild"):
+        MetricCache.load(path)
+    assert E.ensure_metric_cache(frames, tmp_path, str(ROOT / "maps"), "nuplan-maps-v1.0") == path
+    assert MetricCache.load(path).meta["token"] == TOKENS[0]
+
+
+def test_metric_caching_builds_then_reuses(tmp_path):
+    from navsim_agents import run_metric_caching
+
+    overrides = ["split=custom", "split.data_split=navsim_dev", f"split.data_root={ROOT}",
+                 f"split.maps_root={ROOT / 'maps'}", "split.map_version=nuplan-maps-v1.0",
+                 f"split.scene_filter.tokens=[{','.join(TOKENS[:2])}]", f"exp_root={tmp_path}",
+                 f"metric_cache_path={tmp_path / 'mc'}", "progress=false"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(config_name="run_metric_caching", overrides=overrides)
+    first = run_metric_caching.run(cfg)
+    second = run_metric_caching.run(cfg)
+    assert (first["built"], first["reused"], first["failed"]) == (2, 0, 0)
+    assert (second["built"], second["reused"], second["failed"]) == (0, 2, 0)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from navsim_agents.scoring.metric_cache import MetricCache, compute_metric_cache
+from navsim_agents.scoring.metric_cache import CACHE_FORMAT_VERSION, MetricCache, compute_metric_cache
 from navsim_agents.scoring.pdm_score import (
     V1_COLUMNS,
     V2_COLUMNS,
@@ -40,10 +40,11 @@ def cache_file(cache_root: Path, log_name: str, token: str) -> Path:
 
 def ensure_metric_cache(frames: list[dict], cache_root: Path, maps_root: str, map_version: str,
                         *, force: bool = False) -> Path:
-    """Path of the token's cache, computed and written first when absent (or `force`)."""
+    """Path of the token's cache, computed and written first when absent, written by an older format (whose
+    content may be stale) or when `force`."""
     token, log_name = frames[3]["token"], frames[3]["log_name"]
     path = cache_file(cache_root, log_name, token)
-    if force or not path.is_file():
+    if force or not path.is_file() or MetricCache.stored_format_version(path) != CACHE_FORMAT_VERSION:
         compute_metric_cache(frames, maps_root, map_version).save(path)
     return path
 

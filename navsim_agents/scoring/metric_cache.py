@@ -16,8 +16,8 @@ import numpy as np
 import shapely
 from scipy.interpolate import interp1d
 
+from navsim_agents.data.maps import get_maps_api, resolve_maps_root
 from navsim_agents.scoring import constants as C
-from navsim_agents.scoring import map_api as M
 from navsim_agents.scoring.constants import PACIFICA
 from navsim_agents.scoring.geometry import absolute_to_relative, box_coords, normalize_angle
 from navsim_agents.scoring.pdm_closed import (
@@ -29,7 +29,7 @@ from navsim_agents.scoring.pdm_closed import (
 from navsim_agents.scoring.scorer import CenterlinePath
 from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
 
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3  # 3: corrected route (navsim route_roadblock_correction)
 NUM_HISTORY_FRAMES = 4
 NUM_FUTURE_FRAMES = 10
 
@@ -173,6 +173,15 @@ class MetricCache:
         np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **self.arrays)
         tmp.replace(path)
 
+    @staticmethod
+    def stored_format_version(path: Path) -> int | None:
+        """Format version written in the cache file at `path` (None when it is absent or unreadable)."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return json.loads(data["meta_json"].tobytes().decode()).get("format_version")
+        except (OSError, KeyError, ValueError):
+            return None
+
     @classmethod
     def load(cls, path: Path) -> "MetricCache":
         path = Path(path)
@@ -229,7 +238,7 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
     ego_states = [frame_ego_state(f) for f in frames]
     ego = ego_states[cur]
     map_name = current["map_location"]
-    map_api = M.load_map(str(map_root), map_version, map_name)
+    map_api = get_maps_api(*resolve_maps_root(map_root or None, map_version), map_name)
     route = build_route_context(map_api, current["roadblock_ids"], ego[:3])
     tracks_now = frame_tracks(current, ego)
     meta = {"token": current["token"], "log_name": current["log_name"], "map_name": map_name,

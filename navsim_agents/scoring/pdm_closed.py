@@ -1,20 +1,29 @@
 """PDM-Closed: IDM proposals along the route centerline, simulated and scored; the best one is EP's reference.
 
 Re-implements navsim `pdm_planner/{abstract_pdm_planner,abstract_pdm_closed_planner,pdm_closed_planner}.py`,
-`proposal/{batch_idm_policy,pdm_generator,pdm_proposal}.py`, `observation/{pdm_observation,pdm_object_manager}.py`,
-`utils/graph_search/dijkstra.py` and the first part of `utils/route_utils.py`.
+`proposal/{batch_idm_policy,pdm_generator,pdm_proposal}.py` and `observation/{pdm_observation,pdm_object_manager}.py`.
+The map, the route correction (`utils/route_utils.py`), the starting lane, Dijkstra (`utils/graph_search/dijkstra.py`)
+and the centerline path come from `navsim_agents.data.maps`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import shapely
 from shapely.geometry import CAP_STYLE, Point
 
+from navsim_agents.data.maps import (
+    NuPlanMap,
+    SemanticMapLayer,
+    get_discrete_centerline,
+    get_starting_lane,
+    load_route_dicts,
+    route_roadblock_correction,
+)
 from navsim_agents.scoring import constants as C
-from navsim_agents.scoring import map_api as M
 from navsim_agents.scoring.constants import PACIFICA
 from navsim_agents.scoring.constants import BBCoordsIndex as BB
 from navsim_agents.scoring.constants import StateIndex as S
@@ -51,103 +60,37 @@ class RouteContext:
     route_lane_ids: list[str]
     drivable: DrivableMap
     centerline: CenterlinePath
-    start_lane_id: str
+    start_lane: Any  # data.maps Lane | LaneConnector the centerline starts from
+
+    @property
+    def start_lane_id(self) -> str:
+        return self.start_lane.id
 
 
-def load_route(map_api: M.NuPlanGpkgMap, roadblock_ids) -> tuple[list[str], list[str]]:
-    """Unique route block ids (order kept) and the lanes they contain (navsim `_load_route_dicts`)."""
-    blocks, lanes = [], []
-    for bid in dict.fromkeys(str(b) for b in roadblock_ids):
-        block = map_api.block(bid)
-        if block is None:
-            raise KeyError(f"route roadblock {bid} not in map {map_api.map_name}")
-        blocks.append(block.id)
-        lanes.extend(block.interior_ids)
-    return blocks, lanes
-
-
-def _starting_lane(map_api, ego_rear: np.ndarray, ego_box, drivable: DrivableMap, route_lanes: list[str]) -> str:
-    """Route lane under the rear axle with the smallest heading error, else the closest one."""
-    hits = drivable.intersects(Point(ego_rear[0], ego_rear[1]))
-    cands, errs = [], []
-    for lid in hits:
-        if lid in route_lanes:
-            path = map_api.edges[lid].discrete_path
-            d = np.sqrt(((ego_rear[None, :2] - path[:, :2]) ** 2).sum(-1))
-            cands.append(lid)
-            errs.append(abs(normalize_angle(path[np.argmin(d), 2] - ego_rear[2])))
-    if cands:
-        return cands[int(np.argmin(np.abs(errs)))]
-    best, best_d = None, np.inf
-    center = Point(*(ego_rear[:2] + C.PACIFICA.rear_axle_to_center * np.array([np.cos(ego_rear[2]), np.sin(ego_rear[2])])))
-    for lid in route_lanes:
-        poly = map_api.edges[lid].polygon
-        if poly.contains(center):
-            return lid
-        d = poly.distance(ego_box)
-        if d < best_d:
-            best, best_d = lid, d
-    return best
-
-
-def _dijkstra(map_api, start: str, candidates: list[str], target_block: str) -> list[str]:
-    """Lane path from `start` to a lane of `target_block` through `candidates` (navsim `Dijkstra.search`)."""
-    cand = set(candidates)
-    queue, frontier, dist, depth = [start], [start], [1.0], [1]
-    parent = {start: None}
-    expanded, expanded_dist, expanded_depth = [], [], []
-    end, found = start, False
-    while queue:
-        d, idx = min((val, i) for i, val in enumerate(dist))
-        current, cur_depth = queue[idx], depth[idx]
-        del dist[idx], queue[idx], frontier[idx], depth[idx]
-        if map_api.edges[current].roadblock_id == target_block:
-            end, found = current, True
-            break
-        expanded.append(current)
-        expanded_dist.append(d)
-        expanded_depth.append(cur_depth)
-        for nxt in map_api.edges[current].outgoing_ids:
-            if nxt not in cand:
-                continue
-            alt = d + map_api.edges[nxt].baseline.length
-            if nxt not in expanded and nxt not in frontier:
-                parent[nxt] = current
-                queue.append(nxt)
-                frontier.append(nxt)
-                dist.append(alt)
-                depth.append(cur_depth + 1)
-            elif nxt in frontier:
-                j = frontier.index(nxt)
-                if alt < dist[j]:
-                    parent[nxt] = current
-                    dist[j] = alt
-                    depth[j] = cur_depth + 1
-    if not found:
-        max_depth = max(expanded_depth)
-        at_max = [i for i, dd in enumerate(expanded_depth) if dd == max_depth]
-        _, k = min((expanded_dist[i], j) for j, i in enumerate(at_max))
-        end = expanded[at_max[k]]
-    path = [end]
-    while parent[path[-1]] is not None:
-        path.append(parent[path[-1]])
-    return path[::-1]
-
-
-def build_route_context(map_api: M.NuPlanGpkgMap, roadblock_ids, ego_rear: np.ndarray,
+def build_route_context(map_api: NuPlanMap, roadblock_ids, ego_rear: np.ndarray,
                         radius: float = C.PDM_MAP_RADIUS) -> RouteContext:
-    """Route lanes, drivable area around the ego center and the Dijkstra centerline for a scene."""
-    blocks, lanes = load_route(map_api, roadblock_ids)
+    """Corrected route, drivable area around the ego center and the Dijkstra centerline of a scene.
+
+    Follows navsim `abstract_pdm_planner` / `pdm_closed_planner` at the first iteration: the route roadblocks
+    are corrected at the ego pose (`route_utils.route_roadblock_correction`), the starting lane is found on the
+    corrected route's lanes and the centerline is the Dijkstra lane path's baselines (`navsim_agents.data.maps`).
+
+    :param roadblock_ids: the current frame's `roadblock_ids`.
+    :param ego_rear: ego rear-axle (x, y, heading) in map coordinates.
+    :raises ValueError: no route roadblock is in the map, or no on-route lane is found.
+    """
+    roadblock_dict, _ = load_route_dicts(map_api, roadblock_ids)
+    if not roadblock_dict:
+        raise ValueError(f"none of the route roadblocks {list(roadblock_ids)} is in map {map_api.map_name}")
+    roadblock_dict, lane_dict = load_route_dicts(map_api, route_roadblock_correction(ego_rear, map_api, roadblock_dict))
     center = ego_rear[:2] + PACIFICA.rear_axle_to_center * np.array([np.cos(ego_rear[2]), np.sin(ego_rear[2])])
     drivable = DrivableMap.from_map(map_api, center[0], center[1], radius)
-    ego_box = shapely.polygons(_ego_ring(ego_rear))
-    start = _starting_lane(map_api, ego_rear, ego_box, drivable, lanes)
-    start_block = map_api.edges[start].roadblock_id
-    start_idx = int(np.argmax(np.array(blocks) == start_block))
-    window = blocks[start_idx: start_idx + C.PDM_CENTERLINE_SEARCH_DEPTH]
-    lane_path = _dijkstra(map_api, start, lanes, window[-1])
-    poses = np.concatenate([map_api.edges[lid].discrete_path for lid in lane_path], axis=0)
-    return RouteContext(blocks, lanes, drivable, CenterlinePath(poses), start)
+    start = get_starting_lane(map_api, ego_rear, lane_dict, footprint=shapely.polygons(_ego_ring(ego_rear)),
+                              center=center)
+    if start is None:
+        raise ValueError(f"no on-route lane found for route {list(roadblock_ids)} in map {map_api.map_name}")
+    poses = get_discrete_centerline(start, roadblock_dict, lane_dict, C.PDM_CENTERLINE_SEARCH_DEPTH)
+    return RouteContext(list(roadblock_dict), list(lane_dict), drivable, CenterlinePath(poses), start)
 
 
 def _ego_ring(rear: np.ndarray) -> np.ndarray:
@@ -157,7 +100,7 @@ def _ego_ring(rear: np.ndarray) -> np.ndarray:
     return coords
 
 
-def red_light_geometries(map_api, traffic_lights, route_lane_ids) -> tuple[list[str], list]:
+def red_light_geometries(map_api: NuPlanMap, traffic_lights, route_lane_ids) -> tuple[list[str], list]:
     """Tokens `red_light_<id>` and polygons of on-route lane connectors whose light is red."""
     route = set(route_lane_ids)
     tokens, polys = [], []
@@ -165,7 +108,7 @@ def red_light_geometries(map_api, traffic_lights, route_lane_ids) -> tuple[list[
         lc = str(lc_id)
         if is_red and lc in route:
             tokens.append(f"{C.RED_LIGHT_TOKEN}_{lc}")
-            polys.append(map_api.edges[lc].polygon)
+            polys.append(map_api.get_map_object(lc, SemanticMapLayer.LANE_CONNECTOR).polygon)
     return tokens, polys
 
 
@@ -281,7 +224,7 @@ def parallel_path(poses: np.ndarray, offset: float) -> np.ndarray:
     return np.column_stack([poses[:, 0] + np.cos(theta) * offset, poses[:, 1] + np.sin(theta) * offset, poses[:, 2]])
 
 
-def pdm_closed_trajectories(map_api, route: RouteContext, ego_state: np.ndarray, tracks: list[Track],
+def pdm_closed_trajectories(map_api: NuPlanMap, route: RouteContext, ego_state: np.ndarray, tracks: list[Track],
                             traffic_lights, versions=("v1", "v2")) -> dict[str, np.ndarray]:
     """Best PDM-Closed proposal poses [41,3] (0..4 s at 0.1 s) per scorer version.
 
@@ -292,7 +235,7 @@ def pdm_closed_trajectories(map_api, route: RouteContext, ego_state: np.ndarray,
     observation = forecast_observation(tracks, ego_state[:3], red_tokens, red_polys)
     base = route.centerline.poses
     paths = [route.centerline] + [CenterlinePath(parallel_path(base, o)) for o in C.PDM_LATERAL_OFFSETS]
-    speed_limit = map_api.edges[route.start_lane_id].speed_limit_mps
+    speed_limit = route.start_lane.speed_limit_mps
     proposals = generate_proposals(paths, speed_limit, ego_state, observation)
     simulated = simulate_proposals(proposals, ego_state)
     out = {}

@@ -13,8 +13,9 @@ import shapely
 import shapely.ops
 from shapely.geometry import LineString
 
+from navsim_agents.data.maps import PDMPath
 from navsim_agents.scoring import constants as C
-from navsim_agents.scoring import map_api as M
+from navsim_agents.scoring import world as W
 from navsim_agents.scoring.comfort import ego_is_comfortable
 from navsim_agents.scoring.constants import BBCoordsIndex as BB
 from navsim_agents.scoring.constants import StateIndex as S
@@ -44,42 +45,13 @@ class ScorerConfig:
     human_penalty_filter: bool = True
 
 
-class CenterlinePath:
-    """Discrete centerline with progress interpolation (navsim `utils/pdm_path.py::PDMPath`)."""
-
-    def __init__(self, poses: np.ndarray):
-        from scipy.interpolate import interp1d
-
-        self.poses = np.asarray(poses, dtype=np.float64)
-        arr = self.poses.copy()
-        arr[:, 2] = np.unwrap(arr[:, 2], axis=0)
-        step = np.linalg.norm(np.diff(arr[:, :2], axis=0), axis=-1)
-        self.progress = np.cumsum(np.append(0.0, step))
-        self.linestring = LineString(arr[:, :2])
-        self._arr = arr
-        self._interp = interp1d(self.progress, arr, axis=0)
+class CenterlinePath(PDMPath):
+    """The route centerline as the scorer and PDM-Closed use it: `navsim_agents.data.maps.PDMPath` (navsim
+    `utils/pdm_path.py`) with the poses it was built from as `poses` [N,3]."""
 
     @property
-    def length(self) -> float:
-        return float(self.progress[-1])
-
-    def project(self, points: np.ndarray) -> np.ndarray:
-        return shapely.line_locate_point(self.linestring, shapely.points(points))
-
-    def interpolate(self, distances) -> np.ndarray:
-        d = np.clip(distances, 1e-5, self.length)
-        out = self._interp(d)
-        out[..., 2] = np.arctan2(np.sin(out[..., 2]), np.cos(out[..., 2]))
-        out[np.isnan(out)] = 0.0
-        return out
-
-    def substring(self, start: float, end: float) -> LineString:
-        start, end = np.clip(start, 0.0, self.length), np.clip(end, 0.0, self.length)
-        inside = (start <= self.progress) & (self.progress <= end)
-        coords = self._arr[inside, :2]
-        if len(coords) > 1:
-            return LineString(coords)
-        return shapely.ops.substring(self.linestring, start, end)
+    def poses(self) -> np.ndarray:
+        return self.discrete_path
 
 
 def _relative_angle(ego_xy: np.ndarray, ego_heading: float, agent_xy: np.ndarray) -> float:
@@ -194,8 +166,8 @@ class PDMScorer:
     def _areas(self, route_lane_ids) -> None:
         d = self._drivable
         inside = d.points_in_polygons(self._coords).transpose(1, 2, 0, 3)  # B,T,P,5
-        area_idx = d.indices_of([M.ROADBLOCK, M.INTERSECTION, M.CARPARK_AREA])
-        lane_idx = d.indices_of([M.LANE, M.LANE_CONNECTOR])
+        area_idx = d.indices_of([W.ROADBLOCK, W.INTERSECTION, W.CARPARK_AREA])
+        lane_idx = d.indices_of([W.LANE, W.LANE_CONNECTOR])
         route = set(str(r) for r in route_lane_ids)
         on_route_idx = [i for i in lane_idx if d.tokens[i] in route]
         corners, center = inside[..., :4], inside[..., 4]
@@ -204,7 +176,7 @@ class PDMScorer:
         nondrivable = (corners[:, :, area_idx].sum(axis=-2) > 0).sum(axis=-1) < 4
         oncoming = center[..., on_route_idx].sum(axis=-1) == 0
         self._multiple, self._nondrivable, self._oncoming = multiple, nondrivable, oncoming
-        self._in_intersection_center = d.in_layer(self._coords[:, :, BB.CENTER], M.INTERSECTION)
+        self._in_intersection_center = d.in_layer(self._coords[:, :, BB.CENTER], W.INTERSECTION)
 
     def _no_at_fault_collisions(self) -> np.ndarray:
         n = self._states.shape[0]
@@ -265,7 +237,7 @@ class PDMScorer:
         projected = ring[:, :, None] + dxy[:, :, None, None, :] * (future * self.dt)[None, None, :, None, None]
         polygons = shapely.polygons(projected)  # B,T,F
         last = self.num_poses - int(max(future)) if v2 else self.num_poses
-        rear_in_intersection = self._drivable.in_layer(self._states[..., :2], M.INTERSECTION)
+        rear_in_intersection = self._drivable.in_layer(self._states[..., :2], W.INTERSECTION)
         for t in range(last + 1):
             for f_idx, f in enumerate(future):
                 occ = self._obs[t + f]

@@ -8,7 +8,12 @@ import numpy as np
 import shapely
 from shapely.strtree import STRtree
 
-from navsim_agents.scoring import map_api as M
+from navsim_agents.data.maps import VECTOR_LAYER_MAPPING, NuPlanMap, SemanticMapLayer
+
+# layer kinds of the drivable-area map's polygons (nuplan SemanticMapLayer member names, lower case); they are
+# stored as strings in the metric cache
+ROADBLOCK, ROADBLOCK_CONNECTOR, LANE, LANE_CONNECTOR = "roadblock", "roadblock_connector", "lane", "lane_connector"
+INTERSECTION, CARPARK_AREA = "intersection", "carpark_area"
 
 
 @dataclass
@@ -85,24 +90,30 @@ class DrivableMap(OccupancyMap):
         return out.reshape(points.shape[:-1])
 
     @classmethod
-    def from_map(cls, map_api: M.NuPlanGpkgMap, x: float, y: float, radius: float) -> "DrivableMap":
-        """Roadblocks, their lanes, roadblock connectors' lane connectors, intersections and car parks near (x, y)."""
+    def from_map(cls, map_api: NuPlanMap, x: float, y: float, radius: float) -> "DrivableMap":
+        """Roadblocks, their lanes, roadblock connectors' lane connectors, intersections and car parks whose
+        geometry meets the square of half-size `radius` around (x, y), in the map's file order."""
+        layer = SemanticMapLayer
+        wanted = [layer.ROADBLOCK, layer.ROADBLOCK_CONNECTOR, layer.INTERSECTION, layer.CARPARK_AREA]
+        present = set(map_api.layer_names())
+        # a map without intersections / car parks simply has none of them
+        wanted = [w for w in wanted if w in (layer.ROADBLOCK, layer.ROADBLOCK_CONNECTOR)
+                  or VECTOR_LAYER_MAPPING[w] in present]
+        found = map_api.get_proximal_map_objects((x, y), radius, wanted)
         tokens, kinds, polys = [], [], []
-        blocks = M.ROADBLOCK, M.ROADBLOCK_CONNECTOR
-        found = {k: map_api.proximal(x, y, radius, k) for k in blocks + (M.INTERSECTION, M.CARPARK_AREA)}
-        for bid in found[M.ROADBLOCK]:
-            tokens.append(bid)
-            kinds.append(M.ROADBLOCK)
-            polys.append(map_api.blocks[bid].polygon)
-        for kind in blocks:
-            for bid in found[kind]:
-                for eid in map_api.blocks[bid].interior_ids:
-                    tokens.append(eid)
-                    kinds.append(M.LANE if kind == M.ROADBLOCK else M.LANE_CONNECTOR)
-                    polys.append(map_api.edges[eid].polygon)
-        for kind, source in ((M.INTERSECTION, map_api.intersections), (M.CARPARK_AREA, map_api.carparks)):
-            for oid in found[kind]:
-                tokens.append(oid)
+        for block in found[layer.ROADBLOCK]:
+            tokens.append(block.id)
+            kinds.append(ROADBLOCK)
+            polys.append(block.polygon)
+        for block_layer, kind in ((layer.ROADBLOCK, LANE), (layer.ROADBLOCK_CONNECTOR, LANE_CONNECTOR)):
+            for block in found[block_layer]:
+                for edge in block.interior_edges:
+                    tokens.append(edge.id)
+                    kinds.append(kind)
+                    polys.append(edge.polygon)
+        for area_layer, kind in ((layer.INTERSECTION, INTERSECTION), (layer.CARPARK_AREA, CARPARK_AREA)):
+            for area in found.get(area_layer, []):
+                tokens.append(area.id)
                 kinds.append(kind)
-                polys.append(source[oid])
+                polys.append(area.polygon)
         return cls(tokens, kinds, polys)
