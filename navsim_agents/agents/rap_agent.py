@@ -1,0 +1,365 @@
+"""RAP as a NAVSIM agent: sensor config, feature/target builders, forward, RAP losses, optimisers.
+
+Reference: vita-epfl/RAP ``navsim/agents/rap_dino/rap_agent.py`` (sensor config: current frame of cam_f0,
+cam_l0, cam_r0, cam_b0; ``rap_loss``; ``get_optimizers``: AdamW lr 1e-4, weight decay 1e-4,
+``WarmupCosLR(min_lr=1e-5, epochs=20, warmup_epochs=1)``) and autonomousvision/navsim
+``navsim/agents/abstract_agent.py`` (the agent API).
+
+The planner (``rap_backbone.planner``) takes RAP's feature dict and returns ``trajectory``, ``proposals``,
+``proposal_list``, ``pred_logit``, ``pdm_score`` and, in training mode, the auxiliary heads. The PDM
+sub-scores of the model's own proposals (score BCE), the colliding agents and the ego-area flags come from
+a ``ProposalScorer`` built on the training split's metric cache; without one those terms are off and the
+loss dict says so (``score_supervision`` 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from navsim_agents.agents.rap_features import (
+    CAMERA_NAMES,
+    RAP_IMAGE_SCALE,
+    RAPFeatureBuilder,
+    RAPTargetBuilder,
+)
+from navsim_agents.agents.rap_loss import (
+    RAPLossWeights,
+    area_loss,
+    collision_losses,
+    imitation_weights,
+    score_losses,
+    trajectory_loss,
+)
+from rap_backbone.alignment import AlignmentConfig, alignment_losses
+
+try:  # the house AbstractAgent (NAVSIM's API); a plain Module keeps this file importable on its own
+    from navsim_agents.agents.abstract_agent import AbstractAgent as _AgentBase
+except ImportError:  # pragma: no cover - only while the agents package is incomplete
+    _AgentBase = nn.Module
+
+logger = logging.getLogger(__name__)
+
+# RAP rap_agent.py: SensorConfig(cam_f0=[3], cam_l0=[3], cam_r0=[3], cam_b0=[3]) -> current frame only
+CURRENT_FRAME_INDEX = 3
+PLANNER_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "planner"
+
+
+@dataclass
+class ProposalScores:
+    """What the score, collision and area losses need for a batch of proposals ``[B, N, T, 3]``.
+
+    ``sub_scores [B,N,6]``: PDM (NC, DAC, EP, TTC, C, score); ``ego_areas [B,N,K,2]`` (off-road,
+    oncoming) per 0.1 s step; ``agent_corners [B,N,K,2,4,2]`` / ``agent_valid [B,N,K,2]``: the at-fault
+    collision and TTC agents' corners in the ego frame. The last three may be None.
+    """
+
+    sub_scores: np.ndarray
+    ego_areas: Optional[np.ndarray] = None
+    agent_corners: Optional[np.ndarray] = None
+    agent_valid: Optional[np.ndarray] = None
+
+
+class ProposalScorer(Protocol):
+    def __call__(self, tokens: Sequence[str], proposals: np.ndarray) -> ProposalScores: ...
+
+
+def warmup_cosine_factor(epoch: int, *, warmup_epochs: int, epochs: int, lr: float, min_lr: float) -> float:
+    """LR multiplier of RAP's ``WarmupCosLR``: linear ``(e+1)/warmup`` then cosine from lr to min_lr."""
+    if epoch < warmup_epochs:
+        return (epoch + 1) / warmup_epochs
+    span = max(1, epochs - warmup_epochs)
+    progress = min(1.0, (epoch - warmup_epochs) / span)
+    return (min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))) / lr
+
+
+def _to_plain(cfg: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return cfg
+
+
+def build_backbone_from_config(backbone: Any) -> nn.Module:
+    """A Backbone module, or the ``backbone`` config group (name, weights, freeze, overrides) -> Backbone."""
+    if isinstance(backbone, nn.Module):
+        return backbone
+    from rap_backbone.backbones import build_backbone
+
+    cfg = dict(_to_plain(backbone))
+    overrides = dict(cfg.pop("overrides", None) or {})
+    name = cfg.pop("name")
+    return build_backbone(name, weights=cfg.pop("weights", None), freeze=cfg.pop("freeze", True), **overrides)
+
+
+def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
+    """A planner module, or the ``planner`` config group -> ``rap_backbone.planner.RAPPlanner``."""
+    if isinstance(planner, nn.Module):
+        return planner
+    from rap_backbone import planner as planner_module
+
+    if isinstance(planner, str):  # a name in configs/planner/ (when the primary config has no planner group)
+        from omegaconf import OmegaConf
+
+        path = PLANNER_CONFIG_DIR / f"{planner}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in PLANNER_CONFIG_DIR.glob("*.yaml"))
+            raise FileNotFoundError(f"planner config {planner!r} not found in {PLANNER_CONFIG_DIR}; known: {known}")
+        planner = OmegaConf.load(path)
+    cfg = dict(_to_plain(planner) or {})
+    cfg.pop("_target_", None)
+    seed = cfg.pop("seed", None)
+    return planner_module.build_planner(backbone, cfg, seed=seed)
+
+
+class RAPAgent(_AgentBase):
+    """RAP planner with a swappable backbone, behind NAVSIM's agent API."""
+
+    requires_scene = False
+
+    def __init__(
+        self,
+        *,
+        backbone: Any,
+        planner: Any,
+        trajectory_sampling: Any = None,
+        image_scale: float = RAP_IMAGE_SCALE,
+        missing_camera: str = "error",
+        checkpoint: Optional[str] = None,
+        checkpoint_backbone_config: Optional[str] = None,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        min_lr: float = 1e-5,
+        warmup_epochs: int = 1,
+        epochs: int = 20,
+        loss_weights: Optional[Mapping[str, float]] = None,
+        alignment: Optional[Mapping[str, float]] = None,
+        proposal_scorer: Optional[ProposalScorer] = None,
+    ):
+        nn.Module.__init__(self)
+        self._trajectory_sampling = trajectory_sampling
+        self._num_poses = int(getattr(trajectory_sampling, "num_poses", None) or 8)
+        self._image_scale = float(image_scale)
+        self._missing_camera = missing_camera
+        self._checkpoint_path = checkpoint
+        self._checkpoint_backbone_config = checkpoint_backbone_config
+        self._lr, self._weight_decay, self._min_lr = float(lr), float(weight_decay), float(min_lr)
+        self._warmup_epochs, self._epochs = int(warmup_epochs), int(epochs)
+        self.loss_weights = RAPLossWeights(**dict(_to_plain(loss_weights) or {}))
+        self.alignment = AlignmentConfig(**dict(_to_plain(alignment) or {}))
+        self.proposal_scorer = proposal_scorer
+        self.training_progress = 0.0  # set by the training loop (epoch fraction of the run), drives DANN lambda
+
+        backbone_module = build_backbone_from_config(backbone)
+        self.planner = build_planner_from_config(planner, backbone_module)
+        self._feature_builder = RAPFeatureBuilder(image_scale=self._image_scale, missing_camera=missing_camera)
+        self._target_builder = RAPTargetBuilder(num_poses=self._num_poses)
+        self._loaded_from: Optional[str] = None
+        if checkpoint:
+            self.load_checkpoint(checkpoint)
+
+    # ---------------------------------------------------------------- NAVSIM agent API
+    def name(self) -> str:
+        return "rap_agent"
+
+    def initialize(self) -> None:
+        """Weights are loaded at construction (``checkpoint=``); nothing else to do."""
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.planner.backbone
+
+    @property
+    def weights_source(self) -> str:
+        """Where the planner and backbone weights come from, for run reports."""
+        planner = self._loaded_from or "random (no agent.checkpoint)"
+        backbone = getattr(self.backbone, "weights_source", "unknown")
+        return f"planner: {planner}; backbone: {backbone}"
+
+    def get_sensor_config(self) -> Any:
+        from navsim_agents.data.dataclasses import SensorConfig
+
+        cams = {f"cam_{n}": [] for n in ("f0", "l0", "l1", "l2", "r0", "r1", "r2", "b0")}
+        for name in CAMERA_NAMES:
+            cams[name] = [CURRENT_FRAME_INDEX]
+        return SensorConfig(**cams, lidar_pc=[])
+
+    def get_feature_builders(self) -> list:
+        return [self._feature_builder]
+
+    def get_target_builders(self) -> list:
+        return [self._target_builder]
+
+    def forward(self, features: Mapping[str, torch.Tensor], targets: Any = None) -> dict[str, torch.Tensor]:
+        """RAP's feature dict (batched) -> the planner's output dict."""
+        return self.planner(dict(features))
+
+    def compute_trajectory(self, agent_input: Any) -> Any:
+        """One AgentInput -> ``Trajectory`` (8 poses at 0.5 s in the current ego frame)."""
+        from navsim_agents.data.dataclasses import Trajectory
+
+        self.eval()
+        features = self._feature_builder.compute_features(agent_input)
+        device = next(self.parameters()).device
+        batch = {k: v.unsqueeze(0).to(device) for k, v in features.items()}
+        with torch.no_grad():
+            poses = self.forward(batch)["trajectory"].squeeze(0).float().cpu().numpy()
+        if self._trajectory_sampling is None:
+            return Trajectory(poses)
+        return Trajectory(poses, self._trajectory_sampling)
+
+    # ---------------------------------------------------------------- losses
+    def compute_loss(self, features: Mapping[str, torch.Tensor], targets: Mapping[str, Any],
+                     predictions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """RAP losses; returns a dict with ``loss`` and its terms (all scalars)."""
+        w = self.loss_weights
+        target_traj = targets["trajectory"].to(predictions["proposals"].dtype)
+        score_mask = targets.get("score_mask")
+        if score_mask is None:
+            score_mask = torch.ones(target_traj.shape[0], dtype=torch.bool, device=target_traj.device)
+        score_mask = score_mask.bool().to(target_traj.device)
+        proposal_list = predictions.get("proposal_list") or [predictions["proposals"]]
+        sample_w = targets.get("imitation_weight")
+        sample_w = imitation_weights(score_mask, w) if sample_w is None else sample_w.to(target_traj.device)
+        traj, last_min = trajectory_loss(list(proposal_list), target_traj, sample_w, w)
+        zero = traj * 0.0
+        out = {"trajectory_loss": traj, "min_loss": last_min, "sub_score_loss": zero, "final_score_loss": zero,
+               "pred_ce_loss": zero, "pred_l1_loss": zero, "pred_area_loss": zero,
+               "score_supervision": zero.detach()}
+        if self.proposal_scorer is not None and bool(score_mask.any()) and predictions.get("pred_logit") is not None:
+            out.update(self._score_terms(targets, predictions, score_mask))
+        out["loss"] = (w.trajectory * traj + w.sub_score * out["sub_score_loss"]
+                       + w.final_score * out["final_score_loss"] + w.collision_ce * out["pred_ce_loss"]
+                       + w.collision_l1 * out["pred_l1_loss"] + w.area * out["pred_area_loss"])
+        with torch.no_grad():
+            chosen = predictions["trajectory"]
+            out["l2"] = torch.linalg.norm(chosen[..., :2] - target_traj[..., :2], dim=-1).mean()
+        return out
+
+    def _score_terms(self, targets: Mapping[str, Any], predictions: Mapping[str, torch.Tensor],
+                     score_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = torch.nonzero(score_mask).squeeze(-1)
+        tokens = [targets["token"][i] for i in idx.tolist()]
+        proposals = predictions["proposals"][idx].detach().float().cpu().numpy()
+        scores = self.proposal_scorer(tokens, proposals)
+        dev = predictions["pred_logit"].device
+        target_scores = torch.as_tensor(scores.sub_scores, dtype=torch.float32, device=dev)
+        pred_logit = predictions["pred_logit"][idx].float()
+        sub, final = score_losses(pred_logit, target_scores)
+        out = {"sub_score_loss": sub, "final_score_loss": final, "score_supervision": sub.new_tensor(1.0)}
+        chosen = torch.argmax(predictions["pdm_score"][idx].detach(), dim=1)
+        out["score"] = target_scores[torch.arange(len(idx), device=dev), chosen, -1].mean()
+        out["best_score"] = target_scores[..., -1].amax(-1).mean()
+        states = predictions.get("pred_agents_states")
+        if states is not None and scores.agent_corners is not None:
+            ce, l1 = collision_losses(states[idx].float(),
+                                      torch.as_tensor(scores.agent_corners, dtype=torch.float32, device=dev),
+                                      torch.as_tensor(scores.agent_valid, dtype=torch.bool, device=dev))
+            out["pred_ce_loss"], out["pred_l1_loss"] = ce, l1
+        area = predictions.get("pred_area_logit")
+        if area is not None and scores.ego_areas is not None:
+            gt = torch.as_tensor(scores.ego_areas, dtype=torch.bool, device=dev)
+            out["pred_area_loss"] = area_loss(area.reshape(score_mask.shape[0], -1)[idx].float(), gt)
+        return out
+
+    def training_losses(self, features: Mapping[str, torch.Tensor], targets: Mapping[str, Any]
+                        ) -> dict[str, torch.Tensor]:
+        """Forward + losses of one training batch.
+
+        Batches with ``rendered_camera_feature`` and ``camera_valid`` (samples that have rasterized views and,
+        where ``camera_valid``, real views) follow RAP's Raster-to-Real step: the model runs on
+        ``[rendered views of all B | real views of the valid ones]``, the task loss covers both, and the
+        alignment terms (``spatial``, ``domain``) are added.
+        """
+        if "rendered_camera_feature" not in features:
+            return self.compute_loss(features, targets, self.forward(features))
+        valid = features["camera_valid"].bool().reshape(-1)
+        real_idx = torch.nonzero(valid).squeeze(-1)
+        n_raster = int(valid.shape[0])
+        raster = {k: v for k, v in features.items() if k not in ("rendered_camera_feature", "camera_valid")}
+        raster["camera_feature"] = features["rendered_camera_feature"]
+        both = {k: torch.cat([raster[k], features[k][real_idx]]) for k in raster}
+        both_targets = {k: (torch.cat([v, v[real_idx]]) if isinstance(v, torch.Tensor)
+                            else list(v) + [v[i] for i in real_idx.tolist()]) for k, v in targets.items()}
+        predictions = self.forward(both)
+        losses = self.compute_loss(both, both_targets, predictions)
+        align = self.alignment_loss(predictions["projected"], n_raster=n_raster, real_index=real_idx)
+        losses["loss"] = losses["loss"] + align["loss"]
+        losses.update(alignment_spatial=align["spatial"], alignment_domain=align["domain"],
+                      alignment_lambda=align["lambda"])
+        return losses
+
+    def alignment_loss(self, projected: torch.Tensor, *, n_raster: int, real_index: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+        """Raster-to-Real terms on the planner's projected camera features (see rap_backbone.alignment)."""
+        return alignment_losses(projected, n_raster=n_raster, real_index=real_index,
+                                classifier=self.planner.domain_classifier, progress=self.training_progress,
+                                config=self.alignment)
+
+    # ---------------------------------------------------------------- optimisation
+    def get_optimizers(self) -> dict[str, Any]:
+        """AdamW over trainable parameters + RAP's per-epoch warmup-cosine schedule."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self._lr, weight_decay=self._weight_decay)
+        factor = _WarmupCosine(warmup_epochs=self._warmup_epochs, epochs=self._epochs, lr=self._lr,
+                               min_lr=self._min_lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def get_training_callbacks(self) -> list:
+        return []
+
+    # ---------------------------------------------------------------- checkpoints
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load our Lightning checkpoint (keys ``agent.planner.*`` of this class) or RAP's released one.
+
+        RAP's layout (``agent._rap_model.*``, DINOv3 inside) goes through ``rap_backbone.checkpoints`` and
+        replaces the planner (its backbone comes from the checkpoint; ``checkpoint_backbone_config`` names the
+        DINOv3 config when it is not RAP's ViT-H+/16). Our own checkpoints load strictly; backbone tensors may
+        be absent (the backbone then keeps the weights of ``backbone.weights``).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"agent.checkpoint={path} does not exist; pass a .ckpt written by "
+                                    "run_training.py or RAP's released checkpoint")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        from rap_backbone import checkpoints
+
+        if any(k.startswith(checkpoints.RAP_PREFIX) for k in state):
+            self.planner = checkpoints.load_rap_checkpoint(path, backbone_config=self._checkpoint_backbone_config)
+        else:
+            own = {k.removeprefix("agent."): v for k, v in state.items() if k.startswith("agent.")} or dict(state)
+            missing, unexpected = self.load_state_dict(own, strict=False)
+            backbone_keys = {f"planner.backbone.{k}" for k in self.planner.backbone.state_dict()}
+            missing = [k for k in missing if k not in backbone_keys]
+            if missing or unexpected:
+                raise KeyError(f"checkpoint {path} does not match this agent: missing {missing[:10]}"
+                               f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+                               f"{' ...' if len(unexpected) > 10 else ''}; check that backbone= and planner= "
+                               "match the run that wrote it")
+        self._loaded_from = str(path)
+
+
+class _WarmupCosine:
+    """Picklable LambdaLR factor (Lightning checkpoints the scheduler state)."""
+
+    def __init__(self, *, warmup_epochs: int, epochs: int, lr: float, min_lr: float):
+        self.warmup_epochs, self.epochs, self.lr, self.min_lr = warmup_epochs, epochs, lr, min_lr
+
+    def __call__(self, epoch: int) -> float:
+        return warmup_cosine_factor(epoch, warmup_epochs=self.warmup_epochs, epochs=self.epochs, lr=self.lr,
+                                    min_lr=self.min_lr)
+
+
+FeatureFn = Callable[[Any], Mapping[str, torch.Tensor]]
