@@ -10,10 +10,16 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def conformance_root() -> Path | None:
-    """``../shared/conformance`` beside the checkout, or ``$EUPE_DRIVE_CONFORMANCE``; None when absent."""
+def conformance_path(name: str = "") -> Path:
+    """``../shared/conformance[/name]`` beside the checkout, or under ``$EUPE_DRIVE_CONFORMANCE`` (may not exist)."""
     env = os.environ.get("EUPE_DRIVE_CONFORMANCE")
     root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "conformance"
+    return root / name if name else root
+
+
+def conformance_root() -> Path | None:
+    """The conformance folder, or None when it is absent."""
+    root = conformance_path()
     return root if root.is_dir() else None
 
 

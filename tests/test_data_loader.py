@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import conformance_path
 
 from navsim_agents.data.dataclasses import (
     SceneFilter,
@@ -244,14 +244,8 @@ def test_validate_frame_schema(dataset):
     assert "anns" in validate_frame(private)[0]
 
 
-def _conformance_root() -> Path:
-    env = os.environ.get("EUPE_DRIVE_CONFORMANCE")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "conformance"
-    return base / "navsim_dev"
-
-
 def test_conformance_navsim_dev_logs():
-    root = _conformance_root()
+    root = conformance_path("navsim_dev")
     if not (root / "navsim_logs" / "navsim_dev").is_dir():
         pytest.skip(f"conformance set navsim_dev not found at {root}")
     tokens = json.loads((root / "scene_tokens.json").read_text())

@@ -14,13 +14,13 @@ Hand-drawn map (metres, EPSG:32617), traffic drives east (+x) and, after a right
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import shapely
+from conftest import conformance_path
 from shapely.geometry import LineString, box
 
 from navsim_agents.data.maps import (
@@ -269,14 +269,8 @@ def test_pdm_path_substring_and_headings():
     assert path.substring(0.0, 10.0).equals(LineString([(0, 0), (10, 0)]))
 
 
-def _conformance_root() -> Path:
-    env = os.environ.get("EUPE_DRIVE_CONFORMANCE")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "conformance"
-    return base / "navsim_dev"
-
-
 def test_conformance_map_and_route():
-    root = _conformance_root()
+    root = conformance_path("navsim_dev")
     if not (root / "maps" / "nuplan-maps-v1.0.json").is_file():
         pytest.skip(f"conformance set navsim_dev not found at {root}")
     from navsim_agents.data.dataclasses import SceneFilter, convert_relative_to_absolute_se2_array

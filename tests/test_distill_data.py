@@ -120,9 +120,8 @@ def test_build_source_errors(tmp_path):
 
 
 def test_synthetic_world_source(tmp_path):
-    from navsim_agents.data import synthetic
-
     from eupe.distill.data import NavsimCameraSource
+    from navsim_agents.data import synthetic
 
     # a tiny world in the navmini layout (the default one takes about a minute to generate)
     root = synthetic.generate_world(tmp_path / "world", num_train_logs=1, num_test_logs=1, frames_per_log=14,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import conformance_path
 
 from rap_backbone.checkpoints import (
     CheckpointKeyError,
@@ -225,9 +226,8 @@ def test_differing_refiner_copies_are_named(tmp_path):
 
 def test_matches_conformance_key_layout():
     """Our hand-written RAP names are the names RAP's code writes (its conformance checkpoint, when present)."""
-    import os
 
-    root = Path(os.environ.get("EUPE_DRIVE_CONFORMANCE", Path(__file__).resolve().parents[2] / "shared" / "conformance"))
+    root = conformance_path()
     ckpt = root / "rap_dev" / "rap_dev.ckpt"
     if not ckpt.is_file():
         pytest.skip(f"RAP conformance set not found at {ckpt.parent}")

@@ -6,18 +6,18 @@ the set's ``tolerances.json``. See ``shared/conformance/rap_dev/README.md``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import conformance_path
 
 from rap_backbone.checkpoints import RAP_PREFIX, load_rap_checkpoint, refiner_geometry
 from rap_backbone.planner import project_reference_points
 
 
 def _rap_dev() -> Path:
-    root = Path(os.environ.get("EUPE_DRIVE_CONFORMANCE", Path(__file__).resolve().parents[2] / "shared" / "conformance"))
+    root = conformance_path()
     path = root / "rap_dev"
     if not (path / "rap_dev.ckpt").is_file():
         pytest.skip(f"RAP conformance set not found at {path} (set EUPE_DRIVE_CONFORMANCE to the folder holding rap_dev/)")

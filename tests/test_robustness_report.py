@@ -109,11 +109,9 @@ def test_mean_over_valid_scenes_and_sub_scores(tmp_path):
 
 
 def test_conformance_csv_formats_are_read():
-    import os
-    from pathlib import Path
+    from conftest import conformance_path
 
-    root = Path(os.environ.get("EUPE_DRIVE_CONFORMANCE", Path(__file__).resolve().parents[2] / "shared"
-                               / "conformance"))
+    root = conformance_path()
     expected = root / "navsim_dev" / "expected"
     if not expected.is_dir():
         pytest.skip(f"conformance set not found at {root}; set EUPE_DRIVE_CONFORMANCE")

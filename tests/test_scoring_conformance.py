@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import conformance_path
 
 from navsim_agents.agents.constant_velocity_agent import ConstantVelocityAgent
 from navsim_agents.agents.human_agent import HumanAgent
@@ -18,14 +17,7 @@ from navsim_agents.data.scene_loader import SceneLoader
 from navsim_agents.scoring import evaluate as E
 from navsim_agents.scoring.pdm_score import PDMScoreRunner
 
-
-def _conformance_root() -> Path:
-    env = os.environ.get("EUPE_DRIVE_CONFORMANCE")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "conformance"
-    return base / "navsim_dev"
-
-
-ROOT = _conformance_root()
+ROOT = conformance_path("navsim_dev")
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"conformance set not found at {ROOT} "
                                  "(set EUPE_DRIVE_CONFORMANCE to the folder holding navsim_dev/)")
 DISCRETE_TOL, CONTINUOUS_TOL = 1e-6, 1e-3  # navsim_dev/README.md

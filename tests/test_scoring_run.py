@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import conformance_path
 from hydra import compose, initialize_config_dir
 
 from navsim_agents import run_pdm_score
 from navsim_agents.scoring import evaluate as E
 
-
-def _conformance_root() -> Path:
-    env = os.environ.get("EUPE_DRIVE_CONFORMANCE")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "conformance"
-    return base / "navsim_dev"
-
-
-ROOT = _conformance_root()
+ROOT = conformance_path("navsim_dev")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"conformance set not found at {ROOT} "
                                  "(set EUPE_DRIVE_CONFORMANCE to the folder holding navsim_dev/)")

@@ -1,12 +1,12 @@
 """Synthetic navmini world: determinism, log schema, loader round trip, no overlaps, expert stays drivable."""
 
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import shapely
+from conftest import conformance_path
 
 from navsim_agents.data import synthetic
 from navsim_agents.data.synthetic import SPLIT, generate_world, log_name
@@ -16,9 +16,8 @@ EGO_FRONT, EGO_REAR, EGO_HALF_WIDTH = 4.049, 1.127, 1.1485  # nuplan vehicle_par
 
 
 def _conformance() -> Path | None:
-    env = os.environ.get("EUPE_DRIVE_CONFORMANCE")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "conformance"
-    return root / "navsim_dev" if (root / "navsim_dev").is_dir() else None
+    root = conformance_path("navsim_dev")
+    return root if root.is_dir() else None
 
 
 @pytest.fixture(scope="module")
