@@ -62,7 +62,7 @@ def _measure(name: str, repeats: int, device: str, compile_: bool, queue) -> Non
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
-            ms = time_call(lambda: runner(x), repeats=repeats, warmup=1, cuda=cuda)
+            ms = time_call(lambda x=x: runner(x), repeats=repeats, warmup=1, cuda=cuda)
         row[f"ms_{label}"] = ms
         row[f"img_s_{label}"] = shape[0] / ms * 1e3
         if cuda:
