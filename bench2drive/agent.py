@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from bench2drive import geo, pid, rig
+from eupe.models import IMAGENET_MEAN, IMAGENET_STD
 
 try:  # the leaderboard is importable only inside a Bench2Drive checkout (BENCH2DRIVE_ROOT on PYTHONPATH)
     from leaderboard.autoagents.autonomous_agent import AutonomousAgent, Track  # type: ignore
@@ -33,8 +34,6 @@ except ImportError:  # the `carla` extra is optional for the embedded simulator
     carla = None
 
 PLAN_EVERY = 10  # ticks: 20 Hz simulation, 2 Hz planner (NAVSIM trajectories are 0.5 s apart)
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 PAD_DIVISOR = 32  # RAP pads images to a multiple of 32 (PadMultiViewImage size_divisor)
 HISTORY = 4  # ego-status frames at 2 Hz (NAVSIM num_history_frames)
 # NAVSIM driving command one-hot [left, straight, right, unknown] from the route's RoadOption
@@ -202,7 +201,7 @@ class RAPAgent(AutonomousAgent):
             img = cv2.cvtColor(np.asarray(frame)[:, :, :3], cv2.COLOR_BGR2RGB)
             if img.shape[:2] != (h, w):
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            img = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+            img = (img.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
             ph = -(-h // PAD_DIVISOR) * PAD_DIVISOR
             img = np.pad(img, ((0, ph - h), (0, 0), (0, 0)))
             imgs.append(img.transpose(2, 0, 1))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eupe.models import IMAGENET_MEAN, IMAGENET_STD
 from rap_backbone.alignment import DomainClassifier
 from rap_backbone.deform_attn import multi_scale_deformable_attention
 
@@ -48,8 +49,6 @@ COLLISION_OUTPUTS = (2 * 40 * 9, 2, 9)
 AREA_OUTPUTS = 5 * 2
 # grid_mask.py GridMask(True, True, rotate=1, offset=False, ratio=0.5, mode=1, prob=0.7)
 GRID_MASK_RATIO = 0.5
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 REFERENCE_POINT_MODES = ("paired", "grid")
 
 
