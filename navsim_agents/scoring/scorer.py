@@ -178,26 +178,30 @@ class PDMScorer:
         self._multiple, self._nondrivable, self._oncoming = multiple, nondrivable, oncoming
         self._in_intersection_center = d.in_layer(self._coords[:, :, BB.CENTER], W.INTERSECTION)
 
-    def _no_at_fault_collisions(self) -> np.ndarray:
-        n = self._states.shape[0]
-        scores = np.ones(n)
-        collided = [list(self._obs.collided_track_ids) for _ in range(n)]
+    def _intersections(self):
+        """Yield ``(t, proposal, token, occupancy)`` for every ego polygon touching an object, in time order."""
         for t in range(self.num_poses + 1):
             occ = self._obs[t]
             if len(occ) == 0:
                 continue
             hits = occ.query(self._polygons[:, t], predicate="intersects")
             for p, g in zip(hits[0], hits[1], strict=False):
-                token = occ.tokens[g]
-                if C.RED_LIGHT_TOKEN in token or token in collided[p]:
-                    continue
-                track = self._obs.unique[token]
-                kind = collision_type(self._states[p, t], self._polygons[p, t], track, occ[token])
-                lateral_fault = self._multiple[p, t] or self._nondrivable[p, t]
-                if kind in ("active_front", "stopped_track") or (lateral_fault and kind == "active_lateral"):
-                    scores[p] = min(scores[p], 0.0 if track.is_agent else 0.5)
-                else:
-                    collided[p].append(token)
+                yield t, p, occ.tokens[g], occ
+
+    def _no_at_fault_collisions(self) -> np.ndarray:
+        n = self._states.shape[0]
+        scores = np.ones(n)
+        collided = [list(self._obs.collided_track_ids) for _ in range(n)]
+        for t, p, token, occ in self._intersections():
+            if C.RED_LIGHT_TOKEN in token or token in collided[p]:
+                continue
+            track = self._obs.unique[token]
+            kind = collision_type(self._states[p, t], self._polygons[p, t], track, occ[token])
+            lateral_fault = self._multiple[p, t] or self._nondrivable[p, t]
+            if kind in ("active_front", "stopped_track") or (lateral_fault and kind == "active_lateral"):
+                scores[p] = min(scores[p], 0.0 if track.is_agent else 0.5)
+            else:
+                collided[p].append(token)
         return scores
 
     def _driving_direction(self, *, skip_intersection: bool) -> np.ndarray:
@@ -260,14 +264,9 @@ class PDMScorer:
     def _traffic_light(self) -> np.ndarray:
         n = self._states.shape[0]
         scores = np.ones(n)
-        for t in range(self.num_poses + 1):
-            occ = self._obs[t]
-            if len(occ) == 0:
-                continue
-            hits = occ.query(self._polygons[:, t], predicate="intersects")
-            for p, g in zip(hits[0], hits[1], strict=False):
-                if occ.tokens[g].startswith(C.RED_LIGHT_TOKEN):
-                    scores[p] = 0.0
+        for _, p, token, _ in self._intersections():
+            if token.startswith(C.RED_LIGHT_TOKEN):
+                scores[p] = 0.0
         return scores
 
     def _lane_keeping(self, centerline: CenterlinePath) -> np.ndarray:
