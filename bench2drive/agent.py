@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from bench2drive import geo, pid, rig
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD
+from navsim_agents.agents.rap_features import preprocess_image
 
 try:  # the leaderboard is importable only inside a Bench2Drive checkout (BENCH2DRIVE_ROOT on PYTHONPATH)
     from leaderboard.autoagents.autonomous_agent import AutonomousAgent, Track  # type: ignore
@@ -34,7 +34,6 @@ except ImportError:  # the `carla` extra is optional for the embedded simulator
     carla = None
 
 PLAN_EVERY = 10  # ticks: 20 Hz simulation, 2 Hz planner (NAVSIM trajectories are 0.5 s apart)
-PAD_DIVISOR = 32  # RAP pads images to a multiple of 32 (PadMultiViewImage size_divisor)
 HISTORY = 4  # ego-status frames at 2 Hz (NAVSIM num_history_frames)
 # NAVSIM driving command one-hot [left, straight, right, unknown] from the route's RoadOption
 COMMAND_INDEX = {geo.ROAD_OPTION["LEFT"]: 0, geo.ROAD_OPTION["STRAIGHT"]: 1, geo.ROAD_OPTION["LANEFOLLOW"]: 1,
@@ -201,10 +200,8 @@ class RAPAgent(AutonomousAgent):
             img = cv2.cvtColor(np.asarray(frame)[:, :, :3], cv2.COLOR_BGR2RGB)
             if img.shape[:2] != (h, w):
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            img = (img.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-            ph = -(-h // PAD_DIVISOR) * PAD_DIVISOR
-            img = np.pad(img, ((0, ph - h), (0, 0), (0, 0)))
-            imgs.append(img.transpose(2, 0, 1))
+            # the rig already renders at the planner's size: RAP's normalise + pad, no further resize
+            imgs.append(preprocess_image(img, scale=1.0))
         return np.stack(imgs)
 
     def _ego_status(self, xy: np.ndarray, yaw: float, speed: float, acc: np.ndarray, command: int) -> np.ndarray:

@@ -21,12 +21,18 @@ def test_run_step_returns_vehicle_control(tmp_path):
     assert {s["id"] for s in a.sensors()} >= {"CAM_F0", "CAM_B0", "IMU", "GPS", "SPEED"}
     path = RoadPath(np.array([[0.0, 0.0], [100.0, 0.0]]))
     a.set_global_plan(*global_plan(path, None))
-    data = {c.id: (0, np.zeros((36, 64, 4), np.uint8)) for c in a.rig}
+    bgra = np.zeros((36, 64, 4), np.uint8)
+    bgra[..., :3] = (10, 20, 200)  # CARLA delivers BGRA
+    data = {c.id: (0, bgra) for c in a.rig}
     data["GPS"] = (0, np.array([*geo.local_to_gnss(np.array([0.0, 0.0])), 0.0]))
     data["IMU"] = (0, np.array([0, 0, 9.81, 0, 0, 0, geo.yaw_to_compass(0.0)]))
     data["SPEED"] = (0, {"speed": 3.0})
     feats = a.build_features(data, np.zeros(2), 0.0, 3.0, np.zeros(2), geo.ROAD_OPTION["LANEFOLLOW"])
     assert tuple(feats["camera_feature"].shape) == (1, 4, 3, 64, 64)  # 36 padded to 64
+    # RGB (200, 20, 10) normalised with ImageNet statistics on the 0..255 scale; padded rows stay zero
+    rgb = (np.array([200.0, 20.0, 10.0]) - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375]
+    np.testing.assert_allclose(feats["camera_feature"][0, 2, :, 10, 10].numpy(), rgb, rtol=1e-5)
+    assert float(feats["camera_feature"][0, :, :, 36:].abs().max()) == 0.0
     assert tuple(feats["ego_status"].shape) == (1, agent_mod.HISTORY, 11)
     assert feats["ego_status"][0, -1, 7:].tolist() == [0.0, 1.0, 0.0, 0.0]  # straight
     ctrl = a.run_step(data, 0.0)
