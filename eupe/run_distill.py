@@ -64,10 +64,34 @@ def build_module(d: DictConfig, *, teacher_dims: dict | None = None) -> DistillM
                 "optim": OmegaConf.to_container(d.optim, resolve=True)}, seed=int(d.seed))
 
 
+# Lightning's own refusal of FSDP1 off CUDA (pytorch_lightning/trainer/connectors/accelerator_connector.py), and
+# torch's if that check is bypassed (torch/distributed/fsdp/_init_utils.py, _init_device_handle).
+FSDP1_NEEDS_CUDA = ("The strategy `fsdp` requires a GPU accelerator", "FSDP needs a non-CPU accelerator device")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "fsdp1")
+
+
 def _strategy(cfg: DictConfig, module: DistillModule):
-    """``fsdp`` wraps each student block (activation checkpointing stays timm's own); other names pass through."""
-    if cfg.trainer.strategy != "fsdp":
-        return cfg.trainer.strategy
+    """The Lightning strategy of ``trainer.strategy``.
+
+    ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``, one shard group per student block, see
+    ``DistillModule.configure_model``) through Lightning's ``ModelParallelStrategy`` with pure data parallelism;
+    runs on CUDA (NCCL) and on CPU (gloo). Checkpoints are gathered into one file on rank 0 so ``last.ckpt``
+    resumes under any strategy. ``fsdp1``: Lightning's ``FSDPStrategy`` (torch FSDP1), CUDA only.
+    Other names (``ddp``, ``ddp_spawn``, ``auto``, ...) pass through to Lightning.
+    """
+    name = str(cfg.trainer.strategy)
+    if name == "fsdp":
+        from pytorch_lightning.strategies import ModelParallelStrategy
+
+        return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1,
+                                     save_distributed_checkpoint=False)
+    if name != "fsdp1":
+        return name
+    accelerator = str(cfg.trainer.accelerator)
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        raise ValueError(f"trainer.strategy=fsdp1 (Lightning FSDPStrategy, torch FSDP1) needs CUDA GPUs: Lightning "
+                         f"refuses it on CPU ('{FSDP1_NEEDS_CUDA[0]}') and torch FSDP1 itself stops with "
+                         f"'{FSDP1_NEEDS_CUDA[1]}'. Use trainer.strategy=fsdp (FSDP2, also runs on CPU) or ddp.")
     from pytorch_lightning.strategies import FSDPStrategy
 
     blocks = getattr(module.student, "blocks", None) or getattr(module.student, "stages", None)
@@ -115,8 +139,11 @@ def build_cache(cfg: DictConfig) -> Path:
     return path
 
 
-def train(cfg: DictConfig) -> Path:
-    """Fit the student; resumes from ``<output_dir>/checkpoints/last.ckpt``; returns the exported student."""
+def train(cfg: DictConfig, *, callbacks: tuple[pl.Callback, ...] = ()) -> Path:
+    """Fit the student; resumes from ``<output_dir>/checkpoints/last.ckpt``; returns the exported student.
+
+    Under DDP / FSDP every rank runs this; only rank 0 writes checkpoints and the exported student.
+    ``callbacks`` are added to the trainer's own (checkpointing, LR monitor)."""
     d = cfg.distill
     out = Path(cfg.output_dir)
     pl.seed_everything(int(d.seed), workers=True)
@@ -143,7 +170,7 @@ def train(cfg: DictConfig) -> Path:
     callbacks = [pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
                                               every_n_train_steps=int(cfg.trainer.checkpoint_every_n_steps),
                                               save_last=True, save_top_k=1),
-                 pl.callbacks.LearningRateMonitor(logging_interval="step")]
+                 pl.callbacks.LearningRateMonitor(logging_interval="step"), *callbacks]
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, num_nodes=int(cfg.trainer.num_nodes),
         devices=cfg.trainer.devices, strategy=_strategy(cfg, module), precision=_precision(cfg), max_steps=int(d.max_steps),
@@ -157,10 +184,14 @@ def train(cfg: DictConfig) -> Path:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     export = Path(cfg.export_path)
+    state = module.gather_export_state()  # a collective under FSDP: every rank takes part
     if trainer.is_global_zero:
         sources = {c.key: (module._teachers[c.key].weights_source if c.key in module._teachers else "cache")
                    for c in module.teacher_configs}
-        module.export(export, extra_recipe={"teacher_weights": sources, "cache": cfg.cache})
+        module.export(export, state=state, extra_recipe={"teacher_weights": sources, "cache": cfg.cache,
+                                                         "strategy": str(cfg.trainer.strategy),
+                                                         "world_size": int(trainer.world_size),
+                                                         "precision": _precision(cfg)})
         log.info("student written to %s", export)
         if any(s == "random" for s in sources.values()):
             log.warning("some teachers had RANDOM weights (%s): this student carries no knowledge", sources)
@@ -171,6 +202,9 @@ def train(cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> None:
     if cfg.cache not in CACHE_MODES:
         raise ValueError(f"cache={cfg.cache!r} unknown; use one of {CACHE_MODES}")
+    if str(cfg.trainer.strategy) not in STRATEGIES:
+        log.warning("trainer.strategy=%s is not one of %s; passing it to Lightning as is", cfg.trainer.strategy,
+                    STRATEGIES)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.output_dir) / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
     if cfg.cache == "build":

@@ -83,6 +83,8 @@ TEACHERS: dict[str, TeacherSpec] = {
                           description="RAP 3D encoder: RAP backbone + Raster-to-Real projector (weights=PATH)"),
 }
 TIMM_PREFIX = "timm:"
+# auto: bf16 autocast on CUDA (the issue's "teachers run in bf16 on GPU") or inside a caller's bf16 autocast.
+TEACHER_PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def teacher_names() -> list[str]:
@@ -148,10 +150,12 @@ class Teacher(nn.Module):
     """
 
     def __init__(self, *, name: str, model: nn.Module, img_size: int, mean: tuple[float, ...],
-                 std: tuple[float, ...], weights_source: str, encode=encode_timm) -> None:
+                 std: tuple[float, ...], weights_source: str, encode=encode_timm, precision: str = "auto") -> None:
         super().__init__()
+        if precision not in TEACHER_PRECISIONS:
+            raise ValueError(f"teacher {name}: precision {precision!r} unknown; use one of {TEACHER_PRECISIONS}")
         self.name, self.model, self.img_size = name, model, int(img_size)
-        self.weights_source = weights_source
+        self.weights_source, self.precision = weights_source, precision
         self._encode = encode
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -179,10 +183,18 @@ class Teacher(nn.Module):
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         x = (x - self.mean) / self.std
-        use_bf16 = x.device.type == "cuda"
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.runs_bf16(x.device)):
             out = self._encode(self.model, x)
         return TeacherOutput(summary=out.summary.float(), patch=out.patch.float(), grid=out.grid)
+
+    def runs_bf16(self, device: torch.device) -> bool:
+        """Whether a forward on ``device`` runs under bf16 autocast: ``bf16`` always, ``fp32`` never, ``auto``
+        on CUDA or when the caller already runs bf16 autocast there (e.g. a Lightning ``bf16-mixed`` step on CPU)."""
+        if self.precision != "auto":
+            return self.precision == "bf16"
+        if device.type == "cuda":
+            return True
+        return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.bfloat16
 
 
 def _load_timm(spec: TeacherSpec, name: str, weights: str | Path | None, kwargs: dict[str, Any]) -> tuple[nn.Module, str]:
@@ -216,7 +228,7 @@ def _load_timm(spec: TeacherSpec, name: str, weights: str | Path | None, kwargs:
 
 
 def build_teacher(name: str, *, weights: str | Path | None = None, img_size: int | None = None,
-                  device: str | torch.device | None = None, **kwargs: Any) -> Teacher:
+                  device: str | torch.device | None = None, precision: str = "auto", **kwargs: Any) -> Teacher:
     """Build a frozen teacher.
 
     Args:
@@ -224,11 +236,12 @@ def build_teacher(name: str, *, weights: str | Path | None = None, img_size: int
         weights: None (random init, logged loudly), ``"hub"`` (timm / HF cache), or a checkpoint path.
         img_size: resolution the teacher runs at (default: its native one).
         device: where the teacher lives (e.g. ``"cuda:1"``); default CPU.
+        precision: ``auto`` (bf16 autocast on CUDA or inside a bf16 autocast region), ``bf16`` or ``fp32``.
         **kwargs: timm constructor overrides (e.g. ``embed_dim``, ``depth`` for a small random teacher).
     """
     spec = get_teacher_spec(name)
     if spec.factory == "rap":
-        teacher = _build_rap_teacher(name, weights, img_size or spec.img_size, kwargs)
+        teacher = _build_rap_teacher(name, weights, img_size or spec.img_size, kwargs, precision)
         return teacher.to(device) if device is not None else teacher
     if spec.factory == "student":
         if weights is None:
@@ -254,12 +267,14 @@ def build_teacher(name: str, *, weights: str | Path | None = None, img_size: int
         cfg = model.pretrained_cfg
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
         size = img_size or spec.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
-    teacher = Teacher(name=name, model=model, img_size=size, mean=mean, std=std, weights_source=source)
+    teacher = Teacher(name=name, model=model, img_size=size, mean=mean, std=std, weights_source=source,
+                      precision=precision)
     return teacher.to(device) if device is not None else teacher
 
 
 # --- RAP 3D encoder ---------------------------------------------------------------------------------------
-def _build_rap_teacher(name: str, weights: str | Path | None, img_size: int, kwargs: dict[str, Any]) -> Teacher:
+def _build_rap_teacher(name: str, weights: str | Path | None, img_size: int, kwargs: dict[str, Any],
+                       precision: str = "auto") -> Teacher:
     """RAP's image backbone followed by its Raster-to-Real projection (the planner's image neck).
 
     ``weights``: RAP's released checkpoint (``agent._rap_model.*``, loaded by ``load_rap_checkpoint``) or one
@@ -293,7 +308,7 @@ def _build_rap_teacher(name: str, weights: str | Path | None, img_size: int, kwa
     backbone = planner.backbone
     encoder = _RapEncoder(backbone, planner.neck)
     return Teacher(name=name, model=encoder, img_size=img_size, mean=tuple(backbone.mean), std=tuple(backbone.std),
-                   weights_source=str(weights), encode=_encode_rap)
+                   weights_source=str(weights), encode=_encode_rap, precision=precision)
 
 
 class _RapEncoder(nn.Module):

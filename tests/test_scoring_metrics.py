@@ -156,3 +156,21 @@ def test_v1_score_formula():
     assert np.allclose(r["score"], [(5 * 1.0 + 5 + 2) / 12, (5 * 0.5 + 5 + 2) / 12])
 
 
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_failure_tracks_and_first_steps_are_recorded(version):
+    """Ego at 10 m/s toward a stopped 4.8 m car whose rear is at x = 17.6: the front (rear axle + 4.049 m) first
+    passes it at t = 1.4 s (step 14); the 0.9 s projection (9 m further) first reaches it at step 5."""
+    obs = observation([("car", True, 0.0, 0.0, lambda t: (20.0, -1.75), 4.8, 2.0),
+                       ("far", True, 0.0, 0.0, lambda t: (200.0, 3.0), 4.8, 2.0)], steps=50)
+    scorer = PDMScorer(ScorerConfig(version=version))
+    both = np.concatenate([states_along(10 * T, -1.75, 10.0), states_along(np.zeros(41), -1.75, 0.0)])
+    scorer.score(both, obs, CENTERLINE, ["A"], road())
+    front = PACIFICA.front_length
+    assert scorer.at_fault_time_idx[0] == int(np.ceil((17.6 - front) / 1.0))  # 10 m/s = 1 m per step
+    assert scorer.at_fault_track_ids[0][0] == "car"
+    assert scorer.ttc_time_idx[0] == int(np.ceil((17.6 - front - 9.0) / 1.0))
+    assert scorer.ttc_track_ids[0][0] == "car"
+    assert scorer.at_fault_track_ids[1] == [] and np.isinf(scorer.at_fault_time_idx[1])  # the parked ego
+    assert scorer.ttc_track_ids[1] == [] and np.isinf(scorer.ttc_time_idx[1])

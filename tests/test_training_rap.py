@@ -65,6 +65,8 @@ def test_training_lowers_loss_and_l2_then_resumes(tmp_path):
     # score supervision was on: the final-score BCE is logged and non-zero
     rows = list(csv.DictReader(open(next((tmp_path / "csv").glob("version_*/metrics.csv")))))
     assert float(rows[-1]["train/score_supervision_epoch"]) == 1.0
+    # the collision head is supervised (BCE of its agent logits is logged, so it is > 0 whenever it runs)
+    assert float(rows[-1]["train/pred_ce_loss_epoch"]) > 0.0
 
     # rerunning with more steps resumes from last.ckpt instead of starting again
     out2 = train(_cfg(tmp_path, steps=123))

@@ -52,6 +52,7 @@ class TeacherConfig:
     weights: str | None = None
     img_size: int | None = None
     device: str | None = None
+    precision: str = "auto"  # teachers.TEACHER_PRECISIONS
     summary_weight: float = 1.0
     patch_weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -75,7 +76,8 @@ def build_teachers(configs: list[TeacherConfig]) -> dict[str, Teacher]:
         device = c.device
         if device == "auto":
             device = f"cuda:{i % n_gpu}" if n_gpu else None
-        out[c.key] = build_teacher(c.name, weights=c.weights, img_size=c.img_size, device=device, **c.kwargs)
+        out[c.key] = build_teacher(c.name, weights=c.weights, img_size=c.img_size, device=device,
+                                   precision=c.precision, **c.kwargs)
     return out
 
 
@@ -162,6 +164,30 @@ class DistillModule(pl.LightningModule):
                 norm.frozen.fill_(True)
         log.info("initialised student from %s (%d head tensors, normaliser stats reused where they fit)",
                  path, len(heads))
+
+    def configure_model(self) -> None:
+        """Under FSDP (``ModelParallelStrategy``, which provides ``device_mesh``): shard each student block, the
+        student, its EMA copy and each teacher's heads with FSDP2 ``fully_shard`` over the data-parallel mesh.
+        Teachers stay whole on every rank (each rank runs them on its own batch). No-op otherwise."""
+        mesh = self._device_mesh
+        if mesh is None or getattr(self, "_fsdp_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+        for model in (self.student, self.student_ema):
+            if model is None:
+                continue
+            blocks = getattr(model, "blocks", None) or getattr(model, "stages", None) or []
+            for block in blocks:
+                fully_shard(block, mesh=dp_mesh)
+            fully_shard(model, mesh=dp_mesh)
+            # encode_timm calls these instead of forward(): they must gather the root's own parameters too
+            for method in ("forward_features", "forward_head"):
+                register_fsdp_forward_method(model, method)
+        for head in self.heads.values():
+            fully_shard(head, mesh=dp_mesh)
+        self._fsdp_sharded = True
 
     @property
     def teachers(self) -> dict[str, Teacher]:
@@ -313,15 +339,39 @@ class DistillModule(pl.LightningModule):
             out.update({f"{key}.{part}.{s}": v for s, v in norm.stats().items()})
         return out
 
-    def export(self, path: str | Path, *, include_heads: bool = False, extra_recipe: dict | None = None) -> Path:
-        """Write the student (EMA if on) as a self-describing checkpoint (``eupe.distill.export``)."""
+    def gather_export_state(self, *, include_heads: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+        """Full (unsharded, CPU) state dicts of the student to export (EMA if on) and optionally the heads.
+
+        Under FSDP this is a collective: call it on every rank; only rank 0 receives the tensors."""
+        from torch.distributed.tensor import DTensor
+
+        modules = {"student": self.export_model()}
+        if include_heads:
+            modules["heads"] = self.heads
+        out = {}
+        for name, module in modules.items():
+            if any(isinstance(p, DTensor) for p in module.parameters()):
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+                out[name] = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))
+            else:
+                out[name] = module.state_dict()
+        return out
+
+    def export(self, path: str | Path, *, include_heads: bool = False, extra_recipe: dict | None = None,
+               state: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+        """Write the student (EMA if on) as a self-describing checkpoint (``eupe.distill.export``).
+
+        ``state``: the output of ``gather_export_state`` (required under FSDP, where it is a collective)."""
+        state = state or self.gather_export_state(include_heads=include_heads)
         model = self.export_model()
         ps = getattr(getattr(model, "patch_embed", None), "patch_size", None)
         recipe = dict(self.hparams.recipe or {})
         recipe.update(teachers=[vars(c) for c in self.teacher_configs], head_hidden=self.hparams.head_hidden,
                       normalizer=self.hparams.normalizer, steps=int(self.global_step), **(extra_recipe or {}))
         return save_student(
-            path, self.hparams.student_name, self.student_kwargs, model.state_dict(), self.normalizer_stats(),
+            path, self.hparams.student_name, self.student_kwargs, state["student"], self.normalizer_stats(),
             recipe, mean=tuple(self.student_mean.flatten().tolist()), std=tuple(self.student_std.flatten().tolist()),
             img_size=int(self.hparams.student_size), patch_size=int(ps[0] if isinstance(ps, (tuple, list)) else ps) if ps else None,
-            heads_state_dict=self.heads.state_dict() if include_heads else None)
+            heads_state_dict=state.get("heads") if include_heads else None)

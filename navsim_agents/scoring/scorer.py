@@ -87,7 +87,13 @@ def collision_type(state: np.ndarray, ego_polygon, track, track_polygon) -> str:
 
 
 class PDMScorer:
-    """Scores simulated proposals [B,T,11]; one instance per version."""
+    """Scores simulated proposals [B,T,11]; one instance per version.
+
+    After :meth:`score`, the tracks behind each failure are kept per proposal, in the order the checks met them
+    (as RAP's training scorer records them): ``at_fault_track_ids`` / ``at_fault_time_idx`` (first 0.1 s step of
+    an at-fault collision, inf if none) and ``ttc_track_ids`` / ``ttc_time_idx`` (first step whose projection
+    violates TTC), plus the ego-area flags ``_nondrivable`` / ``_oncoming`` [B,T].
+    """
 
     def __init__(self, config: ScorerConfig = ScorerConfig(), *, num_poses: int = C.PROPOSAL_NUM_POSES,
                  dt: float = C.PROPOSAL_INTERVAL):
@@ -192,6 +198,7 @@ class PDMScorer:
         n = self._states.shape[0]
         scores = np.ones(n)
         collided = [list(self._obs.collided_track_ids) for _ in range(n)]
+        self.at_fault_track_ids, self.at_fault_time_idx = [[] for _ in range(n)], np.full(n, np.inf)
         for t, p, token, occ in self._intersections():
             if C.RED_LIGHT_TOKEN in token or token in collided[p]:
                 continue
@@ -200,6 +207,8 @@ class PDMScorer:
             lateral_fault = self._multiple[p, t] or self._nondrivable[p, t]
             if kind in ("active_front", "stopped_track") or (lateral_fault and kind == "active_lateral"):
                 scores[p] = min(scores[p], 0.0 if track.is_agent else 0.5)
+                self.at_fault_time_idx[p] = min(self.at_fault_time_idx[p], t)
+                self.at_fault_track_ids[p].append(token)
             else:
                 collided[p].append(token)
         return scores
@@ -231,6 +240,7 @@ class PDMScorer:
         n = self._states.shape[0]
         scores = np.ones(n)
         collided = [list(self._obs.collided_track_ids) for _ in range(n)]
+        self.ttc_track_ids, self.ttc_time_idx = [[] for _ in range(n)], np.full(n, np.inf)
         window = self.config.future_collision_horizon_window if v2 else 1.0
         future = np.arange(0, int(window * 10), 3)
         speeds = np.hypot(self._states[..., S.VELOCITY_X], self._states[..., S.VELOCITY_Y])
@@ -257,6 +267,8 @@ class PDMScorer:
                     risky = self._multiple[p, t] or self._nondrivable[p, t] or rear_in_intersection[p, t]
                     if is_agent_ahead(ego_xy, ego_h, (c.x, c.y)) or (risky and not is_agent_behind(ego_xy, ego_h, (c.x, c.y))):
                         scores[p] = 0.0
+                        self.ttc_time_idx[p] = min(self.ttc_time_idx[p], t)
+                        self.ttc_track_ids[p].append(token)
                     else:
                         collided[p].append(token)
         return scores

@@ -42,6 +42,9 @@ class OccupancyMap:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def __contains__(self, token: str) -> bool:
+        return token in self._index
+
     def query(self, geometry, predicate: str = "intersects") -> np.ndarray:
         return self._tree.query(geometry, predicate=predicate)
 
