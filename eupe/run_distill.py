@@ -83,8 +83,15 @@ def _strategy(cfg: DictConfig, module: DistillModule):
     if name == "fsdp":
         from pytorch_lightning.strategies import ModelParallelStrategy
 
-        return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1,
-                                     save_distributed_checkpoint=False)
+        class DataParallelFSDP2(ModelParallelStrategy):
+            """ModelParallelStrategy with every process in one data-parallel (sharding) group, no tensor
+            parallelism (its "auto" sizes would make the processes of a node a tensor-parallel group)."""
+
+            def setup_environment(self) -> None:
+                self._data_parallel_size, self._tensor_parallel_size = self.num_nodes * self.num_processes, 1
+                super().setup_environment()
+
+        return DataParallelFSDP2(save_distributed_checkpoint=False)
     if name != "fsdp1":
         return name
     accelerator = str(cfg.trainer.accelerator)

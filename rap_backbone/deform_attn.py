@@ -43,29 +43,40 @@ def multi_scale_deformable_attention(
     """
     shapes = [(int(h), int(w)) for h, w in (spatial_shapes.tolist() if torch.is_tensor(spatial_shapes)
                                            else spatial_shapes)]
-    value = value.float()
-    sampling_locations = sampling_locations.float()
-    attention_weights = attention_weights.float()
     if use_compiled and value.is_cuda:
         op = _compiled_op()
         if op is not None:
             shapes_t = torch.as_tensor(shapes, dtype=torch.long, device=value.device)
             start = torch.cat([shapes_t.new_zeros(1), shapes_t.prod(1).cumsum(0)[:-1]])
-            return op.apply(value, shapes_t, start, sampling_locations, attention_weights, 64)
+            return op.apply(value.float(), shapes_t, start, sampling_locations.float(), attention_weights.float(), 64)
 
+    return sample_value_maps(value_maps(value, shapes), sampling_locations, attention_weights)
+
+
+def value_maps(value: torch.Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """``[B, sum(H_l*W_l), heads, C_h]`` -> per level ``[B*heads, C_h, H_l, W_l]`` (fp32), the layout
+    ``grid_sample`` reads; a caller that samples the same values several times converts them once."""
     batch, _, heads, head_dim = value.shape
-    _, queries, _, levels, points, _ = sampling_locations.shape
-    per_level = value.split([h * w for h, w in shapes], dim=1)
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    per_level = value.float().split([h * w for h, w in shapes], dim=1)
+    return [v.flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, h, w)
+            for v, (h, w) in zip(per_level, shapes, strict=True)]
+
+
+def sample_value_maps(maps: Sequence[torch.Tensor], sampling_locations: torch.Tensor,
+                      attention_weights: torch.Tensor) -> torch.Tensor:
+    """:func:`multi_scale_deformable_attention` on values already in :func:`value_maps` layout -> ``[B, Q, C]``."""
+    sampling_locations = sampling_locations.float()
+    attention_weights = attention_weights.float()
+    batch, queries, heads, levels, points, _ = sampling_locations.shape
+    head_dim = maps[0].shape[1]
     grids = 2.0 * sampling_locations - 1.0  # grid_sample wants [-1, 1]
     sampled = []
-    for lvl, (h, w) in enumerate(shapes):
-        # [B, HW, heads, C_h] -> [B*heads, C_h, H, W]
-        v = per_level[lvl].flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, h, w)
-        # [B, Q, heads, P, 2] -> [B*heads, Q, P, 2]
-        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+    for lvl, v in enumerate(maps):
+        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # [B, Q, heads, P, 2] -> [B*heads, Q, P, 2]
         sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # [B*heads, C_h, Q, L*P] weighted over the samples
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)
+    # [B*heads, C_h, Q, L*P] weighted over the samples (one level: no copy into a stacked tensor)
+    stacked = sampled[0] if levels == 1 else torch.stack(sampled, dim=-2).flatten(-2)
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
     out = (stacked * weights).sum(-1).view(batch, heads * head_dim, queries)
     return out.transpose(1, 2).contiguous()

@@ -32,7 +32,7 @@ from torch import nn
 
 from eupe.models import IMAGENET_MEAN, IMAGENET_STD
 from rap_backbone.alignment import DomainClassifier
-from rap_backbone.deform_attn import multi_scale_deformable_attention
+from rap_backbone.deform_attn import multi_scale_deformable_attention, sample_value_maps, value_maps
 
 # navsim_config.py RAPConfig
 CAMERA_ORDER = ("cam_b0", "cam_f0", "cam_l0", "cam_r0")
@@ -209,18 +209,19 @@ class SpatialCrossAttention(nn.Module):
         _init_deformable(self.sampling_offsets, self.attention_weights, num_heads, 1, num_points)
         _init_xavier(self.value_proj, self.output_proj)
 
-    def project_value(self, value: torch.Tensor) -> torch.Tensor:
-        """Camera features ``[B,N,HW,C]`` -> per-head values ``[B*N,HW,heads,C/heads]`` (fp32).
+    def project_value(self, value: torch.Tensor, feat_hw: tuple[int, int]) -> list[torch.Tensor]:
+        """Camera features ``[B,N,HW,C]`` -> per-head value maps ``[[B*N*heads, C/heads, H, W]]`` (fp32).
 
         The refiner is one module applied 4 times to the same camera features, so the planner projects them
         once per forward and reuses the result (RAP recomputes the identical projection each time)."""
         with _fp32_region(value.device):
             b, n, hw, c = value.shape
-            return self.value_proj(value.float()).view(b * n, hw, self.num_heads, c // self.num_heads)
+            projected = self.value_proj(value.float()).view(b * n, hw, self.num_heads, c // self.num_heads)
+            return value_maps(projected, [feat_hw])
 
-    def forward(self, query: torch.Tensor, value: torch.Tensor, feat_hw: tuple[int, int],
+    def forward(self, query: torch.Tensor, value: list[torch.Tensor], feat_hw: tuple[int, int],
                 ref_cam: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """``query [B,Q,C]``, projected ``value [B*N,HW,heads,C/heads]`` (:meth:`project_value`),
+        """``query [B,Q,C]``, projected value maps (:meth:`project_value`),
         ``ref_cam [B,N,Q,D,2]``, ``visible [B,N,Q,D]`` -> ``[B,Q,C]``."""
         dtype = query.dtype
         with _fp32_region(query.device):
@@ -235,7 +236,7 @@ class SpatialCrossAttention(nn.Module):
             loc = loc.reshape(b * n, q, heads, 1, pts, 2)
             weights = self.attention_weights(query).view(b, 1, q, heads, 1, pts).softmax(-1)
             weights = weights.expand(b, n, q, heads, 1, pts).reshape(b * n, q, heads, 1, pts)
-            out = multi_scale_deformable_attention(v, [(h, w)], loc, weights).view(b, n, q, c)
+            out = sample_value_maps(v, loc, weights).view(b, n, q, c)
             hit = visible.any(-1).to(out.dtype)  # [B,N,Q]
             slots = (out * hit[..., None]).sum(1) / hit.sum(1).clamp(min=1.0)[..., None]
             res = self.output_proj(slots) + query
@@ -314,9 +315,10 @@ class Refiner(nn.Module):
         prop = self.pos_proposal.weight[:, None].expand(-1, cfg.num_poses, -1)
         return torch.cat([pose, prop], dim=-1).reshape(cfg.num_queries, cfg.d_model)
 
-    def project_values(self, value: torch.Tensor) -> list[torch.Tensor]:
-        """Each layer's cross-attention values of the camera features ``[B,N,HW,C]`` (same in every refinement)."""
-        return [layer.cross_attn.project_value(value) for layer in self.layers]
+    def project_values(self, value: torch.Tensor, feat_hw: tuple[int, int]) -> list[list[torch.Tensor]]:
+        """Each layer's cross-attention value maps of the camera features ``[B,N,HW,C]`` (same in every
+        refinement)."""
+        return [layer.cross_attn.project_value(value, feat_hw) for layer in self.layers]
 
     def forward(self, query: torch.Tensor, proposals: torch.Tensor, values: Sequence[torch.Tensor],
                 feat_hw: tuple[int, int], lidar2img: torch.Tensor, img_shape: torch.Tensor) -> torch.Tensor:
@@ -589,7 +591,7 @@ class RAPPlanner(nn.Module):
             raise ValueError(f"ego_status last dim is {ego.shape[-1]}; expected {EGO_STATUS_DIM}")
         _, projected = self.encode_images(cams)
         feat_hw = tuple(projected.shape[-2:])
-        values = self.refiner.project_values(projected.flatten(3).transpose(2, 3))  # from [B,N,h*w,C]
+        values = self.refiner.project_values(projected.flatten(3).transpose(2, 3), feat_hw)  # from [B,N,h*w,C]
         query = self.ego_encoder(ego[:, -1].to(projected.dtype))[:, None] + self.queries.weight[None].to(projected.dtype)
         proposal_list = []
         for _ in range(cfg.num_refinements):

@@ -82,21 +82,33 @@ class Actor:
     role: str = "scenario"  # 'background' actors feed the min-speed criterion
     behaviour: str = "static"
     params: dict = field(default_factory=dict)
+    blueprint: str = ""  # CARLA blueprint id when it is not the kind's default (bicycles, warning signs)
 
     @property
     def type_id(self) -> str:
+        if self.blueprint:
+            return self.blueprint
         return {"vehicle": "vehicle.lincoln.mkz_2020", "walker": "walker.pedestrian.0001",
                 "static": "static.prop.constructioncone"}[self.kind]
 
 
 @dataclass
 class TrafficLight:
+    """The ego's light: red in [red_from, red_until) s of game time, or of scenario time when ``relative``
+    (counted from the moment the route's scenario starts, ``t0``, set by the simulator; green before it)."""
+
     id: int
     s: float  # stop line along the route
-    red_until: float  # s of game time; green afterwards
+    red_until: float  # green afterwards
     red_from: float = 0.0
+    relative: bool = False
+    t0: float | None = None
 
     def is_red(self, t: float) -> bool:
+        if self.relative:
+            if self.t0 is None:
+                return False
+            t = t - self.t0
         return self.red_from <= t < self.red_until
 
 
@@ -119,28 +131,102 @@ class SimScenario:
     # YieldToEmergencyVehicle: the emergency vehicle's id and the route position where its scenario ends
     yield_ev: int | None = None
     yield_end_s: float | None = None
+    # the scenario's life: it starts when the ego's route position reaches its trigger point (the leaderboard's
+    # ScenarioTriggerer) and ends when the ego's centre passes ``end_s`` (WaitUntilInFrontPosition /
+    # DriveDistance) or ``end_after`` s after the ego came within ``end_near`` m of actor ``end_actor``
+    # (BlockedIntersection), or, for scenarios with a ScenarioTimeout behaviour, ``timeout`` s after it started
+    # (SCENARIO_TIMEOUT). Its actors are then destroyed (ActorDestroy of other_actors).
+    start_s: float = 0.0
+    end_s: float | None = None
+    timeout: float | None = None
+    end_actor: int | None = None
+    end_mode: str = ""  # "near": end_after s after the ego came within end_near m; "past": end_after m driven
+    end_near: float = 0.0  # after the ego got in front of the actor
+    end_after: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------ synthetic routes
-# Scenario types the embedded simulator can build, by Bench2Drive ability (tools/ability_benchmark.py).
+# Scenario types the embedded simulator builds, with the synthetic road each one is built on: 'straight' (the
+# route lane plus a same-direction lane to its left and a parking / side lane to its right), 'turn' (a right
+# turn at a junction, one lane) or 'cross' (straight through a junction crossed by a perpendicular road, one
+# lane). Their abilities are the ones tools/ability_benchmark.py lists (bench2drive.metrics.ABILITIES).
 SUPPORTED = {
-    "ParkedObstacle": "Overtaking",
-    "Accident": "Overtaking",
-    "InterurbanActorFlow": "Merging",
-    "HardBreakRoute": "Emergency_Brake",
-    "PedestrianCrossing": "Emergency_Brake",
-    "DynamicObjectCrossing": "Emergency_Brake",
-    "InvadingTurn": "Give_Way",
-    "YieldToEmergencyVehicle": "Give_Way",
-    "VanillaSignalizedTurnEncounterRedLight": "Traffic_Signs",
-    "VanillaNonSignalizedTurnEncounterStopsign": "Traffic_Signs",
+    # Overtaking
+    "ParkedObstacle": "straight",
+    "Accident": "straight",
+    "ConstructionObstacle": "straight",
+    "HazardAtSideLane": "straight",
+    # Merging
+    "InterurbanActorFlow": "straight",
+    # Emergency_Brake
+    "HardBreakRoute": "straight",
+    "DynamicObjectCrossing": "straight",
+    "ParkingCrossingPedestrian": "straight",
+    "ParkingCutIn": "straight",
+    "StaticCutIn": "straight",
+    # Emergency_Brake + Traffic_Signs
+    "PedestrianCrossing": "straight",
+    "OppositeVehicleRunningRedLight": "cross",
+    "OppositeVehicleTakingPriority": "cross",
+    "VehicleTurningRoute": "turn",
+    "VehicleTurningRoutePedestrian": "turn",
+    "BlockedIntersection": "turn",
+    # Give_Way
+    "InvadingTurn": "straight",
+    "YieldToEmergencyVehicle": "straight",
+    # Traffic_Signs
+    "VanillaSignalizedTurnEncounterRedLight": "turn",
+    "VanillaSignalizedTurnEncounterGreenLight": "turn",
+    "VanillaNonSignalizedTurn": "turn",
+    "VanillaNonSignalizedTurnEncounterStopsign": "turn",
+    "T_Junction": "turn",
+}
+# Bench2Drive scenario types not built here, and why (see the module docs of bench2drive.sim).
+NOT_BUILT = {
+    "AccidentTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance (no two-way road yet)",
+    "ConstructionObstacleTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance",
+    "ParkedObstacleTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance",
+    "HazardAtSideLaneTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance",
+    "VehicleOpensDoorTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance",
+    "ControlLoss": "CARLA's physics-level steering noise on the ego; no equivalent in the kinematic model",
+    "CrossingBicycleFlow": "needs a left turn across a bicycle lane with a bicycle flow (no left-turn road)",
+    "EnterActorFlow": "needs a merge into a highway flow from an on-ramp (no ramp geometry)",
+    "HighwayCutIn": "needs an on-ramp merging into the ego lane (no ramp geometry)",
+    "HighwayExit": "needs an off-ramp crossing a lane flow (no ramp geometry)",
+    "InterurbanAdvancedActorFlow": "needs a two-flow interurban junction with a left turn",
+    "MergerIntoSlowTraffic": "needs an on-ramp into a slow queue (no ramp geometry)",
+    "MergerIntoSlowTrafficV2": "needs an on-ramp into a slow queue (no ramp geometry)",
+    "NonSignalizedJunctionLeftTurn": "needs a left turn across an opposite flow (no left-turn road)",
+    "NonSignalizedJunctionLeftTurnEnterFlow": "needs a left turn into a flow (no left-turn road)",
+    "NonSignalizedJunctionRightTurn": "needs a junction flow from the left with gap acceptance",
+    "SignalizedJunctionLeftTurn": "needs a left turn across an opposite flow (no left-turn road)",
+    "SignalizedJunctionLeftTurnEnterFlow": "needs a left turn into a flow (no left-turn road)",
+    "SignalizedJunctionRightTurn": "needs a junction flow from the left with gap acceptance",
+    "ParkingExit": "the ego starts in a parking slot and merges into a lane flow (no parking-exit start)",
+    "SequentialLaneChange": "needs a multi-lane road with route lane changes (the route keeps one lane)",
 }
 JUNCTION_S = (60.0, 72.0)  # junction span along a synthetic route with a junction
+# The scenario behaviours that hold a ScenarioTimeout(240 s) next to their end condition (scenario_runner's
+# route_obstacles.py, construction_crash_vehicle.py, actor_flow.py, blocked_intersection.py, invading_turn.py,
+# t_junction.py, ...: ``self._scenario_timeout = 240``); all of them also set up a ScenarioTimeoutTest.
+# The vanilla_turn.py scenarios set up the test without the behaviour, so they never time out.
+SCENARIO_TIMEOUT = 240.0  # s
+TIMEOUT_SCENARIOS = frozenset({
+    "Accident", "AccidentTwoWays", "BlockedIntersection", "ConstructionObstacle", "ConstructionObstacleTwoWays",
+    "CrossingBicycleFlow", "EnterActorFlow", "HazardAtSideLane", "HazardAtSideLaneTwoWays", "HighwayExit",
+    "InterurbanActorFlow", "InterurbanAdvancedActorFlow", "InvadingTurn", "MergerIntoSlowTraffic",
+    "MergerIntoSlowTrafficV2", "NonSignalizedJunctionLeftTurn", "NonSignalizedJunctionLeftTurnEnterFlow",
+    "NonSignalizedJunctionRightTurn", "ParkedObstacle", "ParkedObstacleTwoWays", "ParkingExit",
+    "SequentialLaneChange", "SignalizedJunctionLeftTurn", "SignalizedJunctionLeftTurnEnterFlow",
+    "SignalizedJunctionRightTurn", "T_Junction", "VehicleOpensDoorTwoWays",
+})
+TRIGGER_S = 10.0  # the scenario trigger point of a synthetic route (route point 5, 2 m apart)
+TRIGGER_DISTANCE = 2.0  # route_parser.py DIST_THRESHOLD: the ScenarioTriggerer's trigger radius
 
 
 def _route_points(kind: str, length: float) -> np.ndarray:
     """Route polyline starting at the origin heading +x; 'turn' goes right (+y) after the junction."""
-    if kind == "straight":
+    if kind in ("straight", "cross"):
         xs = np.arange(0.0, length + 1e-9, 2.0)
         return np.stack([xs, np.zeros_like(xs)], axis=1)
     a = np.stack([np.arange(0.0, JUNCTION_S[0], 2.0), np.zeros(int(JUNCTION_S[0] / 2))], axis=1)
@@ -152,6 +238,13 @@ def _route_points(kind: str, length: float) -> np.ndarray:
     return np.concatenate([a, b, c])
 
 
+def scenario_abilities(scenario_type: str) -> list[str]:
+    """The Bench2Drive abilities (tools/ability_benchmark.py) a scenario type counts for."""
+    from bench2drive.metrics import ABILITIES
+
+    return [a for a, names in ABILITIES.items() if scenario_type in names]
+
+
 def synthetic_routes(scenario_types: list[str] | None = None, *, length: float = 120.0) -> list[Route]:
     """One Synthetic01 route per supported scenario type (covering the five abilities), ids 1, 2, ..."""
     types = scenario_types or list(SUPPORTED)
@@ -160,8 +253,7 @@ def synthetic_routes(scenario_types: list[str] | None = None, *, length: float =
         raise ValueError(f"the embedded simulator cannot build scenario type(s) {bad}; it builds {list(SUPPORTED)}")
     routes = []
     for i, t in enumerate(types, start=1):
-        kind = "turn" if SUPPORTED[t] == "Traffic_Signs" else "straight"
-        pts = _route_points(kind, length)
+        pts = _route_points(SUPPORTED[t], length)
         wps = np.concatenate([pts, np.zeros((len(pts), 1))], axis=1)
         trig = (float(pts[5, 0]), float(pts[5, 1]), 0.0, 0.0)
         routes.append(Route(id=str(i), town=SYNTHETIC_TOWN, waypoints=wps,
@@ -174,11 +266,10 @@ def junction_span(route: Route) -> tuple[float, float] | None:
     """Junction span (s0, s1) along a synthetic route, None when it has none.
 
     Routes of the scenario types that tools/ability_benchmark.py counts for Traffic_Signs cross a junction (it
-    needs one for the partial credit): turning ones for the sign scenarios, straight through for the others.
+    needs one for the partial credit): turning ones for the sign and turning scenarios, straight through for the
+    crossing-vehicle ones.
     """
-    from bench2drive.metrics import ABILITIES
-
-    return JUNCTION_S if route.scenario_type in ABILITIES["Traffic_Signs"] else None
+    return JUNCTION_S if SUPPORTED.get(route.scenario_type) in ("turn", "cross") else None
 
 
 def synthetic_junction_completion(route: Route) -> float:
@@ -193,7 +284,13 @@ def synthetic_junction_completion(route: Route) -> float:
 
 
 def build_scenario(route: Route, path: RoadPath, *, seed: int = 0) -> SimScenario:
-    """Actors and signals for the route's scenario type, plus two background vehicles in the left lane."""
+    """Actors, signals and the scenario's life (trigger, end, timeout) for the route's scenario type.
+
+    Straight routes get two background vehicles in the left (same-direction) lane unless that lane is the
+    passing lane of the scenario; junction routes have a single lane and no background traffic. Positions
+    follow the scenario_runner classes: the obstacle / adversary lies ``distance`` m (the route XML parameter,
+    a value of bench2drive220.xml) past the trigger point, with the class's own offsets, speeds and triggers.
+    """
     t = route.scenario_type
     if t not in SUPPORTED:
         raise ValueError(f"route {route.id}: the embedded simulator cannot build scenario type '{t}'; "
@@ -203,81 +300,172 @@ def build_scenario(route: Route, path: RoadPath, *, seed: int = 0) -> SimScenari
     lights: list[TrafficLight] = []
     stops: list[StopSign] = []
     exempt: list[tuple[float, float]] = []
+    life: dict = {"start_s": TRIGGER_S, "timeout": SCENARIO_TIMEOUT if t in TIMEOUT_SCENARIOS else None}
 
     def on_path(s, d=0.0):
         xy, yaw = path.pose(s, d)
         return xy[0], float(yaw[0])
 
+    def side(s, d):
+        """A point d m to the right of the route at s (beyond its end the route's last heading continues)."""
+        cxy, cyaw = on_path(s)
+        return cxy + d * np.array([-math.sin(cyaw), math.cos(cyaw)]), cyaw
+
     next_id = iter(range(100, 10000))
-    for s0 in (25.0, 55.0):  # background traffic ahead in the left (same-direction) lane
-        xy, yaw = on_path(s0 + rng.uniform(-3, 3), -LANE_WIDTH)
-        actors.append(Actor(id=next(next_id), kind="vehicle", xy=xy, yaw=yaw, speed=7.0, role="background",
-                            behaviour="lane", params={"d": -LANE_WIDTH, "v_des": 7.0}))
+
+    def add(kind, xy, yaw, **kw):
+        a = Actor(id=next(next_id), kind=kind, xy=np.asarray(xy, dtype=np.float64), yaw=yaw, **kw)
+        actors.append(a)
+        return a
+
+    def parked(s, d=LANE_WIDTH, **params):
+        xy, yaw = on_path(s, d)
+        return add("vehicle", xy, yaw, behaviour="static", params=params)
+
+    def cone(s, d=0.0, **params):
+        xy, yaw = on_path(s, d)
+        return add("static", xy, yaw, length=0.4, width=0.4, behaviour="static", params=params)
+
+    if SUPPORTED[t] == "straight" and t not in _PASSING_LANE_SCENARIOS:
+        for s0 in (25.0, 55.0):  # background traffic ahead in the left (same-direction) lane
+            xy, yaw = on_path(s0 + rng.uniform(-3, 3), -LANE_WIDTH)
+            add("vehicle", xy, yaw, speed=7.0, role="background", behaviour="lane",
+                params={"d": -LANE_WIDTH, "v_des": 7.0})
     if t == "ParkedObstacle":
-        # the background lane is the passing lane here: keep it clear around the obstacle
-        actors = []
-        xy, yaw = on_path(70.0)
-        actors.append(Actor(id=next(next_id), kind="vehicle", xy=xy, yaw=yaw, behaviour="static"))
-        xy, yaw = on_path(64.0)  # a warning cone behind it (a static prop: COLLISION_STATIC if hit)
-        actors.append(Actor(id=next(next_id), kind="static", xy=xy, yaw=yaw, length=0.4, width=0.4,
-                            behaviour="static"))
+        parked(70.0, 0.0, **{"pass": True})
+        cone(64.0, **{"pass": True})  # a warning prop behind it (a static prop: COLLISION_STATIC if hit)
         exempt.append((45.0, 95.0))  # the leaderboard switches the lane test off while passing (blackboard)
+        life["end_s"] = 70.0 + 50.0  # route_obstacles.py: _end_distance 50 past the vehicle
     elif t == "Accident":
         # two crashed cars in the lane with a cone before them; passing is allowed (lane test switched off)
-        actors = []
         for s_car, d_car, yaw_off in ((66.0, 0.3, 0.4), (72.0, -0.2, -0.2)):
             xy, yaw = on_path(s_car, d_car)
-            actors.append(Actor(id=next(next_id), kind="vehicle", xy=xy, yaw=yaw + yaw_off, behaviour="static"))
-        xy, yaw = on_path(60.0)
-        actors.append(Actor(id=next(next_id), kind="static", xy=xy, yaw=yaw, length=0.4, width=0.4,
-                            behaviour="static"))
+            add("vehicle", xy, yaw + yaw_off, behaviour="static", params={"pass": True})
+        cone(60.0, **{"pass": True})
         exempt.append((40.0, 95.0))
+        life["end_s"] = 72.0 + 50.0
+    elif t == "ConstructionObstacle":
+        # construction_crash_vehicle.py: a traffic-warning sign ``distance`` (45) m past the trigger, a taper of
+        # cones closing the lane before it and a row along the lane's left edge after it; _end_distance 50
+        s_c = TRIGGER_S + 45.0
+        xy, yaw = on_path(s_c)
+        add("static", xy, yaw, length=1.0, width=2.2, behaviour="static", params={"pass": True},
+            blueprint="static.prop.trafficwarning")
+        for k, dd in enumerate((1.2, 0.6, 0.0, -0.6)):
+            cone(s_c - 8.0 + 2.0 * k, dd, **{"pass": True})
+        for k in range(3):
+            cone(s_c + 3.0 + 3.0 * k, -1.4, **{"pass": True})
+        life["end_s"] = s_c + 50.0
+    elif t == "HazardAtSideLane":
+        # route_obstacles.py: two bicycles ``distance`` (45) m and 9 m further on, 0.55 * lane_width / 2 right of
+        # the lane centre, riding at bicycle_speed (10 km/h) for bicycle_drive_distance (50 m), then stopping;
+        # the scenario ends 50 m after the ego got in front of the last one
+        s_b = TRIGGER_S + 45.0
+        d_b = 0.55 * LANE_WIDTH / 2
+        for s0 in (s_b, s_b + 9.0):
+            xy, yaw = on_path(s0, d_b)
+            last = add("vehicle", xy, yaw, length=1.6, width=0.8, behaviour="lane", blueprint="vehicle.bh.crossbike",
+                       params={"d": d_b, "v_des": 10.0 / 3.6, "s_stop": s0 + 50.0, "pass": True})
+        life.update(end_actor=last.id, end_mode="past", end_after=50.0)
     elif t == "DynamicObjectCrossing":
         # a pedestrian steps out from behind a parked car on the right when the ego is 18 m away
-        xy, yaw = on_path(58.0, LANE_WIDTH)
-        actors.append(Actor(id=next(next_id), kind="vehicle", xy=xy, yaw=yaw, behaviour="static"))
+        parked(58.0)
         cxy, cyaw = on_path(62.0)
         xy = cxy + 3.5 * np.array([-math.sin(cyaw), math.cos(cyaw)])
-        actors.append(Actor(id=next(next_id), kind="walker", xy=xy, yaw=cyaw - math.pi / 2, length=WALKER_SIZE,
-                            width=WALKER_SIZE, behaviour="walker",
-                            params={"v_des": 2.0, "trigger_s": 62.0 - 18.0, "walk": 7.0 / 2.0}))
+        add("walker", xy, cyaw - math.pi / 2, length=WALKER_SIZE, width=WALKER_SIZE, behaviour="walker",
+            params={"v_des": 2.0, "trigger_s": 62.0 - 18.0, "walk": 7.0 / 2.0})
+    elif t == "ParkingCrossingPedestrian":
+        # object_crash_vehicle.py: a car parked on the right ``distance`` (41) m past the trigger, a pedestrian
+        # in front of it crossing at 2.0 m/s once the ego is 2.15 s (or 6 m) from the crossing point
+        s_x = TRIGGER_S + 41.0
+        parked(s_x - 3.5)
+        xy, cyaw = side(s_x, LANE_WIDTH / 2 + 1.0)
+        add("walker", xy, cyaw - math.pi / 2, length=WALKER_SIZE, width=WALKER_SIZE, behaviour="walker",
+            params={"v_des": 2.0, "at_s": s_x, "tta": 2.15, "min_dist": 6.0, "walk": 8.0 / 2.0})
+    elif t == "ParkingCutIn":
+        # parking_cut_in.py: a blocker parked 28 m past the trigger, the adversary parked at 35 m pulls out into
+        # the ego lane at 13 m/s once the ego is 2.35 s (or 10 m) away, and both are removed after 30 m
+        parked(TRIGGER_S + 28.0)
+        s_a = TRIGGER_S + 35.0
+        parked(s_a, cut_in=True, at_s=s_a, tta=2.35, min_dist=10.0, v_des=13.0, d_from=LANE_WIDTH, drive=30.0)
+    elif t == "StaticCutIn":
+        # cut_in_with_static_vehicle.py: a queue of stopped cars in the lane to the right (2 behind, 3 in front,
+        # 11 m apart), the one ``distance`` (45) m past the trigger cuts in at 60 km/h once the ego is 2.7 s (or
+        # 15 m) away, driving 70 m
+        s_a = TRIGGER_S + 45.0
+        for k in (-2, -1, 1, 2, 3):
+            parked(s_a + k * (CAR_LENGTH + 11.0))
+        parked(s_a, cut_in=True, at_s=s_a, tta=2.7, min_dist=15.0, v_des=60.0 / 3.6, d_from=LANE_WIDTH, drive=70.0)
     elif t == "InterurbanActorFlow":
         sj = 70.0
         cxy, cyaw = on_path(sj)
         for k in range(3):  # flow crossing the route from right to left, 25 m apart
             d0 = 18.0 + 25.0 * k
             xy = cxy + d0 * np.array([-math.sin(cyaw), math.cos(cyaw)])
-            actors.append(Actor(id=next(next_id), kind="vehicle", xy=xy, yaw=cyaw - math.pi / 2, speed=8.0,
-                                behaviour="straight", params={"v_des": 8.0}))
+            add("vehicle", xy, cyaw - math.pi / 2, speed=8.0, behaviour="straight", params={"v_des": 8.0})
+        life["end_s"] = sj + 6.0  # WaitEndIntersection
     elif t == "HardBreakRoute":
         xy, yaw = on_path(22.0)
-        actors.append(Actor(id=next(next_id), kind="vehicle", xy=xy, yaw=yaw, speed=6.0, behaviour="hard_brake",
-                            params={"d": 0.0, "v_des": 6.0, "brake_at_s": 55.0, "hold": 6.0}))
+        add("vehicle", xy, yaw, speed=6.0, behaviour="hard_brake",
+            params={"d": 0.0, "v_des": 6.0, "brake_at_s": 55.0, "hold": 6.0})
     elif t == "PedestrianCrossing":
         cxy, cyaw = on_path(60.0)
         xy = cxy + 6.0 * np.array([-math.sin(cyaw), math.cos(cyaw)])
-        actors.append(Actor(id=next(next_id), kind="walker", xy=xy, yaw=cyaw - math.pi / 2, length=WALKER_SIZE,
-                            width=WALKER_SIZE, behaviour="walker", params={"v_des": 1.4, "start": 3.0,
-                                                                            "walk": 12.0 / 1.4}))
+        add("walker", xy, cyaw - math.pi / 2, length=WALKER_SIZE, width=WALKER_SIZE, behaviour="walker",
+            params={"v_des": 1.4, "start": 3.0, "walk": 12.0 / 1.4})
+    elif t in ("OppositeVehicleRunningRedLight", "OppositeVehicleTakingPriority"):
+        # opposite_vehicle_taking_priority.py: an adversary at 60 km/h on the crossing road, from the right,
+        # 30 m (_source_dist) before the junction, launched when the ego is 2.2 s (or 12 m) from the collision
+        # point, so both would meet there; the ego has green (RunningRedLight) or priority (TakingPriority)
+        s_x = (JUNCTION_S[0] + JUNCTION_S[1]) / 2 - LANE_WIDTH / 2  # its right-hand lane on the crossing road
+        xy, cyaw = side(s_x, (JUNCTION_S[1] - JUNCTION_S[0]) / 2 + 30.0)
+        add("vehicle", xy, cyaw - math.pi / 2, behaviour="straight",
+            params={"v_des": 60.0 / 3.6, "at_s": s_x, "tta": 2.2, "min_dist": 12.0, "launch": True})
+        if t == "OppositeVehicleRunningRedLight":
+            lights.append(TrafficLight(id=1, s=JUNCTION_S[0] - 2.0, red_until=0.0))  # green for the ego
+    elif t in ("VehicleTurningRoute", "VehicleTurningRoutePedestrian"):
+        # object_crash_intersection.py: a bicycle (or a pedestrian) 11 m after the junction exit, 1.5 half lane
+        # widths to the right, crossing at 1.8 m/s when the ego is 1.8 s (2.2 s for the pedestrian) or 6 m away
+        s_x = JUNCTION_S[1] + 11.0
+        xy, cyaw = side(s_x, 1.5 * LANE_WIDTH / 2)
+        params = {"v_des": 1.8, "at_s": s_x, "tta": 1.8, "min_dist": 6.0, "walk": 3.0 * LANE_WIDTH / 1.8}
+        if t == "VehicleTurningRoute":
+            add("vehicle", xy, cyaw - math.pi / 2, length=1.6, width=0.8, behaviour="walker",
+                blueprint="vehicle.bh.crossbike", params=params)
+        else:
+            add("walker", xy, cyaw - math.pi / 2, length=WALKER_SIZE, width=WALKER_SIZE, behaviour="walker",
+                params={**params, "tta": 2.2})
+    elif t == "BlockedIntersection":
+        # blocked_intersection.py: a stopped car 5 m past the junction exit; 10 s after the ego came within
+        # 13 m of it, it is removed and the scenario ends
+        blocker = parked(JUNCTION_S[1] + 5.0, 0.0)
+        life.update(end_actor=blocker.id, end_mode="near", end_near=13.0, end_after=10.0)
     elif t == "InvadingTurn":
         for s0 in (70.0, 95.0):  # oncoming cars cutting 1 m into the ego lane
             xy, yaw = on_path(s0, -LANE_WIDTH + 1.0)
-            actors.append(Actor(id=next(next_id), kind="vehicle", xy=xy, yaw=yaw + math.pi, speed=6.0,
-                                behaviour="oncoming", params={"d": -LANE_WIDTH + 1.0, "v_des": 6.0}))
+            add("vehicle", xy, yaw + math.pi, speed=6.0, behaviour="oncoming",
+                params={"d": -LANE_WIDTH + 1.0, "v_des": 6.0})
+        life["end_s"] = TRIGGER_S + 100.0  # invading_turn.py: _distance 100 past the trigger
     elif t == "YieldToEmergencyVehicle":
         # an ambulance comes up from behind in the ego lane once the ego passes 25 m; the left lane is free
-        actors = []
-        ev_id = next(next_id)
-        actors.append(Actor(id=ev_id, kind="vehicle", xy=np.array([1e5, 1e5]), yaw=0.0, behaviour="emergency",
-                            params={"d": 0.0, "v_des": 14.0, "trigger_s": 25.0, "gap": 22.0}))
-        sc = SimScenario(actors=actors, lights=[], stops=[], junction=None, outside_lane_exempt=[],
-                         yield_ev=ev_id, yield_end_s=95.0)
-        return sc
+        ev = add("vehicle", np.array([1e5, 1e5]), 0.0, behaviour="emergency",
+                 params={"d": 0.0, "v_des": 14.0, "trigger_s": 25.0, "gap": 22.0})
+        return SimScenario(actors=[ev], lights=[], stops=[], junction=None, outside_lane_exempt=[],
+                           yield_ev=ev.id, yield_end_s=95.0)
     elif t == "VanillaSignalizedTurnEncounterRedLight":
         lights.append(TrafficLight(id=1, s=JUNCTION_S[0] - 2.0, red_until=12.0))
+    elif t == "VanillaSignalizedTurnEncounterGreenLight":
+        # vanilla_turn.py: the ego's light frozen green for 5 s from the scenario start, then every light of the
+        # junction frozen red for 5 s (_green_light_delay), then the normal cycle (green for the ego here)
+        lights.append(TrafficLight(id=1, s=JUNCTION_S[0] - 2.0, red_from=5.0, red_until=10.0, relative=True))
     elif t == "VanillaNonSignalizedTurnEncounterStopsign":
         stops.append(StopSign(id=1, s=JUNCTION_S[0] - 2.0))
-    if SUPPORTED[t] == "Traffic_Signs":
-        actors = [a for a in actors if a.role != "background"]  # the left lane ends at the junction
+    elif t == "T_Junction":
+        life["end_s"] = TRIGGER_S + 200.0  # t_junction.py: DriveDistance(200) next to the ScenarioTimeout
+    # VanillaNonSignalizedTurn: the turn itself, no actor
     return SimScenario(actors=actors, lights=lights, stops=stops, junction=junction_span(route),
-                       outside_lane_exempt=exempt)
+                       outside_lane_exempt=exempt, **life)
+
+
+# straight scenarios whose left lane is the passing lane: no background traffic there
+_PASSING_LANE_SCENARIOS = frozenset({"ParkedObstacle", "Accident", "ConstructionObstacle", "HazardAtSideLane"})
