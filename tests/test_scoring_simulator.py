@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from navsim_agents.scoring.comfort import ego_is_comfortable
-from navsim_agents.scoring.constants import PACIFICA, STATE_SIZE
+from navsim_agents.scoring.constants import LQR_JERK_PENALTY, PACIFICA, STATE_SIZE
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.pdm_score import interpolate_poses
-from navsim_agents.scoring.simulator import BatchKinematicBicycleModel, simulate_proposals
+from navsim_agents.scoring.simulator import (
+    BatchKinematicBicycleModel,
+    jerk_penalty_matrix,
+    simulate_proposals,
+    velocity_curvature_profiles,
+)
 
 
 def _fit_circle(points: np.ndarray) -> tuple[np.ndarray, float]:
@@ -51,6 +56,41 @@ def test_lqr_tracks_straight_constant_speed_reference_with_near_zero_error():
     assert err.max() < 1e-6
     assert np.allclose(sim[0, :, S.VELOCITY_X], speed, atol=1e-6)
     assert np.allclose(sim[0, :, S.HEADING], heading, atol=1e-9)
+
+
+def test_jerk_penalty_matrix_is_the_devkits_overwritten_difference_matrix():
+    # navsim batch_lqr_utils._make_banded_difference_matrix: I written into columns 1.., then -I written over
+    # columns ..n-1, which erases every +1 but the last row's
+    expected = np.array([[-1.0, 0.0, 0.0, 0.0],
+                         [0.0, -1.0, 0.0, 0.0],
+                         [0.0, 0.0, -1.0, 1.0]])
+    assert np.array_equal(jerk_penalty_matrix(3), expected)
+
+
+def test_velocity_fit_minimises_the_devkits_penalised_least_squares():
+    # 5 poses on a straight line at heading h with Euler kinematics: speed v_k = 3 + 2 k dt, displacement v_k dt.
+    # Unknowns x = (v0, a0, a1, a2); displacement k = dt v0 + dt^2 (a0 + ... + a_{k-1}) along h.
+    # The devkit's penalty rows are -a0 and a2 - a1 (not a1 - a0, a2 - a1), so the constant acceleration 2 is
+    # not a zero-cost fit: the solution of the augmented system [A; sqrt(lam) R] x = [y; 0] is the expectation.
+    dt, h, lam = 0.1, 0.4, LQR_JERK_PENALTY
+    speeds = 3.0 + 2.0 * np.arange(4) * dt
+    steps = np.concatenate([[0.0], np.cumsum(speeds * dt)])
+    poses = np.stack([10.0 + steps * np.cos(h), -4.0 + steps * np.sin(h), np.full(5, h)], axis=-1)[None]
+    a = np.zeros((8, 4))
+    y = np.zeros(8)
+    for k in range(4):
+        for row, unit in ((2 * k, np.cos(h)), (2 * k + 1, np.sin(h))):
+            a[row, 0] = dt * unit
+            a[row, 1:k + 1] = dt**2 * unit
+            y[row] = speeds[k] * dt * unit
+    r = np.array([[0.0, -1.0, 0.0, 0.0],
+                  [0.0, 0.0, -1.0, 1.0]])
+    x = np.linalg.lstsq(np.vstack([a, np.sqrt(lam) * r]), np.concatenate([y, np.zeros(2)]), rcond=None)[0]
+    expected = x[0] + np.concatenate([[0.0], np.cumsum(x[1:] * dt)])
+    velocity, _ = velocity_curvature_profiles(poses, dt)
+    assert np.allclose(velocity[0], expected, atol=1e-9)
+    # and the penalty is visible: a true difference penalty would return the exact speeds 3.0, 3.2, 3.4, 3.6
+    assert np.abs(velocity[0] - speeds).max() > 1e-2
 
 
 def test_interpolation_is_linear_between_half_second_poses():

@@ -29,7 +29,7 @@ from navsim_agents.scoring.pdm_closed import (
 from navsim_agents.scoring.scorer import CenterlinePath
 from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
 
-CACHE_FORMAT_VERSION = 3  # 3: corrected route (navsim route_roadblock_correction)
+CACHE_FORMAT_VERSION = 4  # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix
 NUM_HISTORY_FRAMES = 4
 NUM_FUTURE_FRAMES = 10
 

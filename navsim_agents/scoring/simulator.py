@@ -24,6 +24,21 @@ def _profile_from_derivatives(initial: np.ndarray, derivatives: np.ndarray, dt: 
     return initial[..., None] + np.concatenate([np.zeros(cumsum.shape[:-1] + (1,)), cumsum], axis=-1)
 
 
+def jerk_penalty_matrix(n: int) -> np.ndarray:
+    """The [n, n+1] matrix navsim's batch LQR penalises accelerations with (`batch_lqr_utils.py`,
+    `_make_banded_difference_matrix`).
+
+    Meant as the difference matrix [a_2 - a_1, ...], but the devkit writes `-I` over the columns after writing `I`
+    into the shifted ones, so every `+1` except the last row's is overwritten: rows 0..n-2 are `-e_i` and the last
+    row is `e_{n} - e_{n-1}`. The fitted velocity profiles (and so every simulated trajectory) follow that matrix,
+    so it is reproduced as is (nuplan's own, unbatched `tracker_utils.py` builds the true difference matrix).
+    """
+    banded = np.zeros((n, n + 1))
+    banded[:, 1:] = np.eye(n)
+    banded[:, :-1] = -np.eye(n)  # assignment, not subtraction: the devkit's quirk
+    return banded
+
+
 def _fit_velocity_and_acceleration(xy_disp: np.ndarray, headings: np.ndarray, dt: float, jerk_penalty: float):
     """Least-squares initial velocity and acceleration profile from displacements [B,M,2]."""
     batch, m = xy_disp.shape[:2]
@@ -35,11 +50,7 @@ def _fit_velocity_and_acceleration(xy_disp: np.ndarray, headings: np.ndarray, dt
     a[..., 0] = a_col * dt
     upper = np.repeat(np.triu(np.ones((m, m), dtype=bool), k=1), 2, axis=0)
     a[:, upper] = 0.0
-    n = m - 2
-    banded = np.zeros((n, n + 1))
-    banded[:, 1:] = np.eye(n)
-    banded[:, :-1] -= np.eye(n)
-    r = np.block([np.zeros((n, 1)), banded])
+    r = np.block([np.zeros((m - 2, 1)), jerk_penalty_matrix(m - 2)])
     lhs = np.einsum("bji,bjk->bik", a, a) + jerk_penalty * (r.T @ r)[None]
     x = np.einsum("bij,bj->bi", np.linalg.pinv(lhs, rcond=PINV_RCOND) @ a.transpose(0, 2, 1), y)
     return x[:, 0], x[:, 1:]
