@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -94,7 +95,10 @@ class CachedFeatureDataset(Dataset):
                 if not marker.is_file():
                     try:
                         scene = self._loader.get_scene_from_token(token)
-                        samples = [perturbed_sample(scene, rng, num_poses=num_poses)] if kind == "perturbed" else \
+                        # the perturbation has its own stream per token: which samples exist must not depend
+                        # on which of them were already cached (the selection draws above stay in step)
+                        own_rng = np.random.default_rng([seed, zlib.crc32(token.encode())])
+                        samples = [perturbed_sample(scene, own_rng, num_poses=num_poses)] if kind == "perturbed" else \
                             cross_agent_samples(scene, num_poses=num_poses, max_agents=max_agents_per_scene)
                         for i, (agent_input, targets) in enumerate(samples):
                             features: dict[str, Any] = {}
@@ -174,13 +178,36 @@ def collate(batch: list[tuple[dict, dict]]) -> tuple[dict, dict]:
 class AgentLightningModule(pl.LightningModule):
     """Step logic only: forward, the agent's loss, logging. The Trainer owns the loop."""
 
-    def __init__(self, agent: torch.nn.Module, *, total_epochs: int):
+    def __init__(self, agent: torch.nn.Module, *, total_epochs: int, memo_backbone_features: bool = False):
         super().__init__()
         self.agent = agent
         self.total_epochs = max(1, int(total_epochs))
+        self._memo: dict[str, torch.Tensor] | None = None
+        if memo_backbone_features:
+            planner = getattr(agent, "planner", None)
+            if planner is None or not planner.backbone_is_deterministic:
+                raise ValueError("memo_backbone_features=true needs a frozen backbone without LoRA or GridMask "
+                                 "(backbone.freeze=true, planner.lora_rank=0, planner.grid_mask_prob=0)")
+            self._memo = {}
+
+    def _with_memoized_backbone(self, features: dict, targets: dict) -> dict:
+        """Add ``backbone_patch`` from a per-token memo: a frozen backbone gives the same features for the same
+        cached images every epoch, so it runs once per token (kept in memory, in the backbone's dtype)."""
+        if self._memo is None or "rendered_camera_feature" in features:
+            return features
+        tokens = list(targets["token"])
+        missing = [i for i, t in enumerate(tokens) if t not in self._memo]
+        if missing:
+            with torch.no_grad():
+                patches = self.agent.planner.backbone_patch(features["camera_feature"][missing])
+            for i, patch in zip(missing, patches, strict=True):
+                self._memo[tokens[i]] = patch
+        return dict(features, backbone_patch=torch.stack([self._memo[t] for t in tokens]))
 
     def _step(self, batch: tuple[dict, dict], prefix: str) -> torch.Tensor:
         features, targets = batch
+        if prefix == "train":
+            features = self._with_memoized_backbone(features, targets)
         # RAP: progress = (epoch + 1) / epochs drives the DANN lambda
         self.agent.training_progress = min(1.0, (self.current_epoch + 1) / self.total_epochs)
         if hasattr(self.agent, "training_losses"):
@@ -269,7 +296,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                                  every_n_epochs=int(cfg.checkpoint.every_n_epochs))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = _precision(trainer_cfg.get("precision"))
-    module = AgentLightningModule(agent, total_epochs=trainer_cfg.get("max_epochs") or 1)
+    module = AgentLightningModule(agent, total_epochs=trainer_cfg.get("max_epochs") or 1,
+                                  memo_backbone_features=bool(cfg.get("memo_backbone_features", False)))
     trainer = pl.Trainer(**trainer_cfg, callbacks=[checkpoint_cb, *agent.get_training_callbacks()],
                          logger=_loggers(output_dir), default_root_dir=str(output_dir))
     last = ckpt_dir / "last.ckpt"

@@ -561,8 +561,15 @@ class RAPPlanner(nn.Module):
         return str(getattr(self.backbone, "weights_source", "random"))
 
     # ---- stages (public so that tests and alignment can look inside) ---------------------------------
-    def encode_images(self, camera_feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B,N,3,H,W]`` ImageNet-normalised -> (neck output ``[B,N,C,h,w]``, projected ``[B,N,C,h,w]``)."""
+    @property
+    def backbone_is_deterministic(self) -> bool:
+        """True when the backbone's output depends on the images only (frozen, no LoRA, no GridMask), so it
+        may be computed once per image and reused (``backbone_patch`` input)."""
+        frozen = not any(p.requires_grad for p in self.backbone.parameters())
+        return frozen and self.config.lora_rank == 0 and self.config.grid_mask_prob == 0
+
+    def backbone_patch(self, camera_feature: torch.Tensor) -> torch.Tensor:
+        """``[B,N,3,H,W]`` ImageNet-normalised -> backbone patch features ``[B,N,C_backbone,h,w]``."""
         b, n = camera_feature.shape[:2]
         images = camera_feature.flatten(0, 1)
         if self.training and self.config.grid_mask_prob > 0 and self._grid_rng.random() < self.config.grid_mask_prob:
@@ -571,7 +578,17 @@ class RAPPlanner(nn.Module):
             _, patch = self.backbone(images * self._in_std.to(images.dtype) + self._in_mean.to(images.dtype))
         else:
             _, patch = self.backbone(images, normalized=True)
-        neck = self.neck(patch.to(self.neck.lateral.weight.dtype))
+        return patch.view(b, n, *patch.shape[1:])
+
+    def encode_images(self, camera_feature: torch.Tensor, backbone_patch: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B,N,3,H,W]`` ImageNet-normalised -> (neck output ``[B,N,C,h,w]``, projected ``[B,N,C,h,w]``).
+
+        ``backbone_patch``: the backbone's output for these images computed earlier (:meth:`backbone_patch`),
+        only valid while :attr:`backbone_is_deterministic`."""
+        b, n = camera_feature.shape[:2]
+        patch = self.backbone_patch(camera_feature) if backbone_patch is None else backbone_patch
+        neck = self.neck(patch.flatten(0, 1).to(self.neck.lateral.weight.dtype))
         neck = neck.view(b, n, *neck.shape[1:])
         embeds = self.camera_embeds[:n] + self.level_embeds[0]
         projected = neck + embeds[None, :, :, None, None].to(neck.dtype)
@@ -589,7 +606,7 @@ class RAPPlanner(nn.Module):
                              f"in the order {list(CAMERA_ORDER)}")
         if ego.shape[-1] != EGO_STATUS_DIM:
             raise ValueError(f"ego_status last dim is {ego.shape[-1]}; expected {EGO_STATUS_DIM}")
-        _, projected = self.encode_images(cams)
+        _, projected = self.encode_images(cams, features.get("backbone_patch"))
         feat_hw = tuple(projected.shape[-2:])
         values = self.refiner.project_values(projected.flatten(3).transpose(2, 3), feat_hw)  # from [B,N,h*w,C]
         query = self.ego_encoder(ego[:, -1].to(projected.dtype))[:, None] + self.queries.weight[None].to(projected.dtype)

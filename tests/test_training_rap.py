@@ -72,3 +72,71 @@ def test_training_lowers_loss_and_l2_then_resumes(tmp_path):
     out2 = train(_cfg(tmp_path, steps=123))
     assert out2["trainer"].global_step == 123
     assert out2["trainer"].current_epoch == 123
+
+
+def test_memoized_backbone_features_give_the_same_losses_and_run_the_backbone_once_per_token(tmp_path):
+    from hydra.utils import instantiate
+
+    from navsim_agents.run_training import AgentLightningModule
+
+    cfg = _cfg(tmp_path, steps=1)
+    torch.manual_seed(0)
+    agent = instantiate(cfg.agent, _convert_="partial")
+    b = 2
+    features = {"camera_feature": torch.randn(b, 4, 3, 64, 96), "lidar2img": torch.eye(4).repeat(b, 4, 1, 1),
+                "img_shape": torch.tensor([64.0, 96.0, 3.0]).repeat(b, 4, 1), "ego_status": torch.randn(b, 4, 11)}
+    targets = {"token": ["a", "b"], "trajectory": torch.randn(b, 8, 3)}
+    calls = []
+    agent.planner.backbone.register_forward_hook(lambda *_: calls.append(1))
+    plain = AgentLightningModule(agent, total_epochs=1)
+    memo = AgentLightningModule(agent, total_epochs=1, memo_backbone_features=True)
+    for module in (plain, memo):
+        module.log = lambda *a, **k: None  # no trainer attached
+    agent.train()
+    torch.manual_seed(1)
+    expected = plain._step((features, targets), "train")
+    assert len(calls) == 1
+    for _ in range(3):
+        torch.manual_seed(1)
+        got = memo._step((features, targets), "train")
+        assert torch.allclose(got, expected, atol=1e-6)
+    assert len(calls) == 2  # once for the memo's first step, never again
+    agent.planner.backbone.model.blocks[0].attn.qkv.weight.requires_grad_(True)  # no longer frozen
+    with pytest.raises(ValueError, match="frozen backbone"):
+        AgentLightningModule(agent, total_epochs=1, memo_backbone_features=True)
+
+
+@pytest.mark.slow
+def test_training_run_with_recovery_perturbation_and_cross_agent_samples(tmp_path):
+    """RAP's dataset options in a real run: the seeded draws pick which tokens get a re-rendered perturbed copy
+    and which scenes give cross-agent samples; those samples train without score supervision (imitation weight
+    1 and 0.1) and the augmented cache is reused on a rerun."""
+    import numpy as np
+
+    from navsim_agents.run_training import train
+
+    overrides = {"split.scene_filter.max_scenes": 4, "augmentation.perturb_fraction": 0.5,
+                 "augmentation.cross_agent_fraction": 0.5, "augmentation.max_agents_per_scene": 1,
+                 "augmentation.seed": 3, "dataloader.batch_size": 4}
+    out = train(_cfg(tmp_path, steps=2, **overrides))
+    data = out["trainer"].train_dataloader.dataset
+    base = [t for t in data.tokens if "/" not in t]
+    assert len(base) == 4
+    rng = np.random.default_rng(3)  # add_augmented draws (perturb, cross-agent) per token in order
+    draws = [(rng.random() < 0.5, rng.random() < 0.5) for _ in base]
+    augmented = [t for t in data.tokens if "/" in t]
+    perturbed = [t for t in augmented if "_perturbed_" in t]
+    cross = [t for t in augmented if "_cross_agent_" in t]
+    assert len(perturbed) == sum(p for p, _ in draws)
+    assert len(cross) <= sum(c for _, c in draws)  # at most one agent per drawn scene (a scene may have none)
+    assert len(augmented) > 0, "seed 3 should draw some augmentation; the test would check nothing"
+    for token in augmented:
+        _, targets = data[data.tokens.index(token)]
+        assert not bool(targets["score_mask"])
+        assert float(targets["imitation_weight"]) == pytest.approx(1.0 if "_perturbed_" in token else 0.1)
+    losses = _epoch_losses(tmp_path)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    marker_count = len(list(tmp_path.rglob("*.done")))
+    out2 = train(_cfg(tmp_path, steps=3, **overrides))  # resumes; augmented samples come from the cache
+    assert sorted(out2["trainer"].train_dataloader.dataset.tokens) == sorted(data.tokens)
+    assert len(list(tmp_path.rglob("*.done"))) == marker_count
