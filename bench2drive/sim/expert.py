@@ -11,10 +11,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench2drive.sim.dynamics import BRAKE_DECEL, ENGINE_ACCEL, MAX_STEER_DEG, idm_accel
-from bench2drive.sim.world import EGO_WHEELBASE, LANE_WIDTH
+from bench2drive.sim.dynamics import BRAKE_DECEL, ENGINE_ACCEL, MAX_STEER_DEG, idm_accel, opposite_flow_source
+from bench2drive.sim.world import CAR_LENGTH, EGO_WHEELBASE, LANE_WIDTH
 
 GIVE_WAY_SHIFT = 0.6  # m to the right of the lane centre while oncoming cars invade the lane
+PASS_CLEARANCE = 12.0  # m past the last obstacle before the ego returns to its lane
+PASS_RETURN_TIME = 0.8  # s the ego still needs after that to leave the opposite lane
+PASS_ACCEL = 0.75 * ENGINE_ACCEL  # m/s^2 while passing in the opposite lane (the expert's throttle cap)
+PASS_SPEED = 13.0  # m/s while in the opposite lane (under the synthetic roads' 50 km/h limit)
+PASS_MARGIN = 1.0  # s of spare time to the next oncoming car
+# on two-way roads an obstacle at the lane's right edge is passed inside the lane when a shift left of at most
+# 1.2 m (the ego's left side 0.5 m over the centre line) leaves NUDGE_CLEARANCE to it (more than the 0.5 m the
+# following logic keeps laterally, so the ego does not brake for it)
+NUDGE_MAX, NUDGE_CLEARANCE = -1.2, 0.6
 
 
 @dataclass
@@ -37,10 +46,55 @@ class ScriptedExpert:
         self.cruise, self.brakes, self.overtake = cruise, brakes, overtake
         self.sim = None
         self._stopped_at: set[int] = set()
+        self._committed = False
 
     def attach(self, sim) -> None:
         self.sim = sim
         self._stopped_at = set()
+        self._committed = False
+
+    def _opposite_clear(self, s: float, s_end: float, v_end: float = 0.0) -> bool:
+        """Gap acceptance in the opposite lane: it is open (the scenario switched the wrong-direction test off)
+        and no oncoming car reaches the passing zone [s, s_end] (its end moving at ``v_end``) before the ego,
+        accelerating at PASS_ACCEL to PASS_SPEED, has cleared it (with PASS_MARGIN s to spare)."""
+        sim = self.sim
+        if not sim.scenario.wrong_lane_allowed:
+            return False
+        v, t_clear = sim.ego.speed, 0.0
+        for _ in range(3):  # the zone's end moves on while the ego passes
+            dist = s_end - s + v_end * t_clear
+            d_acc = max(0.0, (PASS_SPEED ** 2 - v ** 2) / (2 * PASS_ACCEL))
+            if dist <= d_acc:
+                t_clear = (math.sqrt(v ** 2 + 2 * PASS_ACCEL * dist) - v) / PASS_ACCEL
+            else:
+                t_clear = (PASS_SPEED - v) / PASS_ACCEL + (dist - d_acc) / PASS_SPEED
+        s_end = s_end + v_end * t_clear
+        fwd = np.array([math.cos(sim.path.yaw[0]), math.sin(sim.path.yaw[0])])  # two-way roads are straight
+        for a in sim.actors:
+            if not a.params.get("flow"):
+                continue
+            so = float((a.xy - sim.path.xy[0]) @ fwd) - a.length / 2  # also beyond the route's end
+            if so < s - sim.ego.length:
+                continue  # already behind the ego
+            if so <= s_end or (so - s_end) / max(a.speed, 0.1) < t_clear + PASS_MARGIN:
+                return False
+        # the next car of the flow: it appears at the source once the last one is spawn_gap away from it
+        flow, v_flow = sim.scenario.opposite_flow, sim.scenario.speed_limit_kmh / 3.6
+        src, _ = opposite_flow_source(flow, sim.path, sim.scenario.speed_limit_kmh)
+        last = next((a for a in sim.actors if a.id == flow.last_id), None)
+        t_spawn = 0.0 if last is None else max(0.0, (flow.spawn_gap - np.linalg.norm(last.xy - src)) / v_flow)
+        s_src = float((src - sim.path.xy[0]) @ fwd) - CAR_LENGTH / 2
+        return t_spawn + (s_src - s_end) / v_flow >= t_clear + PASS_MARGIN
+
+    def _lane_busy(self, s: float) -> bool:
+        """A vehicle in the route lane from 20 m behind to just ahead of the ego (merging from the kerb)."""
+        for a in self.sim.actors:
+            if a.kind != "vehicle" or a.behaviour == "static":
+                continue
+            sa, da, _ = self.sim.path.frenet(a.xy)
+            if abs(float(da[0])) < LANE_WIDTH / 2 and -20.0 < float(sa[0]) - s < self.sim.ego.length + 3.0:
+                return True
+        return False
 
     def setup(self, path_to_conf_file: str = "") -> None:
         pass
@@ -54,13 +108,15 @@ class ScriptedExpert:
     def _obstacle_gap(self, s: float, d_target: float) -> tuple[float, float]:
         sim, ego = self.sim, self.sim.ego
         gap, v_lead = math.inf, 0.0
-        if not sim.actors:
+        # gap acceptance handles opposite flows; flat debris is driven over
+        actors = [a for a in sim.actors if not a.params.get("flow") and not a.params.get("drive_over")]
+        if not actors:
             return gap, v_lead
-        xy = np.stack([a.xy for a in sim.actors])
-        heads = np.stack([[math.cos(a.yaw), math.sin(a.yaw)] for a in sim.actors])
-        speeds = np.array([a.speed for a in sim.actors])
-        half_l = np.array([a.length / 2 for a in sim.actors])
-        half_w = np.array([a.width / 2 for a in sim.actors])
+        xy = np.stack([a.xy for a in actors])
+        heads = np.stack([[math.cos(a.yaw), math.sin(a.yaw)] for a in actors])
+        speeds = np.array([a.speed for a in actors])
+        half_l = np.array([a.length / 2 for a in actors])
+        half_w = np.array([a.width / 2 for a in actors])
         for horizon in (0.0, 1.0, 2.0, 3.0):  # predicted positions: crossing traffic and walkers
             sa, da, _ = sim.path.frenet(xy + heads * speeds[:, None] * horizon)
             ahead = sa - half_l - s - ego.length / 2
@@ -70,7 +126,7 @@ class ScriptedExpert:
                 i = int(np.argmin(np.where(ok, ahead, np.inf)))
                 g = max(float(ahead[i]), 0.0)
                 if g < gap:
-                    moving_along = horizon == 0.0 and abs(sim.actors[i].yaw - ego.yaw) % (2 * math.pi) < 0.5
+                    moving_along = horizon == 0.0 and abs(actors[i].yaw - ego.yaw) % (2 * math.pi) < 0.5
                     gap, v_lead = g, float(speeds[i]) if moving_along else 0.0
         return gap, v_lead
 
@@ -79,12 +135,27 @@ class ScriptedExpert:
         s_arr, d_arr, _ = sim.path.frenet(ego.xy)
         s = float(s_arr[0])
         d_target = 0.0
-        for a in sim.actors:  # pass a parked obstacle in the left lane
-            if a.behaviour == "static" and self.overtake:
+        blockers, nudge = [], 0.0
+        for a in sim.actors:  # pass obstacles the scenario means to be passed (parked cars, cones, bicycles)
+            if a.params.get("pass") and self.overtake:
                 sa_arr, da_arr, _ = sim.path.frenet(a.xy)
-                sa = float(sa_arr[0])
-                if -12.0 < sa - s < 30.0 and abs(float(da_arr[0])) < LANE_WIDTH / 2:  # blocks the ego lane
-                    d_target = -LANE_WIDTH
+                sa, da = float(sa_arr[0]), float(da_arr[0])
+                if -12.0 < sa - s < 30.0 and abs(da) - a.width / 2 < ego.width / 2 + 0.3:
+                    blockers.append((sa, a.speed))  # it reaches into the band the ego sweeps in its lane
+                    # the shift left that clears it, or -inf when it needs the other lane
+                    need = da - a.width / 2 - ego.width / 2 - NUDGE_CLEARANCE if da > 0 else -math.inf
+                    nudge = min(nudge, need)
+        if not blockers:
+            self._committed = False
+        elif sim.scenario.road != "twoway":
+            d_target = -LANE_WIDTH
+        elif nudge >= NUDGE_MAX and not self._committed:
+            d_target = nudge  # a door or a bicycle at the lane's edge: pass it inside the own lane
+        elif self._committed or self._opposite_clear(
+                s, max(b for b, _ in blockers) + PASS_CLEARANCE + PASS_SPEED * PASS_RETURN_TIME + ego.length / 2,
+                max(v for _, v in blockers)):
+            d_target, self._committed = -LANE_WIDTH, True
+        for a in sim.actors:
             if a.behaviour == "emergency" and a.params.get("active"):  # give way: move to the left lane
                 sa = float(sim.path.frenet(a.xy)[0][0])
                 if -45.0 < sa - s < 8.0:
@@ -93,6 +164,8 @@ class ScriptedExpert:
                 sa = float(sim.path.frenet(a.xy)[0][0])
                 if -8.0 < sa - s < 40.0:
                     d_target = max(d_target, GIVE_WAY_SHIFT)
+        if self.brakes and float(d_arr[0]) > LANE_WIDTH / 2 + 0.5 and self._lane_busy(s):
+            return Control(steer=0.0, throttle=0.0, brake=1.0)  # out of a parking slot only into a free lane
         ld = max(4.0, ego.speed * 1.0 + 3.0)
         goal, _ = sim.path.pose(s + ld, d_target)
         rel = goal[0] - ego.xy
@@ -112,7 +185,10 @@ class ScriptedExpert:
                     self._stopped_at.add(stop.id)
                 else:
                     gap, v_lead = min(gap, max(stop.s - front - 1.0, 0.0)), 0.0
-        acc = idm_accel(ego.speed, self.cruise, gap, v_lead)
+        cruise = PASS_SPEED if self._committed else self.cruise
+        acc = idm_accel(ego.speed, cruise, gap, v_lead)
+        if self._committed and not math.isfinite(gap) and ego.speed < cruise:
+            acc = max(acc, PASS_ACCEL)  # clear the opposite lane briskly, as the gap acceptance assumed
         if gap < 1.0 and ego.speed < 1.0:
             acc = -BRAKE_DECEL
         if acc >= 0:

@@ -23,6 +23,7 @@ MINSPEED_CHECKPOINTS, MINSPEED_WINDOW = 20, 2  # MinimumSpeedRouteTest(checkpoin
 STOP_PROXIMITY, STOP_SPEED = 4.0, 0.1  # RunningStopTest
 OUTSIDE_ALLOWED = 0.5  # OutsideRouteLanesTest.ALLOWED_OUT_DISTANCE
 TIMEOUT_MIN, TIMEOUT_ROUTE_PERC = 300.0, 10  # timer.RouteTimeoutBehavior
+TRIGGER_DISTANCE = 2.0  # route_parser.py DIST_THRESHOLD, the ScenarioTriggerer's radius
 
 
 def box_corners(xy: np.ndarray, yaw: np.ndarray, length: np.ndarray, width: np.ndarray) -> np.ndarray:
@@ -85,6 +86,12 @@ class RouteMonitors:
         self.yield_event: TrafficEvent | None = None
         self.yield_done = False
         self._last_state: tuple[EgoState, list[Actor]] | None = None
+        # the route's scenario: ScenarioTriggerer start, its end condition, ScenarioTimeout + ScenarioTimeoutTest
+        self.scenario_start: float | None = None
+        self.scenario_end: float | None = None
+        self.scenario_timeout_event: TrafficEvent | None = None
+        self.blocked_active = True  # ScenarioTimeout switches ActorBlockedTest off while it runs
+        self._end_mark: float | None = None  # time the ego came near ('near') / s it got in front ('past')
         self.n = n
 
     def _advance(self, index: int, window: int, xy: np.ndarray) -> int:
@@ -112,20 +119,61 @@ class RouteMonitors:
             self.timed_out = True
         self.check_collisions(ego, actors, t)
         self._in_route(xy)
-        # ActorBlockedTest
-        if ego.speed < BLOCKED_MIN_SPEED:
-            if t - self.last_valid_t > BLOCKED_MAX_TIME and self.blocked is None:
-                self.blocked = TrafficEvent("VEHICLE_BLOCKED", f"Agent got blocked at {_loc(xy)}")
-        else:
-            self.last_valid_t = t
         s_now, d_now, _ = self.path.frenet(xy)
         s_now, d_now = float(s_now[0]), float(d_now[0])
+        self._scenario_life(ego, actors, t, s_now)
+        if self.blocked_active:  # ActorBlockedTest, switched off while a ScenarioTimeout runs
+            if ego.speed >= BLOCKED_MIN_SPEED:
+                self.last_valid_t = t
+            elif t - self.last_valid_t > BLOCKED_MAX_TIME and self.blocked is None:
+                self.blocked = TrafficEvent("VEHICLE_BLOCKED", f"Agent got blocked at {_loc(xy)}")
         self._lights(ego, prev_ego, t)
         self._stops(ego, s_now, d_now)
         self._outside_lanes(s_now, d_now, ego)
         self._min_speed(ego, actors)
         if self.sc.yield_ev is not None and not self.yield_done and s_now >= self.sc.yield_end_s:
             self.yield_check(ego, actors)
+
+    def _scenario_life(self, ego: EgoState, actors: list[Actor], t: float, s: float) -> None:
+        """Start, end and timeout of the route's scenario, as its behaviour tree and ScenarioTimeout run it.
+
+        It starts when the ego's route position comes within TRIGGER_DISTANCE of the trigger point; a scenario
+        with a ScenarioTimeout then switches ActorBlockedTest off (AC_SwitchActorBlockedTest) until it ends,
+        either by its own end condition or ``timeout`` s after the start; the switch back restarts the blocked
+        timer. ScenarioTimeoutTest records one SCENARIO_TIMEOUT when the scenario ended by timing out.
+        """
+        sc = self.sc
+        if self.scenario_start is None:
+            if s < sc.start_s - TRIGGER_DISTANCE:
+                return
+            self.scenario_start = t
+            if sc.timeout is not None:
+                self.blocked_active = False
+            return
+        if self.scenario_end is not None:
+            return
+        ended, timed_out = False, False
+        if sc.timeout is not None and t - self.scenario_start > sc.timeout:
+            ended = timed_out = True
+        elif sc.end_s is not None and s >= sc.end_s:
+            ended = True
+        elif sc.end_actor is not None:
+            other = next((a for a in actors if a.id == sc.end_actor), None)
+            if sc.end_mode == "near":
+                if self._end_mark is None and other is not None and np.linalg.norm(other.xy - ego.xy) < sc.end_near:
+                    self._end_mark = t
+                ended = self._end_mark is not None and t - self._end_mark > sc.end_after
+            elif sc.end_mode == "past":
+                if self._end_mark is None and (other is None or s > float(self.path.frenet(other.xy)[0][0])):
+                    self._end_mark = s
+                ended = self._end_mark is not None and s - self._end_mark >= sc.end_after
+        if not ended:
+            return
+        self.scenario_end = t
+        if sc.timeout is not None:
+            self.blocked_active, self.last_valid_t = True, t
+        if timed_out:
+            self.scenario_timeout_event = TrafficEvent("SCENARIO_TIMEOUT", "Agent timed out a scenario")
 
     def yield_check(self, ego: EgoState, actors: list[Actor]) -> None:
         """FAILURE when the ego is still ahead of the emergency vehicle (ev forward . (ego - ev) > 0)."""
@@ -143,6 +191,7 @@ class RouteMonitors:
             self.col_loc = None
         if self.col_id is not None and t - self.col_time > COLLISION_MAX_ID_TIME:
             self.col_id = None
+        actors = [a for a in actors if not a.params.get("drive_over")]  # flat debris: driven over, no collision
         if not actors:
             return
         ego_box = box_corners(ego.xy[None], np.array([ego.yaw]), np.array([ego.length]), np.array([ego.width]))[0]
@@ -223,8 +272,14 @@ class RouteMonitors:
         # the Traffic_Signs routes have a single lane (the left one ends at the junction)
         left_ok = self.sc.junction is None
         lo = (-1.5 * LANE_WIDTH if left_ok else -0.5 * LANE_WIDTH) - OUTSIDE_ALLOWED
-        hi = 0.5 * LANE_WIDTH + OUTSIDE_ALLOWED
-        if not exempt and not lo <= d <= hi:
+        # OutsideRouteLanesTest accepts parking lanes as well as driving lanes: the lane to the right of the
+        # straight and two-way roads (where cars park)
+        hi = (1.5 if self.sc.road in ("straight", "twoway") else 0.5) * LANE_WIDTH + OUTSIDE_ALLOWED
+        outside = not lo <= d <= hi
+        if self.sc.road == "twoway" and not self.sc.wrong_lane_allowed:
+            # the left lane runs the other way: the ego's centre in it is a wrong-direction lane
+            outside = outside or d < -0.5 * LANE_WIDTH
+        if not exempt and outside:
             self.wrong_dist += ds
 
     def _min_speed(self, ego: EgoState, actors: list[Actor]) -> None:
@@ -266,6 +321,8 @@ class RouteMonitors:
         out += self.collisions + self.red_events + self.stop_events + self.ms_values
         if self.yield_event is not None:
             out.append(self.yield_event)
+        if self.scenario_timeout_event is not None:
+            out.append(self.scenario_timeout_event)
         if self.deviated is not None:
             out.append(self.deviated)
         if self.blocked is not None:

@@ -3,6 +3,10 @@
 Everything is in CARLA's world frame (x, y metres, yaw from +x towards +y), so the route XML, the GNSS
 conversion and the agent are the same as in CARLA. Lateral offsets ``d`` are positive to the right of the route,
 as CARLA's +y is to the right of +x.
+
+Each built scenario type (``SUPPORTED``) is laid out after its scenario_runner class (srunner/scenarios/*.py):
+its actors, distances, speeds, trigger conditions, end condition and ScenarioTimeout; ``NOT_BUILT`` names the
+other Bench2Drive types and why the synthetic roads cannot hold them.
 """
 
 from __future__ import annotations
@@ -118,6 +122,37 @@ class StopSign:
     s: float
 
 
+FLOW_TIME_DISTANCE, FLOW_BASE_DISTANCE = 1.5, 30.0  # OppositeActorFlow: source 1.5 * speed limit (km/h) + 30 m
+OPPOSITE_WAIT = 5.0  # s, the TwoWays scenarios' Idle(_wait_duration) before the opposite lane opens
+
+
+@dataclass
+class OppositeFlow:
+    """The opposite-lane traffic of a TwoWays scenario (OppositeActorFlow / ChangeOppositeBehavior).
+
+    Once the trigger holds (the ego within ``near`` m of the obstacle at route position ``ref_s``, or with
+    ``tta`` / ``min_dist`` of it) and OPPOSITE_WAIT s more passed, the wrong-direction lane test is switched off
+    (SwitchWrongDirectionTest(False)) and cars at the ego's speed limit come from FLOW_TIME_DISTANCE * limit +
+    FLOW_BASE_DISTANCE m beyond ``ref_s`` in the opposite lane, one each time the last one is ``interval`` m
+    (uniform) away from the source. When the scenario ends the flow stops and the test is switched back on,
+    unless ``keep_switch_off`` (HazardAtSideLaneTwoWays' quirk: its end sends SwitchWrongDirectionTest(False)
+    again, so the test stays off for the rest of the route).
+    """
+
+    ref_s: float
+    interval: tuple[float, float]
+    near: float | None = None
+    tta: float | None = None
+    min_dist: float = 0.0
+    keep_switch_off: bool = False
+    # run-time state
+    triggered_at: float | None = None
+    active: bool = False
+    stopped: bool = False
+    spawn_gap: float = 0.0
+    last_id: int | None = None
+
+
 @dataclass
 class SimScenario:
     """What the simulator builds from a route: actors, lights, stop signs, junction span, lane-test exemptions."""
@@ -131,6 +166,9 @@ class SimScenario:
     # YieldToEmergencyVehicle: the emergency vehicle's id and the route position where its scenario ends
     yield_ev: int | None = None
     yield_end_s: float | None = None
+    # ControlLoss: (xy, throttle mean, throttle std, steer mean, steer std) of the noise added to the ego's
+    # control while it is within CONTROL_LOSS_RADIUS of each debris (AddNoiseToRouteEgo)
+    control_noise: list[tuple[np.ndarray, float, float, float, float]] = field(default_factory=list)
     # the scenario's life: it starts when the ego's route position reaches its trigger point (the leaderboard's
     # ScenarioTriggerer) and ends when the ego's centre passes ``end_s`` (WaitUntilInFrontPosition /
     # DriveDistance) or ``end_after`` s after the ego came within ``end_near`` m of actor ``end_actor``
@@ -143,29 +181,40 @@ class SimScenario:
     end_mode: str = ""  # "near": end_after s after the ego came within end_near m; "past": end_after m driven
     end_near: float = 0.0  # after the ego got in front of the actor
     end_after: float = 0.0
+    road: str = "straight"  # SUPPORTED's road kind
+    ego_start: tuple[float, float] | None = None  # (s, d) where the scenario puts the ego (ParkingExit)
+    opposite_flow: OppositeFlow | None = None
+    wrong_lane_allowed: bool = False  # run-time: SwitchWrongDirectionTest(False) is in force
 
 
 # ------------------------------------------------------------------------------------------ synthetic routes
 # Scenario types the embedded simulator builds, with the synthetic road each one is built on: 'straight' (the
-# route lane plus a same-direction lane to its left and a parking / side lane to its right), 'turn' (a right
-# turn at a junction, one lane) or 'cross' (straight through a junction crossed by a perpendicular road, one
-# lane). Their abilities are the ones tools/ability_benchmark.py lists (bench2drive.metrics.ABILITIES).
+# route lane plus a same-direction lane to its left and a parking / side lane to its right), 'twoway' (the
+# route lane, an opposite-direction lane to its left and a parking lane to its right), 'turn' (a right turn at
+# a junction, one lane) or 'cross' (straight through a junction crossed by a perpendicular road, one lane). Their abilities are the ones tools/ability_benchmark.py lists (bench2drive.metrics.ABILITIES).
 SUPPORTED = {
     # Overtaking
     "ParkedObstacle": "straight",
     "Accident": "straight",
     "ConstructionObstacle": "straight",
     "HazardAtSideLane": "straight",
+    "ParkedObstacleTwoWays": "twoway",
+    "AccidentTwoWays": "twoway",
+    "ConstructionObstacleTwoWays": "twoway",
+    "VehicleOpensDoorTwoWays": "twoway",
+    "HazardAtSideLaneTwoWays": "twoway",
     # Merging
     "InterurbanActorFlow": "straight",
+    "ParkingExit": "straight",
     # Emergency_Brake
     "HardBreakRoute": "straight",
     "DynamicObjectCrossing": "straight",
     "ParkingCrossingPedestrian": "straight",
     "ParkingCutIn": "straight",
     "StaticCutIn": "straight",
+    "ControlLoss": "straight",
     # Emergency_Brake + Traffic_Signs
-    "PedestrianCrossing": "straight",
+    "PedestrianCrossing": "cross",
     "OppositeVehicleRunningRedLight": "cross",
     "OppositeVehicleTakingPriority": "cross",
     "VehicleTurningRoute": "turn",
@@ -183,12 +232,6 @@ SUPPORTED = {
 }
 # Bench2Drive scenario types not built here, and why (see the module docs of bench2drive.sim).
 NOT_BUILT = {
-    "AccidentTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance (no two-way road yet)",
-    "ConstructionObstacleTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance",
-    "ParkedObstacleTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance",
-    "HazardAtSideLaneTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance",
-    "VehicleOpensDoorTwoWays": "needs an opposite lane with OppositeActorFlow gap acceptance",
-    "ControlLoss": "CARLA's physics-level steering noise on the ego; no equivalent in the kinematic model",
     "CrossingBicycleFlow": "needs a left turn across a bicycle lane with a bicycle flow (no left-turn road)",
     "EnterActorFlow": "needs a merge into a highway flow from an on-ramp (no ramp geometry)",
     "HighwayCutIn": "needs an on-ramp merging into the ego lane (no ramp geometry)",
@@ -202,7 +245,6 @@ NOT_BUILT = {
     "SignalizedJunctionLeftTurn": "needs a left turn across an opposite flow (no left-turn road)",
     "SignalizedJunctionLeftTurnEnterFlow": "needs a left turn into a flow (no left-turn road)",
     "SignalizedJunctionRightTurn": "needs a junction flow from the left with gap acceptance",
-    "ParkingExit": "the ego starts in a parking slot and merges into a lane flow (no parking-exit start)",
     "SequentialLaneChange": "needs a multi-lane road with route lane changes (the route keeps one lane)",
 }
 JUNCTION_S = (60.0, 72.0)  # junction span along a synthetic route with a junction
@@ -220,13 +262,18 @@ TIMEOUT_SCENARIOS = frozenset({
     "SequentialLaneChange", "SignalizedJunctionLeftTurn", "SignalizedJunctionLeftTurnEnterFlow",
     "SignalizedJunctionRightTurn", "T_Junction", "VehicleOpensDoorTwoWays",
 })
+# control_loss.py: debris 14, 48 and 74 m past the trigger; noise N(+-0.03, 0.01) on throttle and N(+-0.055,
+# 0.015) on steer (signs drawn per debris) while the ego is within 2 m (_trigger_dist) of one
+CONTROL_LOSS_DEBRIS = (14.0, 48.0, 74.0)
+CONTROL_LOSS_NOISE = (0.03, 0.01, 0.055, 0.015)
+CONTROL_LOSS_RADIUS = 2.0
 TRIGGER_S = 10.0  # the scenario trigger point of a synthetic route (route point 5, 2 m apart)
 TRIGGER_DISTANCE = 2.0  # route_parser.py DIST_THRESHOLD: the ScenarioTriggerer's trigger radius
 
 
 def _route_points(kind: str, length: float) -> np.ndarray:
     """Route polyline starting at the origin heading +x; 'turn' goes right (+y) after the junction."""
-    if kind in ("straight", "cross"):
+    if kind in ("straight", "twoway", "cross"):
         xs = np.arange(0.0, length + 1e-9, 2.0)
         return np.stack([xs, np.zeros_like(xs)], axis=1)
     a = np.stack([np.arange(0.0, JUNCTION_S[0], 2.0), np.zeros(int(JUNCTION_S[0] / 2))], axis=1)
@@ -255,7 +302,8 @@ def synthetic_routes(scenario_types: list[str] | None = None, *, length: float =
     for i, t in enumerate(types, start=1):
         pts = _route_points(SUPPORTED[t], length)
         wps = np.concatenate([pts, np.zeros((len(pts), 1))], axis=1)
-        trig = (float(pts[5, 0]), float(pts[5, 1]), 0.0, 0.0)
+        k = 0 if t == "ParkingExit" else 5  # parking_exit.py: its trigger must be the route's first point
+        trig = (float(pts[k, 0]), float(pts[k, 1]), 0.0, 0.0)
         routes.append(Route(id=str(i), town=SYNTHETIC_TOWN, waypoints=wps,
                             scenarios=[Scenario(name=f"{t}_1", type=t, trigger=trig)],
                             weathers=[{**WEATHER, "route_percentage": "0"}, {**WEATHER, "route_percentage": "100"}]))
@@ -326,7 +374,7 @@ def build_scenario(route: Route, path: RoadPath, *, seed: int = 0) -> SimScenari
         xy, yaw = on_path(s, d)
         return add("static", xy, yaw, length=0.4, width=0.4, behaviour="static", params=params)
 
-    if SUPPORTED[t] == "straight" and t not in _PASSING_LANE_SCENARIOS:
+    if SUPPORTED[t] == "straight" and t not in _PASSING_LANE_SCENARIOS and t != "ParkingExit":
         for s0 in (25.0, 55.0):  # background traffic ahead in the left (same-direction) lane
             xy, yaw = on_path(s0 + rng.uniform(-3, 3), -LANE_WIDTH)
             add("vehicle", xy, yaw, speed=7.0, role="background", behaviour="lane",
@@ -367,6 +415,9 @@ def build_scenario(route: Route, path: RoadPath, *, seed: int = 0) -> SimScenari
             last = add("vehicle", xy, yaw, length=1.6, width=0.8, behaviour="lane", blueprint="vehicle.bh.crossbike",
                        params={"d": d_b, "v_des": 10.0 / 3.6, "s_stop": s0 + 50.0, "pass": True})
         life.update(end_actor=last.id, end_mode="past", end_after=50.0)
+    elif t in ("ParkedObstacleTwoWays", "AccidentTwoWays", "ConstructionObstacleTwoWays", "HazardAtSideLaneTwoWays",
+               "VehicleOpensDoorTwoWays"):
+        life.update(_two_ways(t, add, parked, cone, on_path, side))
     elif t == "DynamicObjectCrossing":
         # a pedestrian steps out from behind a parked car on the right when the ego is 18 m away
         parked(58.0)
@@ -396,6 +447,30 @@ def build_scenario(route: Route, path: RoadPath, *, seed: int = 0) -> SimScenari
         for k in (-2, -1, 1, 2, 3):
             parked(s_a + k * (CAR_LENGTH + 11.0))
         parked(s_a, cut_in=True, at_s=s_a, tta=2.7, min_dist=15.0, v_des=60.0 / 3.6, d_from=LANE_WIDTH, drive=70.0)
+    elif t == "ControlLoss":
+        # three flat dirt debris the ego drives over (no physics), each with its burst of control noise
+        th_m, th_s, st_m, st_s = CONTROL_LOSS_NOISE
+        for dist in CONTROL_LOSS_DEBRIS:
+            xy, yaw = on_path(TRIGGER_S + dist)
+            add("static", xy, yaw, length=1.0, width=1.0, behaviour="static", blueprint="static.prop.dirtdebris01",
+                params={"drive_over": True})
+            life.setdefault("control_noise", []).append(
+                (xy, float(rng.choice([th_m, -th_m])), th_s, float(rng.choice([st_m, -st_m])), st_s))
+        life["end_s"] = TRIGGER_S + 110.0  # _end_distance
+    elif t == "ParkingExit":
+        # parking_exit.py (direction right, front / behind_vehicle_distance 9 m of bench2drive220.xml): the ego
+        # starts in the parking lane beside the route's first point, pushed to the kerb by (lane width - half
+        # width) / 4, between two parked cars 9 m ahead and behind; a car on autopilot starts beside it in the
+        # route lane and is removed after 50 m; the scenario ends when the ego drove front distance + 15 m
+        fwd0 = np.array([math.cos(path.yaw[0]), math.sin(path.yaw[0])])
+        right0 = np.array([-fwd0[1], fwd0[0]])
+        d_car = LANE_WIDTH + (LANE_WIDTH - CAR_WIDTH / 2) / 4
+        for ds in (9.0, -9.0):  # the one behind lies before the route's start: extend the straight road
+            add("vehicle", path.xy[0] + ds * fwd0 + d_car * right0, float(path.yaw[0]), behaviour="static")
+        add("vehicle", path.xy[0], float(path.yaw[0]), behaviour="lane",
+            params={"d": 0.0, "v_des": 50.0 / 3.6, "s_remove": 50.0})
+        life.update(start_s=0.0, end_s=9.0 + 15.0,
+                    ego_start=(0.0, LANE_WIDTH + (LANE_WIDTH - EGO_WIDTH / 2) / 4))
     elif t == "InterurbanActorFlow":
         sj = 70.0
         cxy, cyaw = on_path(sj)
@@ -464,7 +539,63 @@ def build_scenario(route: Route, path: RoadPath, *, seed: int = 0) -> SimScenari
         life["end_s"] = TRIGGER_S + 200.0  # t_junction.py: DriveDistance(200) next to the ScenarioTimeout
     # VanillaNonSignalizedTurn: the turn itself, no actor
     return SimScenario(actors=actors, lights=lights, stops=stops, junction=junction_span(route),
-                       outside_lane_exempt=exempt, **life)
+                       outside_lane_exempt=exempt, road=SUPPORTED[t], **life)
+
+
+def _two_ways(t: str, add, parked, cone, on_path, side) -> dict:
+    """Obstacles of the TwoWays scenarios (the route XML's typical ``distance`` past the trigger) and their
+    opposite flow; returns the scenario-life fields (end_s / end_actor, opposite_flow)."""
+    if t == "ParkedObstacleTwoWays":
+        # route_obstacles.py: the parked car, a warning prop; InTriggerDistanceToLocation 50 m; end 50 m past;
+        # distance 44 and frequency 31..151 m of bench2drive220.xml route 2664
+        s_o = TRIGGER_S + 44.0
+        parked(s_o, 0.0, **{"pass": True})
+        cone(s_o - 6.0, **{"pass": True})
+        return {"end_s": s_o + 50.0, "opposite_flow": OppositeFlow(ref_s=s_o, near=50.0, interval=(31.0, 151.0))}
+    if t == "AccidentTwoWays":
+        # police car, then two crashed cars 10 m and 6 m further (_first_distance, _second_distance); distance
+        # 44 and frequency 32..184 m of route 1852
+        s_o = TRIGGER_S + 44.0
+        for s_car, d_car, yaw_off in ((s_o, 0.2, 0.0), (s_o + 10.0, 0.3, 0.4), (s_o + 16.0, -0.2, -0.2)):
+            xy, yaw = on_path(s_car, d_car)
+            add("vehicle", xy, yaw + yaw_off, behaviour="static", params={"pass": True})
+        cone(s_o - 6.0, **{"pass": True})
+        return {"end_s": s_o + 16.0 + 50.0,
+                "opposite_flow": OppositeFlow(ref_s=s_o + 16.0, near=50.0, interval=(32.0, 184.0))}
+    if t == "ConstructionObstacleTwoWays":
+        # construction_crash_vehicle.py: _trigger_distance 30 m, the opposite flow then waits 5 s; distance 45
+        # and frequency 48..200 m of route 2606
+        s_c = TRIGGER_S + 45.0
+        xy, yaw = on_path(s_c)
+        add("static", xy, yaw, length=1.0, width=2.2, behaviour="static", params={"pass": True},
+            blueprint="static.prop.trafficwarning")
+        for k, dd in enumerate((1.2, 0.6, 0.0, -0.6)):
+            cone(s_c - 8.0 + 2.0 * k, dd, **{"pass": True})
+        for k in range(3):
+            cone(s_c + 3.0 + 3.0 * k, -1.4, **{"pass": True})
+        return {"end_s": s_c + 50.0, "opposite_flow": OppositeFlow(ref_s=s_c, near=30.0, interval=(48.0, 200.0))}
+    if t == "HazardAtSideLaneTwoWays":
+        # the bicycles of HazardAtSideLane; ChangeOppositeBehavior(spawn_dist=frequency) instead of a flow;
+        # distance 44, frequency 85 m, bicycle_speed 9 km/h, bicycle_drive_distance 116 m of route 3436
+        s_b = TRIGGER_S + 44.0
+        d_b = 0.55 * LANE_WIDTH / 2
+        for s0 in (s_b, s_b + 9.0):
+            xy, yaw = on_path(s0, d_b)
+            last = add("vehicle", xy, yaw, length=1.6, width=0.8, behaviour="lane", blueprint="vehicle.bh.crossbike",
+                       params={"d": d_b, "v_des": 9.0 / 3.6, "s_stop": s0 + 116.0, "pass": True})
+        return {"end_actor": last.id, "end_mode": "past", "end_after": 50.0,
+                "opposite_flow": OppositeFlow(ref_s=s_b, near=50.0, interval=(85.0, 85.0), keep_switch_off=True)}
+    # VehicleOpensDoorTwoWays (vehicle_opens_door.py): a car parked on the right ``distance`` (39) m past the
+    # trigger opens its door into the ego lane when the ego is 3 s (or 10 m) from it; 5 s later the opposite
+    # lane opens; end 50 m past it. The open door is a box on the car's lane side (collisions count as vehicle).
+    s_p = TRIGGER_S + 39.0  # distance 39 and frequency 31..98 m of route 3482
+    d_car, door = LANE_WIDTH - 0.5, 1.1  # the car pulled to the kerb side; a door opens about 1.1 m
+    car = parked(s_p, d_car)
+    xy, yaw = side(s_p + 1.0, d_car - CAR_WIDTH / 2 - door / 2)
+    add("vehicle", np.array([1e5, 1e5]), yaw, length=1.0, width=door, behaviour="door", blueprint=car.type_id,
+        params={"open_xy": xy, "at_s": s_p, "tta": 3.0, "min_dist": 10.0, "pass": True})
+    return {"end_s": s_p + 50.0,
+            "opposite_flow": OppositeFlow(ref_s=s_p, tta=3.0, min_dist=10.0, interval=(31.0, 98.0))}
 
 
 # straight scenarios whose left lane is the passing lane: no background traffic there
