@@ -2,7 +2,9 @@
 
     python eupe/run_distill.py distill=tiny_cpu                       # smoke run on CPU, random teachers
     python eupe/run_distill.py distill=tiny_cpu cache=build && python eupe/run_distill.py distill=tiny_cpu cache=read
-    python eupe/run_distill.py distill=stage1_proxy trainer.devices=8 trainer.strategy=fsdp
+    python eupe/run_distill.py distill=stage1_proxy trainer.devices=8 trainer.strategy=fsdp   # FSDP2
+    python eupe/run_distill.py distill=tiny_cpu trainer.accelerator=cpu trainer.devices=2 trainer.strategy=ddp
+    python eupe/run_distill.py distill=tiny_cpu trainer.precision=bf16-mixed      # bf16 autocast, also on CPU
     python eupe/run_distill.py distill=stage2_student cache=build     # run teachers once, write features
     python eupe/run_distill.py distill=stage2_student cache=read      # train from the cache
     python eupe/run_distill.py distill=stage3_multires                # initialised from stage 2
@@ -14,6 +16,7 @@ the end ``<output_dir>/student.safetensors`` (``eupe.distill.export`` format, lo
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -23,15 +26,17 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from eupe.distill.cache import CachedDistillDataset, CachePlan, CacheWriter, TeacherCache
 from eupe.distill.data import (
     AugmentConfig,
     DistillDataModule,
     DistillImageDataset,
-    ShuffledPlan,
     build_source,
     collate_samples,
+    make_plan,
+    source_shares,
 )
 from eupe.distill.module import DistillModule
 
@@ -46,6 +51,10 @@ def build_dataset(d: DictConfig) -> DistillImageDataset:
     aug = AugmentConfig(crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio), hflip=aug.hflip,
                         enabled=aug.enabled)
     return DistillImageDataset(source, size=int(d.data.image_size), aug=aug, seed=int(d.seed))
+
+
+def _shares(d: DictConfig) -> list[float] | None:
+    return source_shares(OmegaConf.to_container(d.data.sources, resolve=True))
 
 
 def build_module(d: DictConfig, *, teacher_dims: dict | None = None) -> DistillModule:
@@ -118,7 +127,7 @@ def build_cache(cfg: DictConfig) -> Path:
     dataset = build_dataset(d)
     module = build_module(d)  # for the per-step size draws and teacher construction
     teachers = module.teachers
-    plan = ShuffledPlan(len(dataset), batch_size=int(d.batch_size), seed=int(d.seed))
+    plan = make_plan(dataset, _shares(d), batch_size=int(d.batch_size), seed=int(d.seed))
     positions = plan.per_epoch * int(cfg.cache_epochs)
     writer = CacheWriter(
         cfg.cache_dir, teachers={c.key: {"name": c.name, "summary_dim": teachers[c.key].summary_dim,
@@ -146,6 +155,29 @@ def build_cache(cfg: DictConfig) -> Path:
     return path
 
 
+def build_training(cfg: DictConfig) -> tuple[DistillModule, DistillDataModule]:
+    """The module and datamodule of a run (``cache=read``: cached features, teachers built only on demand).
+
+    The datamodule holds only picklable parts (``functools.partial`` plan factories, not closures), because
+    ``ddp_spawn`` pickles it into each worker."""
+    d = cfg.distill
+    dataset = build_dataset(d)
+    bs, seed = int(d.batch_size), int(d.seed)
+    if cfg.cache == "read":
+        cache = TeacherCache(cfg.cache_dir)
+        module = build_module(d, teacher_dims=cache.teacher_dims())
+        train_set = CachedDistillDataset(cache, dataset)
+        plan = functools.partial(CachePlan, [s["rows"] for s in cache.shards], batch_size=bs, seed=seed)
+    else:
+        module = build_module(d)
+        train_set = dataset
+        plan = functools.partial(make_plan, dataset, _shares(d), batch_size=bs, seed=seed)
+    total = int(d.max_steps) * int(cfg.trainer.accumulate_grad_batches)
+    datamodule = DistillDataModule(train_set, plan, total_batches=total, num_workers=int(d.data.num_workers),
+                                   pin_memory=torch.cuda.is_available())
+    return module, datamodule
+
+
 def train(cfg: DictConfig, *, callbacks: tuple[pl.Callback, ...] = ()) -> Path:
     """Fit the student; resumes from ``<output_dir>/checkpoints/last.ckpt``; returns the exported student.
 
@@ -154,30 +186,17 @@ def train(cfg: DictConfig, *, callbacks: tuple[pl.Callback, ...] = ()) -> Path:
     d = cfg.distill
     out = Path(cfg.output_dir)
     pl.seed_everything(int(d.seed), workers=True)
-    dataset = build_dataset(d)
+    module, datamodule = build_training(cfg)
     accumulate = int(cfg.trainer.accumulate_grad_batches)
-    bs, seed = int(d.batch_size), int(d.seed)
-    if cfg.cache == "read":
-        cache = TeacherCache(cfg.cache_dir)
-        module = build_module(d, teacher_dims=cache.teacher_dims())
-        train_set = CachedDistillDataset(cache, dataset)
-        rows = [s["rows"] for s in cache.shards]
-
-        def plan(rank: int, world: int) -> CachePlan:
-            return CachePlan(rows, batch_size=bs, seed=seed, rank=rank, world_size=world)
-    else:
-        module = build_module(d)
-        train_set = dataset
-
-        def plan(rank: int, world: int) -> ShuffledPlan:
-            return ShuffledPlan(len(dataset), batch_size=bs, seed=seed, rank=rank, world_size=world)
-    datamodule = DistillDataModule(train_set, plan, total_batches=int(d.max_steps) * accumulate,
-                                   num_workers=int(d.data.num_workers), pin_memory=torch.cuda.is_available())
     ckpt_dir = out / "checkpoints"
+    export = Path(cfg.export_path)
     callbacks = [pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
                                               every_n_train_steps=int(cfg.trainer.checkpoint_every_n_steps),
                                               save_last=True, save_top_k=1),
-                 pl.callbacks.LearningRateMonitor(logging_interval="step"), *callbacks]
+                 pl.callbacks.LearningRateMonitor(logging_interval="step"),
+                 StudentExport(export, recipe={"cache": cfg.cache, "strategy": str(cfg.trainer.strategy),
+                                               "precision": _precision(cfg)}),
+                 *callbacks]
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, num_nodes=int(cfg.trainer.num_nodes),
         devices=cfg.trainer.devices, strategy=_strategy(cfg, module), precision=_precision(cfg), max_steps=int(d.max_steps),
@@ -190,19 +209,28 @@ def train(cfg: DictConfig, *, callbacks: tuple[pl.Callback, ...] = ()) -> Path:
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    export = Path(cfg.export_path)
-    state = module.gather_export_state()  # a collective under FSDP: every rank takes part
-    if trainer.is_global_zero:
+    return export
+
+
+class StudentExport(pl.Callback):
+    """Writes the exported student at the end of fit, inside the training processes (so ``ddp_spawn`` workers
+    export their trained state, not the parent's copy). Every rank gathers (a collective under FSDP); rank 0
+    writes ``path``."""
+
+    def __init__(self, path: Path, *, recipe: dict) -> None:
+        self.path, self.recipe = Path(path), dict(recipe)
+
+    def on_fit_end(self, trainer: pl.Trainer, module: DistillModule) -> None:
+        state = module.gather_export_state()
+        if not trainer.is_global_zero:
+            return
         sources = {c.key: (module._teachers[c.key].weights_source if c.key in module._teachers else "cache")
                    for c in module.teacher_configs}
-        module.export(export, state=state, extra_recipe={"teacher_weights": sources, "cache": cfg.cache,
-                                                         "strategy": str(cfg.trainer.strategy),
-                                                         "world_size": int(trainer.world_size),
-                                                         "precision": _precision(cfg)})
-        log.info("student written to %s", export)
+        module.export(self.path, state=state, extra_recipe={"teacher_weights": sources,
+                                                            "world_size": int(trainer.world_size), **self.recipe})
+        log.info("student written to %s", self.path)
         if any(s == "random" for s in sources.values()):
             log.warning("some teachers had RANDOM weights (%s): this student carries no knowledge", sources)
-    return export
 
 
 @hydra.main(config_path="../configs", config_name="run_distill", version_base=None)
@@ -213,7 +241,9 @@ def main(cfg: DictConfig) -> None:
         log.warning("trainer.strategy=%s is not one of %s; passing it to Lightning as is", cfg.trainer.strategy,
                     STRATEGIES)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.output_dir) / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
+    if rank_zero_only.rank == 0:  # DDP / FSDP re-launch this script per rank: one writer
+        (Path(cfg.output_dir) / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True),
+                                                                     indent=1))
     if cfg.cache == "build":
         build_cache(cfg)
     else:

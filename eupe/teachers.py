@@ -277,7 +277,8 @@ def _build_rap_teacher(name: str, weights: str | Path | None, img_size: int, kwa
                        precision: str = "auto") -> Teacher:
     """RAP's image backbone followed by its Raster-to-Real projection (the planner's image neck).
 
-    ``weights``: RAP's released checkpoint (``agent._rap_model.*``, loaded by ``load_rap_checkpoint``) or one
+    ``weights``: RAP's released checkpoint (``agent._rap_model.*``, loaded by ``load_rap_checkpoint``; pass
+    ``backbone_config=`` the transformers config of the DINOv3 inside when it is not RAP's ViT-H+/16) or one
     written by our RAP agent (``load_planner_checkpoint``; ``kwargs["backbone"]`` names the backbone it was
     trained with, default ``dinov3-h``, and ``kwargs["backbone_kwargs"]`` its timm overrides). The features
     are the neck output per patch, the space RAP aligns real and rasterized camera features in (the camera /

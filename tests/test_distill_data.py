@@ -14,6 +14,7 @@ from eupe.distill.data import (
     AugmentConfig,
     DistillImageDataset,
     ImageFolderSource,
+    MixedPlan,
     ProceduralSource,
     ResumableBatchSampler,
     ShuffledPlan,
@@ -22,7 +23,10 @@ from eupe.distill.data import (
     build_source,
     collate_samples,
     draw_aug_params,
+    make_plan,
     sample_rng,
+    slot_counts,
+    source_shares,
 )
 from eupe.distill.export import read_student_meta
 from eupe.teachers import build_teacher, get_teacher_spec, teacher_names
@@ -107,6 +111,48 @@ def test_resumable_sampler_positions():
     assert full[3][0][1] == 1 and full[0][0][1] == 0
     ranks = [ShuffledPlan(10, batch_size=2, seed=0, rank=r, world_size=2).batch(0) for r in (0, 1)]
     assert not set(ranks[0]) & set(ranks[1])
+
+
+def test_slot_counts_largest_remainder():
+    # 0.9 / 0.1 of 16 slots: exact 14.4 / 1.6 -> floors 14 / 1, the larger remainder (0.6) gets the last slot
+    assert slot_counts([0.9, 0.1], 16) == [14, 2]
+    assert slot_counts([1, 1, 1], 10) == [4, 3, 3]  # ties go to the first source
+    assert slot_counts([3, 0], 5) == [5, 0]
+    with pytest.raises(ValueError, match="shares"):
+        slot_counts([0, 0], 4)
+
+
+def test_mixed_plan_fixed_shares_per_batch():
+    # sources of 100 and 10 images at 90% / 10%: every global batch of 2 x 8 = 16 holds 14 + 2
+    ranks = [MixedPlan([100, 10], [0.9, 0.1], batch_size=8, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    small_seen = []
+    for position in range(5):
+        a, b = ranks[0].batch(position), ranks[1].batch(position)
+        assert len(a) == len(b) == 8 and not {i for i, _ in a} & {i for i, _ in b}
+        both = a + b
+        assert sum(i >= 100 for i, _ in both) == 2 and sum(i < 100 for i, _ in both) == 14
+        small_seen += [i for i, e in both if i >= 100 and e == 0]
+    # five batches x 2 slots walk once through the 10 small-source images (one epoch of that source) ...
+    assert sorted(small_seen) == list(range(100, 110))
+    # ... and the sixth batch starts its second epoch, while the large source is still in its first
+    sixth = ranks[0].batch(5) + ranks[1].batch(5)
+    assert {e for i, e in sixth if i >= 100} == {1} and {e for i, e in sixth if i < 100} == {0}
+    assert ranks[0].batch(2) == MixedPlan([100, 10], [0.9, 0.1], batch_size=8, seed=3, rank=0,
+                                          world_size=2).batch(2)  # resumable: a function of the position
+    assert ranks[0].per_epoch == 110 // 16
+
+
+def test_source_shares_from_config(tmp_path):
+    specs = [{"type": "procedural", "num_images": 30, "share": 0.75}, {"type": "procedural", "num_images": 6,
+                                                                        "seed": 2, "share": 0.25}]
+    assert source_shares(specs) == [0.75, 0.25]
+    ds = DistillImageDataset(build_source(specs), size=16)
+    assert len(ds) == 36  # 'share' is not a source argument
+    plan = make_plan(ds, source_shares(specs), batch_size=4)
+    assert isinstance(plan, MixedPlan) and plan.counts == [3, 1]
+    assert isinstance(make_plan(ds, None, batch_size=4), ShuffledPlan)
+    with pytest.raises(ValueError, match="every source or on none"):
+        source_shares([{"type": "procedural", "num_images": 3, "share": 0.5}, {"type": "procedural", "num_images": 3}])
 
 
 def test_build_source_errors(tmp_path):

@@ -28,8 +28,13 @@ def test_stage_configs_follow_the_recipe():
     s3 = _cfg("distill=stage3_multires", "stages_root=/r").distill
     assert list(s3.student.pyramid) == [256, 384, 512] == list(s3.teacher_pyramid)
     assert s3.max_steps == 100000 and s3.optim.lr == 1e-5 and s3.init_from == "/r/stage2_student/student.safetensors"
+    assert s2.batch_size * 32 == 8192 and s3.batch_size * 32 == 4096  # global batches on 32 GPUs
     for s in (s1, s2, s3):
         assert (s.loss.patch_cos_weight, s.loss.patch_smooth_l1_weight) == (0.9, 0.1)
+        # LVD-1689M + 10% ImageNet-1k; EUPE ssl_default_config.yaml global crop scale, torchvision ratios
+        assert [src.share for src in s.data.sources] == [0.9, 0.1]
+        assert list(s.data.augment.crop_scale) == [0.32, 1.0] and s.data.augment.hflip == 0.5
+        assert s.normalizer.warmup_iters == 500
 
 
 def test_tiny_run_cache_and_resume(tmp_path):

@@ -221,3 +221,17 @@ def test_corrupt_cache_shard_is_named(tmp_path):
     (tmp_path / "shard-00000.safetensors").write_bytes(b"garbage")
     with pytest.raises(Exception, match="shard-00000.safetensors"):
         CachedDistillDataset(TeacherCache(tmp_path), ds)[(0, 0)]
+
+
+def test_normalizer_warmup_counts_optimizer_steps_under_accumulation():
+    # warm-up of 3 iterations with 2 micro-batches of 8 per optimizer step: after 2 steps the statistics
+    # have seen 4 micro-batches (32 images) and are still open; after 3 steps (48 images) they freeze
+    def fit(max_steps):
+        module = make_module(normalizer_warmup=3, max_steps=max_steps)
+        dm = DistillDataModule(make_dataset(64), ShuffledPlan(64, batch_size=8, seed=0), total_batches=2 * max_steps)
+        trainer(max_steps, enable_checkpointing=False, accumulate_grad_batches=2).fit(module, datamodule=dm)
+        return module.normalizers["ta__summary"]
+
+    two, three = fit(2), fit(3)
+    assert (int(two.iters), bool(two.frozen), float(two.count)) == (2, False, 32.0)
+    assert (int(three.iters), bool(three.frozen), float(three.count)) == (3, True, 48.0)

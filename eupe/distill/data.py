@@ -226,6 +226,7 @@ def build_source(specs: Sequence[dict[str, Any]]) -> ConcatSource:
     for spec in specs:
         spec = dict(spec)
         kind = spec.pop("type")
+        spec.pop("share", None)  # batch mixing, see source_shares / MixedPlan
         if kind == "folder":
             out.append(ImageFolderSource(spec["root"]))
         elif kind == "tar":
@@ -243,13 +244,22 @@ def build_source(specs: Sequence[dict[str, Any]]) -> ConcatSource:
 
 
 # --- augmentations ----------------------------------------------------------------------------------------
+# facebookresearch/EUPE eupe/configs/ssl_default_config.yaml (crops.global_crops_scale, the only crop range in
+# EUPE's released code base, inherited from DINOv3) and eupe/data/transforms.py (RandomResizedCrop with
+# torchvision's default aspect ratios 3/4..4/3, hflip_prob 0.5). EUPE's distillation augmentations themselves
+# are not released.
+CROP_SCALE = (0.32, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+HFLIP_PROB = 0.5
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Random-resized-crop + horizontal flip, the geometric augmentations of ViT distillation recipes."""
 
-    crop_scale: tuple[float, float] = (0.35, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
+    crop_scale: tuple[float, float] = CROP_SCALE
+    crop_ratio: tuple[float, float] = CROP_RATIO
+    hflip: float = HFLIP_PROB
     enabled: bool = True
 
 
@@ -373,6 +383,81 @@ class ShuffledPlan:
         return [(int(i), int(epoch)) for i in chunk]
 
 
+def slot_counts(shares: Sequence[float], total: int) -> list[int]:
+    """Split ``total`` batch slots by ``shares`` (normalised) with largest-remainder rounding; sums to total."""
+    w = np.asarray(shares, dtype=np.float64)
+    if w.ndim != 1 or len(w) == 0 or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"source shares must be non-negative with a positive sum, got {list(shares)}")
+    exact = w / w.sum() * total
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: total - int(counts.sum())]:
+        counts[i] += 1
+    return [int(c) for c in counts]
+
+
+class MixedPlan:
+    """Batches mixing sources at fixed shares (e.g. EUPE's LVD-1689M + 10% ImageNet-1k, spec section 2).
+
+    Every global batch of ``batch_size x world_size`` holds ``slot_counts(shares)`` samples of each source,
+    whatever the sources' sizes; source s walks through its own permutations (seeded by (seed, s, epoch_s)),
+    so its items are ``(global index, epoch_s)`` and a small source is repeated more often than a large one.
+    The global batch is shuffled and split over ranks like ``ShuffledPlan``. ``per_epoch`` is nominal: the
+    batches that visit as many samples as all sources hold together.
+    """
+
+    def __init__(self, source_sizes: Sequence[int], shares: Sequence[float], *, batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if len(source_sizes) != len(shares):
+            raise ValueError(f"{len(shares)} shares for {len(source_sizes)} sources")
+        self.sizes = [int(n) for n in source_sizes]
+        self.offsets = np.cumsum([0] + self.sizes)
+        self.bs, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
+        g = batch_size * world_size
+        self.counts = slot_counts(shares, g)
+        empty = [i for i, (n, c) in enumerate(zip(self.sizes, self.counts, strict=True)) if c and not n]
+        if empty:
+            raise ValueError(f"data sources {empty} are empty but have a share of the batch")
+        self.per_epoch = max(1, sum(self.sizes) // g)
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def _perm(self, source: int, epoch: int) -> np.ndarray:
+        key = (source, epoch)
+        if key not in self._perms:
+            if len(self._perms) > 2 * len(self.sizes):  # keep the current and the next epoch of each source
+                self._perms.clear()
+            self._perms[key] = np.random.default_rng([self.seed, source, epoch, 7919]).permutation(self.sizes[source])
+        return self._perms[key]
+
+    def batch(self, position: int) -> list[tuple[int, int]]:
+        items = []
+        for s, count in enumerate(self.counts):
+            for k in range(position * count, (position + 1) * count):
+                epoch, j = divmod(k, self.sizes[s])
+                items.append((int(self.offsets[s] + self._perm(s, epoch)[j]), int(epoch)))
+        order = np.random.default_rng([self.seed, int(position), 104729]).permutation(len(items))
+        return [items[i] for i in order[self.rank::self.world]]
+
+
+def source_shares(specs: Sequence[dict[str, Any]]) -> list[float] | None:
+    """The ``share`` of each source config (its fraction of every batch), or None when no source sets one
+    (then batches sample the concatenated sources uniformly). Shares are set on every source or on none."""
+    shares = [spec.get("share") for spec in specs]
+    if all(x is None for x in shares):
+        return None
+    if any(x is None for x in shares):
+        raise ValueError(f"data sources: set 'share' on every source or on none (got {shares})")
+    return [float(x) for x in shares]
+
+
+def make_plan(dataset: Any, shares: Sequence[float] | None, *, batch_size: int, seed: int = 0, rank: int = 0,
+              world_size: int = 1) -> ShuffledPlan | MixedPlan:
+    """``ShuffledPlan`` over the whole dataset, or ``MixedPlan`` when the sources have shares."""
+    if shares is None:
+        return ShuffledPlan(len(dataset), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+    sizes = [len(s) for s in dataset.source.sources]
+    return MixedPlan(sizes, shares, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+
+
 class ResumableBatchSampler(Sampler[list]):
     """Yields ``plan.batch(p)`` for global batch positions ``start .. total-1``.
 
@@ -395,8 +480,9 @@ class DistillDataModule(pl.LightningDataModule):
     """Serves ``dataset`` in the batches of ``plan`` for ``total_batches`` positions; a resumed run starts at
     the position its restored ``global_step`` has reached (times gradient accumulation).
 
-    ``plan`` is a plan object or a callable ``(rank, world_size) -> plan`` evaluated once the trainer (and
-    so the process's place in DDP / FSDP) is known.
+    ``plan`` is a plan object or a callable ``(*, rank, world_size) -> plan`` (e.g. a ``functools.partial`` of
+    ``make_plan``; picklable for ``ddp_spawn``) evaluated once the trainer (and so the process's place in DDP /
+    FSDP) is known.
     """
 
     def __init__(self, dataset: Dataset, plan: Any, *, total_batches: int, num_workers: int = 0,
@@ -410,7 +496,7 @@ class DistillDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             start = int(self.trainer.global_step) * int(self.trainer.accumulate_grad_batches)
             rank, world = int(self.trainer.global_rank), int(self.trainer.world_size)
-        plan = self.plan(rank, world) if callable(self.plan) else self.plan
+        plan = self.plan(rank=rank, world_size=world) if callable(self.plan) else self.plan
         sampler = ResumableBatchSampler(plan, total=self.total, start=start)
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_samples, pin_memory=self.pin_memory,

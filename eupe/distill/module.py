@@ -232,16 +232,18 @@ class DistillModule(pl.LightningModule):
             sums[key], patches[key] = s, tokens_to_grid(p, enc.grid)
         return sums, patches
 
-    def normalized_targets(self, feats: dict[str, Any], *, observe: bool) -> tuple[dict, dict]:
-        """Normalised teacher summaries [B,C] and patch maps [B,C,h,w]; ``observe`` updates the statistics."""
+    def normalized_targets(self, feats: dict[str, Any], *, observe: bool, end_iteration: bool = True
+                           ) -> tuple[dict, dict]:
+        """Normalised teacher summaries [B,C] and patch maps [B,C,h,w]; ``observe`` updates the statistics
+        (``end_iteration``: this batch ends an optimizer iteration, see ``FeatureNormalizer.observe``)."""
         sums, patches = {}, {}
         for key in self.teacher_dims:
             f = feats[key]
             ns = self.normalizers[f"{head_key(key)}__summary"]
             npch = self.normalizers[f"{head_key(key)}__patch"]
             if observe:
-                ns.observe(f.summary)
-                npch.observe(f.patch)
+                ns.observe(f.summary, end_iteration=end_iteration)
+                npch.observe(f.patch, end_iteration=end_iteration)
             sums[key] = ns(f.summary)
             patches[key] = tokens_to_grid(npch(f.patch), f.grid)
         return sums, patches
@@ -254,13 +256,14 @@ class DistillModule(pl.LightningModule):
         return {k: TeacherOutput(v["summary"].float(), v["patch"].float(), tuple(v["grid"]))
                 for k, v in batch["teacher"].items()}
 
-    def compute_loss(self, batch: dict[str, Any], step: int, *, observe: bool) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, batch: dict[str, Any], step: int, *, observe: bool, end_iteration: bool = True
+                     ) -> tuple[torch.Tensor, dict]:
         """Loss and its terms for one batch at ``step`` (sizes drawn from (seed, step))."""
         student_size, teacher_sizes = self.draw_sizes(step)
         feats = self.batch_features(batch)
         if feats is None:
             feats = self.run_teachers(batch["image"], teacher_sizes)
-        t_sum, t_patch = self.normalized_targets(feats, observe=observe)
+        t_sum, t_patch = self.normalized_targets(feats, observe=observe, end_iteration=end_iteration)
         s_sum, s_patch = self.student_features(batch["image"], student_size)
         total, terms = distill_loss(s_sum, s_patch, t_sum, t_patch, self.loss_weights,
                                     cos_weight=self.hparams.patch_cos_weight,
@@ -274,7 +277,9 @@ class DistillModule(pl.LightningModule):
         if batch["image"].shape[0] == 0:
             self.log("data/skipped", float(skipped), reduce_fx="sum")
             return None
-        total, terms = self.compute_loss(batch, self.global_step, observe=True)
+        accumulate = int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
+        total, terms = self.compute_loss(batch, self.global_step, observe=True,
+                                         end_iteration=(batch_idx + 1) % accumulate == 0)
         if not torch.isfinite(total):
             raise FloatingPointError(f"non-finite distillation loss at step {self.global_step}: "
                                      f"{ {k: float(v) for k, v in terms.items()} }")
@@ -284,7 +289,11 @@ class DistillModule(pl.LightningModule):
         self.log("data/skipped", float(skipped), reduce_fx="sum", batch_size=bs)
         return total
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update: once per optimizer step (not per accumulated micro-batch),
+        and before the step's ``on_train_batch_end`` callbacks, so a checkpoint saved there holds the EMA of
+        the same step as the student (a resumed run then continues the EMA exactly)."""
+        super().optimizer_step(*args, **kwargs)
         if self.student_ema is not None:
             decay = float(self.hparams.ema_decay)
             with torch.no_grad():

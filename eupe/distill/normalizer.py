@@ -98,8 +98,10 @@ class FeatureNormalizer(nn.Module):
         self.register_buffer("transform", torch.eye(dim) if mode == "phi_s" else torch.zeros(0))
 
     @torch.no_grad()
-    def observe(self, x: torch.Tensor) -> None:
-        """Accumulate statistics of features ``x [..., dim]`` unless frozen; freeze after warmup_iters calls."""
+    def observe(self, x: torch.Tensor, *, end_iteration: bool = True) -> None:
+        """Accumulate statistics of features ``x [..., dim]`` unless frozen; freeze after ``warmup_iters``
+        iterations. ``end_iteration=False`` for all but the last micro-batch of a gradient-accumulation step,
+        so the warm-up counts optimizer iterations (EUPE's 500), not micro-batches."""
         if self.mode == "none" or bool(self.frozen):
             return
         flat = x.detach().reshape(-1, self.dim).to(torch.float64)
@@ -112,8 +114,10 @@ class FeatureNormalizer(nn.Module):
         self.count += count.to(self.count.device)
         self.sum += s.to(self.sum.device)
         self.sum_sq += sq.to(self.sum_sq.device)
-        self.iters += 1
         self._refresh()
+        if not end_iteration:
+            return
+        self.iters += 1
         if int(self.iters) >= self.warmup_iters:
             if self.mode == "phi_s":
                 self._estimate_phi_s()
