@@ -31,7 +31,7 @@ BENCH2DRIVE_SCENARIOS = (
     "ConstructionObstacleTwoWays", "ControlLoss", "CrossingBicycleFlow", "DynamicObjectCrossing",
     "EnterActorFlow", "HardBreakRoute", "HazardAtSideLane", "HazardAtSideLaneTwoWays", "HighwayCutIn",
     "HighwayExit", "InterurbanActorFlow", "InterurbanAdvancedActorFlow", "InvadingTurn",
-    "MergerIntoSlowTraffic", "NonSignalizedJunctionLeftTurn", "NonSignalizedJunctionLeftTurnEnterFlow",
+    "MergerIntoSlowTraffic", "MergerIntoSlowTrafficV2", "NonSignalizedJunctionLeftTurn", "NonSignalizedJunctionLeftTurnEnterFlow",
     "NonSignalizedJunctionRightTurn", "OppositeVehicleRunningRedLight", "OppositeVehicleTakingPriority",
     "ParkedObstacle", "ParkedObstacleTwoWays", "ParkingCrossingPedestrian", "ParkingCutIn", "ParkingExit",
     "PedestrianCrossing", "SequentialLaneChange", "SignalizedJunctionLeftTurn",
@@ -41,8 +41,7 @@ BENCH2DRIVE_SCENARIOS = (
     "VehicleOpensDoorTwoWays", "VehicleTurningRoute", "VehicleTurningRoutePedestrian",
     "YieldToEmergencyVehicle",
 )
-OTHER_LEADERBOARD_SCENARIOS = ("MergerIntoSlowTrafficV2", "HighwayCutInRoute", "PriorityAtJunction",
-                               "BackgroundActivityParametrizer")
+OTHER_LEADERBOARD_SCENARIOS = ("HighwayCutInRoute", "PriorityAtJunction", "BackgroundActivityParametrizer")
 KNOWN_SCENARIOS = frozenset(BENCH2DRIVE_SCENARIOS + OTHER_LEADERBOARD_SCENARIOS)
 OFFICIAL_ROUTE_COUNT = 220  # routes in bench2drive220.xml
 

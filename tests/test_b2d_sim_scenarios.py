@@ -49,8 +49,8 @@ def _run(tmp_path, types, controller, **settings):
 
 
 def test_built_and_not_built_cover_the_44_types():
-    # bench2drive220.xml: 44 types x 5 routes (MergerIntoSlowTrafficV2 is one of them, whatever list holds it)
-    b2d44 = set(BENCH2DRIVE_SCENARIOS) | {"MergerIntoSlowTrafficV2"}
+    # bench2drive220.xml: 44 types x 5 routes
+    b2d44 = set(BENCH2DRIVE_SCENARIOS)
     assert len(b2d44) == 44
     assert set(SUPPORTED) | set(NOT_BUILT) == b2d44
     assert not set(SUPPORTED) & set(NOT_BUILT)
