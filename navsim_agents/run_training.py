@@ -132,7 +132,7 @@ class CachedFeatureDataset(Dataset):
         targets: dict[str, Any] = {}
         for b in self._targets:
             targets.update(b.compute_targets(scene))
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # per process: DDP ranks build the same cache
         torch.save({"features": features, "targets": targets}, tmp)
         os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written cache file
 
@@ -218,7 +218,7 @@ class AgentLightningModule(pl.LightningModule):
         for k, v in losses.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1:
                 self.log(f"{prefix}/{k}", v.detach().float(), on_step=(prefix == "train"), on_epoch=True,
-                         prog_bar=k in ("loss", "l2"), batch_size=bs, sync_dist=prefix != "train")
+                         prog_bar=k in ("loss", "l2"), batch_size=bs, sync_dist=True)
         return losses["loss"]
 
     def training_step(self, batch, batch_idx):
@@ -229,6 +229,24 @@ class AgentLightningModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return self.agent.get_optimizers()
+
+
+def _strategy(strategy: Any, devices: Any, num_nodes: Any) -> Any:
+    """DDP with unused-parameter detection whenever several processes train (NAVSIM / RAP's
+    ``default_training.yaml``: ``ddp_find_unused_parameters_true``): the domain classifier, the collision and
+    area heads take no part in a step without alignment samples or score supervision, and plain DDP stops on
+    parameters that got no gradient."""
+    if strategy == "ddp":
+        return "ddp_find_unused_parameters_true"
+    if strategy not in (None, "auto"):
+        return strategy
+    if devices in (None, "auto"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    elif isinstance(devices, (list, tuple)):
+        count = len(devices)
+    else:
+        count = int(devices)
+    return "ddp_find_unused_parameters_true" if count * int(num_nodes or 1) > 1 else "auto"
 
 
 def _precision(cfg_precision: Any) -> str:
@@ -296,6 +314,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                                  every_n_epochs=int(cfg.checkpoint.every_n_epochs))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = _precision(trainer_cfg.get("precision"))
+    trainer_cfg["strategy"] = _strategy(trainer_cfg.get("strategy"), trainer_cfg.get("devices"),
+                                        trainer_cfg.get("num_nodes"))
     module = AgentLightningModule(agent, total_epochs=trainer_cfg.get("max_epochs") or 1,
                                   memo_backbone_features=bool(cfg.get("memo_backbone_features", False)))
     trainer = pl.Trainer(**trainer_cfg, callbacks=[checkpoint_cb, *agent.get_training_callbacks()],

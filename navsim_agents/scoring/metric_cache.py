@@ -8,6 +8,7 @@ observation without traffic lights; v2: 4 s with red lights and tracks already t
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,7 @@ class MetricCache:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # per process: ranks may write the same token
         np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **self.arrays)
         tmp.replace(path)
 
