@@ -172,3 +172,18 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_bf16_mixed_training_keeps_fp32_weights(tmp_path):
+    """trainer.precision=bf16-mixed (the GPU default) also runs on CPU: finite losses, fp32 master weights."""
+    import numpy as np
+
+    from navsim_agents.run_training import train
+
+    out = train(_cfg(tmp_path, steps=2, **{"trainer.precision": "bf16-mixed", "dataloader.batch_size": 4}))
+    assert out["trainer"].precision == "bf16-mixed"
+    assert all(np.isfinite(_epoch_losses(tmp_path)))
+    ckpt = torch.load(out["last_checkpoint"], map_location="cpu", weights_only=False)
+    floats = [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float32 for v in floats)
