@@ -13,17 +13,24 @@ from navsim_agents.scoring.world import Observation, OccupancyMap, TrackInfo
 
 
 def test_rap_progress_is_normalised_per_proposal_against_pdm_closed():
-    res = {"raw_progress": np.array([20.0, 10.0, 3.0, 30.0]), "no_at_fault_collisions": np.array([1.0, 1, 1, 0]),
-           "drivable_area_compliance": np.ones(4), "time_to_collision_within_bound": np.array([1.0, 0, 1, 1]),
-           "comfort": np.array([1.0, 1, 0, 1])}
-    out = rap_progress_and_score(res, 15.0, ScorerConfig(version="v1"))
+    from navsim_agents.scoring.scorer import PDMScorer
+
+    # a v1 result of 4 proposals: multi = NC * DAC, weighted rows (EP, TTC, C, DDC) with weights (5, 5, 2, 0)
+    ttc, comfort = np.array([1.0, 0, 1, 1]), np.array([1.0, 1, 0, 1])
+    res = {"raw_progress": np.array([20.0, 10.0, 3.0, 30.0]), "multi": np.array([1.0, 1, 1, 0]),
+           "weighted": np.stack([np.full(4, np.nan), ttc, comfort, np.ones(4)]),
+           "weights": np.array([5.0, 5.0, 2.0, 0.0])}
+    out = rap_progress_and_score(res, 15.0, 5.0)
     # masked progress [20, 10, 3, 0]; normaliser max(masked, 15) = [20, 15, 15, 15]
     assert np.allclose(out["ego_progress"], [1.0, 10 / 15, 3 / 15, 0.0])
     assert np.allclose(out["score"], [1.0, (5 * 10 / 15 + 2) / 12, (5 * 3 / 15 + 5) / 12, 0.0])
     # below the 5 m threshold every proposal gets EP 1, except those failing NC / DAC (0)
     slow = dict(res, raw_progress=np.array([3.0, 1.0, 0.0, 2.0]))
-    assert np.allclose(rap_progress_and_score(slow, 2.0, ScorerConfig(version="v1"))["ego_progress"],
-                       [1.0, 1.0, 1.0, 0.0])
+    assert np.allclose(rap_progress_and_score(slow, 2.0, 5.0)["ego_progress"], [1.0, 1.0, 1.0, 0.0])
+    # the weights are the v1 scorer's own: PDMS = multi * (5 EP + 5 TTC + 2 C) / 12
+    config = ScorerConfig(version="v1")
+    assert (config.progress_weight, config.ttc_weight, config.comfortable_weight) == (5.0, 5.0, 2.0)
+    assert PDMScorer(config).config.progress_distance_threshold == 5.0
 
 
 def test_key_agent_corners_in_the_ego_frame_up_to_the_first_event_step():

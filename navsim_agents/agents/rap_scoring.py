@@ -65,7 +65,7 @@ class MetricCacheProposalScorer:
         res = scorer.score(simulated, observation, cache.centerline(), cache.meta["route_lane_ids"],
                            cache.drivable())
         res = dict(res, **rap_progress_and_score(res, float(np.max(cache.arrays["pdm_masked_progress_v1"])),
-                                                 scorer.config))
+                                                 scorer.config.progress_distance_threshold))
         subs = np.stack([np.asarray(res[c], dtype=np.float64) for c in SUB_SCORE_COLUMNS], axis=-1)
         areas = np.stack([scorer._nondrivable, scorer._oncoming], axis=-1)[:, 1:]
         corners, valid = key_agent_targets(observation, cache.ego_state,
@@ -78,21 +78,22 @@ class MetricCacheProposalScorer:
         return ProposalScores(*(np.stack([r[k] for r in results]) for k in range(4)))
 
 
-def rap_progress_and_score(res: Mapping[str, np.ndarray], pdm_progress: float, config: Any) -> dict:
+def rap_progress_and_score(res: Mapping[str, np.ndarray], pdm_progress: float, progress_threshold: float) -> dict:
     """RAP's per-proposal ego progress and PDMS (``train_pdm_scorer.py`` ``_aggregate_scores``) from a v1
-    scorer result: ``p_i = raw_i * NC_i * DAC_i``, ``EP_i = p_i / max(p_i, pdm_progress)`` where that maximum
-    exceeds the 5 m threshold, else 1 (0 when NC * DAC is 0); score = NC * DAC * (5 EP + 5 TTC + 2 C) / 12."""
-    multi = np.asarray(res["no_at_fault_collisions"]) * np.asarray(res["drivable_area_compliance"])
+    scorer result: ``p_i = raw_i * multi_i`` (NC * DAC), ``EP_i = p_i / max(p_i, pdm_progress)`` where that
+    maximum exceeds ``progress_threshold``, else 1 (0 when multi is 0); the score is the scorer's own weighted
+    sum (``res["weighted"]`` rows EP, TTC, C, DDC with ``res["weights"]``) with this EP."""
+    multi = np.asarray(res["multi"])
     masked = np.asarray(res["raw_progress"]) * multi
     norm = np.maximum(masked, pdm_progress)
-    fast = norm > config.progress_distance_threshold
+    fast = norm > progress_threshold
     ep = np.ones_like(masked)
     ep[fast] = masked[fast] / norm[fast]
     ep[~fast & (multi == 0)] = 0.0
-    weighted = (config.progress_weight * ep + config.ttc_weight * np.asarray(res["time_to_collision_within_bound"])
-                + config.comfortable_weight * np.asarray(res["comfort"]))
-    total = config.progress_weight + config.ttc_weight + config.comfortable_weight
-    return {"ego_progress": ep, "score": multi * weighted / total}
+    weighted = np.array(res["weighted"], dtype=np.float64)
+    weighted[0] = ep
+    weights = np.asarray(res["weights"], dtype=np.float64)
+    return {"ego_progress": ep, "score": multi * (weighted * weights[:, None]).sum(0) / weights.sum()}
 
 
 def key_agent_targets(observation: Any, ego_state: np.ndarray, events: Sequence[tuple[list, np.ndarray]],
