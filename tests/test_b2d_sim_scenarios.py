@@ -1,6 +1,9 @@
 """Embedded simulator: the scenario types it builds, their abilities, and scenario timeouts as the leaderboard
 records them (ScenarioTimeout + ScenarioTimeoutTest, ActorBlockedTest switched off meanwhile, 4000-tick cap)."""
 
+import math
+
+import numpy as np
 import pytest
 
 from bench2drive.results import PENALTY_VALUE
@@ -38,7 +41,16 @@ ABILITY_OF = {
     "VanillaSignalizedTurnEncounterGreenLight": ["Traffic_Signs"],
     "VanillaNonSignalizedTurn": ["Traffic_Signs"], "VanillaNonSignalizedTurnEncounterStopsign": ["Traffic_Signs"],
     "T_Junction": ["Traffic_Signs"],
+    "SignalizedJunctionLeftTurn": ["Merging", "Traffic_Signs"],
+    "NonSignalizedJunctionLeftTurn": ["Merging", "Traffic_Signs"],
+    "SignalizedJunctionLeftTurnEnterFlow": ["Merging", "Traffic_Signs"],
+    "NonSignalizedJunctionLeftTurnEnterFlow": ["Merging", "Traffic_Signs"],
+    "SignalizedJunctionRightTurn": ["Merging", "Traffic_Signs"],
+    "NonSignalizedJunctionRightTurn": ["Merging", "Traffic_Signs"],
 }
+LEFT_TURNS = ["SignalizedJunctionLeftTurn", "NonSignalizedJunctionLeftTurn", "SignalizedJunctionLeftTurnEnterFlow",
+              "NonSignalizedJunctionLeftTurnEnterFlow"]
+RIGHT_TURNS = ["SignalizedJunctionRightTurn", "NonSignalizedJunctionRightTurn"]
 
 
 def _run(tmp_path, types, controller, **settings):
@@ -84,6 +96,87 @@ def test_never_braking_driver_hits_the_adversary(tmp_path, scenario_type, key):
         pct = float(rec["infractions"]["outside_route_lanes"][0].split("(")[1].split("%")[0])
         outside = 1 - pct / 100
     assert rec["scores"]["score_penalty"] == pytest.approx(PENALTY_VALUE[kind] * outside, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_expert_waits_for_a_gap_in_the_junction_flow(tmp_path, seed):
+    """JunctionLeftTurn(EnterFlow) / JunctionRightTurn: an ActorFlow at 8-10 m/s, 16-37 m apart, crosses the
+    ego's left turn (or runs into its exit lane); with every spawn gap draw (seeds 1-4 here, 0 above) the expert
+    waits for a gap and finishes without an infraction."""
+    recs = _run(tmp_path, LEFT_TURNS + RIGHT_TURNS, ScriptedExpert(), seed=seed)
+    for rec in recs:
+        assert rec["scores"]["score_composed"] == 100.0, (seed, rec["infractions"])
+        assert all(not v for k, v in rec["infractions"].items() if k != "min_speed_infractions")
+
+
+class _NoGapAcceptance(ScriptedExpert):
+    """Turns left without looking at the crossing flow."""
+
+    def _flow_clear(self, s):
+        return True
+
+
+@pytest.mark.parametrize(("scenario_type", "seed"), [
+    ("SignalizedJunctionLeftTurn", 0), ("NonSignalizedJunctionLeftTurn", 0),
+    ("NonSignalizedJunctionLeftTurnEnterFlow", 1), ("SignalizedJunctionRightTurn", 0),
+    ("NonSignalizedJunctionRightTurn", 1),
+])
+def test_junction_flow_is_real(tmp_path, scenario_type, seed):
+    """The flow cars keep their speed whatever the ego does (ActorFlow: constant velocity, vehicles ignored): a
+    driver that turns without waiting for a gap is hit (one vehicle collision, penalty 0.6)."""
+    (rec,) = _run(tmp_path, [scenario_type], _NoGapAcceptance(), seed=seed)
+    assert len(rec["infractions"]["collisions_vehicle"]) == 1
+    assert rec["scores"]["score_penalty"] == pytest.approx(PENALTY_VALUE["COLLISION_VEHICLE"])
+
+
+def test_left_turn_route_and_flow_geometry():
+    """The left-turn route turns left (CARLA: towards -y) through the junction; the flow runs the other way in
+    the approach road's opposite lane from 4 * speed m before the junction (x = 72) to 2.5 * speed m past it,
+    straight on, or (EnterFlow) turning right into the ego's exit lane (x = 60 + 24 / pi, heading -y)."""
+    speeds = {"SignalizedJunctionLeftTurn": 9.0, "NonSignalizedJunctionLeftTurn": 10.0,
+              "SignalizedJunctionLeftTurnEnterFlow": 8.0, "NonSignalizedJunctionLeftTurnEnterFlow": 9.0}
+    x_exit = 60.0 + 12.0 * 2 / math.pi  # the quarter circle of arc length 12 m
+    for t in LEFT_TURNS:
+        sim = ClosedLoopSim(synthetic_routes([t])[0], SimSettings(render=False))
+        (flow,) = sim.scenario.actor_flows
+        assert sim.path.xy[-1, 0] == pytest.approx(x_exit, abs=1e-6) and sim.path.xy[-1, 1] < -40.0
+        assert abs(sim.path.yaw[-1] + math.pi / 2) < 1e-6
+        speed = speeds[t]
+        assert flow.speed == speed and flow.yaw == pytest.approx(math.pi)
+        assert flow.source == pytest.approx([72.0 + 4 * speed, -3.5])
+        if t.endswith("EnterFlow"):  # a right turn of radius 5.25 m ends in the exit lane
+            assert flow.sink == pytest.approx([x_exit, -3.5 - 5.25 - 2.5 * speed])
+            assert flow.route.yaw[-1] == pytest.approx(-math.pi / 2)
+        else:
+            assert flow.sink == pytest.approx([60.0 - 2.5 * speed, -3.5])
+        assert len(sim.scenario.lights) == (1 if t.startswith("Signalized") else 0)
+    sig = ClosedLoopSim(synthetic_routes(["SignalizedJunctionLeftTurn"])[0], SimSettings(render=False))
+    (light,) = sig.scenario.lights
+    light.t0 = 2.0  # TrafficLightFreezer: the ego's light red for the first 5 s of the scenario
+    assert [light.is_red(t) for t in (1.0, 2.0, 6.9, 7.0)] == [False, True, True, False]
+
+
+def test_right_turn_flow_geometry():
+    """JunctionRightTurn: the flow runs straight along the exit lane (x = 60 + 24 / pi, heading +y) from 5 * speed
+    m before the junction's left edge (y = -1.5 lane widths) to 3 * speed m past the end of the ego's turn, and
+    starts populated (initial_actors): one car every spawn gap (16-37 m) from the source, none in the junction."""
+    x_exit = 60.0 + 12.0 * 2 / math.pi
+    for t, speed in (("SignalizedJunctionRightTurn", 10.0), ("NonSignalizedJunctionRightTurn", 8.0)):
+        sim = ClosedLoopSim(synthetic_routes([t])[0], SimSettings(render=False))
+        (flow,) = sim.scenario.actor_flows
+        assert flow.speed == speed and flow.yaw == pytest.approx(math.pi / 2)
+        assert flow.source == pytest.approx([x_exit, -5.25 - 5 * speed])
+        assert flow.sink == pytest.approx([x_exit, x_exit - 60.0 + 3 * speed], abs=0.05)  # turn ends at y = r
+        while sim.monitors.scenario_start is None:
+            sim.tick(0.0, 0.5, 0.0)
+        sim.tick(0.0, 0.0, 1.0)
+        s = sorted(a.params["flow_s"] for a in sim.actors if a.params.get("flow"))
+        assert len(s) >= 3 and s[0] >= flow.interval[0]
+        gaps = np.diff(s)  # at least the spawn gap; more where the junction was skipped (1 m route steps)
+        assert (gaps >= flow.interval[0]).all()
+        assert (gaps <= flow.interval[1] + 1.0 + flow.junction[1] - flow.junction[0]).all()
+        assert not any(flow.junction[0] < x < flow.junction[1] for x in s)
+        assert len(sim.scenario.lights) == (1 if t.startswith("Signalized") else 0)
 
 
 class _PassesAtOnce(ScriptedExpert):

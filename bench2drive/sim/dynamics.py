@@ -1,5 +1,6 @@
 """Ego vehicle: kinematic bicycle with a CARLA-like throttle / brake / steer mapping; reactive IDM traffic, the
-scenario adversaries (walkers, cut-ins, junction runners, opening doors) and the TwoWays opposite-lane flows."""
+scenario adversaries (walkers, cut-ins, junction runners, opening doors), the TwoWays opposite-lane flows and
+the ActorFlows of the junction scenarios."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from bench2drive.sim.world import (
     LANE_WIDTH,
     OPPOSITE_WAIT,
     Actor,
+    ActorFlow,
     OppositeFlow,
     RoadPath,
 )
@@ -157,6 +159,11 @@ def step_actors(actors: list[Actor], ego: EgoState, path: RoadPath, t: float, dt
             if s_a - p["s0"] >= p["drive"] or s_a >= path.length - 0.5:
                 p["despawn"] = True  # ActorDestroy after DriveDistance
             continue
+        if a.behaviour == "constant":  # an ActorFlow car: constant velocity along its route, blind to vehicles
+            p["flow_s"] += a.speed * dt
+            xy, yaw = p["actor_flow"].route.pose(p["flow_s"])
+            a.xy, a.yaw = xy[0], float(yaw[0])
+            continue
         if a.behaviour == "straight" and p.get("launch") and "start" not in p:
             if not adversary_triggered(p, s_ego, ego.speed):
                 continue
@@ -247,3 +254,37 @@ def step_opposite_flow(flow: OppositeFlow, actors: list[Actor], ego: EgoState, p
     v = speed_limit_kmh / 3.6
     return Actor(id=new_id, kind="vehicle", xy=src, yaw=float(heading), speed=v, behaviour="straight",
                  params={"v_des": v, "flow": True})
+
+
+def step_actor_flow(flow: ActorFlow, actors: list[Actor], rng: np.random.Generator, new_id: int) -> list[Actor]:
+    """One ActorFlow update (see world.ActorFlow): marks its cars near the sink for removal and returns the cars
+    it spawns this tick, ids from ``new_id`` on (the caller appends them)."""
+    if flow.stopped:
+        return []
+
+    def car(s: float, i: int) -> Actor:
+        xy, yaw = flow.route.pose(s)
+        return Actor(id=i, kind="vehicle", xy=xy[0], yaw=float(yaw[0]), speed=flow.speed, behaviour="constant",
+                     params={"flow": True, "actor_flow": flow, "flow_s": float(s)})
+
+    new: list[Actor] = []
+    if flow.spawn_gap is None:  # the flow's first update (initialise)
+        flow.spawn_gap = float(rng.uniform(*flow.interval))
+        if flow.initial_actors:
+            ref = 0.0
+            for s in flow.route.s:
+                if flow.junction[0] <= s <= flow.junction[1] or s - ref < flow.spawn_gap:
+                    continue
+                new.append(car(s, new_id + len(new)))
+                ref, flow.spawn_gap = float(s), float(rng.uniform(*flow.interval))
+            if new:
+                flow.last_id = new[-1].id
+            return new
+    for a in actors:
+        if a.params.get("actor_flow") is flow and np.linalg.norm(a.xy - flow.sink) < flow.sink_dist:
+            a.params["despawn"] = True
+    last = next((a for a in actors if a.id == flow.last_id), None)
+    if last is not None and np.linalg.norm(last.xy - flow.source) <= flow.spawn_gap:
+        return []
+    flow.spawn_gap, flow.last_id = float(rng.uniform(*flow.interval)), new_id
+    return [car(0.0, new_id)]

@@ -11,8 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench2drive.sim.dynamics import BRAKE_DECEL, ENGINE_ACCEL, MAX_STEER_DEG, idm_accel, opposite_flow_source
-from bench2drive.sim.world import CAR_LENGTH, EGO_WHEELBASE, LANE_WIDTH
+from bench2drive.sim.dynamics import (
+    BRAKE_DECEL,
+    ENGINE_ACCEL,
+    MAX_STEER_DEG,
+    PHYSICS_HZ,
+    TOP_SPEED,
+    idm_accel,
+    opposite_flow_source,
+)
+from bench2drive.sim.monitors import box_corners
+from bench2drive.sim.world import CAR_LENGTH, CAR_WIDTH, EGO_WHEELBASE, LANE_WIDTH, ActorFlow
 
 GIVE_WAY_SHIFT = 0.6  # m to the right of the lane centre while oncoming cars invade the lane
 PASS_CLEARANCE = 12.0  # m past the last obstacle before the ego returns to its lane
@@ -24,6 +33,44 @@ PASS_MARGIN = 1.0  # s of spare time to the next oncoming car
 # 1.2 m (the ego's left side 0.5 m over the centre line) leaves NUDGE_CLEARANCE to it (more than the 0.5 m the
 # following logic keeps laterally, so the ego does not brake for it)
 NUDGE_MAX, NUDGE_CLEARANCE = -1.2, 0.6
+# crossing or joining an ActorFlow (a turn across or into a junction flow): the ego waits with its centre FLOW_HOLD_BACK m
+# before the first route position where its box meets the flow's lane band (car width + FLOW_LAT_MARGIN each
+# side), so that it gets a run-up, and goes when, accelerating at PASS_ACCEL up to its cruise speed, its box
+# stays FLOW_GAP m (along the flow) clear of every present or coming flow car for as long as it is in the band
+FLOW_HOLD_BACK, FLOW_LAT_MARGIN, FLOW_GAP = 7.0, 0.5, 1.0
+FLOW_GRID = 0.25  # m, route sampling of the conflict table
+FLOW_PLAN_HORIZON = 20.0  # s of the ego's planned crossing looked at
+
+
+@dataclass
+class _FlowConflict:
+    """Where the ego's route crosses an ActorFlow's lane: on the route grid ``s`` (ego centre), whether the ego's
+    box meets the band (``hit``) and the span [a_lo, a_hi] of the flow's route (arc length from its source)
+    that it covers; [s_in, s_out] bounds the hits."""
+
+    s: np.ndarray
+    hit: np.ndarray
+    a_lo: np.ndarray
+    a_hi: np.ndarray
+    s_in: float
+    s_out: float
+
+
+def flow_conflict(path, flow: ActorFlow, length: float, width: float) -> _FlowConflict | None:
+    """The conflict of a route (``path``, ego box ``length`` x ``width`` on the route centre) with ``flow``'s lane;
+    None when the route never meets it."""
+    s = np.arange(0.0, path.length, FLOW_GRID)
+    xy, yaw = path.pose(s)
+    corners = box_corners(xy, yaw, np.full(len(s), length), np.full(len(s), width))  # [N,4,2]
+    along, lat, _ = flow.route.frenet(corners.reshape(-1, 2))
+    along, lat = along.reshape(-1, 4), lat.reshape(-1, 4)
+    band = CAR_WIDTH / 2 + FLOW_LAT_MARGIN
+    hit = (lat.min(axis=1) < band) & (lat.max(axis=1) > -band) & (along.max(axis=1) > 0)
+    if not hit.any():
+        return None
+    k = np.nonzero(hit)[0]
+    return _FlowConflict(s=s, hit=hit, a_lo=along.min(axis=1), a_hi=along.max(axis=1), s_in=float(s[k[0]]),
+                         s_out=float(s[k[-1]]) + FLOW_GRID)
 
 
 @dataclass
@@ -47,11 +94,60 @@ class ScriptedExpert:
         self.sim = None
         self._stopped_at: set[int] = set()
         self._committed = False
+        self._conflicts: list[tuple[ActorFlow, _FlowConflict]] = []
+        self._flow_go = False
 
     def attach(self, sim) -> None:
         self.sim = sim
         self._stopped_at = set()
         self._committed = False
+        self._flow_go = False
+        self._conflicts = []
+        for af in sim.scenario.actor_flows:
+            c = flow_conflict(sim.path, af, sim.ego.length, sim.ego.width)
+            if c is not None:
+                self._conflicts.append((af, c))
+
+    def _ego_plan(self, s: float, s_out: float) -> tuple[np.ndarray, np.ndarray]:
+        """(times, route positions) of the ego from s until s_out, accelerating at PASS_ACCEL (with the engine's
+        fade) up to its cruise speed."""
+        v0, dt = self.sim.ego.speed, 1.0 / PHYSICS_HZ
+        k = np.arange(int(FLOW_PLAN_HORIZON * PHYSICS_HZ) + 1)
+        # v_{k+1} = v_k + PASS_ACCEL * (1 - v_k / TOP_SPEED) * dt, in closed form, held at the cruise speed
+        q = 1.0 - PASS_ACCEL * dt / TOP_SPEED
+        v = TOP_SPEED - (TOP_SPEED - v0) * q ** k
+        v = np.minimum(v, self.cruise) if v0 < self.cruise else np.full(len(k), v0)
+        ss = s + np.concatenate([[0.0], np.cumsum(0.5 * (v[:-1] + v[1:]) * dt)])
+        keep = ss < s_out
+        return k[keep] * dt, ss[keep]
+
+    def _flow_clear(self, s: float) -> bool:
+        """Gap acceptance across every ActorFlow: while the ego, leaving now, is in a flow's band, every present
+        or coming car of that flow stays FLOW_GAP m clear of the span the ego's box covers along the flow."""
+        sim = self.sim
+        for af, c in self._conflicts:
+            if s >= c.s_out:
+                continue
+            # the flow's cars are destroyed when the scenario ends (ActorDestroy): nothing to meet beyond
+            ts, ss = self._ego_plan(s, min(c.s_out, sim.scenario.end_s or math.inf))
+            k = np.clip(np.round(ss / FLOW_GRID).astype(int), 0, len(c.s) - 1)
+            inside = c.hit[k]
+            ts, lo, hi = ts[inside], c.a_lo[k][inside], c.a_hi[k][inside]
+            # (position along the flow's route now, or of the source when it appears; earliest and latest
+            # appearance time)
+            cars = [(a.params["flow_s"], 0.0, 0.0) for a in sim.actors if a.params.get("actor_flow") is af]
+            if not af.stopped:
+                last = next((a for a in sim.actors if a.id == af.last_id), None)
+                gap = af.spawn_gap if af.spawn_gap is not None else af.interval[0]
+                t1 = 0.0 if last is None else max(0.0, (gap - float(np.linalg.norm(last.xy - af.source))) / af.speed)
+                for n in range(8):  # the next car exactly, the later ones anywhere in the spawn interval
+                    cars.append((0.0, t1 + n * af.interval[0] / af.speed, t1 + n * af.interval[1] / af.speed))
+            for a0, t_early, t_late in cars:
+                front = a0 + af.speed * (ts - t_early) + CAR_LENGTH / 2 + FLOW_GAP
+                rear = a0 + af.speed * (ts - t_late) - CAR_LENGTH / 2 - FLOW_GAP
+                if ((front > lo) & (rear < hi)).any():
+                    return False
+        return True
 
     def _opposite_clear(self, s: float, s_end: float, v_end: float = 0.0) -> bool:
         """Gap acceptance in the opposite lane: it is open (the scenario switched the wrong-direction test off)
@@ -167,6 +263,8 @@ class ScriptedExpert:
         if self.brakes and float(d_arr[0]) > LANE_WIDTH / 2 + 0.5 and self._lane_busy(s):
             return Control(steer=0.0, throttle=0.0, brake=1.0)  # out of a parking slot only into a free lane
         ld = max(4.0, ego.speed * 1.0 + 3.0)
+        if self._conflicts:  # a shorter look-ahead cuts the turn less, so the ego meets a crossing flow where planned
+            ld = max(3.0, 0.5 * ego.speed + 2.0)
         goal, _ = sim.path.pose(s + ld, d_target)
         rel = goal[0] - ego.xy
         alpha = math.atan2(rel @ ego.right, rel @ ego.forward)
@@ -185,9 +283,15 @@ class ScriptedExpert:
                     self._stopped_at.add(stop.id)
                 else:
                     gap, v_lead = min(gap, max(stop.s - front - 1.0, 0.0)), 0.0
+        for _, c in self._conflicts:  # wait for a gap in the crossing flow before its lane
+            if not self._flow_go and s < c.s_in:
+                if s > c.s_in - FLOW_HOLD_BACK - 15.0 and self._flow_clear(s):
+                    self._flow_go = True
+                else:
+                    gap, v_lead = min(gap, max(c.s_in - FLOW_HOLD_BACK - s, 0.0)), 0.0
         cruise = PASS_SPEED if self._committed else self.cruise
         acc = idm_accel(ego.speed, cruise, gap, v_lead)
-        if self._committed and not math.isfinite(gap) and ego.speed < cruise:
+        if (self._committed or self._flow_go) and not math.isfinite(gap) and ego.speed < cruise:
             acc = max(acc, PASS_ACCEL)  # clear the opposite lane briskly, as the gap acceptance assumed
         if gap < 1.0 and ego.speed < 1.0:
             acc = -BRAKE_DECEL

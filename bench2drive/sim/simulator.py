@@ -31,7 +31,14 @@ from bench2drive.results import (
 )
 from bench2drive.rig import CameraSpec
 from bench2drive.routes import Route
-from bench2drive.sim.dynamics import PHYSICS_HZ, EgoState, step_actors, step_ego, step_opposite_flow
+from bench2drive.sim.dynamics import (
+    PHYSICS_HZ,
+    EgoState,
+    step_actor_flow,
+    step_actors,
+    step_ego,
+    step_opposite_flow,
+)
 from bench2drive.sim.monitors import RouteMonitors, box_corners, boxes_overlap
 from bench2drive.sim.sensors import input_data
 from bench2drive.sim.world import CONTROL_LOSS_RADIUS, RoadPath, build_scenario
@@ -158,6 +165,11 @@ class ClosedLoopSim:
                 self.actors.append(new)
                 self._next_id += 1
             self.scenario.wrong_lane_allowed = flow.active  # SwitchWrongDirectionTest(False)
+        if self.monitors.scenario_start is not None:  # ActorFlows run from the scenario's start to its end
+            for af in self.scenario.actor_flows:
+                new = step_actor_flow(af, self.actors, self._rng, self._next_id)
+                self.actors.extend(new)
+                self._next_id += len(new)
         step_actors(self.actors, ego, self.path, self.time, self.dt)
         self.frame += 1
         if self._hits_vehicle(ego):
@@ -179,6 +191,8 @@ class ClosedLoopSim:
         if mon.scenario_end is not None and not self._scenario_cleared:
             self._scenario_cleared = True
             self.actors[:] = [a for a in self.actors if a.role != "scenario"]
+            for af in self.scenario.actor_flows:
+                af.stopped = True
             flow = self.scenario.opposite_flow
             if flow is not None:  # the flow stops; SwitchWrongDirectionTest(True) unless the scenario's quirk
                 flow.stopped = True

@@ -154,6 +154,41 @@ class OppositeFlow:
 
 
 @dataclass
+class ActorFlow:
+    """scenario_runner's ActorFlow (atomic_behaviors.py): from the scenario's start, a car is spawned at the
+    start of ``route`` (its source) whenever the last one is more than ``spawn_gap`` m from the source (drawn
+    uniform in ``interval`` after each spawn); the cars follow ``route`` at ``speed`` m/s ignoring every other
+    vehicle, the ego included (enable_constant_velocity, ignore_vehicles_percentage 100), and are destroyed
+    within ``sink_dist`` m of its end (the sink). It stops with the scenario."""
+
+    route: RoadPath
+    interval: tuple[float, float]
+    speed: float
+    sink_dist: float = 2.0
+    # initial_actors: at the start the route is populated, a car every spawn gap from the source on, none on the
+    # route span ``junction`` (ActorFlow.initialise skips junction waypoints)
+    initial_actors: bool = False
+    junction: tuple[float, float] = (0.0, 0.0)
+    # run-time state
+    spawn_gap: float | None = None
+    last_id: int | None = None
+    stopped: bool = False
+
+    @property
+    def source(self) -> np.ndarray:
+        return self.route.xy[0]
+
+    @property
+    def sink(self) -> np.ndarray:
+        return self.route.xy[-1]
+
+    @property
+    def yaw(self) -> float:
+        """Heading at the source."""
+        return float(self.route.yaw[0])
+
+
+@dataclass
 class SimScenario:
     """What the simulator builds from a route: actors, lights, stop signs, junction span, lane-test exemptions."""
 
@@ -185,13 +220,16 @@ class SimScenario:
     ego_start: tuple[float, float] | None = None  # (s, d) where the scenario puts the ego (ParkingExit)
     opposite_flow: OppositeFlow | None = None
     wrong_lane_allowed: bool = False  # run-time: SwitchWrongDirectionTest(False) is in force
+    actor_flows: list[ActorFlow] = field(default_factory=list)  # flows started with the scenario
 
 
 # ------------------------------------------------------------------------------------------ synthetic routes
 # Scenario types the embedded simulator builds, with the synthetic road each one is built on: 'straight' (the
 # route lane plus a same-direction lane to its left and a parking / side lane to its right), 'twoway' (the
 # route lane, an opposite-direction lane to its left and a parking lane to its right), 'turn' (a right turn at
-# a junction, one lane) or 'cross' (straight through a junction crossed by a perpendicular road, one lane). Their abilities are the ones tools/ability_benchmark.py lists (bench2drive.metrics.ABILITIES).
+# a junction, one lane), 'left' (a left turn at a junction across the opposite lane of the approach road, one
+# lane each way) or 'cross' (straight through a junction crossed by a perpendicular road, one lane). Their
+# abilities are the ones tools/ability_benchmark.py lists (bench2drive.metrics.ABILITIES).
 SUPPORTED = {
     # Overtaking
     "ParkedObstacle": "straight",
@@ -206,6 +244,13 @@ SUPPORTED = {
     # Merging
     "InterurbanActorFlow": "straight",
     "ParkingExit": "straight",
+    # Merging + Traffic_Signs
+    "SignalizedJunctionLeftTurn": "left",
+    "NonSignalizedJunctionLeftTurn": "left",
+    "SignalizedJunctionLeftTurnEnterFlow": "left",
+    "NonSignalizedJunctionLeftTurnEnterFlow": "left",
+    "SignalizedJunctionRightTurn": "turn",
+    "NonSignalizedJunctionRightTurn": "turn",
     # Emergency_Brake
     "HardBreakRoute": "straight",
     "DynamicObjectCrossing": "straight",
@@ -232,19 +277,13 @@ SUPPORTED = {
 }
 # Bench2Drive scenario types not built here, and why (see the module docs of bench2drive.sim).
 NOT_BUILT = {
-    "CrossingBicycleFlow": "needs a left turn across a bicycle lane with a bicycle flow (no left-turn road)",
+    "CrossingBicycleFlow": "needs a bicycle lane through a large junction (the synthetic left turn ends before it)",
     "EnterActorFlow": "needs a merge into a highway flow from an on-ramp (no ramp geometry)",
     "HighwayCutIn": "needs an on-ramp merging into the ego lane (no ramp geometry)",
     "HighwayExit": "needs an off-ramp crossing a lane flow (no ramp geometry)",
     "InterurbanAdvancedActorFlow": "needs a two-flow interurban junction with a left turn",
     "MergerIntoSlowTraffic": "needs an on-ramp into a slow queue (no ramp geometry)",
     "MergerIntoSlowTrafficV2": "needs an on-ramp into a slow queue (no ramp geometry)",
-    "NonSignalizedJunctionLeftTurn": "needs a left turn across an opposite flow (no left-turn road)",
-    "NonSignalizedJunctionLeftTurnEnterFlow": "needs a left turn into a flow (no left-turn road)",
-    "NonSignalizedJunctionRightTurn": "needs a junction flow from the left with gap acceptance",
-    "SignalizedJunctionLeftTurn": "needs a left turn across an opposite flow (no left-turn road)",
-    "SignalizedJunctionLeftTurnEnterFlow": "needs a left turn into a flow (no left-turn road)",
-    "SignalizedJunctionRightTurn": "needs a junction flow from the left with gap acceptance",
     "SequentialLaneChange": "needs a multi-lane road with route lane changes (the route keeps one lane)",
 }
 JUNCTION_S = (60.0, 72.0)  # junction span along a synthetic route with a junction
@@ -272,7 +311,10 @@ TRIGGER_DISTANCE = 2.0  # route_parser.py DIST_THRESHOLD: the ScenarioTriggerer'
 
 
 def _route_points(kind: str, length: float) -> np.ndarray:
-    """Route polyline starting at the origin heading +x; 'turn' goes right (+y) after the junction."""
+    """Route polyline starting at the origin heading +x; 'turn' goes right (+y) after the junction, 'left' is
+    its mirror image (left, -y)."""
+    if kind == "left":
+        return _route_points("turn", length) * np.array([1.0, -1.0])
     if kind in ("straight", "twoway", "cross"):
         xs = np.arange(0.0, length + 1e-9, 2.0)
         return np.stack([xs, np.zeros_like(xs)], axis=1)
@@ -317,7 +359,7 @@ def junction_span(route: Route) -> tuple[float, float] | None:
     needs one for the partial credit): turning ones for the sign and turning scenarios, straight through for the
     crossing-vehicle ones.
     """
-    return JUNCTION_S if SUPPORTED.get(route.scenario_type) in ("turn", "cross") else None
+    return JUNCTION_S if SUPPORTED.get(route.scenario_type) in ("turn", "left", "cross") else None
 
 
 def synthetic_junction_completion(route: Route) -> float:
@@ -479,6 +521,10 @@ def build_scenario(route: Route, path: RoadPath, *, seed: int = 0) -> SimScenari
             xy = cxy + d0 * np.array([-math.sin(cyaw), math.cos(cyaw)])
             add("vehicle", xy, cyaw - math.pi / 2, speed=8.0, behaviour="straight", params={"v_des": 8.0})
         life["end_s"] = sj + 6.0  # WaitEndIntersection
+    elif t in LEFT_TURN_FLOW:
+        life.update(_junction_left_turn(t, path, lights))
+    elif t in RIGHT_TURN_FLOW:
+        life.update(_junction_right_turn(t, path, lights))
     elif t == "HardBreakRoute":
         xy, yaw = on_path(22.0)
         add("vehicle", xy, yaw, speed=6.0, behaviour="hard_brake",
@@ -600,3 +646,81 @@ def _two_ways(t: str, add, parked, cone, on_path, side) -> dict:
 
 # straight scenarios whose left lane is the passing lane: no background traffic there
 _PASSING_LANE_SCENARIOS = frozenset({"ParkedObstacle", "Accident", "ConstructionObstacle", "HazardAtSideLane"})
+
+
+# signalized_junction_left_turn.py (JunctionLeftTurn): flow_speed and source_dist_interval of bench2drive220.xml
+# routes (SignalizedJunctionLeftTurn triggered at (2170.1, 4877.2), NonSignalizedJunctionLeftTurn at
+# (39.6, 4867.9)); the flow comes from 4 * flow_speed m before the opposite entry of the junction and is removed
+# 2.5 * flow_speed m past its exit (within ActorFlow's sink_dist 2 m); the scenario ends when the ego drove
+# _end_distance (10 m) after leaving the junction (WaitEndIntersection + DriveDistance)
+LEFT_TURN_FLOW = {"SignalizedJunctionLeftTurn": (9.0, (18.0, 28.0)),
+                  "NonSignalizedJunctionLeftTurn": (10.0, (21.0, 30.0)),
+                  # left_turn_enter_flow.py (JunctionLeftTurnEnterFlow): the same flow turns right into the
+                  # ego's exit road (generate_target_waypoint(source, 1)); routes triggered at (204.5, -274.4)
+                  # and (2385.7, 2376.7)
+                  "SignalizedJunctionLeftTurnEnterFlow": (8.0, (24.0, 28.0)),
+                  "NonSignalizedJunctionLeftTurnEnterFlow": (9.0, (16.0, 30.0))}
+LEFT_TURN_SOURCE_TIME, LEFT_TURN_SINK_TIME = 4.0, 2.5  # s: _source_dist = 4 * speed, _sink_dist = 2.5 * speed
+LEFT_TURN_END_DISTANCE = 10.0
+ENTER_FLOW_TURN_RADIUS = 5.25  # m, the flow's right turn into the ego's exit lane (1.5 lane widths)
+GREEN_LIGHT_DELAY = 5.0  # s, TrafficLightFreezer: the ego's light held red, the flow's green, from the start
+
+
+def _junction_left_turn(t: str, path: RoadPath, lights: list[TrafficLight]) -> dict:
+    """The opposite flow of a JunctionLeftTurn scenario (in the approach road's opposite lane towards the ego,
+    straight through the junction, or for the EnterFlow types turning right into the ego's exit lane) and, for
+    the signalized ones, the ego's light red for the first GREEN_LIGHT_DELAY s of the scenario (then green:
+    TrafficLightFreezer of the flow's state)."""
+    speed, interval = LEFT_TURN_FLOW[t]
+    fwd = np.array([math.cos(path.yaw[0]), math.sin(path.yaw[0])])
+    left = np.array([fwd[1], -fwd[0]])  # CARLA: left of the approach heading
+    o = path.xy[0]
+    lane = LANE_WIDTH  # the approach road's opposite lane, left of the route
+    entry = o + JUNCTION_S[1] * fwd + lane * left  # where the flow enters the junction
+    source = entry + LEFT_TURN_SOURCE_TIME * speed * fwd
+    if t.endswith("EnterFlow"):
+        # the ego's exit lane runs along ``left`` from the end of its turn; the flow turns into it with
+        # ENTER_FLOW_TURN_RADIUS and is removed 2.5 * speed m past the junction exit
+        x_exit = float((path.xy[-1] - o) @ fwd)  # the exit lane's axis: where the route ends
+        rad = ENTER_FLOW_TURN_RADIUS
+        centre = o + (x_exit + rad) * fwd + (lane + rad) * left
+        phi = np.linspace(-math.pi / 2, -math.pi, 10)
+        arc = centre + rad * (np.cos(phi)[:, None] * fwd + np.sin(phi)[:, None] * left)
+        sink = arc[-1] + LEFT_TURN_SINK_TIME * speed * left
+        points = np.concatenate([source[None], arc, sink[None]])
+    else:
+        exit_ = o + JUNCTION_S[0] * fwd + lane * left  # where it leaves it, on the ego's approach road
+        points = np.stack([source, exit_ - LEFT_TURN_SINK_TIME * speed * fwd])
+    flow = ActorFlow(route=RoadPath(points), interval=interval, speed=speed)
+    if t.startswith("Signalized"):
+        lights.append(TrafficLight(id=1, s=JUNCTION_S[0] - 2.0, red_until=GREEN_LIGHT_DELAY, relative=True))
+    return {"actor_flows": [flow], "end_s": JUNCTION_S[1] + LEFT_TURN_END_DISTANCE}
+
+
+# signalized_junction_right_turn.py (JunctionRightTurn): flow_speed and source_dist_interval of bench2drive220.xml
+# routes (SignalizedJunctionRightTurn triggered at (3101.9, 5224.7), NonSignalizedJunctionRightTurn at (3230.1,
+# 3143.3)); the flow comes from the junction entry on the ego's left, 5 * flow_speed m before it, straight
+# through into the ego's exit lane, removed 3 * flow_speed m past the junction (initial_actors=True)
+RIGHT_TURN_FLOW = {"SignalizedJunctionRightTurn": (10.0, (19.0, 37.0)),
+                   "NonSignalizedJunctionRightTurn": (8.0, (16.0, 30.0))}
+RIGHT_TURN_SOURCE_TIME, RIGHT_TURN_SINK_TIME = 5.0, 3.0  # s: _source_dist = 5 * speed, _sink_dist = 3 * speed
+
+
+def _junction_right_turn(t: str, path: RoadPath, lights: list[TrafficLight]) -> dict:
+    """The flow of a JunctionRightTurn scenario: on the crossing road from the ego's left, straight through the
+    junction into the lane the ego turns right into; the signalized one holds the ego's light red for the first
+    GREEN_LIGHT_DELAY s of the scenario (TrafficLightFreezer)."""
+    speed, interval = RIGHT_TURN_FLOW[t]
+    fwd = np.array([math.cos(path.yaw[0]), math.sin(path.yaw[0])])
+    right = np.array([-fwd[1], fwd[0]])  # CARLA: right of the approach heading, the exit road's direction
+    o = path.xy[0]
+    x_exit = float((path.xy[-1] - o) @ fwd)  # the exit lane's axis: where the route ends
+    y_in = -1.5 * LANE_WIDTH  # the junction's edge on the ego's left (far side of the approach road)
+    y_out = float((path.pose(JUNCTION_S[1])[0][0] - o) @ right)  # where the ego's turn ends
+    y0 = y_in - RIGHT_TURN_SOURCE_TIME * speed
+    points = np.stack([o + x_exit * fwd + y0 * right, o + x_exit * fwd + (y_out + RIGHT_TURN_SINK_TIME * speed) * right])
+    flow = ActorFlow(route=RoadPath(points), interval=interval, speed=speed, initial_actors=True,
+                     junction=(y_in - y0, y_out - y0))
+    if t.startswith("Signalized"):
+        lights.append(TrafficLight(id=1, s=JUNCTION_S[0] - 2.0, red_until=GREEN_LIGHT_DELAY, relative=True))
+    return {"actor_flows": [flow], "end_s": JUNCTION_S[1] + LEFT_TURN_END_DISTANCE}  # _end_distance 10 as well
