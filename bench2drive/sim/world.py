@@ -435,16 +435,9 @@ def build_scenario(route: Route, path: RoadPath, *, seed: int = 0) -> SimScenari
         exempt.append((40.0, 95.0))
         life["end_s"] = 72.0 + 50.0
     elif t == "ConstructionObstacle":
-        # construction_crash_vehicle.py: a traffic-warning sign ``distance`` (45) m past the trigger, a taper of
-        # cones closing the lane before it and a row along the lane's left edge after it; _end_distance 50
+        # ``distance`` (45) m past the trigger; _end_distance 50
         s_c = TRIGGER_S + 45.0
-        xy, yaw = on_path(s_c)
-        add("static", xy, yaw, length=1.0, width=2.2, behaviour="static", params={"pass": True},
-            blueprint="static.prop.trafficwarning")
-        for k, dd in enumerate((1.2, 0.6, 0.0, -0.6)):
-            cone(s_c - 8.0 + 2.0 * k, dd, **{"pass": True})
-        for k in range(3):
-            cone(s_c + 3.0 + 3.0 * k, -1.4, **{"pass": True})
+        _construction_site(s_c, add, cone, on_path)
         life["end_s"] = s_c + 50.0
     elif t == "HazardAtSideLane":
         # route_obstacles.py: two bicycles ``distance`` (45) m and 9 m further on, 0.55 * lane_width / 2 right of
@@ -588,6 +581,18 @@ def build_scenario(route: Route, path: RoadPath, *, seed: int = 0) -> SimScenari
                        outside_lane_exempt=exempt, road=SUPPORTED[t], **life)
 
 
+def _construction_site(s_c: float, add, cone, on_path) -> None:
+    """construction_crash_vehicle.py's site at route position ``s_c``: a traffic-warning sign, a taper of cones
+    closing the lane before it and a row along the lane's left edge after it (all passable obstacles)."""
+    xy, yaw = on_path(s_c)
+    add("static", xy, yaw, length=1.0, width=2.2, behaviour="static", params={"pass": True},
+        blueprint="static.prop.trafficwarning")
+    for k, dd in enumerate((1.2, 0.6, 0.0, -0.6)):
+        cone(s_c - 8.0 + 2.0 * k, dd, **{"pass": True})
+    for k in range(3):
+        cone(s_c + 3.0 + 3.0 * k, -1.4, **{"pass": True})
+
+
 def _two_ways(t: str, add, parked, cone, on_path, side) -> dict:
     """Obstacles of the TwoWays scenarios (the route XML's typical ``distance`` past the trigger) and their
     opposite flow; returns the scenario-life fields (end_s / end_actor, opposite_flow)."""
@@ -612,13 +617,7 @@ def _two_ways(t: str, add, parked, cone, on_path, side) -> dict:
         # construction_crash_vehicle.py: _trigger_distance 30 m, the opposite flow then waits 5 s; distance 45
         # and frequency 48..200 m of route 2606
         s_c = TRIGGER_S + 45.0
-        xy, yaw = on_path(s_c)
-        add("static", xy, yaw, length=1.0, width=2.2, behaviour="static", params={"pass": True},
-            blueprint="static.prop.trafficwarning")
-        for k, dd in enumerate((1.2, 0.6, 0.0, -0.6)):
-            cone(s_c - 8.0 + 2.0 * k, dd, **{"pass": True})
-        for k in range(3):
-            cone(s_c + 3.0 + 3.0 * k, -1.4, **{"pass": True})
+        _construction_site(s_c, add, cone, on_path)
         return {"end_s": s_c + 50.0, "opposite_flow": OppositeFlow(ref_s=s_c, near=30.0, interval=(48.0, 200.0))}
     if t == "HazardAtSideLaneTwoWays":
         # the bicycles of HazardAtSideLane; ChangeOppositeBehavior(spawn_dist=frequency) instead of a flow;
