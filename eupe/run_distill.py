@@ -209,6 +209,10 @@ def train(cfg: DictConfig, *, callbacks: tuple[pl.Callback, ...] = ()) -> Path:
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Lightning leaves the process group up; tearing it down here lets gloo's threads stop before the
+        # interpreter exits (otherwise a rank can abort with "terminate called without an active exception")
+        torch.distributed.destroy_process_group()
     return export
 
 
