@@ -73,6 +73,10 @@ def run_sidecar(cfg: DictConfig, agent, rows: list[dict]) -> dict[str, Any]:
         "corruption": {key: corruption.get(key) for key in ("name", "severity", "cameras", "seed")},
         "split": str(cfg.split.data_split),
         "scorer": str(cfg.scorer.name),
+        # the rules a number was computed under: never compare numbers whose rules differ
+        "scoring_rules": {"reference": str(cfg.scorer.rules), "stages": 2 if cfg.scorer.two_stage else 1,
+                          "traffic_agents": str(cfg.scorer.traffic_agents),
+                          "human_penalty_filter": bool(cfg.scorer.human_penalty_filter)},
         "num_tokens": len(rows),
         "num_valid": sum(bool(r.get("valid", False)) for r in rows),
         "run_key": run_key(cfg),
@@ -103,11 +107,45 @@ def _trajectory_fn(agent, loader, token: str, cfg: DictConfig):
     return compute
 
 
+def _score_chunk_two_stage(cfg: DictConfig, tokens: list[str], agent, on_row) -> list[dict]:
+    """Two-stage rows: original tokens with the human penalty filter, synthetic ones without (navsim
+    `pdm_score` applies it to SceneFrameType.ORIGINAL only); each row keeps its endpoint and start point."""
+    from navsim_agents.data.splits import build_two_stage_loader, resolve_split
+    from navsim_agents.scoring.two_stage import score_two_stage_token
+
+    paths = resolve_split(cfg.split)
+    loader = build_two_stage_loader(cfg.split, agent.get_sensor_config())
+    runners = {synthetic: PDMScoreRunner("v2", human_penalty_filter=bool(cfg.scorer.human_penalty_filter)
+                                         and not synthetic) for synthetic in (False, True)}
+    root = metric_cache_root(cfg, str(cfg.split.data_split))
+    rows = []
+    for token in tokens:
+        if token not in loader:
+            row = {"token": token, "valid": False, "_error": f"unknown token {token} (not a scene of this split)"}
+            logger.warning("token %s failed: %s", token, row["_error"])
+        else:
+            frames = loader.scene_frames(token)
+            try:
+                cache_path = E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
+                                                   force=bool(cfg.get("force_metric_cache", False)))
+            except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row
+                cache_path = E.cache_file(root, frames[3]["log_name"], token)
+                logger.warning("token %s: metric cache could not be built (%s: %s)", token, type(err).__name__, err)
+            row = score_two_stage_token(token, cache_path, _trajectory_fn(agent, loader, token, cfg),
+                                        runners[loader.is_synthetic(token)])
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
 def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None) -> list[dict]:
     """Score `tokens` of the configured split (builds missing caches); the unit of work of every worker."""
     from navsim_agents.data.splits import build_scene_loader, resolve_split
 
     cfg = OmegaConf.create(cfg_container)
+    if cfg.scorer.two_stage:
+        return _score_chunk_two_stage(cfg, tokens, agent if agent is not None else _make_agent(cfg), on_row)
     paths = resolve_split(cfg.split)
     agent = agent if agent is not None else _make_agent(cfg)
     loader = build_scene_loader(cfg.split, agent.get_sensor_config())
@@ -135,8 +173,11 @@ def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None)
 
 def _all_tokens(cfg: DictConfig) -> list[str]:
     from navsim_agents.data.dataclasses import SensorConfig
-    from navsim_agents.data.splits import build_scene_loader
+    from navsim_agents.data.splits import build_scene_loader, build_two_stage_loader
 
+    if cfg.scorer.two_stage:  # run_pdm_score.py (two-stage): original tokens, then the reactive synthetic ones
+        loader = build_two_stage_loader(cfg.split, SensorConfig.build_no_sensors())
+        return loader.tokens_stage_one + loader.reactive_tokens_stage_two
     loader = build_scene_loader(cfg.split, SensorConfig.build_no_sensors())
     tokens = list(loader.tokens)
     wanted = cfg.split.scene_filter.get("tokens")
@@ -160,8 +201,29 @@ def _run_ray(cfg: DictConfig, container: dict, todo: list[str], on_row) -> None:
             on_row(row)
 
 
+def _finalize_two_stage(cfg: DictConfig, rows: list[dict], tokens: list[str], weights: str, csv_path: Path):
+    """Scene aggregation, the devkit's two-stage CSV, the summary table, and counts for the sidecar; the
+    per-token weights go to `<timestamp>_weights.csv` (the devkit computes but does not write them)."""
+    from navsim_agents.data.splits import two_stage_mapping
+    from navsim_agents.data.synthetic_scenes import SYNTHETIC_TOKEN_LENGTH
+    from navsim_agents.scoring import two_stage as T
+
+    synthetic = [t for t in tokens if len(t) == SYNTHETIC_TOKEN_LENGTH]
+    mapping = T.read_mapping(two_stage_mapping(cfg.split), tokens)
+    aggregation = T.aggregate({r["token"]: r for r in rows}, mapping)
+    df = T.results_dataframe(aggregation, tokens, synthetic)
+    T.weights_dataframe(aggregation, tokens).to_csv(csv_path.with_name(f"{csv_path.stem}_weights.csv"), index=False)
+    info = {"mapping_entries": len(mapping), "entries_left_out": [list(e) for e in aggregation.invalid_entries],
+            "num_stage_one": len(tokens) - len(synthetic), "num_stage_two": len(synthetic)}
+    return df, T.summary_table(df, aggregation, weights), info
+
+
 def run(cfg: DictConfig) -> Path:
     """Score every token of the split; returns the CSV path."""
+    if cfg.split.get("devkit_config") and OmegaConf.is_missing(cfg.split, "data_split"):
+        from navsim_agents.data.devkit_splits import read_devkit_split
+
+        cfg.split.data_split = read_devkit_split(cfg.split.devkit_config).data_split
     version = str(cfg.scorer.version)
     out_dir = Path(cfg.exp_root) / str(cfg.experiment_name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,15 +257,20 @@ def run(cfg: DictConfig) -> Path:
             score_chunk(container, todo, agent=agent, on_row=on_row)
     bar.close()
     rows = E.order_rows(done_rows.values(), tokens)
-    df = E.finalize(rows, version)
-    csv_path = out_dir / f"{datetime.now().strftime('%Y.%m.%d.%H.%M.%S')}.csv"
-    df.to_csv(csv_path)
-    csv_path.with_suffix(".json").write_text(json.dumps(run_sidecar(cfg, agent, rows), indent=2) + "\n")
-    partial.unlink(missing_ok=True)
     weights = getattr(agent, "weights_source", "unknown")
+    csv_path = out_dir / f"{datetime.now().strftime('%Y.%m.%d.%H.%M.%S')}.csv"
+    sidecar = run_sidecar(cfg, agent, rows)
+    if cfg.scorer.two_stage:
+        df, table, sidecar["two_stage"] = _finalize_two_stage(cfg, rows, tokens, weights, csv_path)
+    else:
+        df = E.finalize(rows, version)
+        table = E.summary_table(df, version, weights)
+    df.to_csv(csv_path)
+    csv_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    partial.unlink(missing_ok=True)
     elapsed = time.perf_counter() - start
     print(f"\n{cfg.scorer.name.upper()} of {agent.name()} on {cfg.split.data_split} ({elapsed:.1f} s)")
-    print(E.summary_table(df, version, weights))
+    print(table)
     print(f"results: {csv_path}")
     return csv_path
 
