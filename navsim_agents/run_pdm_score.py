@@ -75,12 +75,34 @@ def run_sidecar(cfg: DictConfig, agent, rows: list[dict]) -> dict[str, Any]:
         "scorer": str(cfg.scorer.name),
         # the rules a number was computed under: never compare numbers whose rules differ
         "scoring_rules": {"reference": str(cfg.scorer.rules), "stages": 2 if cfg.scorer.two_stage else 1,
-                          "traffic_agents": str(cfg.scorer.traffic_agents),
+                          "traffic_agents_policy": str(cfg.scorer.traffic_agents_policy),
                           "human_penalty_filter": bool(cfg.scorer.human_penalty_filter)},
         "num_tokens": len(rows),
         "num_valid": sum(bool(r.get("valid", False)) for r in rows),
         "run_key": run_key(cfg),
     }
+
+
+# navsim config/common/traffic_agents_policy/*.yaml names
+TRAFFIC_AGENTS_POLICIES = ("log_replay_traffic_agents", "navsim_IDM_traffic_agents")
+
+
+def make_runner(cfg: DictConfig, *, human_penalty_filter: bool):
+    """The scorer for `cfg.scorer` under its traffic agents policy (log replay, or navsim's reactive IDM)."""
+    policy = str(cfg.scorer.traffic_agents_policy)
+    if policy not in TRAFFIC_AGENTS_POLICIES:
+        raise ValueError(f"scorer.traffic_agents_policy={policy!r} is unknown; use one of {TRAFFIC_AGENTS_POLICIES}")
+    if policy == "log_replay_traffic_agents":
+        return PDMScoreRunner(str(cfg.scorer.version), human_penalty_filter=human_penalty_filter)
+    if str(cfg.scorer.version) != "v2":
+        raise ValueError("reactive traffic (navsim_IDM_traffic_agents) is a NAVSIM v2 rule: use scorer=epdms or "
+                         "scorer=epdms_two_stage")
+    from navsim_agents.data.splits import resolve_split
+    from navsim_agents.scoring.reactive_traffic import ReactiveScoreRunner
+
+    maps_root = resolve_split(cfg.split, check_exists=False).maps_root
+    return ReactiveScoreRunner(human_penalty_filter=human_penalty_filter,
+                               maps_root=str(maps_root) if maps_root else None)
 
 
 def _make_agent(cfg: DictConfig):
@@ -115,8 +137,8 @@ def _score_chunk_two_stage(cfg: DictConfig, tokens: list[str], agent, on_row) ->
 
     paths = resolve_split(cfg.split)
     loader = build_two_stage_loader(cfg.split, agent.get_sensor_config())
-    runners = {synthetic: PDMScoreRunner("v2", human_penalty_filter=bool(cfg.scorer.human_penalty_filter)
-                                         and not synthetic) for synthetic in (False, True)}
+    runners = {synthetic: make_runner(cfg, human_penalty_filter=bool(cfg.scorer.human_penalty_filter)
+                                      and not synthetic) for synthetic in (False, True)}
     root = metric_cache_root(cfg, str(cfg.split.data_split))
     rows = []
     for token in tokens:
@@ -149,7 +171,7 @@ def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None)
     paths = resolve_split(cfg.split)
     agent = agent if agent is not None else _make_agent(cfg)
     loader = build_scene_loader(cfg.split, agent.get_sensor_config())
-    runner = PDMScoreRunner(cfg.scorer.version, human_penalty_filter=bool(cfg.scorer.human_penalty_filter))
+    runner = make_runner(cfg, human_penalty_filter=bool(cfg.scorer.human_penalty_filter))
     root = metric_cache_root(cfg, str(cfg.split.data_split))
     rows = []
     for token in tokens:

@@ -18,7 +18,8 @@ from navsim_agents.data.scene_loader import SceneLoader
 from navsim_agents.data.synthetic_scenes import TwoStageSceneLoader
 from navsim_agents.scoring import evaluate as E
 from navsim_agents.scoring import two_stage as T
-from navsim_agents.scoring.pdm_score import V2_COLUMNS, PDMScoreRunner
+from navsim_agents.scoring.pdm_score import V2_COLUMNS
+from navsim_agents.scoring.reactive_traffic import ReactiveScoreRunner
 
 ROOT = conformance_path("navsim_two_stage_dev")
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"conformance set not found at {ROOT} "
@@ -69,8 +70,9 @@ def _run(setup, name: str):
         return _RESULTS[name]
     loader, tokens, caches, mapping = setup
     agent = _agent(name)
-    runners = {False: PDMScoreRunner("v2", human_penalty_filter=True),
-               True: PDMScoreRunner("v2", human_penalty_filter=False)}
+    # the devkit's default: reactive IDM traffic in both stages, the human filter on original scenes only
+    runners = {False: ReactiveScoreRunner(human_penalty_filter=True, maps_root=str(ROOT / "maps")),
+               True: ReactiveScoreRunner(human_penalty_filter=False, maps_root=str(ROOT / "maps"))}
 
     def trajectory(token):
         def compute():
@@ -147,8 +149,6 @@ def test_weights_and_ego_only_metrics_match(setup, agent):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="the official rows use the reactive IDM traffic policy; ours is log replay so "
-                   "far (NC / TTC / EP of IDM-dependent rows differ)")
 @pytest.mark.parametrize("agent", AGENTS)
 def test_matches_official_rows(setup, agent):
     _, df = _run(setup, agent)
