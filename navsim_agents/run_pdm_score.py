@@ -83,26 +83,24 @@ def run_sidecar(cfg: DictConfig, agent, rows: list[dict]) -> dict[str, Any]:
     }
 
 
-# navsim config/common/traffic_agents_policy/*.yaml names
-TRAFFIC_AGENTS_POLICIES = ("log_replay_traffic_agents", "navsim_IDM_traffic_agents")
-
-
 def make_runner(cfg: DictConfig, *, human_penalty_filter: bool):
-    """The scorer for `cfg.scorer` under its traffic agents policy (log replay, or navsim's reactive IDM)."""
+    """The scorer for `cfg.scorer` under its traffic agents policy (log replay, reactive IDM, constant velocity)."""
+    from navsim_agents.scoring.traffic_agents import LOG_REPLAY_POLICY, TRAFFIC_AGENTS_POLICIES
+
     policy = str(cfg.scorer.traffic_agents_policy)
     if policy not in TRAFFIC_AGENTS_POLICIES:
         raise ValueError(f"scorer.traffic_agents_policy={policy!r} is unknown; use one of {TRAFFIC_AGENTS_POLICIES}")
-    if policy == "log_replay_traffic_agents":
+    if policy == LOG_REPLAY_POLICY:
         return PDMScoreRunner(str(cfg.scorer.version), human_penalty_filter=human_penalty_filter)
     if str(cfg.scorer.version) != "v2":
-        raise ValueError("reactive traffic (navsim_IDM_traffic_agents) is a NAVSIM v2 rule: use scorer=epdms or "
+        raise ValueError(f"traffic_agents_policy={policy} is a NAVSIM v2 rule: use scorer=epdms or "
                          "scorer=epdms_two_stage")
     from navsim_agents.data.splits import resolve_split
-    from navsim_agents.scoring.reactive_traffic import ReactiveScoreRunner
+    from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
 
     maps_root = resolve_split(cfg.split, check_exists=False).maps_root
-    return ReactiveScoreRunner(human_penalty_filter=human_penalty_filter,
-                               maps_root=str(maps_root) if maps_root else None)
+    return TrafficScoreRunner(human_penalty_filter=human_penalty_filter,
+                              maps_root=str(maps_root) if maps_root else None, policy=policy)
 
 
 def _make_agent(cfg: DictConfig):

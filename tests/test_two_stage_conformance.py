@@ -19,7 +19,7 @@ from navsim_agents.data.synthetic_scenes import TwoStageSceneLoader
 from navsim_agents.scoring import evaluate as E
 from navsim_agents.scoring import two_stage as T
 from navsim_agents.scoring.pdm_score import V2_COLUMNS
-from navsim_agents.scoring.reactive_traffic import ReactiveScoreRunner
+from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
 
 ROOT = conformance_path("navsim_two_stage_dev")
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"conformance set not found at {ROOT} "
@@ -71,8 +71,8 @@ def _run(setup, name: str):
     loader, tokens, caches, mapping = setup
     agent = _agent(name)
     # the devkit's default: reactive IDM traffic in both stages, the human filter on original scenes only
-    runners = {False: ReactiveScoreRunner(human_penalty_filter=True, maps_root=str(ROOT / "maps")),
-               True: ReactiveScoreRunner(human_penalty_filter=False, maps_root=str(ROOT / "maps"))}
+    runners = {False: TrafficScoreRunner(human_penalty_filter=True, maps_root=str(ROOT / "maps")),
+               True: TrafficScoreRunner(human_penalty_filter=False, maps_root=str(ROOT / "maps"))}
 
     def trajectory(token):
         def compute():

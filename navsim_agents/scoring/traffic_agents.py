@@ -1,4 +1,8 @@
-"""navsim's reactive IDM traffic agents (`traffic_agents_policy=navsim_IDM_traffic_agents`, the two-stage default).
+"""navsim's traffic agents policies beyond log replay: reactive IDM vehicles (`navsim_IDM_traffic_agents`, the
+two-stage default) and constant-velocity vehicles (`constant_velocity_traffic_agents`).
+
+Constant velocity (`traffic_agents_policies/constant_velocity_traffic_agents.py`): every current vehicle moves on
+with its velocity and heading.
 
 Follows navsim main 0a380a9 `traffic_agents_policies/navsim_IDM_traffic_agents.py`,
 `planning/simulation/observation/navsim_idm_agents.py` and `navsim_idm/{navsim_idm_agents_builder,
@@ -60,6 +64,12 @@ IDM_ACCELERATION_EXPONENT = 4
 OCCUPANCY_SIMPLIFY_TOLERANCE = 1e-5
 
 EGO_ID = "ego"
+
+# navsim config/common/traffic_agents_policy/*.yaml names (log replay is the metric cache's own observation)
+LOG_REPLAY_POLICY = "log_replay_traffic_agents"
+IDM_POLICY = "navsim_IDM_traffic_agents"
+CONSTANT_VELOCITY_POLICY = "constant_velocity_traffic_agents"
+TRAFFIC_AGENTS_POLICIES = (LOG_REPLAY_POLICY, IDM_POLICY, CONSTANT_VELOCITY_POLICY)
 
 
 class InterpolatedPath:
@@ -349,14 +359,33 @@ def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api) -> Li
     return frames
 
 
-def reactive_observation(cache: MetricCache, ego_states: np.ndarray, map_api) -> Observation:
-    """The scorer's observation under reactive traffic: every current object at t0, then the simulated vehicles
+def simulate_constant_velocity(cache: MetricCache, num_steps: int) -> List[List[SimulatedObject]]:
+    """Every current vehicle moved by its velocity at each 0.1 s step, heading kept."""
+    frames = []
+    vehicles = [t for t in current_tracks(cache) if t.type_name == REACTIVE_TYPE_NAME]
+    for step in range(1, num_steps + 1):
+        dt = step * IDM_STEP_S
+        frames.append([SimulatedObject(v.token, _box_polygon(v.x + v.vx * dt, v.y + v.vy * dt, v.heading, v.length,
+                                                             v.width)) for v in vehicles])
+    return frames
+
+
+
+
+def traffic_observation(cache: MetricCache, ego_states: np.ndarray, map_api, policy: str = IDM_POLICY) -> Observation:
+    """The scorer's observation under a vehicle policy: every current object at t0, then the simulated vehicles
     with the log replay of all other objects, plus the red lights of the metric cache (navsim
-    `PDMObservation.update_detections_tracks`, nothing marked as collided)."""
+    `AbstractTrafficAgentsPolicy.simulate_environment` + `PDMObservation.update_detections_tracks`, nothing
+    marked as collided)."""
     tracks = current_tracks(cache)
     replay = cache.observation("replay")
     red = cache.red_light_steps("v2")
-    simulated = simulate_vehicles(cache, ego_states, map_api)
+    if policy == IDM_POLICY:
+        simulated = simulate_vehicles(cache, ego_states, map_api)
+    elif policy == CONSTANT_VELOCITY_POLICY:
+        simulated = simulate_constant_velocity(cache, len(ego_states) - 1)
+    else:
+        raise ValueError(f"unknown traffic agents policy {policy!r}; use {IDM_POLICY} or {CONSTANT_VELOCITY_POLICY}")
     unique: Dict[str, TrackInfo] = {}
     for t in tracks:
         unique.setdefault(t.token, TrackInfo(t.type_name in C.AGENT_TYPE_NAMES, t.heading, float(np.hypot(t.vx, t.vy))))
@@ -377,18 +406,22 @@ def cache_map_api(cache: MetricCache, maps_root: Optional[str] = None):
     return get_maps_api(root, version, cache.meta["map_name"])
 
 
-class ReactiveScoreRunner:
-    """EPDMS (v2) of agent trajectories under reactive IDM traffic (navsim `pdm_score` with
-    `NavsimIDMTrafficAgents`): PDM-Closed and the agent scored in one batch against the traffic that reacts to the
-    agent; the human penalty filter scores the human future against the traffic that reacts to it."""
+class TrafficScoreRunner:
+    """EPDMS (v2) of agent trajectories under a simulated vehicle policy (navsim `pdm_score` with a traffic agents
+    policy): PDM-Closed and the agent scored in one batch against the traffic that reacts to the agent; the human
+    penalty filter scores the human future against the traffic that reacts to it."""
 
     version = "v2"
 
-    def __init__(self, *, human_penalty_filter: bool = True, maps_root: Optional[str] = None):
+    def __init__(self, *, human_penalty_filter: bool = True, maps_root: Optional[str] = None,
+                 policy: str = IDM_POLICY):
         from navsim_agents.scoring.scorer import PDMScorer, ScorerConfig
 
+        if policy not in (IDM_POLICY, CONSTANT_VELOCITY_POLICY):
+            raise ValueError(f"unknown vehicle policy {policy!r}; use {IDM_POLICY} or {CONSTANT_VELOCITY_POLICY}")
         self.scorer = PDMScorer(ScorerConfig(version="v2", human_penalty_filter=human_penalty_filter))
         self.maps_root = maps_root
+        self.policy = policy
 
     def human_failed(self, cache: MetricCache, map_api) -> List[str]:
         """Metrics the logged human future fails under the traffic reacting to it."""
@@ -397,7 +430,8 @@ class ReactiveScoreRunner:
         from navsim_agents.scoring.simulator import simulate_proposals
 
         human = simulate_proposals(agent_reference(cache, cache.arrays["human_future_poses"])[None], cache.ego_state)
-        res = PDMScorer(ScorerConfig(version="v2")).score(human, reactive_observation(cache, human[0], map_api),
+        res = PDMScorer(ScorerConfig(version="v2")).score(human, traffic_observation(cache, human[0], map_api,
+                                                                                     self.policy),
                                                           cache.centerline(), cache.meta["route_lane_ids"],
                                                           cache.drivable(), None)
         return [c for c in V2_FILTERED if res[c][0] == 0]
@@ -411,7 +445,7 @@ class ReactiveScoreRunner:
         refs = np.stack([reference_states(cache.arrays["pdm_poses_v2"]), agent_reference(cache, poses)])
         simulated = simulate_proposals(refs, cache.ego_state)
         map_api = cache_map_api(cache, self.maps_root)
-        observation = reactive_observation(cache, simulated[1], map_api)
+        observation = traffic_observation(cache, simulated[1], map_api, self.policy)
         res = self.scorer.score(simulated, observation, cache.centerline(), cache.meta["route_lane_ids"],
                                 cache.drivable(), cache.arrays["human_past_states"])
         failed = self.human_failed(cache, map_api) if self.scorer.config.human_penalty_filter else []
