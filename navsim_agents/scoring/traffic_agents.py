@@ -29,6 +29,7 @@ Devkit behaviour reproduced on purpose (see the conformance README):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -43,7 +44,7 @@ from navsim_agents.data.maps import SemanticMapLayer, get_maps_api, resolve_maps
 from navsim_agents.scoring import constants as C
 from navsim_agents.scoring.constants import PACIFICA
 from navsim_agents.scoring.constants import StateIndex as S
-from navsim_agents.scoring.geometry import box_coords, normalize_angle
+from navsim_agents.scoring.geometry import normalize_angle
 from navsim_agents.scoring.metric_cache import REACTIVE_TYPE_NAME, MetricCache
 from navsim_agents.scoring.world import Observation, OccupancyMap, TrackInfo
 
@@ -97,6 +98,12 @@ class InterpolatedPath:
     def states_at(self, progress) -> np.ndarray:
         """[..., 3] x, y, heading at `progress` (within the path)."""
         p = np.asarray(progress, dtype=np.float64)
+        if p.ndim == 0:  # one state: avoid three array interpolations
+            i = int(np.clip(np.searchsorted(self.progress, p, side="right") - 1, 0, len(self.progress) - 2))
+            f = (p - self.progress[i]) / (self.progress[i + 1] - self.progress[i])
+            a, b = self.points[i], self.points[i + 1]
+            h = self._heading[i] + f * (self._heading[i + 1] - self._heading[i])
+            return np.array([a[0] + f * (b[0] - a[0]), a[1] + f * (b[1] - a[1]), float(normalize_angle(h))])
         x = np.interp(p, self.progress, self.points[:, 0])
         y = np.interp(p, self.progress, self.points[:, 1])
         h = normalize_angle(np.interp(p, self.progress, self._heading))
@@ -125,8 +132,11 @@ class InterpolatedPath:
 
 
 def _box_polygon(x: float, y: float, heading: float, length: float, width: float):
-    ring = box_coords(np.array([x, y]), np.asarray(heading), length, width)[:4]
-    return shapely.Polygon(ring)
+    """Corners FL, RL, RR, FR (nuplan `OrientedBox.geometry`)."""
+    c, s = math.cos(heading), math.sin(heading)
+    hl, hw = length / 2.0, width / 2.0
+    return shapely.Polygon([(x + hl * c - hw * s, y + hl * s + hw * c), (x - hl * c - hw * s, y - hl * s + hw * c),
+                            (x - hl * c + hw * s, y - hl * s - hw * c), (x + hl * c + hw * s, y + hl * s - hw * c)])
 
 
 @dataclass
@@ -143,11 +153,16 @@ class IDMAgent:
     speed_limit: Optional[float]
 
     def pose(self) -> np.ndarray:
-        return self.path.states_at(self.path.clamp(self.progress))
+        progress = self.path.clamp(self.progress)
+        if getattr(self, "_pose_at", None) != progress:  # the pose is asked for several times per step
+            self._pose_at, self._pose, self._polygon = progress, self.path.states_at(progress), None
+        return self._pose
 
     def polygon(self):
-        x, y, h = self.pose()
-        return _box_polygon(x, y, h, self.length, self.width)
+        pose = self.pose()
+        if self._polygon is None:
+            self._polygon = _box_polygon(pose[0], pose[1], pose[2], self.length, self.width)
+        return self._polygon
 
     def progress_to_go(self) -> float:
         return self.path.end - self.progress
@@ -422,9 +437,17 @@ class TrafficScoreRunner:
         self.scorer = PDMScorer(ScorerConfig(version="v2", human_penalty_filter=human_penalty_filter))
         self.maps_root = maps_root
         self.policy = policy
+        self._human_failed: Dict[Tuple[str, int], List[str]] = {}
 
     def human_failed(self, cache: MetricCache, map_api) -> List[str]:
-        """Metrics the logged human future fails under the traffic reacting to it."""
+        """Metrics the logged human future fails under the traffic reacting to it (agent-independent: kept per
+        token for the runner's lifetime, e.g. over the proposals of a training run)."""
+        key = (cache.token, cache.meta["timestamp_us"])
+        if key not in self._human_failed:
+            self._human_failed[key] = self._human_failed_uncached(cache, map_api)
+        return self._human_failed[key]
+
+    def _human_failed_uncached(self, cache: MetricCache, map_api) -> List[str]:
         from navsim_agents.scoring.pdm_score import V2_FILTERED, agent_reference
         from navsim_agents.scoring.scorer import PDMScorer, ScorerConfig
         from navsim_agents.scoring.simulator import simulate_proposals
