@@ -127,16 +127,29 @@ def _trajectory_fn(agent, loader, token: str, cfg: DictConfig):
     return compute
 
 
-def _score_chunk_two_stage(cfg: DictConfig, tokens: list[str], agent, on_row) -> list[dict]:
-    """Two-stage rows: original tokens with the human penalty filter, synthetic ones without (navsim
-    `pdm_score` applies it to SceneFrameType.ORIGINAL only); each row keeps its endpoint and start point."""
-    from navsim_agents.data.splits import build_two_stage_loader, resolve_split
+def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None) -> list[dict]:
+    """Score `tokens` of the configured split (builds missing caches); the unit of work of every worker.
+
+    Two-stage: original tokens with the human penalty filter, synthetic ones without (navsim `pdm_score` applies it
+    to SceneFrameType.ORIGINAL only); each row keeps its trajectory endpoint and start point for the aggregator."""
+    from navsim_agents.data.splits import build_scene_loader, build_two_stage_loader, resolve_split
     from navsim_agents.scoring.two_stage import score_two_stage_token
 
+    cfg = OmegaConf.create(cfg_container)
     paths = resolve_split(cfg.split)
-    loader = build_two_stage_loader(cfg.split, agent.get_sensor_config())
-    runners = {synthetic: make_runner(cfg, human_penalty_filter=bool(cfg.scorer.human_penalty_filter)
-                                      and not synthetic) for synthetic in (False, True)}
+    agent = agent if agent is not None else _make_agent(cfg)
+    human_filter = bool(cfg.scorer.human_penalty_filter)
+    if cfg.scorer.two_stage:
+        loader = build_two_stage_loader(cfg.split, agent.get_sensor_config())
+        frames_of, score = loader.scene_frames, score_two_stage_token
+        runners = {synthetic: make_runner(cfg, human_penalty_filter=human_filter and not synthetic)
+                   for synthetic in (False, True)}
+        runner_for = lambda token: runners[loader.is_synthetic(token)]  # noqa: E731
+    else:
+        loader = build_scene_loader(cfg.split, agent.get_sensor_config())
+        frames_of, score = loader.scene_frames_dicts.__getitem__, E.score_token
+        runner = make_runner(cfg, human_penalty_filter=human_filter)
+        runner_for = lambda token: runner  # noqa: E731
     root = metric_cache_root(cfg, str(cfg.split.data_split))
     rows = []
     for token in tokens:
@@ -144,47 +157,14 @@ def _score_chunk_two_stage(cfg: DictConfig, tokens: list[str], agent, on_row) ->
             row = {"token": token, "valid": False, "_error": f"unknown token {token} (not a scene of this split)"}
             logger.warning("token %s failed: %s", token, row["_error"])
         else:
-            frames = loader.scene_frames(token)
+            frames = frames_of(token)
             try:
                 cache_path = E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
                                                    force=bool(cfg.get("force_metric_cache", False)))
             except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row
                 cache_path = E.cache_file(root, frames[3]["log_name"], token)
                 logger.warning("token %s: metric cache could not be built (%s: %s)", token, type(err).__name__, err)
-            row = score_two_stage_token(token, cache_path, _trajectory_fn(agent, loader, token, cfg),
-                                        runners[loader.is_synthetic(token)])
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
-    return rows
-
-
-def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None) -> list[dict]:
-    """Score `tokens` of the configured split (builds missing caches); the unit of work of every worker."""
-    from navsim_agents.data.splits import build_scene_loader, resolve_split
-
-    cfg = OmegaConf.create(cfg_container)
-    if cfg.scorer.two_stage:
-        return _score_chunk_two_stage(cfg, tokens, agent if agent is not None else _make_agent(cfg), on_row)
-    paths = resolve_split(cfg.split)
-    agent = agent if agent is not None else _make_agent(cfg)
-    loader = build_scene_loader(cfg.split, agent.get_sensor_config())
-    runner = make_runner(cfg, human_penalty_filter=bool(cfg.scorer.human_penalty_filter))
-    root = metric_cache_root(cfg, str(cfg.split.data_split))
-    rows = []
-    for token in tokens:
-        if token not in loader:
-            row = {"token": token, "valid": False, "_error": f"unknown token {token} (not a scene of this split)"}
-            logger.warning("token %s failed: %s", token, row["_error"])
-        else:
-            try:
-                frames = loader.scene_frames_dicts[token]
-                cache_path = E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
-                                                   force=bool(cfg.get("force_metric_cache", False)))
-            except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row
-                cache_path = E.cache_file(root, loader.scene_frames_dicts[token][3]["log_name"], token)
-                logger.warning("token %s: metric cache could not be built (%s: %s)", token, type(err).__name__, err)
-            row = E.score_token(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner)
+            row = score(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner_for(token))
         rows.append(row)
         if on_row is not None:
             on_row(row)

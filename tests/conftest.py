@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,3 +31,21 @@ def conformance() -> Path:
         pytest.skip("conformance data not found: expected ../shared/conformance beside the repo "
                     "or EUPE_DRIVE_CONFORMANCE=/path/to/conformance")
     return root
+
+
+def csv_row_problems(ours, expected, continuous_tol: float, discrete_tol: float, is_continuous) -> list[str]:
+    """Cells of `expected` (DataFrame indexed by token) that `ours` misses: `valid` must agree, NaN must equal NaN,
+    numbers within `continuous_tol` where `is_continuous(column)` else `discrete_tol`."""
+    problems = []
+    for token, exp_row in expected.iterrows():
+        row = ours.loc[token]
+        if bool(row["valid"]) != bool(exp_row["valid"]):
+            problems.append(f"{token} valid: ours {row['valid']} official {exp_row['valid']}")
+        for col in expected.columns:
+            if col == "valid":
+                continue
+            a, b = float(row[col]), float(exp_row[col])
+            tol = continuous_tol if is_continuous(col) else discrete_tol
+            if np.isnan(a) != np.isnan(b) or (not np.isnan(b) and abs(a - b) > tol):
+                problems.append(f"{token} {col}: ours {a} official {b}")
+    return problems

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import conformance_path
+from conftest import conformance_path, csv_row_problems
 
 from navsim_agents.agents.constant_velocity_agent import ConstantVelocityAgent
 from navsim_agents.agents.human_agent import HumanAgent
@@ -73,17 +73,8 @@ def test_matches_official_rows(setup, agent_name, version, folder):
     expected = expected[~expected["token"].str.startswith("average")].set_index("token")
     ours = ours[~ours["token"].str.startswith("average")].set_index("token")
     assert sorted(ours.index) == sorted(expected.index)
-    problems = []
-    for token, exp_row in expected.iterrows():
-        row = ours.loc[token]
-        assert bool(row["valid"]) == bool(exp_row["valid"]), token
-        for col in expected.columns:
-            if col == "valid":
-                continue
-            a, b = float(row[col]), float(exp_row[col])
-            tol = CONTINUOUS_TOL if col in ("ego_progress", "score") else DISCRETE_TOL
-            if np.isnan(a) != np.isnan(b) or (not np.isnan(b) and abs(a - b) > tol):
-                problems.append(f"{token} {col}: ours {a} official {b}")
+    problems = csv_row_problems(ours, expected, CONTINUOUS_TOL, DISCRETE_TOL,
+                                lambda col: col in ("ego_progress", "score"))
     assert not problems, "\n".join(problems)
 
 

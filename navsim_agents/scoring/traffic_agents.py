@@ -41,11 +41,11 @@ from shapely.ops import nearest_points, unary_union
 from shapely.strtree import STRtree
 
 from navsim_agents.data.maps import SemanticMapLayer, get_maps_api, resolve_maps_root
-from navsim_agents.scoring import constants as C
 from navsim_agents.scoring.constants import PACIFICA
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import normalize_angle
 from navsim_agents.scoring.metric_cache import REACTIVE_TYPE_NAME, MetricCache
+from navsim_agents.scoring.pdm_closed import Track
 from navsim_agents.scoring.world import Observation, OccupancyMap, TrackInfo
 
 # navsim config/common/traffic_agents_policy/navsim_IDM_traffic_agents.yaml
@@ -212,25 +212,13 @@ class _OccupancyMap:
             self.geometries[k] = g.simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
 
 
-@dataclass
-class CurrentTrack:
-    token: str
-    type_name: str
-    x: float
-    y: float
-    heading: float
-    length: float
-    width: float
-    vx: float
-    vy: float
-
-    def polygon(self):
-        return _box_polygon(self.x, self.y, self.heading, self.length, self.width)
+def _track_polygon(track: Track):
+    return _box_polygon(track.x, track.y, track.heading, track.length, track.width)
 
 
-def current_tracks(cache: MetricCache) -> List[CurrentTrack]:
+def current_tracks(cache: MetricCache) -> List[Track]:
     """Every object of the current frame (global boxes; velocities of agents)."""
-    return [CurrentTrack(str(tok), str(kind), *map(float, row))
+    return [Track(str(tok), str(kind), *map(float, row))
             for (tok, kind), row in zip(cache.meta["current_tracks"], cache.arrays["current_tracks"], strict=True)]
 
 
@@ -261,7 +249,7 @@ def _true_ego_box(state: np.ndarray):
     return _box_polygon(center[0], center[1], state[S.HEADING], PACIFICA.length, PACIFICA.width)
 
 
-def build_agents(vehicles: Sequence[CurrentTrack], ego_state: np.ndarray, map_api) -> Tuple[Dict[str, IDMAgent],
+def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api) -> Tuple[Dict[str, IDMAgent],
                                                                                             _OccupancyMap]:
     """navsim `build_idm_agents_on_map_rails` (no open-loop detection types)."""
     init = _OccupancyMap({EGO_ID: _true_ego_box(ego_state)})
@@ -331,9 +319,9 @@ class SimulatedObject:
 class _ParkedCandidate:
     """An unsimulated current vehicle and what decides whether it is kept as a parked (static) object."""
 
-    def __init__(self, track: CurrentTrack, map_api):
+    def __init__(self, track: Track, map_api):
         self.track = track
-        self.polygon = track.polygon()
+        self.polygon = _track_polygon(track)
         self.stationary = float(np.hypot(track.vx, track.vy)) < PARKED_SPEED_THRESHOLD
         self.in_lanes = (map_api.is_in_layer((track.x, track.y), SemanticMapLayer.LANE)
                          or map_api.is_in_layer((track.x, track.y), SemanticMapLayer.INTERSECTION))
@@ -403,8 +391,8 @@ def traffic_observation(cache: MetricCache, ego_states: np.ndarray, map_api, pol
         raise ValueError(f"unknown traffic agents policy {policy!r}; use {IDM_POLICY} or {CONSTANT_VELOCITY_POLICY}")
     unique: Dict[str, TrackInfo] = {}
     for t in tracks:
-        unique.setdefault(t.token, TrackInfo(t.type_name in C.AGENT_TYPE_NAMES, t.heading, float(np.hypot(t.vx, t.vy))))
-    maps = [OccupancyMap([t.token for t in tracks] + red[0][0], [t.polygon() for t in tracks] + red[0][1])]
+        unique.setdefault(t.token, TrackInfo(t.is_agent, t.heading, float(np.hypot(t.vx, t.vy))))
+    maps = [OccupancyMap([t.token for t in tracks] + red[0][0], [_track_polygon(t) for t in tracks] + red[0][1])]
     for k, objects in enumerate(simulated, start=1):
         occ = replay[k]
         for token in occ.tokens:
