@@ -49,3 +49,19 @@ def csv_row_problems(ours, expected, continuous_tol: float, discrete_tol: float,
             if np.isnan(a) != np.isnan(b) or (not np.isnan(b) and abs(a - b) > tol):
                 problems.append(f"{token} {col}: ours {a} official {b}")
     return problems
+
+
+def conformance_agent(name: str, root: Path):
+    """The agents of the conformance sets: `human`, `constant_velocity`, or `trajectory_file` replaying
+    `<root>/trajectories.json`."""
+    from navsim_agents.agents.constant_velocity_agent import ConstantVelocityAgent
+    from navsim_agents.agents.human_agent import HumanAgent
+    from navsim_agents.agents.trajectory_file_agent import TrajectoryFileAgent
+
+    if name == "human":
+        return HumanAgent()
+    if name == "constant_velocity":
+        return ConstantVelocityAgent()
+    agent = TrajectoryFileAgent(str(root / "trajectories.json"))
+    agent.initialize()
+    return agent

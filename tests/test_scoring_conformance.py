@@ -7,11 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import conformance_path, csv_row_problems
+from conftest import conformance_agent, conformance_path, csv_row_problems
 
-from navsim_agents.agents.constant_velocity_agent import ConstantVelocityAgent
-from navsim_agents.agents.human_agent import HumanAgent
-from navsim_agents.agents.trajectory_file_agent import TrajectoryFileAgent
 from navsim_agents.data.dataclasses import SceneFilter
 from navsim_agents.data.scene_loader import SceneLoader
 from navsim_agents.scoring import evaluate as E
@@ -39,19 +36,9 @@ def setup(tmp_path_factory):
     return loader, caches
 
 
-def _agent(name: str):
-    if name == "human":
-        return HumanAgent()
-    if name == "constant_velocity":
-        return ConstantVelocityAgent()
-    agent = TrajectoryFileAgent(str(ROOT / "trajectories.json"))
-    agent.initialize()
-    return agent
-
-
 def _scores(setup, agent_name: str, version: str) -> pd.DataFrame:
     loader, caches = setup
-    agent = _agent(agent_name)
+    agent = conformance_agent(agent_name, ROOT)
     runner = PDMScoreRunner(version, human_penalty_filter=version == "v2")
 
     def trajectory(token):

@@ -7,11 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import conformance_path, csv_row_problems
+from conftest import conformance_agent, conformance_path, csv_row_problems
 
-from navsim_agents.agents.constant_velocity_agent import ConstantVelocityAgent
-from navsim_agents.agents.human_agent import HumanAgent
-from navsim_agents.agents.trajectory_file_agent import TrajectoryFileAgent
 from navsim_agents.data.dataclasses import SceneFilter
 from navsim_agents.data.devkit_splits import read_devkit_split
 from navsim_agents.data.scene_loader import SceneLoader
@@ -54,16 +51,6 @@ def setup(tmp_path_factory):
     return loader, tokens, caches, mapping
 
 
-def _agent(name: str):
-    if name == "human":
-        return HumanAgent()
-    if name == "constant_velocity":
-        return ConstantVelocityAgent()
-    agent = TrajectoryFileAgent(str(ROOT / "trajectories.json"))
-    agent.initialize()
-    return agent
-
-
 _RESULTS: dict = {}
 
 
@@ -71,7 +58,7 @@ def _run(setup, name: str):
     if name in _RESULTS:
         return _RESULTS[name]
     loader, tokens, caches, mapping = setup
-    agent = _agent(name)
+    agent = conformance_agent(name, ROOT)
     # the devkit's default: reactive IDM traffic in both stages, the human filter on original scenes only
     runners = {False: TrafficScoreRunner(human_penalty_filter=True, maps_root=str(ROOT / "maps")),
                True: TrafficScoreRunner(human_penalty_filter=False, maps_root=str(ROOT / "maps"))}
