@@ -92,7 +92,9 @@ TWO_STAGE_SUBSET = "two_stage"
 
 
 def _two_stage_world(split: Mapping[str, Any]) -> Path:
-    from navsim_agents.data.navmini_two_stage import ensure_navmini_two_stage  # lazy: generation code is heavy
+    from navsim_agents.data.navmini_two_stage import (
+        ensure_navmini_two_stage,  # lazy: generation code is heavy
+    )
 
     return Path(ensure_navmini_two_stage(split.get("data_root") or None))
 
