@@ -158,6 +158,12 @@ class TwoStageSceneLoader:
             self.synthetic_scenes = filter_synthetic_scenes(synthetic_scenes_path, self._scene_filter, finals)
         else:
             self.synthetic_scenes = {}
+        listed = self._scene_filter.reactive_synthetic_initial_tokens or []
+        missing = [t for t in listed if t not in self.synthetic_scenes]
+        if missing:  # the devkit skips them silently; say so, they leave their two-stage entries incomplete
+            logger.warning("%d reactive synthetic scenes of the split are not loaded (pickle missing or unreadable, "
+                           "or their original scene is not among the loaded ones), e.g. %s", len(missing),
+                           missing[:3])
 
     @property
     def sensor_config(self) -> SensorConfig:
