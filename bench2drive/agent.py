@@ -40,7 +40,8 @@ COMMAND_INDEX = {geo.ROAD_OPTION["LEFT"]: 0, geo.ROAD_OPTION["STRAIGHT"]: 1, geo
                  geo.ROAD_OPTION["RIGHT"]: 2}
 DEFAULTS = {"rig": "rap4", "image_width": 768, "image_height": 432, "planner": "rap", "backbone": {"name": "eupe-t"},
             "planner_config": "small", "checkpoint": None, "device": "cpu", "max_speed_for_throttle": None,
-            "save_metric_info": True}
+            "save_metric_info": True, "seed": 0}
+PLANNERS = ("rap", "constant_velocity")
 
 
 def get_entry_point() -> str:
@@ -92,6 +93,9 @@ def build_planner(cfg: dict):
     if cfg["planner"] == "constant_velocity":
         return ConstantVelocityPlanner()
     if cfg["planner"] == "rap":
+        from eupe.seeding import seed_everything
+
+        seed_everything(int(cfg["seed"]))  # random weights (no checkpoint) follow the run's seed
         try:
             from navsim_agents.agents.rap_agent import RAPAgent as NavsimRAPAgent
         except ImportError as exc:

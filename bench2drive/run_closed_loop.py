@@ -5,6 +5,9 @@
 
 Writes ``<output_dir>/results/part<i>.json`` (leaderboard checkpoint JSON), ``<output_dir>/save/<save_name>/
 metric_info.json`` and ``<output_dir>/metrics.json`` (+ .txt report, .png per-route plot).
+
+``seed=`` (default 0) seeds the planner's construction (its random weights without ``agent.checkpoint``) and the
+embedded simulator's draws; it is recorded in ``metrics.json``: the same seed gives the same numbers.
 """
 
 from __future__ import annotations
@@ -17,13 +20,44 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bench2drive import metrics
+from eupe.atomic_io import atomic_write_text
+from eupe.config_errors import ConfigError, exit_on_run_errors
 from bench2drive.routes import filter_routes, read_routes, split_routes, write_routes
 
 
+SIMULATORS = ("raster", "carla")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the settings before any route is driven (ConfigError naming the setting)."""
+    from bench2drive.agent import PLANNERS
+    from bench2drive.rig import RIGS
+
+    cl = cfg.closed_loop
+    if cl.simulator not in SIMULATORS:
+        raise ConfigError(f"unknown simulator {cl.simulator!r}; use closed_loop=raster or closed_loop=carla")
+    for name, value in (("seed", cfg.seed), ("closed_loop.seed", cl.get("seed", 0))):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name}={value!r} must be a non-negative integer")
+    for name in ("num_parts", "max_ticks"):
+        value = cl.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"closed_loop.{name}={value!r} must be an integer >= 1")
+    if cfg.agent.planner not in PLANNERS:
+        raise ConfigError(f"agent.planner={cfg.agent.planner!r} is unknown; choose one of {', '.join(PLANNERS)}")
+    if cfg.agent.rig not in RIGS:
+        raise ConfigError(f"agent.rig={cfg.agent.rig!r} is unknown; choose one of {', '.join(RIGS)}")
+    if cl.simulator == "raster" and cl.scenario_types:
+        from bench2drive.sim.world import SUPPORTED
+
+        bad = sorted(set(cl.scenario_types) - set(SUPPORTED))
+        if bad:
+            raise ConfigError(f"closed_loop.scenario_types has {bad}, which the embedded simulator does not build; "
+                              f"it builds {sorted(SUPPORTED)} (the others need closed_loop=carla)")
+
+
 def _agent_config(cfg: DictConfig, out: Path) -> Path:
-    path = out / "agent.yaml"
-    path.write_text(OmegaConf.to_yaml(cfg.agent, resolve=True))
-    return path
+    return atomic_write_text(out / "agent.yaml", OmegaConf.to_yaml(cfg.agent, resolve=True))
 
 
 def run_raster(cfg: DictConfig, out: Path) -> str:
@@ -89,16 +123,15 @@ def run_carla(cfg: DictConfig, out: Path) -> str:
     return f"planner: {ck or 'random (no agent.checkpoint)'}; backbone: {cfg.agent.backbone}"
 
 
-@hydra.main(config_path="../configs", config_name="run_closed_loop", version_base=None)
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> dict:
+    """Drive the routes, then compute and write the metrics; returns them."""
+    validate_config(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.closed_loop.simulator == "raster":
         weights = run_raster(cfg, out)
-    elif cfg.closed_loop.simulator == "carla":
-        weights = run_carla(cfg, out)
     else:
-        raise ValueError(f"unknown simulator '{cfg.closed_loop.simulator}'; use closed_loop=raster or carla")
+        weights = run_carla(cfg, out)
     jc = None
     if cfg.closed_loop.simulator == "raster":
         from bench2drive.sim.world import synthetic_junction_completion
@@ -111,11 +144,18 @@ def main(cfg: DictConfig) -> None:
             print(f"Traffic_Signs partial credit skipped: {exc}", flush=True)
     # corrected values come along: the official Driving Score divides by 220 whatever the route set
     m = metrics.evaluate(out / "results", out / "save", out / "routes.xml", corrected=True, junction_completion=jc)
-    m = {"simulator": cfg.closed_loop.simulator, "weights": weights, **m}
-    (out / "metrics.json").write_text(json.dumps(metrics.json_safe(m), indent=2))
-    (out / "metrics.txt").write_text(metrics.format_report(m) + "\n")
+    m = {"simulator": cfg.closed_loop.simulator, "weights": weights, "seed": int(cfg.seed), **m}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics.json_safe(m), indent=2))
+    atomic_write_text(out / "metrics.txt", metrics.format_report(m) + "\n")
     metrics.plot_per_route(m, out / "metrics.png")
     print(metrics.format_report(m))
+    return m
+
+
+@hydra.main(config_path="../configs", config_name="run_closed_loop", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with exit_on_run_errors():
+        run(cfg)
 
 
 if __name__ == "__main__":
