@@ -20,10 +20,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bench2drive import metrics
+from bench2drive.routes import filter_routes, read_routes, split_routes, write_routes
 from eupe.atomic_io import atomic_write_text
 from eupe.config_errors import ConfigError, exit_on_run_errors
-from bench2drive.routes import filter_routes, read_routes, split_routes, write_routes
-
 
 SIMULATORS = ("raster", "carla")
 

@@ -176,7 +176,6 @@ def test_run_closed_loop_raster_entry_point(tmp_path):
 
 
 def test_closed_loop_with_a_random_planner_is_the_same_for_the_same_seed(tmp_path):
-    import json
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
