@@ -44,6 +44,7 @@ DEFAULTS = {"rig": "rap4", "image_width": 768, "image_height": 432, "planner": "
             "save_metric_info": True, "torch_threads": None, "seed": 0,
             # closed-loop robustness (bench2drive/robustness.py): what the agent receives and when plans act
             "corruption": {"name": "none"}, "sensor_fault": {"name": "none"}, "latency": {"mode": "none"}}
+PLANNERS = ("rap", "constant_velocity", "expert")  # expert: the embedded simulator's privileged agent
 
 
 def get_entry_point() -> str:
@@ -102,6 +103,9 @@ def build_planner(cfg: dict):
     if cfg["planner"] == "constant_velocity":
         return ConstantVelocityPlanner()
     if cfg["planner"] == "rap":
+        from eupe.seeding import seed_everything
+
+        seed_everything(int(cfg["seed"]))  # random weights (no checkpoint) follow the run's seed
         try:
             from navsim_agents.agents.rap_agent import RAPAgent as NavsimRAPAgent
         except ImportError as exc:

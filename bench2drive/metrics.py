@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.signal import savgol_filter
 
-from bench2drive.results import ResultsFileError, check_record, load_results
+from bench2drive.results import ResultsFileError, check_record, load_results, non_numeric_scores
 from bench2drive.routes import OFFICIAL_ROUTE_COUNT, Route, read_routes
 
 # tools/ability_benchmark.py Ability (Traffic_Signs repeats some names there; membership is what counts)
@@ -92,6 +92,10 @@ def load_records(results_dir: str | Path) -> list[dict]:
             if missing:
                 raise _fail(f"{path}: record {rd.get('route_id', '?')} lacks {missing}; the run crashed before "
                             f"the leaderboard finished this record: resume that part to fill it")
+            bad = non_numeric_scores(rd)
+            if bad:
+                raise _fail(f"{path}: record {rd.get('route_id', '?')} has non-numeric {bad}; the leaderboard "
+                            f"writes numbers there: rerun that route (resume skips finished ones) or fix the file")
             rd = dict(rd)
             rd.pop("index", None)
             records.append(rd)
@@ -336,6 +340,12 @@ def evaluate(results_dir: str | Path, metric_dir: str | Path, routes_file: str |
                         f"{OFFICIAL_ROUTE_COUNT}: Driving Score and Success Rate divide by {OFFICIAL_ROUTE_COUNT}")
     ab = abilities(records, routes, junction_completion=junction_completion)
     smooth, missing = smoothness(records, metric_dir)
+    if missing:
+        where = "folder not found" if not Path(metric_dir).is_dir() else "metric_info.json missing"
+        warnings.append(f"metric info {metric_dir}: {where} for {len(missing)} of {len(records)} routes "
+                        f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): Smoothness "
+                        f"{'is left out' if len(missing) == len(records) else 'is the mean of the other routes'}; "
+                        "Driving Score, Success Rate, Efficiency and the abilities do not need it")
     crashed = [{"route_id": rid, "scenario_type": st, "status": "Failed - Simulation crashed"}
                for st, rid in ab["crashed"]]
     out = {

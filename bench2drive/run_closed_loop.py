@@ -5,6 +5,15 @@
 
 Writes ``<output_dir>/results/part<i>.json`` (leaderboard checkpoint JSON), ``<output_dir>/save/<save_name>/
 metric_info.json`` and ``<output_dir>/metrics.json`` (+ .txt report, .png per-route plot).
+
+``seed=`` (default 0) seeds the planner's construction (its random weights without ``agent.checkpoint``) and the
+embedded simulator's draws; it is recorded in ``metrics.json``: the same seed gives the same numbers.
+
+Closed-loop robustness (bench2drive/robustness.py): ``corruption=<name> corruption.severity=1..5`` on every
+camera image the agent receives, ``sensor_fault=<name> sensor_fault.severity=1..5``, ``latency=fixed
+latency.ms=N`` or ``latency=measured latency.profile=<row>|live``; ``agent.planner=expert`` drives the embedded
+simulator's privileged expert under the same faults and latency. ``cell.json`` records the settings; a finished
+run (cell.json + metrics.json) is skipped, so a killed multirun reruns only the cells not finished.
 """
 
 from __future__ import annotations
@@ -21,10 +30,41 @@ from bench2drive import metrics
 from bench2drive.progress import RunProgress, estimate_run
 from bench2drive.robustness import Perturbations
 from bench2drive.routes import filter_routes, read_routes, split_routes, write_routes
+from eupe.atomic_io import atomic_write_text
+from eupe.config_errors import ConfigError, exit_on_run_errors
+
+SIMULATORS = ("raster", "carla")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the settings before any route is driven (ConfigError naming the setting)."""
+    from bench2drive.agent import PLANNERS
+    from bench2drive.rig import RIGS
+
+    cl = cfg.closed_loop
+    if cl.simulator not in SIMULATORS:
+        raise ConfigError(f"unknown simulator {cl.simulator!r}; use closed_loop=raster or closed_loop=carla")
+    for name, value in (("seed", cfg.seed), ("closed_loop.seed", cl.get("seed", 0))):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name}={value!r} must be a non-negative integer")
+    for name in ("num_parts", "max_ticks"):
+        value = cl.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"closed_loop.{name}={value!r} must be an integer >= 1")
+    if cfg.agent.planner not in PLANNERS:
+        raise ConfigError(f"agent.planner={cfg.agent.planner!r} is unknown; choose one of {', '.join(PLANNERS)}")
+    if cfg.agent.rig not in RIGS:
+        raise ConfigError(f"agent.rig={cfg.agent.rig!r} is unknown; choose one of {', '.join(RIGS)}")
+    if cl.simulator == "raster" and cl.scenario_types:
+        from bench2drive.sim.world import SUPPORTED
+
+        bad = sorted(set(cl.scenario_types) - set(SUPPORTED))
+        if bad:
+            raise ConfigError(f"closed_loop.scenario_types has {bad}, which the embedded simulator does not build; "
+                              f"it builds {sorted(SUPPORTED)} (the others need closed_loop=carla)")
 
 
 PLANNER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "planner"
-AGENT_PLANNERS = ("rap", "constant_velocity", "expert")
 
 
 def planner_name(planner_config) -> str:
@@ -40,14 +80,17 @@ def planner_name(planner_config) -> str:
 
 
 def validate(cfg: DictConfig) -> Perturbations:
-    """Every closed-loop robustness setting checked before any simulation; one error naming the setting."""
-    if cfg.agent.planner not in AGENT_PLANNERS:
-        raise ValueError(f"agent.planner={cfg.agent.planner!r} is unknown; choose one of {', '.join(AGENT_PLANNERS)}")
+    """Every setting checked before any simulation (ConfigError naming the setting and the allowed values);
+    returns the run's corruption / sensor-fault / latency settings."""
+    validate_config(cfg)
     if cfg.agent.planner == "expert" and cfg.closed_loop.simulator != "raster":
-        raise ValueError("agent.planner=expert is the embedded simulator's privileged expert; use closed_loop=raster")
-    return Perturbations.from_cfg(corruption=cfg.corruption, sensor_fault=cfg.sensor_fault, latency=cfg.latency,
-                                  seed=cfg.agent.seed, backbone=cfg.backbone.name,
-                                  planner_config=planner_name(cfg.agent.planner_config))
+        raise ConfigError("agent.planner=expert is the embedded simulator's privileged expert; use closed_loop=raster")
+    try:
+        return Perturbations.from_cfg(corruption=cfg.corruption, sensor_fault=cfg.sensor_fault, latency=cfg.latency,
+                                      seed=cfg.agent.seed, backbone=cfg.backbone.name,
+                                      planner_config=planner_name(cfg.agent.planner_config))
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from None
 
 
 def cell_description(cfg: DictConfig, perturbations: Perturbations) -> dict:
@@ -69,9 +112,7 @@ def _agent_config(cfg: DictConfig, out: Path, perturbations: Perturbations) -> P
     agent = OmegaConf.to_container(cfg.agent, resolve=True)
     if perturbations.latency.mode == "measured" and not perturbations.latency.live:
         agent["latency"] = {"mode": "fixed", "ms": perturbations.latency.ms}  # the profile's row, resolved once
-    path = out / "agent.yaml"
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(agent)))
-    return path
+    return atomic_write_text(out / "agent.yaml", OmegaConf.to_yaml(OmegaConf.create(agent)))
 
 
 def _warm_up_seconds(planner, cfg: DictConfig) -> float:
@@ -179,16 +220,9 @@ def run_carla(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
     return f"planner: {ck or 'random (no agent.checkpoint)'}; backbone: {cfg.agent.backbone}"
 
 
-@hydra.main(config_path="../configs", config_name="run_closed_loop", version_base=None)
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def run(cfg: DictConfig) -> dict | None:
-    """One closed-loop run (a sweep cell): validate, drive (resuming), score. A finished cell is skipped.
-    Returns the metrics dict."""
-    if cfg.closed_loop.simulator not in ("raster", "carla"):
-        raise ValueError(f"unknown simulator '{cfg.closed_loop.simulator}'; use closed_loop=raster or carla")
+def run(cfg: DictConfig) -> dict:
+    """One closed-loop run (a sweep cell): validate, drive (resuming), score; returns the metrics. A finished
+    cell (its cell.json and metrics.json there) is skipped."""
     perturbations = validate(cfg)  # before any simulation or model is built
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,12 +232,12 @@ def run(cfg: DictConfig) -> dict | None:
         previous = json.loads(cell_path.read_text())
         if previous != cell:
             changed = sorted(k for k in set(cell) | set(previous) if cell.get(k) != previous.get(k))
-            raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); give this run its own "
+            raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)}); give this run its own "
                              "experiment_name (or output_dir) so results of two configurations are not mixed")
         if cfg.resume and (out / "metrics.json").is_file():
             print(f"{out}: this cell is finished (metrics.json); skipped", flush=True)
             return json.loads((out / "metrics.json").read_text())
-    cell_path.write_text(json.dumps(cell, indent=2))
+    atomic_write_text(cell_path, json.dumps(cell, indent=2))
     if cfg.closed_loop.simulator == "raster":
         weights = run_raster(cfg, out, perturbations)
     else:
@@ -220,12 +254,20 @@ def run(cfg: DictConfig) -> dict | None:
             print(f"Traffic_Signs partial credit skipped: {exc}", flush=True)
     # corrected values come along: the official Driving Score divides by 220 whatever the route set
     m = metrics.evaluate(out / "results", out / "save", out / "routes.xml", corrected=True, junction_completion=jc)
-    m = {"simulator": cfg.closed_loop.simulator, "weights": weights, "conditions": perturbations.describe(), **m}
-    (out / "metrics.txt").write_text(metrics.format_report(m) + "\n")
+    m = {"simulator": cfg.closed_loop.simulator, "weights": weights, "seed": int(cfg.seed),
+         "conditions": perturbations.describe(), **m}
+    atomic_write_text(out / "metrics.txt", metrics.format_report(m) + "\n")
     metrics.plot_per_route(m, out / "metrics.png", title=f"{cell['backbone']}: {perturbations.describe()}")
-    (out / "metrics.json").write_text(json.dumps(metrics.json_safe(m), indent=2))  # last: marks the cell finished
+    # last: metrics.json marks the cell finished
+    atomic_write_text(out / "metrics.json", json.dumps(metrics.json_safe(m), indent=2))
     print(metrics.format_report(m))
     return m
+
+
+@hydra.main(config_path="../configs", config_name="run_closed_loop", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with exit_on_run_errors():
+        run(cfg)
 
 
 if __name__ == "__main__":
