@@ -397,7 +397,7 @@ def _f(v: float | None, fmt: str) -> str:
 
 
 def format_report(m: dict) -> str:
-    lines = ["Bench2Drive closed-loop metrics",
+    lines = ["Bench2Drive closed-loop metrics" + (f" ({m['conditions']})" if m.get("conditions") else ""),
              f"  routes evaluated : {m['eval_num']} (denominator {m['denominator']})",
              f"  Driving Score    : {m['driving_score']:.4f}",
              f"  Success Rate     : {100 * m['success_rate']:.2f} %",

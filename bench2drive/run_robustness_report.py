@@ -29,10 +29,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from eupe.config_errors import exit_on_run_errors
 from navsim_agents.run_robustness_report import (
     CLEAN,
     RANDOM_WEIGHTS,
     _markdown,
+    check_same_random_model,
     plot_score_vs_severity,
     summarise,
 )
@@ -134,6 +136,10 @@ def build_report(folders: Sequence[Path], *, out: Path | None = None, baseline: 
     baseline = baseline or backbones[0]
     if baseline not in backbones:
         raise KeyError(f"baseline backbone {baseline!r} is not in the sweep; choose one of {backbones}")
+    # random weights differ per seed: retained DS / CE across seeds would compare different models
+    check_same_random_model(table.assign(
+        random_weights=(table["weights_source"] == RANDOM_WEIGHTS) | (table["planner_weights"] == RANDOM_WEIGHTS),
+        csv=table["cell"] + "/metrics.json"))
     no_latency = table[table["latency_ms"] == 0.0]
     if no_latency.duplicated(["backbone", "corruption", "severity"]).any():
         raise ValueError("two finished cells have the same backbone, condition and severity; keep one per cell")
@@ -174,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help=f"report folder (default <first>/{REPORT_DIR})")
     p.add_argument("--baseline", default=None, help="backbone the CE is relative to (default: the first)")
     a = p.parse_args(argv)
-    result = build_report(a.folders, out=a.out, baseline=a.baseline)
+    with exit_on_run_errors():
+        result = build_report(a.folders, out=a.out, baseline=a.baseline)
     with pd.option_context("display.width", 160, "display.max_columns", 12):
         print(result["summary"][["backbone", "weights_source", "clean_DS", "mean_corrupted_DS", "retained_DS",
                                  "worst_condition", "mCE", "relative_mCE"]].to_string(index=False))

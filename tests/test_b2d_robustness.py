@@ -295,3 +295,23 @@ def test_estimate_and_plot(tmp_path):
     m["per_route"] = [{"route_id": "RouteScenario_3_rep0", "scenario_type": "HardBreakRoute", "town": "Town12",
                        "status": "Completed", "score_composed": 100.0, "success": True}]
     assert metrics.plot_per_route(m, tmp_path / "one.png", title="eupe-t").is_file()
+
+
+def test_progress_bars_show_ticks_completion_and_infractions(tmp_path, capsys):
+    from bench2drive.progress import RunProgress
+    from bench2drive.sim.expert import ExpertAgent
+
+    p = Perturbations.from_cfg(latency={"mode": "fixed", "ms": 3000})
+    agents = []
+
+    def make(name):
+        agents.append(ExpertAgent(p))
+        agents[-1].setup(name)
+        return agents[-1]
+
+    run_routes(synthetic_routes(["HardBreakRoute"], length=60.0), make, checkpoint=tmp_path / "r.json",
+               save_path=tmp_path / "s", on_sim=lambda sim: agents[-1].attach(sim),
+               settings=SimSettings(max_ticks=400, render=False), progress=RunProgress(enabled=True))
+    err = capsys.readouterr().err
+    assert "routes: 100%" in err and "RouteScenario_" in err and "tick" in err
+    assert "RC " in err and "infractions 1" in err and "game " in err  # the collision shows while it drives

@@ -59,6 +59,18 @@ def test_report_numbers_equal_hand_computation(tmp_path):
         run_robustness_report.build_report([root], baseline="c")
 
 
+def test_report_refuses_random_weights_from_two_seeds(tmp_path):
+    from eupe.config_errors import RunFailed
+
+    random = "planner: random (no agent.checkpoint); backbone: random"
+    _cell(tmp_path, "a", "none_s0", 80.0, weights=random)
+    _cell(tmp_path, "a", "fog_s1", 60.0, corruption="fog", severity=1, weights=random)
+    cell = json.loads((tmp_path / "a" / "fog_s1" / "cell.json").read_text())
+    (tmp_path / "a" / "fog_s1" / "cell.json").write_text(json.dumps({**cell, "seed": 1}))
+    with pytest.raises(RunFailed, match="backbone a has random weights"):
+        run_robustness_report.build_report([tmp_path])
+
+
 def _sweep_cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         return compose("run_sweep", overrides=[f"sweep_dir={tmp_path / 'sweep'}", *overrides])
