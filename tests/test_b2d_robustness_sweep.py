@@ -129,3 +129,18 @@ def test_bad_setting_stops_the_entry_point_before_any_simulation(tmp_path):
         with pytest.raises(ValueError, match=message):
             run_closed_loop.run(cfg)
         assert not out.exists()  # nothing started
+
+
+def test_a_cell_folder_is_not_reused_for_other_settings(tmp_path):
+    from eupe.config_errors import ConfigError
+
+    base = [f"output_dir={tmp_path / 'cell'}", "agent.planner=expert", "closed_loop.scenario_types=[HardBreakRoute]",
+            "closed_loop.max_ticks=20", "progress=false"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        first = compose("run_closed_loop", overrides=[*base, "sensor_fault=gnss_noise", "sensor_fault.severity=2"])
+        other = compose("run_closed_loop", overrides=[*base, "sensor_fault=gnss_noise", "sensor_fault.severity=3"])
+    m = run_closed_loop.run(first)
+    assert m["conditions"] == "sensor fault gnss_noise severity 2"
+    assert run_closed_loop.run(first) == json.loads((tmp_path / "cell" / "metrics.json").read_text())  # skipped
+    with pytest.raises(ConfigError, match=r"holds a run with other settings \(fault_severity\)"):
+        run_closed_loop.run(other)
