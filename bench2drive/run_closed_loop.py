@@ -96,8 +96,10 @@ def validate(cfg: DictConfig) -> Perturbations:
 def cell_description(cfg: DictConfig, perturbations: Perturbations) -> dict:
     """What this run is, as the robustness report reads it (cell.json); a finished cell with it is skipped."""
     lat = perturbations.latency
-    return {"simulator": cfg.closed_loop.simulator, "planner": cfg.agent.planner,
-            "backbone": cfg.backbone.name if cfg.agent.planner == "rap" else cfg.agent.planner,
+    backbone = cfg.backbone.name if cfg.agent.planner == "rap" else cfg.agent.planner
+    if cfg.agent.planner == "expert" and lat.profile and not lat.live:  # the expert at a backbone's latency
+        backbone = f"expert@{cfg.backbone.name}-latency"
+    return {"simulator": cfg.closed_loop.simulator, "planner": cfg.agent.planner, "backbone": backbone,
             "backbone_weights": OmegaConf.select(cfg, "backbone.weights", default=None),
             "planner_config": planner_name(cfg.agent.planner_config), "checkpoint": cfg.agent.checkpoint,
             "image": [cfg.agent.image_width, cfg.agent.image_height], "rig": cfg.agent.rig,
