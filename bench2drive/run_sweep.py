@@ -49,7 +49,7 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
                 raise ValueError(f"corruption_set={cfg.corruption_set.name}: cell {c.get('robobev', c.name)} has "
                                  f"kind={c.kind!r}; use 'corruption' or 'sensor_fault'")
             prefix = "" if c.kind == "corruption" else "fault-"
-            for level, severity in c.levels.items():
+            for severity in c.levels.values():
                 for ms in (latencies if cfg.cross_latency else [0.0]):
                     suffix = f"_lat{ms:g}ms" if ms > 0 else ""
                     cells.append(Cell(backbone, f"{prefix}{c.name}_s{severity}{suffix}",

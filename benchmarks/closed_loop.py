@@ -121,9 +121,22 @@ def merge_profile_rows(rows: list[dict], path: Path = LATENCY_PROFILES) -> Path:
     return path
 
 
+def profile_row(backbone: str, planner, features, args, load: float, *, repeats: int = 5) -> dict:
+    """The latency a deployment would see: the planner call out of the loop, median after a warm-up."""
+    ms = time_call(lambda: planner(features), repeats=repeats, warmup=1)
+    w, h = map(int, args.size.split("x"))
+    return {"profile": args.profile, "backbone": backbone, "planner_config": args.planner_config,
+            "image": f"4x{w}x{h}", "latency_ms": f"{ms:.1f}", "where": machine(),
+            "how": f"benchmarks/closed_loop.py: median of {repeats} planner calls (batch 1, fp32, inference mode, "
+                   f"{args.threads} threads, random weights) after a warm-up; load average {load:.1f} at the start",
+            "date": time.strftime("%Y-%m-%d")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--backbones", nargs="*", default=["eupe-t"])
+    p.add_argument("--backbones", nargs="*", default=["eupe-t"], help="driven in the loop, and profiled")
+    p.add_argument("--profile-only", nargs="*", default=[],
+                   help="backbones only timed out of the loop for the latency profile (large ones)")
     p.add_argument("--ticks", type=int, default=400)
     p.add_argument("--size", default="192x108")
     p.add_argument("--planner-config", default="small", help="configs/planner/<name>.yaml")
@@ -148,16 +161,7 @@ def main() -> None:
             rows.append({"planner": f"RAP {bb}", "note": f"skipped: {type(exc).__name__}: {exc}"[:160]})
             continue
         rows.append(row)
-        # the latency a deployment would see: the same call out of the loop, median of 5 after a warm-up
-        ms = time_call(lambda t=timed: t.planner(t.features), repeats=5, warmup=1)
-        w, h = map(int, args.size.split("x"))
-        profile_rows.append({
-            "profile": args.profile, "backbone": bb, "planner_config": args.planner_config,
-            "image": f"4x{w}x{h}", "latency_ms": f"{ms:.1f}",
-            "where": machine(), "how": f"benchmarks/closed_loop.py: median of 5 planner calls (batch 1, fp32, "
-                                       f"inference mode, {args.threads} threads, random weights) after a warm-up; "
-                                       f"load average {load:.1f}",
-            "date": time.strftime("%Y-%m-%d")})
+        profile_rows.append(profile_row(bb, timed.planner, timed.features, args, load))
     keys = ["planner", "corruption", "routes", "ticks", "steps_per_s", "planner_calls", "planner_hz",
             "planner_median_ms", "wall_s_per_route", "note"]
     write_table("closed_loop", keys, [[r.get(k, "") for k in keys] for r in rows],
@@ -168,6 +172,18 @@ def main() -> None:
                        "steps_per_s: simulator ticks per wall second, everything included"])
     if profile_rows and not args.no_profile:
         print(f"latency profile rows merged into {merge_profile_rows(profile_rows)}")
+    w, h = map(int, args.size.split("x"))
+    for bb in args.profile_only:  # each row is merged as soon as it is measured
+        cfg = dict(agent_mod.DEFAULTS, planner="rap", backbone={"name": bb}, planner_config=args.planner_config)
+        planner = agent_mod.build_planner(cfg)
+        a = agent_mod.RAPAgent(planner=planner)
+        a.setup(str(_agent_yaml(Path(tempfile.mkdtemp()), w, h, args)))
+        data = {c.id: (0, np.zeros((c.height, c.width, 4), np.uint8)) for c in a.rig}
+        row = profile_row(bb, planner, a.build_features(data, np.zeros(2), 0.0, 0.0, np.zeros(2), 4), args, load,
+                          repeats=3)
+        print(row)
+        if not args.no_profile:
+            merge_profile_rows([row])
     print(f"results in {RESULTS}")
 
 
