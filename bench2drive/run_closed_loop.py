@@ -156,10 +156,10 @@ def run_raster(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
     print(f"simulator: embedded closed-loop simulator (no CARLA server), cameras: {cl.renderer} renderer; "
           f"{perturbations.describe()}", flush=True)
     expert = cfg.agent.planner == "expert"
+    agent_cfg, _ = agent_mod.load_agent_config(str(conf))
     if expert:
         planner, source, plan_s = None, "privileged scripted expert (no cameras, no network)", 0.0
     else:
-        agent_cfg, _ = agent_mod.load_agent_config(str(conf))
         planner = agent_mod.build_planner(agent_cfg)  # built once, shared by the per-route agents
         source = getattr(planner, "source", "unknown")
         plan_s = _warm_up_seconds(planner, cfg)
@@ -179,7 +179,7 @@ def run_raster(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
         if expert:
             current["agent"].attach(sim)
 
-    cams = build_rig(cfg.agent.rig, width=cfg.agent.image_width, height=cfg.agent.image_height)
+    cams = build_rig(agent_cfg["rig"], width=agent_cfg["image_width"], height=agent_cfg["image_height"])
     settings = SimSettings(rig=[] if expert else cams, max_ticks=cl.max_ticks, render=cl.render and not expert,
                            renderer=cl.renderer, seed=cl.seed)
     from bench2drive.sim.world import RoadPath
