@@ -149,9 +149,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     routes = synthetic_routes(["HardBreakRoute", "VanillaSignalizedTurnEncounterRedLight"], length=80.0)
-    rows = [bench("scripted expert (no sensors)", None, args, routes)[0],
-            bench("constant velocity (rendered cameras)", agent_mod.ConstantVelocityPlanner, args, routes)[0]]
     profile_rows = []
+    if not args.backbones:  # --backbones with no name: only the --profile-only rows (the speed table stays)
+        args.backbones, rows = [], None
+    else:
+        rows = [bench("scripted expert (no sensors)", None, args, routes)[0],
+                bench("constant velocity (rendered cameras)", agent_mod.ConstantVelocityPlanner, args, routes)[0]]
     for bb in args.backbones:
         cfg = dict(agent_mod.DEFAULTS, planner="rap", backbone={"name": bb}, planner_config=args.planner_config)
         try:
@@ -164,12 +167,13 @@ def main() -> None:
         profile_rows.append(profile_row(bb, timed.planner, timed.features, args, load))
     keys = ["planner", "corruption", "routes", "ticks", "steps_per_s", "planner_calls", "planner_hz",
             "planner_median_ms", "wall_s_per_route", "note"]
-    write_table("closed_loop", keys, [[r.get(k, "") for k in keys] for r in rows],
-                title=f"Closed-loop speed (CPU, torch threads {args.threads}, images {args.size}, {args.ticks} ticks "
-                      f"max per route, random weights)",
-                notes=[f"load average (1 min) at the start: {load:.1f} on {os.cpu_count()} cores",
-                       "planner_hz: calls per second of planner time after one warm-up call (not counted); "
-                       "steps_per_s: simulator ticks per wall second, everything included"])
+    if rows is not None:
+        write_table("closed_loop", keys, [[r.get(k, "") for k in keys] for r in rows],
+                    title=f"Closed-loop speed (CPU, torch threads {args.threads}, images {args.size}, {args.ticks} "
+                          f"ticks max per route, random weights)",
+                    notes=[f"load average (1 min) at the start: {load:.1f} on {os.cpu_count()} cores",
+                           "planner_hz: calls per second of planner time after one warm-up call (not counted); "
+                           "steps_per_s: simulator ticks per wall second, everything included"])
     if profile_rows and not args.no_profile:
         print(f"latency profile rows merged into {merge_profile_rows(profile_rows)}")
     w, h = map(int, args.size.split("x"))
