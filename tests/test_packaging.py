@@ -88,7 +88,8 @@ def installed_wheel(tmp_path_factory) -> Path:
                                check=True, capture_output=True, text=True).stdout.strip())
     # the packages of this interpreter (torch, hydra, ...), as plain paths: their .pth files (among them an
     # editable install of this checkout) stay unread, so only the wheel provides eupe-drive
-    (site / "_parent_env.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    parents = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    (site / "_parent_env.pth").write_text("\n".join(parents) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
                     "-q", str(wheel)], check=True, env=_env())
     return python
