@@ -16,8 +16,8 @@ import pytest
 from eupe import config_tree
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = ["navsim_agents/run_pdm_score.py", "navsim_agents/run_training.py",
-                "navsim_agents/run_metric_caching.py", "eupe/run_distill.py", "bench2drive/run_closed_loop.py"]
+LAYERS = ("eupe", "rap_backbone", "navsim_agents", "bench2drive")
+PRIMARY_CONFIGS = sorted(p.stem for p in config_tree.CHECKOUT_CONFIG_DIR.glob("run_*.yaml"))
 
 
 def _pyproject() -> dict:
@@ -38,7 +38,7 @@ def test_every_package_on_disk_is_listed_for_the_wheel():
     listed = set(cfg["packages"])
     mapped = {pkg: REPO / folder for pkg, folder in cfg["package-dir"].items()}
     on_disk = {str(p.parent.relative_to(REPO)).replace(os.sep, ".")
-               for top in ("eupe", "rap_backbone", "navsim_agents", "bench2drive")
+               for top in LAYERS
                for p in (REPO / top).rglob("__init__.py")}
     assert on_disk - listed == set(), "add these packages to [tool.setuptools] packages in pyproject.toml"
     assert mapped == {config_tree.CONFIG_PACKAGE: config_tree.CHECKOUT_CONFIG_DIR}
@@ -46,12 +46,13 @@ def test_every_package_on_disk_is_listed_for_the_wheel():
 
 
 def test_every_entry_point_takes_its_configs_from_the_config_tree():
-    for rel in ENTRY_POINTS:
-        source = (REPO / rel).read_text()
-        decorators = re.findall(r"@hydra\.main\((.*)\)", source)
-        assert decorators and all("config_path=hydra_config_path()" in d for d in decorators), rel
-        stem = Path(rel).stem
-        assert (config_tree.CHECKOUT_CONFIG_DIR / f"{stem}.yaml").is_file(), rel
+    sources = [p for top in LAYERS for p in (REPO / top).rglob("*.py") if "@hydra.main(" in p.read_text()]
+    assert len(sources) >= 5  # run_pdm_score, run_training, run_metric_caching, run_distill, run_closed_loop
+    for path in sources:
+        for args in re.findall(r"@hydra\.main\((.*)\)", path.read_text()):
+            assert "config_path=hydra_config_path()" in args, path
+            name = re.search(r'config_name="([^"]+)"', args).group(1)
+            assert (config_tree.CHECKOUT_CONFIG_DIR / f"{name}.yaml").is_file(), path
 
 
 def test_a_checkout_reads_its_own_configs_folder():
@@ -118,12 +119,12 @@ def test_the_wheel_ships_the_config_tree(installed_wheel, tmp_path):
         "for pkg in ('eupe', 'navsim_agents', 'bench2drive', 'eupe_drive_configs'):\n"
         "    print(importlib.util.find_spec(pkg).origin)\n"
         "with initialize_config_module('eupe_drive_configs', version_base=None):\n"
-        "    for name in ('run_pdm_score', 'run_training', 'run_metric_caching', 'run_distill', 'run_closed_loop'):\n"
+        f"    for name in {PRIMARY_CONFIGS!r}:\n"
         "        print(name, len(compose(name)))\n")
     out = subprocess.run([str(installed_wheel), "-c", code], cwd=tmp_path, env=_env(), check=True,
                          capture_output=True, text=True).stdout.splitlines()
     prefix = str(installed_wheel.parents[1])
-    assert len(out) == 9 and all(line.startswith(prefix) for line in out[:4]), out  # the wheel's copy
+    assert len(out) == 4 + len(PRIMARY_CONFIGS) and all(line.startswith(prefix) for line in out[:4]), out
     assert all(int(line.split()[1]) > 0 for line in out[4:]), out
     assert (installed_wheel.parent / "run_pdm_score").is_file()  # NAVSIM's console script name
 
