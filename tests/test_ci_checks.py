@@ -31,7 +31,7 @@ def suite(pytester, monkeypatch, tmp_path):
 @pytest.mark.parametrize("ci", ["", "true"])
 def test_conformance_skip_is_listed_and_fails_only_under_ci(suite, monkeypatch, ci):
     monkeypatch.setenv("CI", ci)
-    result = suite.runpytest_subprocess("-ra")
+    result = suite.runpytest_inprocess("-ra")
     if ci:
         result.assert_outcomes(failed=1, skipped=1)
         result.stdout.fnmatch_lines(["*CI=true but the conformance data is missing*"])
