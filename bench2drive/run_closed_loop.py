@@ -32,6 +32,7 @@ from bench2drive.robustness import Perturbations
 from bench2drive.routes import filter_routes, read_routes, split_routes, write_routes
 from eupe.atomic_io import atomic_write_text
 from eupe.config_errors import ConfigError, exit_on_run_errors
+from eupe.config_tree import config_dir, hydra_config_path
 
 SIMULATORS = ("raster", "carla")
 
@@ -64,7 +65,6 @@ def validate_config(cfg: DictConfig) -> None:
                               f"it builds {sorted(SUPPORTED)} (the others need closed_loop=carla)")
 
 
-PLANNER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "planner"
 
 
 def planner_name(planner_config) -> str:
@@ -73,7 +73,7 @@ def planner_name(planner_config) -> str:
         return planner_config
     plain = OmegaConf.to_container(planner_config, resolve=True) if isinstance(planner_config, DictConfig) \
         else dict(planner_config)
-    for path in sorted(PLANNER_CONFIGS.glob("*.yaml")):
+    for path in sorted((config_dir() / "planner").glob("*.yaml")):
         if OmegaConf.to_container(OmegaConf.load(path), resolve=True) == plain:
             return path.stem
     return "custom"
@@ -266,7 +266,7 @@ def run(cfg: DictConfig) -> dict:
     return m
 
 
-@hydra.main(config_path="../configs", config_name="run_closed_loop", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_closed_loop", version_base=None)
 def main(cfg: DictConfig) -> None:
     with exit_on_run_errors():
         run(cfg)

@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from eupe.config_tree import config_dir, hydra_config_path
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def cell_config(cell: Cell, sweep_dir: Path) -> dict:
     if GlobalHydra.instance().is_initialized():
         cfg = compose("run_closed_loop", overrides=overrides)
     else:
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
             cfg = compose("run_closed_loop", overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -123,7 +123,7 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
     return results
 
 
-@hydra.main(config_path="../configs", config_name="run_sweep", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_sweep", version_base=None)
 def main(cfg: DictConfig) -> None:
     results = run_sweep(cfg)
     if any(r["status"] != "finished" for r in results):
