@@ -183,7 +183,8 @@ class RAPAgent(AutonomousAgent):
                                                     sensor_fault=self.cfg["sensor_fault"],
                                                     latency=self.cfg["latency"], seed=self.cfg["seed"])
         self.perturb = self.perturbations.for_route(self.save_name, [c.id for c in self.rig],
-                                                    frame_interval_s=PLAN_EVERY * TICK_S)
+                                                    frame_interval_s=PLAN_EVERY * TICK_S,
+                                                    intrinsics={c.id: rig.intrinsics(c) for c in self.rig})
         self.delay = ActionDelay()
         self.pid = pid.PIDController()
         self.step = -1

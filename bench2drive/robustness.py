@@ -218,9 +218,10 @@ class RoutePerturbation:
     """
 
     def __init__(self, corruption: CameraCorruption, fault: SensorFault, camera_ids: Sequence[str], *,
-                 seed: int, key: str, frame_interval_s: float):
+                 seed: int, key: str, frame_interval_s: float, intrinsics: Mapping[str, np.ndarray] | None = None):
         self.corruption, self.fault, self.seed, self.key = corruption, fault, int(seed), key
         self.camera_ids = list(camera_ids)
+        self.intrinsics = dict(intrinsics or {})  # per camera: fog's ground-plane depth, drift's homography
         self.frame_interval_s = frame_interval_s
         lower = {c.lower(): c for c in self.camera_ids}
         if corruption.cameras is None:
@@ -251,7 +252,8 @@ class RoutePerturbation:
             # scene parameters from (seed, route, camera) only: the same dirt, drops and drift every frame
             out = corrupt(rgb, c.name, c.severity, rng=make_rng(self.seed, self.key, cam_id),
                           noise_rng=make_rng(self.seed, self.key, cam_id, f"tick{tick}"),
-                          history=list(self._history[cam_id]), frame_interval_s=self.frame_interval_s)
+                          history=list(self._history[cam_id]), frame_interval_s=self.frame_interval_s,
+                          intrinsics=self.intrinsics.get(cam_id))
             self._history[cam_id].append(rgb)
         if self.fault.name == "camera_crash" and cam_id == self.crashed:
             return np.zeros_like(out)
@@ -334,10 +336,10 @@ class Perturbations:
                    latency=Latency.from_cfg(latency, backbone=backbone, planner_config=planner_config),
                    seed=int(seed))
 
-    def for_route(self, save_name: str | None, camera_ids: Sequence[str], *, frame_interval_s: float
-                  ) -> RoutePerturbation:
+    def for_route(self, save_name: str | None, camera_ids: Sequence[str], *, frame_interval_s: float,
+                  intrinsics: Mapping[str, np.ndarray] | None = None) -> RoutePerturbation:
         return RoutePerturbation(self.corruption, self.fault, camera_ids, seed=self.seed, key=route_key(save_name),
-                                 frame_interval_s=frame_interval_s)
+                                 frame_interval_s=frame_interval_s, intrinsics=intrinsics)
 
     def describe(self) -> str:
         parts = []

@@ -60,7 +60,10 @@ def _input(images: dict, speed: float = 5.0) -> dict:
 
 def test_corruption_reaches_the_planner_pixel_for_pixel_and_stays_over_frames(tmp_path):
     key = "RouteScenario_7_rep0_Town01_X_0"  # the save name without the evaluator's time stamp
-    for name in ("rain", "lens_dirt"):
+    from bench2drive import rig
+
+    k = {c.id: rig.intrinsics(c) for c in rig.build_rig("rap4", width=W, height=H)}
+    for name in ("rain", "lens_dirt", "fog"):  # fog: the rig camera's ground-plane depth from its intrinsics
         cap = Capture()
         a = _agent(tmp_path, cap, f"corruption: {{name: {name}, severity: 3}}\n")
         history = {cam: [] for cam in ("CAM_B0", "CAM_F0", "CAM_L0", "CAM_R0")}
@@ -72,7 +75,7 @@ def test_corruption_reaches_the_planner_pixel_for_pixel_and_stays_over_frames(tm
             for i, cam in enumerate(("CAM_B0", "CAM_F0", "CAM_L0", "CAM_R0")):  # the rig's planner order
                 expected = corrupt(clean[cam], name, 3, rng=make_rng(3, key, cam),
                                    noise_rng=make_rng(3, key, cam, f"tick{tick}"), history=history[cam],
-                                   frame_interval_s=0.5)
+                                   frame_interval_s=0.5, intrinsics=k[cam])
                 history[cam].append(clean[cam])
                 want = preprocess_image(expected, scale=1.0)
                 got = cap.features[n]["camera_feature"][0, i].numpy()
