@@ -17,6 +17,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from eupe.config_tree import hydra_config_path
+
 logger = logging.getLogger("run_create_submission_pickle")
 
 
@@ -50,7 +52,7 @@ def create_submission(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(config_path="../configs", config_name="run_create_submission_pickle", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_create_submission_pickle", version_base=None)
 def main(cfg: DictConfig) -> None:
     create_submission(cfg)
 
