@@ -9,7 +9,7 @@ rap_backbone.planner is importable; rows that cannot be built are reported as sk
 from __future__ import annotations
 
 import argparse
-import csv
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +21,9 @@ from bench2drive.rig import build_rig
 from bench2drive.sim.expert import ScriptedExpert
 from bench2drive.sim.simulator import SimSettings, run_routes
 from bench2drive.sim.world import synthetic_routes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_table  # noqa: E402
 
 
 class Timed:
@@ -82,22 +85,10 @@ def main() -> None:
             rows.append({"planner": f"RAP {bb}", "routes": 0, "ticks": 0, "steps_per_s": float("nan"),
                          "planner_hz": float("nan"), "wall_s_per_route": float("nan"),
                          "note": f"skipped: {type(exc).__name__}: {exc}"[:160]})
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
     keys = ["planner", "routes", "ticks", "steps_per_s", "planner_hz", "wall_s_per_route", "note"]
-    with open(out / "closed_loop.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=keys)
-        wr.writeheader()
-        wr.writerows(rows)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{r.get(k, ''):.2f}" if isinstance(r.get(k), float) else str(r.get(k, ""))
-                                       for k in keys) + " |")
-    table = "\n".join(lines)
-    (out / "closed_loop.md").write_text(
-        f"# Closed-loop speed (CPU, torch threads {torch.get_num_threads()}, images {args.size}, "
-        f"{args.ticks} ticks max per route, random weights)\n\n{table}\n")
-    print(table)
+    write_table("closed_loop", keys, [[r.get(k, "") for k in keys] for r in rows],
+                title=f"Closed-loop speed (CPU, torch threads {torch.get_num_threads()}, images {args.size}, "
+                      f"{args.ticks} ticks max per route, random weights)")
 
 
 if __name__ == "__main__":
