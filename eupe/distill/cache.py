@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from eupe.atomic_io import atomic_path, atomic_write_text
 from eupe.distill.data import AugmentConfig, DistillImageDataset
 
 CACHE_FORMAT = "eupe-teacher-cache"
@@ -40,9 +41,7 @@ class TeacherCacheError(ValueError):
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 class CacheWriter:
@@ -115,9 +114,8 @@ class CacheWriter:
         for key in self._buf[0]:
             if "/" in key:
                 tensors[key] = torch.stack([r[key] for r in self._buf]).contiguous()
-        tmp = self.root / (name + ".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(self.root / name)
+        with atomic_path(self.root / name) as tmp:
+            save_file(tensors, str(tmp))
         self.manifest["shards"].append({"file": name, "rows": len(self._buf), "grid": self._grid, "size": self._size})
         self.manifest["positions_done"] = self._position
         _write_json(self.root / MANIFEST, self.manifest)
