@@ -94,3 +94,28 @@ def test_finished_stage_folder_is_not_rewritten_by_another_configuration(tmp_pat
         assert json.loads((stage / "config.json").read_text())["distill"]["optim"]["lr"] == 0.1
     finally:
         logging.disable(logging.NOTSET)
+
+
+def test_damaged_teacher_cache_shard_is_named_then_rebuilt_to_the_same_bytes(tmp_path):
+    import pytest
+
+    from eupe import run_distill
+    from eupe.distill.cache import TeacherCache, TeacherCacheError
+
+    logging.disable(logging.WARNING)
+    try:
+        cfg = _cfg(f"stages_root={tmp_path}", "cache=build", "distill.batch_size=8", "cache_shard_rows=8",
+                   "distill.data.sources.0.num_images=32")
+        run_distill.build_cache(cfg)
+        shards = sorted((tmp_path / "cache" / "tiny_cpu").glob("shard-*.safetensors"))
+        assert len(shards) == 4
+        original = {p.name: p.read_bytes() for p in shards}
+        shards[2].write_bytes(original[shards[2].name][:200])
+        with pytest.raises(TeacherCacheError, match=r"shard-00002.safetensors cannot be read .*cache=build again"):
+            TeacherCache(tmp_path / "cache" / "tiny_cpu")
+        torch.rand(5)  # another global RNG state: the rebuilt rows must not depend on it
+        run_distill.build_cache(cfg)
+        assert {p.name: p.read_bytes() for p in shards} == original
+        assert len(TeacherCache(tmp_path / "cache" / "tiny_cpu").shards) == 4
+    finally:
+        logging.disable(logging.NOTSET)
