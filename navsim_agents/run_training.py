@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from eupe.atomic_io import atomic_path, atomic_write_text
-from eupe.config_errors import exit_on_run_errors
+from eupe.config_errors import RunFailed, exit_on_run_errors
 
 logger = logging.getLogger(__name__)
 
@@ -291,8 +291,19 @@ def _loggers(output_dir: Path) -> list:
     return loggers
 
 
+def validate_config(cfg: DictConfig) -> None:
+    """Check the settings before any work (ConfigError naming the setting)."""
+    from navsim_agents import config_checks
+
+    config_checks.check_seed(cfg.seed)
+    config_checks.check_split(cfg.split, need_maps=bool(cfg.score_supervision))
+    if cfg.get("val_split"):
+        config_checks.check_split(cfg.val_split, need_maps=False)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns paths and counts (for scripts and tests)."""
+    validate_config(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -316,7 +327,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.info("added %d augmented samples (recovery perturbation / cross-agent views)", added)
     failed_path = atomic_write_text(output_dir / "failed_tokens.json", json.dumps(train_data.failed, indent=1))
     if len(train_data) == 0:
-        raise RuntimeError(f"no trainable tokens in split {cfg.split.data_split}; see {failed_path}")
+        raise RunFailed(f"no trainable tokens in split {cfg.split.data_split}; see {failed_path}")
     logger.info("%d training tokens (%d failed, see %s)", len(train_data), len(train_data.failed), failed_path)
 
     val_loader = None

@@ -47,3 +47,15 @@ def test_the_run_ends_with_the_checkpoint_and_the_command_that_scores_it(tmp_pat
                                            "agent.image_scale=0.1", "trainer.max_epochs=3", "split=navmini_train"])
     assert text == (f"checkpoint: {ckpt}\nscore it: python navsim_agents/run_pdm_score.py backbone=eupe-s "
                     f"+backbone.overrides.depth=2 planner=tiny agent.image_scale=0.1 agent.checkpoint={ckpt}")
+
+
+def test_bad_training_settings_stop_before_any_work(tmp_path):
+    import pytest
+
+    from eupe.config_errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"max_scenes=0 must be an integer >= 1"):
+        run_training.train(_cfg(tmp_path / "o", tmp_path / "c", "split.scene_filter.max_scenes=0"))
+    with pytest.raises(ConfigError, match=r"seed=-2 must be a non-negative integer"):
+        run_training.train(_cfg(tmp_path / "o", tmp_path / "c", "seed=-2"))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
