@@ -292,7 +292,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"cache={cfg.cache!r} unknown; use one of {', '.join(CACHE_MODES)}")
     seed = cfg.distill.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"distill.seed={seed!r} must be a non-negative integer")
+        raise ConfigError(f"seed={seed!r} must be a non-negative integer")
     check_output_folder(cfg)
 
 
