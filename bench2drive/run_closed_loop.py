@@ -8,6 +8,12 @@ metric_info.json`` and ``<output_dir>/metrics.json`` (+ .txt report, .png per-ro
 
 ``seed=`` (default 0) seeds the planner's construction (its random weights without ``agent.checkpoint``) and the
 embedded simulator's draws; it is recorded in ``metrics.json``: the same seed gives the same numbers.
+
+Closed-loop robustness (bench2drive/robustness.py): ``corruption=<name> corruption.severity=1..5`` on every
+camera image the agent receives, ``sensor_fault=<name> sensor_fault.severity=1..5``, ``latency=fixed
+latency.ms=N`` or ``latency=measured latency.profile=<row>|live``; ``agent.planner=expert`` drives the embedded
+simulator's privileged expert under the same faults and latency. ``cell.json`` records the settings; a finished
+run (cell.json + metrics.json) is skipped, so a killed multirun reruns only the cells not finished.
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from bench2drive import agent as agent_mod
 from bench2drive import metrics
+from bench2drive.progress import RunProgress, estimate_run
+from bench2drive.robustness import Perturbations
 from bench2drive.routes import filter_routes, read_routes, split_routes, write_routes
 from eupe.atomic_io import atomic_write_text
 from eupe.config_errors import ConfigError, exit_on_run_errors
+from eupe.config_tree import config_dir, hydra_config_path
 
 SIMULATORS = ("raster", "carla")
 
@@ -55,13 +65,78 @@ def validate_config(cfg: DictConfig) -> None:
                               f"it builds {sorted(SUPPORTED)} (the others need closed_loop=carla)")
 
 
-def _agent_config(cfg: DictConfig, out: Path) -> Path:
-    return atomic_write_text(out / "agent.yaml", OmegaConf.to_yaml(cfg.agent, resolve=True))
 
 
-def run_raster(cfg: DictConfig, out: Path) -> str:
-    from bench2drive import agent as agent_mod
+def planner_name(planner_config) -> str:
+    """The configs/planner/<name>.yaml a planner config is (a name, or the group's content), else 'custom'."""
+    if isinstance(planner_config, str):
+        return planner_config
+    plain = OmegaConf.to_container(planner_config, resolve=True) if isinstance(planner_config, DictConfig) \
+        else dict(planner_config)
+    for path in sorted((config_dir() / "planner").glob("*.yaml")):
+        if OmegaConf.to_container(OmegaConf.load(path), resolve=True) == plain:
+            return path.stem
+    return "custom"
+
+
+def validate(cfg: DictConfig) -> Perturbations:
+    """Every setting checked before any simulation (ConfigError naming the setting and the allowed values);
+    returns the run's corruption / sensor-fault / latency settings."""
+    validate_config(cfg)
+    if cfg.agent.planner == "expert" and cfg.closed_loop.simulator != "raster":
+        raise ConfigError("agent.planner=expert is the embedded simulator's privileged expert; use closed_loop=raster")
+    try:
+        return Perturbations.from_cfg(corruption=cfg.corruption, sensor_fault=cfg.sensor_fault, latency=cfg.latency,
+                                      seed=cfg.agent.seed, backbone=cfg.backbone.name,
+                                      planner_config=planner_name(cfg.agent.planner_config))
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def cell_description(cfg: DictConfig, perturbations: Perturbations) -> dict:
+    """What this run is, as the robustness report reads it (cell.json); a finished cell with it is skipped."""
+    lat = perturbations.latency
+    backbone = cfg.backbone.name if cfg.agent.planner == "rap" else cfg.agent.planner
+    if cfg.agent.planner == "expert" and lat.profile and not lat.live:  # the expert at a backbone's latency
+        backbone = f"expert@{cfg.backbone.name}-latency"
+    return {"simulator": cfg.closed_loop.simulator, "planner": cfg.agent.planner, "backbone": backbone,
+            "backbone_weights": OmegaConf.select(cfg, "backbone.weights", default=None),
+            "planner_config": planner_name(cfg.agent.planner_config), "checkpoint": cfg.agent.checkpoint,
+            "image": [cfg.agent.image_width, cfg.agent.image_height], "rig": cfg.agent.rig,
+            "corruption": perturbations.corruption.name, "severity": perturbations.corruption.severity,
+            "sensor_fault": perturbations.fault.name, "fault_severity": perturbations.fault.severity,
+            "latency": lat.mode, "latency_ms": None if lat.live else lat.ms, "latency_profile": lat.profile,
+            "seed": perturbations.seed,
+            "routes": OmegaConf.to_container(cfg.closed_loop, resolve=True)}
+
+
+def _agent_config(cfg: DictConfig, out: Path, perturbations: Perturbations) -> Path:
+    agent = OmegaConf.to_container(cfg.agent, resolve=True)
+    if perturbations.latency.mode == "measured" and not perturbations.latency.live:
+        agent["latency"] = {"mode": "fixed", "ms": perturbations.latency.ms}  # the profile's row, resolved once
+    return atomic_write_text(out / "agent.yaml", OmegaConf.to_yaml(OmegaConf.create(agent)))
+
+
+def _warm_up_seconds(planner, cfg: DictConfig) -> float:
+    """One planner call on blank sensors (so the first route does not pay torch's start-up) and its time, for
+    the run's estimate."""
+    import time
+
+    import numpy as np
+
+    a = agent_mod.RAPAgent(planner=planner)
+    a.setup(str(Path(cfg.output_dir) / "agent.yaml"))
+    data = {c.id: (0, np.zeros((c.height, c.width, 4), np.uint8)) for c in a.rig}
+    feats = a.build_features(data, np.zeros(2), 0.0, 0.0, np.zeros(2), 4)
+    planner(feats)
+    t0 = time.perf_counter()
+    planner(feats)
+    return time.perf_counter() - t0
+
+
+def run_raster(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
     from bench2drive.rig import build_rig
+    from bench2drive.sim.expert import ExpertAgent
     from bench2drive.sim.simulator import SimSettings, run_routes
     from bench2drive.sim.world import SUPPORTED, synthetic_routes
 
@@ -77,26 +152,51 @@ def run_raster(cfg: DictConfig, out: Path) -> str:
     else:
         routes = synthetic_routes(list(cl.scenario_types) if cl.scenario_types else None, length=cl.route_length)
     write_routes(routes, out / "routes.xml")
-    conf = _agent_config(cfg, out)
-    print(f"simulator: embedded closed-loop simulator (no CARLA server), cameras: {cl.renderer} renderer")
+    conf = _agent_config(cfg, out, perturbations)
+    print(f"simulator: embedded closed-loop simulator (no CARLA server), cameras: {cl.renderer} renderer; "
+          f"{perturbations.describe()}", flush=True)
+    expert = cfg.agent.planner == "expert"
     agent_cfg, _ = agent_mod.load_agent_config(str(conf))
-    planner = agent_mod.build_planner(agent_cfg)  # built once, shared by the per-route agents
+    if expert:
+        planner, source, plan_s = None, "privileged scripted expert (no cameras, no network)", 0.0
+    else:
+        planner = agent_mod.build_planner(agent_cfg)  # built once, shared by the per-route agents
+        source = getattr(planner, "source", "unknown")
+        plan_s = _warm_up_seconds(planner, cfg)
+    current: dict = {}
 
     def make(save_name: str):
+        if expert:
+            a = ExpertAgent(perturbations)
+            a.setup(save_name)
+            current["agent"] = a
+            return a
         a = agent_mod.RAPAgent(planner=planner)
         a.setup(f"{conf}+{save_name}")
         return a
 
-    cams = build_rig(cfg.agent.rig, width=cfg.agent.image_width, height=cfg.agent.image_height)
-    settings = SimSettings(rig=cams, max_ticks=cl.max_ticks, render=cl.render, renderer=cl.renderer, seed=cl.seed)
+    def on_sim(sim) -> None:
+        if expert:
+            current["agent"].attach(sim)
+
+    cams = build_rig(agent_cfg["rig"], width=agent_cfg["image_width"], height=agent_cfg["image_height"])
+    settings = SimSettings(rig=[] if expert else cams, max_ticks=cl.max_ticks, render=cl.render and not expert,
+                           renderer=cl.renderer, seed=cl.seed)
+    from bench2drive.sim.world import RoadPath
+
+    est = estimate_run([RoadPath(r.waypoints).length for r in routes], max_ticks=cl.max_ticks,
+                       tick_s=0.002 if expert else 0.01, plan_s=plan_s, plan_every=agent_mod.PLAN_EVERY)
+    print(est.describe() + (f" (planner call {plan_s * 1000:.0f} ms after warm-up)" if not expert else ""),
+          flush=True)
+    progress = RunProgress(enabled=bool(cfg.progress))
     for i, part in enumerate(split_routes(routes, cl.num_parts)):
         if part:
             run_routes(part, make, checkpoint=out / "results" / f"part{i}.json", save_path=out / "save",
-                       resume=cfg.resume, settings=settings)
-    return getattr(planner, "source", "unknown")
+                       resume=cfg.resume, settings=settings, on_sim=on_sim, progress=progress)
+    return source
 
 
-def run_carla(cfg: DictConfig, out: Path) -> str:
+def run_carla(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
     from bench2drive.carla_runner import PartJob, require_roots, run_parts
 
     cl = cfg.closed_loop
@@ -105,7 +205,7 @@ def run_carla(cfg: DictConfig, out: Path) -> str:
     routes = filter_routes(routes, scenario_types=list(cl.scenario_types) if cl.scenario_types else None,
                            towns=list(cl.towns) if cl.towns else None)
     write_routes(routes, out / "routes.xml")
-    conf = _agent_config(cfg, out)
+    conf = _agent_config(cfg, out, perturbations)
     jobs = []
     for i, part in enumerate(split_routes(routes, cl.num_parts)):
         if not part:
@@ -123,14 +223,27 @@ def run_carla(cfg: DictConfig, out: Path) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Drive the routes, then compute and write the metrics; returns them."""
-    validate_config(cfg)
+    """One closed-loop run (a sweep cell): validate, drive (resuming), score; returns the metrics. A finished
+    cell (its cell.json and metrics.json there) is skipped."""
+    perturbations = validate(cfg)  # before any simulation or model is built
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cell = metrics.json_safe(cell_description(cfg, perturbations))
+    cell_path = out / "cell.json"
+    if cell_path.is_file():
+        previous = json.loads(cell_path.read_text())
+        if previous != cell:
+            changed = sorted(k for k in set(cell) | set(previous) if cell.get(k) != previous.get(k))
+            raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)}); give this run its own "
+                             "experiment_name (or output_dir) so results of two configurations are not mixed")
+        if cfg.resume and (out / "metrics.json").is_file():
+            print(f"{out}: this cell is finished (metrics.json); skipped", flush=True)
+            return json.loads((out / "metrics.json").read_text())
+    atomic_write_text(cell_path, json.dumps(cell, indent=2))
     if cfg.closed_loop.simulator == "raster":
-        weights = run_raster(cfg, out)
+        weights = run_raster(cfg, out, perturbations)
     else:
-        weights = run_carla(cfg, out)
+        weights = run_carla(cfg, out, perturbations)
     jc = None
     if cfg.closed_loop.simulator == "raster":
         from bench2drive.sim.world import synthetic_junction_completion
@@ -143,15 +256,17 @@ def run(cfg: DictConfig) -> dict:
             print(f"Traffic_Signs partial credit skipped: {exc}", flush=True)
     # corrected values come along: the official Driving Score divides by 220 whatever the route set
     m = metrics.evaluate(out / "results", out / "save", out / "routes.xml", corrected=True, junction_completion=jc)
-    m = {"simulator": cfg.closed_loop.simulator, "weights": weights, "seed": int(cfg.seed), **m}
-    atomic_write_text(out / "metrics.json", json.dumps(metrics.json_safe(m), indent=2))
+    m = {"simulator": cfg.closed_loop.simulator, "weights": weights, "seed": int(cfg.seed),
+         "conditions": perturbations.describe(), **m}
     atomic_write_text(out / "metrics.txt", metrics.format_report(m) + "\n")
-    metrics.plot_per_route(m, out / "metrics.png")
+    metrics.plot_per_route(m, out / "metrics.png", title=f"{cell['backbone']}: {perturbations.describe()}")
+    # last: metrics.json marks the cell finished
+    atomic_write_text(out / "metrics.json", json.dumps(metrics.json_safe(m), indent=2))
     print(metrics.format_report(m))
     return m
 
 
-@hydra.main(config_path="../configs", config_name="run_closed_loop", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_closed_loop", version_base=None)
 def main(cfg: DictConfig) -> None:
     with exit_on_run_errors():
         run(cfg)

@@ -34,6 +34,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from eupe.atomic_io import atomic_write_text
 from eupe.config_errors import ConfigError, exit_on_run_errors
+from eupe.config_tree import hydra_config_path
 from eupe.distill.cache import CachedDistillDataset, CachePlan, CacheWriter, TeacherCache
 from eupe.distill.data import (
     AugmentConfig,
@@ -317,7 +318,7 @@ def run(cfg: DictConfig) -> Path:
     return export
 
 
-@hydra.main(config_path="../configs", config_name="run_distill", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_distill", version_base=None)
 def main(cfg: DictConfig) -> None:
     with exit_on_run_errors():
         run(cfg)

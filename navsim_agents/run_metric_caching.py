@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from eupe.config_errors import RunFailed, exit_on_run_errors
+from eupe.config_tree import hydra_config_path
 from navsim_agents import config_checks
 from navsim_agents.scoring import evaluate as E
 
@@ -57,7 +58,7 @@ def run(cfg: DictConfig) -> dict:
     return stats
 
 
-@hydra.main(config_path="../configs", config_name="run_metric_caching", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_metric_caching", version_base=None)
 def main(cfg: DictConfig) -> None:
     with exit_on_run_errors():
         run(cfg)

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eupe.atomic_io import atomic_path, atomic_write_text
 from eupe.config_errors import ConfigError, RunFailed, exit_on_run_errors
+from eupe.config_tree import hydra_config_path
 from eupe.seeding import derive_seed, seed_everything
 from navsim_agents import config_checks
 from navsim_agents.scoring import evaluate as E
@@ -262,7 +263,7 @@ def run(cfg: DictConfig) -> Path:
     return csv_path
 
 
-@hydra.main(config_path="../configs", config_name="run_pdm_score", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_pdm_score", version_base=None)
 def main(cfg: DictConfig) -> None:
     with exit_on_run_errors():
         run(cfg)

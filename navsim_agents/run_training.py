@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from eupe.atomic_io import atomic_path, atomic_write_text
 from eupe.config_errors import RunFailed, exit_on_run_errors
+from eupe.config_tree import hydra_config_path
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "failed": train_data.failed, "trainer": trainer, "module": module}
 
 
-@hydra.main(config_path="../configs", config_name="run_training", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_training", version_base=None)
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -380,7 +381,7 @@ def where_it_is(checkpoint: Path, overrides: Sequence[str]) -> str:
     command's overrides that decide the model)."""
     model = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] in MODEL_OVERRIDES
              and not o.startswith("agent.checkpoint=")]
-    command = ["python", "navsim_agents/run_pdm_score.py", *model, f"agent.checkpoint={Path(checkpoint).resolve()}"]
+    command = ["python", "-m", "navsim_agents.run_pdm_score", *model, f"agent.checkpoint={Path(checkpoint).resolve()}"]
     return f"checkpoint: {checkpoint}\nscore it: {' '.join(command)}"
 
 

@@ -45,7 +45,7 @@ def test_the_run_ends_with_the_checkpoint_and_the_command_that_scores_it(tmp_pat
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     text = run_training.where_it_is(ckpt, ["backbone=eupe-s", "+backbone.overrides.depth=2", "planner=tiny",
                                            "agent.image_scale=0.1", "trainer.max_epochs=3", "split=navmini_train"])
-    assert text == (f"checkpoint: {ckpt}\nscore it: python navsim_agents/run_pdm_score.py backbone=eupe-s "
+    assert text == (f"checkpoint: {ckpt}\nscore it: python -m navsim_agents.run_pdm_score backbone=eupe-s "
                     f"+backbone.overrides.depth=2 planner=tiny agent.image_scale=0.1 agent.checkpoint={ckpt}")
 
 
