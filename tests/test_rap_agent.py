@@ -166,10 +166,10 @@ def test_raster_to_real_training_step(agent):
 def test_checkpoint_of_another_planner_size_or_not_a_checkpoint_is_named(tmp_path):
     from omegaconf import OmegaConf
 
-    from navsim_agents.agents.rap_agent import PLANNER_CONFIG_DIR
+    from eupe.config_tree import config_file
 
-    tiny = OmegaConf.to_container(OmegaConf.load(PLANNER_CONFIG_DIR / "tiny.yaml"))
-    small = OmegaConf.to_container(OmegaConf.load(PLANNER_CONFIG_DIR / "small.yaml"))
+    tiny = OmegaConf.to_container(OmegaConf.load(config_file("planner", "tiny")))
+    small = OmegaConf.to_container(OmegaConf.load(config_file("planner", "small")))
     writer = RAPAgent(backbone=TINY_BACKBONE, planner="tiny")
     path = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": {f"agent.{k}": v for k, v in writer.state_dict().items()}}, path)

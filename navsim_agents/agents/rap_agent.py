@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eupe.config_tree import config_file
+from eupe.config_tree import config_dir, config_file
 from navsim_agents.agents.rap_features import (
     CAMERA_NAMES,
     RAP_IMAGE_SCALE,
@@ -141,7 +141,7 @@ def _planner_groups_of(sizes: Mapping[str, int]) -> str:
     """``planner=<name>`` of the configs/planner/*.yaml with these sizes, or a note that none has them."""
     from omegaconf import OmegaConf
 
-    names = [p.stem for p in sorted(PLANNER_CONFIG_DIR.glob("*.yaml"))
+    names = [p.stem for p in sorted((config_dir() / "planner").glob("*.yaml"))
              if all(OmegaConf.load(p).get(k) == v for k, v in sizes.items())]
     return " or ".join(f"planner={n}" for n in names) if names else "no configs/planner/*.yaml has these sizes"
 
