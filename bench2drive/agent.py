@@ -22,6 +22,7 @@ import numpy as np
 
 from bench2drive import geo, pid, rig
 from bench2drive.robustness import TICK_S, ActionDelay, Perturbations
+from eupe.atomic_io import atomic_write_text
 from navsim_agents.agents.rap_features import preprocess_image
 
 try:  # the leaderboard is importable only inside a Bench2Drive checkout (BENCH2DRIVE_ROOT on PYTHONPATH)
@@ -313,5 +314,5 @@ class RAPAgent(AutonomousAgent):
             throttle = 0.0
         if self.cfg["save_metric_info"] and self.save_dir is not None and getattr(self, "hero_actor", None):
             self.metric_info[self.step] = self.get_metric_info()
-            (self.save_dir / "metric_info.json").write_text(json.dumps(self.metric_info, indent=4))
+            atomic_write_text(self.save_dir / "metric_info.json", json.dumps(self.metric_info, indent=4))
         return make_control(steer, throttle, brake)

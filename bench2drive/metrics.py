@@ -23,6 +23,7 @@ from scipy.signal import savgol_filter
 
 from bench2drive.results import ResultsFileError, check_record, load_results, non_numeric_scores
 from bench2drive.routes import OFFICIAL_ROUTE_COUNT, Route, read_routes
+from eupe.atomic_io import atomic_write_text
 
 # tools/ability_benchmark.py Ability (Traffic_Signs repeats some names there; membership is what counts)
 ABILITIES = {
@@ -466,9 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = evaluate(a.results, a.metric_info, a.routes, corrected=a.corrected, junction_completion=jc)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_safe(m), indent=2))
+    atomic_write_text(out, json.dumps(json_safe(m), indent=2))
     report = format_report(m)
-    out.with_suffix(".txt").write_text(report + "\n")
+    atomic_write_text(out.with_suffix(".txt"), report + "\n")
     plot_per_route(m, out.with_suffix(".png"))
     print(report)
     return 0

@@ -152,7 +152,7 @@ def main() -> None:
     except ImportError:
         rows.append(["scoring a cached scene, EPDMS", "Ray, 2 workers", "not run: ray not installed", "-", "-"])
     load = os.getloadavg()[0]
-    write_table("scoring", ["what", "worker", "wall time", "CPU time", "target"], rows,
+    write_table("scoring", ["what", "worker", "wall time", "CPU time", "target"], rows, key_columns=2,
                 title=f"NAVSIM scorer speed ({name}, {len(tokens)} scenes)",
                 notes=[f"machine load average during the run: {load:.1f} (shared machine; numbers scale with it)",
                        "agent: constant velocity; the cache load from disk is included in the scoring time",
