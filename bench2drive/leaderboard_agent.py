@@ -170,18 +170,10 @@ class BridgeAgent(AutonomousAgent):
 
     # ---------------------------------------------------------------- leaderboard API
     def setup(self, path_to_conf_file):
-        conf, self.save_name = path_to_conf_file, None
+        self.conf_path, self.save_name = path_to_conf_file, None
         if "+" in path_to_conf_file:
-            conf, self.save_name = path_to_conf_file.rsplit("+", 1)
-        try:
-            with open(conf) as f:
-                self.cfg = json.load(f)
-        except (IOError, OSError, ValueError) as exc:
-            raise BridgeError("config", "bridge client config {} cannot be read ({}); it is the JSON that "
-                                        "planner_server --client-config writes".format(conf, exc))
-        missing = [k for k in ("host", "port", "sensors", "config_digest") if k not in self.cfg]
-        if missing:
-            raise BridgeError("config", "bridge client config {} lacks {}".format(conf, missing))
+            self.conf_path, self.save_name = path_to_conf_file.rsplit("+", 1)
+        self.cfg = self._read_config()
         if Track is not None:
             self.track = Track.SENSORS
         self.step = -1
@@ -241,11 +233,27 @@ class BridgeAgent(AutonomousAgent):
             return carla.VehicleControl(throttle=float(throttle), steer=float(steer), brake=float(brake))
         return _Control(throttle=float(throttle), steer=float(steer), brake=float(brake))
 
+    def _read_config(self):
+        try:
+            with open(self.conf_path) as f:
+                cfg = json.load(f)
+        except (IOError, OSError, ValueError) as exc:
+            raise BridgeError("config", "bridge client config {} cannot be read ({}); it is the JSON that "
+                                        "planner_server --client-config writes".format(self.conf_path, exc))
+        missing = [k for k in ("host", "port", "sensors", "config_digest") if k not in cfg]
+        if missing:
+            raise BridgeError("config", "bridge client config {} lacks {}".format(self.conf_path, missing))
+        return cfg
+
     def _connect(self):
-        """Connect and say hello; retries a refused connection (the server may still be starting)."""
+        """Connect and say hello; a refused connection is retried with the client config read again (the
+        server may be starting, or restarting on another port)."""
         attempts = int(self.cfg.get("connect_attempts", DEFAULT_CONNECT_ATTEMPTS))
-        address = (self.cfg["host"], int(self.cfg["port"]))
         for attempt in range(attempts):
+            if attempt:
+                time.sleep(min(2.0 ** attempt, 10.0))
+                self.cfg = self._read_config()
+            address = (self.cfg["host"], int(self.cfg["port"]))
             try:
                 self.sock = socket.create_connection(address, timeout=10.0)
                 break
@@ -254,7 +262,6 @@ class BridgeAgent(AutonomousAgent):
                     raise BridgeError("gone", "no planner server at {}:{} after {} attempts ({}); start it with "
                                               "python -m bench2drive.planner_server".format(
                                                   address[0], address[1], attempts, exc))
-                time.sleep(min(2.0 ** attempt, 10.0))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(float(self.cfg.get("reply_timeout_s", DEFAULT_REPLY_TIMEOUT_S)))
         self._request({"type": "hello", "sensors": self.sensors(), "config_digest": self.cfg["config_digest"],

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -149,8 +152,9 @@ class PlannerServer:
 
     def client_config(self, **extra) -> dict:
         """What a thin agent needs: address, sensors, config digest (written with --client-config)."""
-        return {"protocol": PROTOCOL_VERSION, "host": self.host, "port": self.port, "sensors": self.sensors,
-                "config_digest": self.digest, **extra}
+        return {"protocol": PROTOCOL_VERSION, "host": self.host, "port": self.port, "pid": os.getpid(),
+                "planner_source": self.planner.source, "sensors": self.sensors, "config_digest": self.digest,
+                **extra}
 
     def write_client_config(self, path: str | Path, **extra) -> Path:
         path = Path(path)
@@ -266,6 +270,84 @@ class PlannerServer:
                     self.sessions -= 1
             self._conns.discard(conn)
             conn.close()
+
+
+class ServerProcess:
+    """``python -m bench2drive.planner_server`` as a child process that is restarted when it dies.
+
+    The server picks a free port and writes the client config; thin agents read that file at every route
+    set-up and connection attempt, so after a restart the next route finds the new server.
+    """
+
+    def __init__(self, agent_config: str | Path, client_config: str | Path, *, gpu: int | None = None,
+                 log: str | Path | None = None, reply_timeout: float | None = None, max_restarts: int = 5,
+                 startup_timeout: float = 600.0):
+        self.agent_config, self.client_config = Path(agent_config), Path(client_config)
+        self.gpu, self.reply_timeout, self.max_restarts = gpu, reply_timeout, max_restarts
+        self.log = Path(log) if log else self.client_config.with_suffix(".log")
+        self.startup_timeout, self.restarts = startup_timeout, 0
+        self.proc: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "bench2drive.planner_server", f"--agent-config={self.agent_config}",
+               f"--client-config={self.client_config}"]
+        return cmd + ([f"--reply-timeout={self.reply_timeout}"] if self.reply_timeout else [])
+
+    def start(self) -> ServerProcess:
+        env = dict(os.environ)
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:  # ready once the client config names this process
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"planner server exited with {self.proc.returncode} while starting; see {self.log}")
+            try:
+                if json.loads(self.client_config.read_text()).get("pid") == self.proc.pid:
+                    return self
+            except (OSError, ValueError):
+                pass  # not written yet
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"planner server did not start within {self.startup_timeout} s; see {self.log}")
+
+    def ensure_running(self) -> None:
+        """Restart a dead server (up to ``max_restarts`` times; then RuntimeError naming the log)."""
+        with self._lock:
+            if self._stop.is_set() or (self.proc is not None and self.proc.poll() is None):
+                return
+            if self.restarts >= self.max_restarts:
+                raise RuntimeError(f"planner server died {self.restarts + 1} times; see {self.log}")
+            self.restarts += 1
+            print(f"planner server exited ({self.proc.returncode if self.proc else 'not started'}); restart "
+                  f"{self.restarts} of {self.max_restarts}", flush=True)
+            self.start()
+
+    def watch(self, interval: float = 2.0) -> ServerProcess:
+        """Restart the server from a background thread while routes run."""
+        def loop():
+            while not self._stop.wait(interval):
+                try:
+                    self.ensure_running()
+                except RuntimeError as err:
+                    print(err, flush=True)
+                    return
+        threading.Thread(target=loop, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,22 +46,42 @@ def run_raster(cfg: DictConfig, out: Path) -> str:
         routes = synthetic_routes(list(cl.scenario_types) if cl.scenario_types else None, length=cl.route_length)
     write_routes(routes, out / "routes.xml")
     conf = _agent_config(cfg, out)
-    print(f"simulator: embedded closed-loop simulator (no CARLA server), cameras: {cl.renderer} renderer")
-    agent_cfg, _ = agent_mod.load_agent_config(str(conf))
-    planner = agent_mod.build_planner(agent_cfg)  # built once, shared by the per-route agents
+    print(f"simulator: embedded closed-loop simulator (no CARLA server), cameras: {cl.renderer} renderer"
+          + (", agent: thin leaderboard agent + planner server (bridge)" if cl.bridge else ""))
+    server = None
+    if cl.bridge:  # the thin agent drives, the planner runs in a planner server process, as with CARLA
+        from bench2drive.leaderboard_agent import BridgeAgent
+        from bench2drive.planner_server import ServerProcess
 
-    def make(save_name: str):
-        a = agent_mod.RAPAgent(planner=planner)
-        a.setup(f"{conf}+{save_name}")
-        return a
+        client = out / "bridge" / "client.json"
+        server = ServerProcess(conf, client, max_restarts=cl.max_restarts).start().watch()
+        source = json.loads(client.read_text())["planner_source"]
+
+        def make(save_name: str):
+            a = BridgeAgent()
+            a.setup(f"{client}+{save_name}")
+            return a
+    else:
+        agent_cfg, _ = agent_mod.load_agent_config(str(conf))
+        planner = agent_mod.build_planner(agent_cfg)  # built once, shared by the per-route agents
+        source = getattr(planner, "source", "unknown")
+
+        def make(save_name: str):
+            a = agent_mod.RAPAgent(planner=planner)
+            a.setup(f"{conf}+{save_name}")
+            return a
 
     cams = build_rig(cfg.agent.rig, width=cfg.agent.image_width, height=cfg.agent.image_height)
     settings = SimSettings(rig=cams, max_ticks=cl.max_ticks, render=cl.render, renderer=cl.renderer, seed=cl.seed)
-    for i, part in enumerate(split_routes(routes, cl.num_parts)):
-        if part:
-            run_routes(part, make, checkpoint=out / "results" / f"part{i}.json", save_path=out / "save",
-                       resume=cfg.resume, settings=settings)
-    return getattr(planner, "source", "unknown")
+    try:
+        for i, part in enumerate(split_routes(routes, cl.num_parts)):
+            if part:
+                run_routes(part, make, checkpoint=out / "results" / f"part{i}.json", save_path=out / "save",
+                           resume=cfg.resume, settings=settings)
+    finally:
+        if server is not None:
+            server.stop()
+    return source
 
 
 def run_carla(cfg: DictConfig, out: Path) -> str:

@@ -227,3 +227,28 @@ def test_server_death_is_agent_crash_and_rerun_resumes(tmp_path, capsys):
     got = again["_checkpoint"]["records"][0]
     assert got["status"] == want["status"] and "crashed" not in got["status"]
     assert got["scores"] == want["scores"] and got["infractions"] == want["infractions"]
+
+
+def test_run_closed_loop_raster_bridge_equals_in_process(tmp_path):
+    """closed_loop=raster closed_loop.bridge=true: a planner server process and the thin agent give the
+    in-process route results."""
+    from hydra import compose, initialize_config_dir
+
+    from bench2drive import run_closed_loop
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    records = {}
+    for bridge in (False, True):
+        out = tmp_path / f"bridge_{bridge}"
+        with initialize_config_dir(config_dir=str(configs), version_base=None):
+            cfg = compose("run_closed_loop", overrides=[
+                f"output_dir={out}", "agent.planner=constant_velocity", f"agent.image_width={W}",
+                f"agent.image_height={H}", "closed_loop.scenario_types=[ParkedObstacle]", "closed_loop.max_ticks=60",
+                f"closed_loop.bridge={str(bridge).lower()}"])
+        run_closed_loop.main(cfg)
+        records[bridge] = json.loads((out / "results" / "part0.json").read_text())["_checkpoint"]["records"]
+        assert json.loads((out / "metrics.json").read_text())["weights"].startswith("constant-velocity baseline")
+    assert (tmp_path / "bridge_True" / "bridge" / "client.json").is_file()
+    for want, got in zip(records[False], records[True], strict=True):
+        assert got["status"] == want["status"] and got["scores"] == want["scores"]
+        assert got["infractions"] == want["infractions"]
