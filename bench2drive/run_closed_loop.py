@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -85,7 +86,7 @@ def run_raster(cfg: DictConfig, out: Path) -> str:
 
 
 def run_carla(cfg: DictConfig, out: Path) -> str:
-    from bench2drive.carla_runner import PartJob, require_roots, run_parts
+    from bench2drive.carla_runner import AGENT_FILE, THIN_AGENT_FILE, PartJob, require_roots, run_parts
 
     cl = cfg.closed_loop
     _, b2d_root = require_roots()
@@ -94,16 +95,23 @@ def run_carla(cfg: DictConfig, out: Path) -> str:
                            towns=list(cl.towns) if cl.towns else None)
     write_routes(routes, out / "routes.xml")
     conf = _agent_config(cfg, out)
+    python = cl.leaderboard_python or sys.executable
+    if not cl.bridge and cl.leaderboard_python:
+        print(f"closed_loop.bridge=false: the in-process agent loads eupe-drive and torch in {python}; "
+              "a Python 3.7/3.8 leaderboard needs closed_loop.bridge=true", flush=True)
     jobs = []
     for i, part in enumerate(split_routes(routes, cl.num_parts)):
         if not part:
             continue
         xml = write_routes(part, out / "parts" / f"part{i}.xml")
+        gpu = int(cl.gpus[i % len(cl.gpus)])
+        bridged = {"agent": THIN_AGENT_FILE, "agent_config": out / "bridge" / f"gpu{gpu}.json",
+                   "server_config": conf} if cl.bridge else {"agent": AGENT_FILE, "agent_config": conf}
         jobs.append(PartJob(index=i, routes_xml=xml, checkpoint=out / "results" / f"part{i}.json",
-                            save_path=out / "save", agent_config=conf, gpu=int(cl.gpus[i % len(cl.gpus)]),
+                            save_path=out / "save", gpu=gpu, python=str(python),
                             port=cl.base_port + i * cl.port_step, tm_port=cl.base_tm_port + i * cl.port_step,
                             launch_server=cl.launch_server, server_start_wait=cl.server_start_wait,
-                            max_restarts=cl.max_restarts, timeout=cl.timeout))
+                            max_restarts=cl.max_restarts, timeout=cl.timeout, **bridged))
     for r in run_parts(jobs, ray_address=cl.ray_address):
         print(f"part {r['part']}: return code {r['returncode']} after {r['attempts']} attempt(s)")
     ck = cfg.agent.checkpoint
