@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench2drive import agent as agent_mod
-from bench2drive import geo
+from bench2drive import geo, metrics
 from bench2drive import leaderboard_agent as thin
 from bench2drive.planner_server import PlannerServer
 from bench2drive.sim.simulator import SimSettings, global_plan, run_routes
@@ -220,6 +220,9 @@ def test_server_death_is_agent_crash_and_rerun_resumes(tmp_path, capsys):
     first = run_routes(routes, bridged, checkpoint=ck, save_path=tmp_path / "b", settings=settings)
     assert first["_checkpoint"]["records"][0]["status"] == "Failed - Agent crashed"
     assert "[bridge:gone]" in capsys.readouterr().out  # the client named the failure
+    tally = metrics.route_tally(first["_checkpoint"]["records"], routes)
+    assert tally == {"routes": 1, "recorded": 1, "crashed": 1, "missing": 0}
+    assert metrics.route_tally([], routes)["missing"] == 1
     server = PlannerServer(conf).start()  # the runner restarts the server; the client config follows it
     client = _client(server, tmp_path)
     again = run_routes(routes, bridged, checkpoint=ck, save_path=tmp_path / "b", settings=settings, resume=True)
@@ -227,6 +230,7 @@ def test_server_death_is_agent_crash_and_rerun_resumes(tmp_path, capsys):
     got = again["_checkpoint"]["records"][0]
     assert got["status"] == want["status"] and "crashed" not in got["status"]
     assert got["scores"] == want["scores"] and got["infractions"] == want["infractions"]
+    assert metrics.route_tally(again["_checkpoint"]["records"], routes)["crashed"] == 0
 
 
 def test_run_closed_loop_raster_bridge_equals_in_process(tmp_path):
