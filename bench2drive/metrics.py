@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.signal import savgol_filter
 
-from bench2drive.results import FAILURE_MESSAGES, ResultsFileError, check_record, load_results
+from bench2drive.results import FAILURE_MESSAGES, ResultsFileError, check_record, load_results, non_numeric_scores
 from bench2drive.routes import OFFICIAL_ROUTE_COUNT, Route, read_routes
 
 # tools/ability_benchmark.py Ability (Traffic_Signs repeats some names there; membership is what counts)
@@ -92,6 +92,10 @@ def load_records(results_dir: str | Path) -> list[dict]:
             if missing:
                 raise _fail(f"{path}: record {rd.get('route_id', '?')} lacks {missing}; the run crashed before "
                             f"the leaderboard finished this record: resume that part to fill it")
+            bad = non_numeric_scores(rd)
+            if bad:
+                raise _fail(f"{path}: record {rd.get('route_id', '?')} has non-numeric {bad}; the leaderboard "
+                            f"writes numbers there: rerun that route (resume skips finished ones) or fix the file")
             rd = dict(rd)
             rd.pop("index", None)
             records.append(rd)
@@ -340,12 +344,19 @@ def evaluate(results_dir: str | Path, metric_dir: str | Path, routes_file: str |
     records = load_records(results_dir)
     routes = read_routes(routes_file, allow_unknown=True) if routes_file else None
     merged = merge(records)
+    routes_by_id = {r.id: r for r in routes} if routes is not None else None
     warnings = []
     if len(records) != OFFICIAL_ROUTE_COUNT:
         warnings.append(f"there are {len(records)} routes in your json, which does not equal to "
                         f"{OFFICIAL_ROUTE_COUNT}: Driving Score and Success Rate divide by {OFFICIAL_ROUTE_COUNT}")
     ab = abilities(records, routes, junction_completion=junction_completion)
     smooth, missing = smoothness(records, metric_dir)
+    if missing:
+        where = "folder not found" if not Path(metric_dir).is_dir() else "metric_info.json missing"
+        warnings.append(f"metric info {metric_dir}: {where} for {len(missing)} of {len(records)} routes "
+                        f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): Smoothness "
+                        f"{'is left out' if len(missing) == len(records) else 'is the mean of the other routes'}; "
+                        "Driving Score, Success Rate, Efficiency and the abilities do not need it")
     crashed = [{"route_id": rid, "scenario_type": st, "status": "Failed - Simulation crashed"}
                for st, rid in ab["crashed"]]
     out = {
@@ -362,7 +373,9 @@ def evaluate(results_dir: str | Path, metric_dir: str | Path, routes_file: str |
         "route_tally": route_tally(records, routes),
         "metric_info_missing": missing,
         "warnings": warnings,
-        "per_route": [{"route_id": r["route_id"], "status": r["status"], "score_composed": r["scores"]["score_composed"],
+        "per_route": [{"route_id": r["route_id"], "scenario_type": scenario_type_of(r, routes_by_id),
+                       "town": r.get("town_name", ""), "status": r["status"],
+                       "score_composed": r["scores"]["score_composed"],
                        "score_route": r["scores"]["score_route"], "score_penalty": r["scores"]["score_penalty"],
                        "success": is_success(r)} for r in merged["_checkpoint"]["records"]],
     }
@@ -396,7 +409,7 @@ def _f(v: float | None, fmt: str) -> str:
 
 
 def format_report(m: dict) -> str:
-    lines = ["Bench2Drive closed-loop metrics",
+    lines = ["Bench2Drive closed-loop metrics" + (f" ({m['conditions']})" if m.get("conditions") else ""),
              f"  routes evaluated : {m['eval_num']} (denominator {m['denominator']})",
              f"  Driving Score    : {m['driving_score']:.4f}",
              f"  Success Rate     : {100 * m['success_rate']:.2f} %",
@@ -418,20 +431,30 @@ def format_report(m: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_per_route(m: dict, path: str | Path) -> Path:
-    """Bar plot of score_composed per route (green = success)."""
+def plot_per_route(m: dict, path: str | Path, *, title: str | None = None) -> Path | None:
+    """Bar plot of each route's driving score (score_composed), labelled by scenario type and town, green for a
+    success and red otherwise. Writes nothing and returns None when there is no route to show."""
+    rows = sorted(m["per_route"], key=lambda r: (r.get("scenario_type", ""), r["route_id"]))
+    if not rows:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    rows = sorted(m["per_route"], key=lambda r: r["route_id"])
-    fig, ax = plt.subplots(figsize=(max(4, 0.25 * len(rows)), 3))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.32 * len(rows) + 2.0), 4.2))
     ax.bar(range(len(rows)), [r["score_composed"] for r in rows],
            color=["tab:green" if r["success"] else "tab:red" for r in rows])
-    ax.set_xticks(range(len(rows)), [route_number(r) for r in rows], rotation=90, fontsize=6)
-    ax.set_ylabel("driving score")
-    ax.set_ylim(0, 100)
+    labels = [f"{r.get('scenario_type') or route_number(r)} ({r.get('town') or '?'}, {route_number(r)})"
+              for r in rows]
+    ax.set_xticks(range(len(rows)), labels, rotation=90, fontsize=6)
+    ax.set_ylabel("route driving score (RC x penalty)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"{title + ': ' if title else ''}DS {m['driving_score']:.2f} over {m['eval_num']} routes "
+                 f"(denominator {m['denominator']}), SR {100 * m['success_rate']:.1f} %", fontsize=9)
+    ax.legend(handles=[Patch(color="tab:green", label="success"),
+                       Patch(color="tab:red", label="failed or infraction")], loc="upper right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

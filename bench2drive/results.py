@@ -256,6 +256,13 @@ def check_record(record: dict) -> list[str]:
     return missing
 
 
+def non_numeric_scores(record: dict) -> dict[str, object]:
+    """The ``scores`` entries of a complete record that are not numbers (name -> value found)."""
+    scores = record.get("scores") or {}
+    return {f"scores.{k}": v for k, v in scores.items()
+            if isinstance(v, bool) or not isinstance(v, (int, float))}
+
+
 def resume_index(data: dict, route_names: Sequence[str]) -> int | None:
     """Index to resume from, or None when the checkpoint cannot be resumed (RouteIndexer.validate_and_resume).
 

@@ -8,6 +8,11 @@ the run (agent, backbone and its weights, planner weights, corruption, split, sc
 ``run_robustness_report.py``). Rows are appended to a partial file next to it while the run goes, named with a
 hash of the run's configuration, so a rerun of the same configuration resumes where an interrupted one stopped
 and the jobs of a sweep that share an experiment folder never resume from each other's rows.
+
+Runs are reproducible: ``seed`` (default 0) seeds the agent's construction (random weights when no checkpoint
+is given) and, derived per token, every random draw while a token is scored, so the same command gives the
+same CSV whether run sequentially or over Ray, fresh or resumed. The settings are checked before any work
+(``validate_config``): a wrong one, or a run in which no token could be scored, exits non-zero with one message.
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from eupe.atomic_io import atomic_path, atomic_write_text
+from eupe.config_errors import ConfigError, RunFailed, exit_on_run_errors
 from eupe.config_tree import hydra_config_path
+from eupe.seeding import derive_seed, seed_everything
+from navsim_agents import config_checks
 from navsim_agents.scoring import evaluate as E
 from navsim_agents.scoring.pdm_score import PDMScoreRunner
 
@@ -35,13 +44,14 @@ def metric_cache_root(cfg: DictConfig, data_split: str) -> Path:
     return Path(cfg.metric_cache_path) if cfg.metric_cache_path else Path(cfg.exp_root) / "metric_cache" / data_split
 
 
-# the config groups that decide a run's rows; two runs resume from each other only when all of them agree
-RUN_KEY_GROUPS = ("agent", "backbone", "planner", "corruption", "split", "scorer")
+# the settings that decide a run's rows; two runs resume from each other only when all of them agree
+RUN_KEY_GROUPS = ("agent", "backbone", "planner", "corruption", "split", "scorer", "seed")
 
 
 def run_key(cfg: DictConfig) -> str:
     """12 hex digits identifying the scored configuration (the resolved `RUN_KEY_GROUPS`; absent ones are None)."""
-    resolved = {group: OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) is not None else None
+    resolved = {group: (OmegaConf.to_container(cfg[group], resolve=True) if isinstance(cfg[group], DictConfig)
+                        else cfg[group]) if cfg.get(group) is not None else None
                 for group in RUN_KEY_GROUPS}
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -76,18 +86,41 @@ def run_sidecar(cfg: DictConfig, agent, rows: list[dict]) -> dict[str, Any]:
         "scorer": str(cfg.scorer.name),
         "num_tokens": len(rows),
         "num_valid": sum(bool(r.get("valid", False)) for r in rows),
+        "seed": int(cfg.seed),
         "run_key": run_key(cfg),
     }
 
 
+def validate_config(cfg: DictConfig) -> list[str]:
+    """Check every setting before any work (ConfigError naming the setting); returns the split's tokens."""
+    config_checks.check_seed(cfg.seed)
+    config_checks.check_corruption(cfg.corruption)
+    config_checks.check_worker(cfg.worker)
+    if cfg.scorer.version not in ("v1", "v2"):
+        raise ConfigError(f"scorer.version={cfg.scorer.version!r} must be v1 (PDMS) or v2 (EPDMS); use scorer=pdms "
+                          "or scorer=epdms")
+    return config_checks.check_split(cfg.split)
+
+
 def _make_agent(cfg: DictConfig):
+    """The agent, built with the run's seed (its random weights, when it has no checkpoint, follow `seed`)."""
+    seed_everything(int(cfg.seed))
     agent = hydra.utils.instantiate(cfg.agent)
     agent.initialize()
     return agent
 
 
+def _make_agent_checked(cfg: DictConfig):
+    """`_make_agent` in the entry point: a missing or wrong file of the agent is a setting error."""
+    try:
+        return _make_agent(cfg)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise ConfigError(f"agent ({cfg.agent.get('_target_', '?').rsplit('.', 1)[-1]}): {err}") from None
+
+
 def _trajectory_fn(agent, loader, token: str, cfg: DictConfig):
     def compute():
+        seed_everything(derive_seed(int(cfg.seed), "token", token))  # same draws whatever worker or order
         agent_input = loader.get_agent_input_from_token(token)
         if cfg.corruption.name != "none":
             from rap_backbone.corruptions import apply_to_agent_input  # lazy: image code is heavy
@@ -123,27 +156,44 @@ def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None)
             try:
                 frames = loader.scene_frames_dicts[token]
                 cache_path = E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
-                                                   force=bool(cfg.get("force_metric_cache", False)))
-            except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row
-                cache_path = E.cache_file(root, loader.scene_frames_dicts[token][3]["log_name"], token)
-                logger.warning("token %s: metric cache could not be built (%s: %s)", token, type(err).__name__, err)
-            row = E.score_token(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner)
+                                                   force=bool(cfg.force_metric_cache))
+                row = E.score_token(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner)
+            except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row naming the file
+                row = {"token": token, "valid": False, "_error": f"{type(err).__name__}: {err}"}
+                logger.warning("token %s failed: %s", token, row["_error"])
         rows.append(row)
         if on_row is not None:
             on_row(row)
     return rows
 
 
-def _all_tokens(cfg: DictConfig) -> list[str]:
-    from navsim_agents.data.dataclasses import SensorConfig
-    from navsim_agents.data.splits import build_scene_loader
-
-    loader = build_scene_loader(cfg.split, SensorConfig.build_no_sensors())
-    tokens = list(loader.tokens)
+def _all_tokens(cfg: DictConfig, split_tokens: list[str]) -> list[str]:
+    tokens = list(split_tokens)
     wanted = cfg.split.scene_filter.get("tokens")
     if wanted:  # requested tokens that are not scenes of the split become invalid rows
-        tokens += [t for t in wanted if t not in loader]
+        present = set(tokens)
+        tokens += [t for t in wanted if t not in present]
     return tokens
+
+
+def failure_summary(rows: list[dict], limit: int = 3) -> str:
+    """The most frequent reasons of failed rows, with counts (for the message of a run where all failed)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if not r.get("valid"):
+            reason = str(r.get("_error", "no reason recorded"))
+            counts[reason] = counts.get(reason, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return "; ".join(f"{n} x {reason}" for reason, n in top)
+
+
+def corruption_label(cfg: DictConfig) -> str:
+    """``fog severity 3`` / ``no corruption`` (cameras named when not all)."""
+    c = cfg.corruption
+    if c.name == "none":
+        return "no corruption"
+    cams = "" if c.cameras == "all" else f" on {', '.join(map(str, c.cameras))}"
+    return f"{c.name} severity {c.severity}{cams}"
 
 
 def _run_ray(cfg: DictConfig, container: dict, todo: list[str], on_row) -> None:
@@ -162,7 +212,9 @@ def _run_ray(cfg: DictConfig, container: dict, todo: list[str], on_row) -> None:
 
 
 def run(cfg: DictConfig) -> Path:
-    """Score every token of the split; returns the CSV path."""
+    """Score every token of the split; returns the CSV path. Raises ConfigError before any work on a wrong
+    setting, and RunFailed (after writing the CSV) when no token could be scored."""
+    split_tokens = validate_config(cfg)
     version = str(cfg.scorer.version)
     out_dir = Path(cfg.exp_root) / str(cfg.experiment_name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,11 +222,12 @@ def run(cfg: DictConfig) -> Path:
     partial = partial_path(cfg)
     if cfg.restart and partial.exists():
         partial.unlink()
-    tokens = _all_tokens(cfg)
+    tokens = _all_tokens(cfg, split_tokens)
     done_rows = {r["token"]: r for r in E.read_partial(partial)}
     todo = [t for t in tokens if t not in done_rows]
     if done_rows:
         logger.info("resuming: %d of %d tokens already scored in %s", len(tokens) - len(todo), len(tokens), partial)
+    agent = _make_agent_checked(cfg)  # before any work: a wrong checkpoint or trajectory file stops here
 
     from tqdm import tqdm
 
@@ -185,33 +238,35 @@ def run(cfg: DictConfig) -> Path:
         done_rows[row["token"]] = row
         bar.update(1)
 
-    agent = None
     start = time.perf_counter()
     if cfg.worker.name == "ray":
         _run_ray(cfg, container, todo, on_row)
-        agent = _make_agent(cfg)
-    else:
-        agent = _make_agent(cfg)
-        if todo:
-            score_chunk(container, todo, agent=agent, on_row=on_row)
+    elif todo:
+        score_chunk(container, todo, agent=agent, on_row=on_row)
     bar.close()
     rows = E.order_rows(done_rows.values(), tokens)
     df = E.finalize(rows, version)
     csv_path = out_dir / f"{datetime.now().strftime('%Y.%m.%d.%H.%M.%S')}.csv"
-    df.to_csv(csv_path)
-    csv_path.with_suffix(".json").write_text(json.dumps(run_sidecar(cfg, agent, rows), indent=2) + "\n")
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp)
+    atomic_write_text(csv_path.with_suffix(".json"), json.dumps(run_sidecar(cfg, agent, rows), indent=2) + "\n")
     partial.unlink(missing_ok=True)
     weights = getattr(agent, "weights_source", "unknown")
     elapsed = time.perf_counter() - start
-    print(f"\n{cfg.scorer.name.upper()} of {agent.name()} on {cfg.split.data_split} ({elapsed:.1f} s)")
+    print(f"\n{cfg.scorer.name.upper()} of {agent.name()} on {cfg.split.data_split}, {corruption_label(cfg)}, "
+          f"seed {cfg.seed} ({elapsed:.1f} s)")
     print(E.summary_table(df, version, weights))
     print(f"results: {csv_path}")
+    if not any(r.get("valid") for r in rows):
+        raise RunFailed(f"none of the {len(rows)} tokens could be scored ({failure_summary(rows)}); the rows are in "
+                        f"{csv_path}")
     return csv_path
 
 
 @hydra.main(config_path=hydra_config_path(), config_name="run_pdm_score", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    with exit_on_run_errors():
+        run(cfg)
 
 
 if __name__ == "__main__":

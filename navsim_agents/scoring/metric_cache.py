@@ -8,8 +8,9 @@ observation without traffic lights; v2: 4 s with red lights and tracks already t
 from __future__ import annotations
 
 import json
-import os
 import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import shapely
 from scipy.interpolate import interp1d
 
+from eupe.atomic_io import atomic_path
 from navsim_agents.data.maps import get_maps_api, resolve_maps_root
 from navsim_agents.scoring import constants as C
 from navsim_agents.scoring.constants import PACIFICA
@@ -31,6 +33,8 @@ from navsim_agents.scoring.scorer import CenterlinePath
 from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
 
 CACHE_FORMAT_VERSION = 4  # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix
+# what a truncated, emptied or overwritten .npz raises when read
+CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 NUM_HISTORY_FRAMES = 4
 NUM_FUTURE_FRAMES = 10
 
@@ -167,12 +171,11 @@ class MetricCache:
 
     # --- io ------------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write atomically (a per-process temporary file, then a rename: ranks may write the same token)."""
         meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # per process: ranks may write the same token
-        np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **self.arrays)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                                **self.arrays)
 
     @staticmethod
     def stored_format_version(path: Path) -> int | None:
@@ -180,21 +183,33 @@ class MetricCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return json.loads(data["meta_json"].tobytes().decode()).get("format_version")
-        except (OSError, KeyError, ValueError):
+        except CACHE_READ_ERRORS:
             return None
 
     @classmethod
     def load(cls, path: Path) -> "MetricCache":
+        """Read a cache file; ``FileNotFoundError`` when absent, ``MetricCacheError`` (naming the file) when it
+        cannot be read or was written by another format."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"metric cache file {path} not found; run navsim_agents/run_metric_caching.py")
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(data["meta_json"].tobytes().decode())
-            if meta.get("format_version") != CACHE_FORMAT_VERSION:
-                raise ValueError(f"metric cache {path} has format {meta.get('format_version')}, expected "
-                                 f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
-            arrays = {k: data[k] for k in data.files if k != "meta_json"}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(data["meta_json"].tobytes().decode())
+                if meta.get("format_version") != CACHE_FORMAT_VERSION:
+                    raise MetricCacheError(f"metric cache {path} has format {meta.get('format_version')}, expected "
+                                           f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
+                arrays = {k: data[k] for k in data.files if k != "meta_json"}
+        except MetricCacheError:
+            raise
+        except CACHE_READ_ERRORS as err:
+            raise MetricCacheError(f"metric cache {path} cannot be read ({type(err).__name__}: {err}); rebuild it "
+                                   "with run_metric_caching.py force=true") from err
         return cls(meta, arrays)
+
+
+class MetricCacheError(ValueError):
+    """A metric cache file that exists but cannot be used (truncated, corrupt, another format)."""
 
 
 def _pack_observation(steps: list[list[Track]], version: str, meta: dict, arrays: dict) -> None:
