@@ -284,9 +284,12 @@ class BridgeAgent(AutonomousAgent):
                 self.sock.sendall(encode({"type": "frames"}, frames, compress=compress))
                 reply, _ = read_frame(self.sock)
         except socket.timeout:
+            self.sock.close()  # a late reply would answer the next request: this connection is spent
+            self.sock = None
             raise BridgeError("timeout", "the planner server gave no '{}' reply to '{}' within {} s (raise "
                                          "reply_timeout_s in the client config, or the planner is too slow)".format(
-                                             expect, header["type"], self.sock.gettimeout()))
+                                             expect, header["type"], self.cfg.get("reply_timeout_s",
+                                                                                  DEFAULT_REPLY_TIMEOUT_S)))
         except (EOFError, OSError, socket.error) as exc:
             self.sock = None
             raise BridgeError("gone", "the planner server at {}:{} went away during '{}' ({}); the route is "

@@ -224,6 +224,9 @@ class PlannerServer:
                 try:
                     header, arrays = read_frame(conn)
                 except (EOFError, OSError):  # the client left, or shutdown() closed the socket
+                    if agent is not None and not self._stop.is_set():
+                        print(f"planner server: client {agent.save_name} left mid-route without 'bye' (its reply "
+                              "timeout ran out, or the leaderboard stopped it)", flush=True)
                     return
                 except BridgeError as err:
                     return self._reply_error(conn, err.code, str(err))
@@ -257,6 +260,10 @@ class PlannerServer:
                         raise BridgeError("malformed", f"unknown message type '{kind}'")
                 except BridgeError as err:
                     return self._reply_error(conn, err.code, str(err))
+                except OSError as exc:  # the client hung up mid-message, e.g. its reply timeout ran out
+                    print(f"planner server: client gone during '{kind}' ({exc}); a thin agent whose reply "
+                          "timeout ran out reports [bridge:timeout]", flush=True)
+                    return
                 except (KeyError, TypeError, ValueError) as exc:
                     if kind == "step":  # the planner step itself failed: the client's route is "Agent crashed"
                         return self._reply_error(conn, "planner", f"{type(exc).__name__}: {exc}")

@@ -131,7 +131,7 @@ def test_two_clients_batched_equal_in_process(tmp_path, rap_planner):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(w).max()))
 
 
-def test_hello_refuses_version_rig_and_config(tmp_path):
+def test_hello_refuses_version_rig_and_config(tmp_path, capsys):
     conf = _conf(tmp_path)
     server = PlannerServer(conf).start()
     good = json.loads(Path(_client(server, tmp_path)).read_text())
@@ -159,6 +159,9 @@ def test_hello_refuses_version_rig_and_config(tmp_path):
         thin.BridgeAgent().setup(str(tmp_path / "missing.json"))
     assert err.value.code == "config"
     server.shutdown()
+    logged = capsys.readouterr().out  # the server names each refusal too
+    for code in ("config", "rig", "version", "malformed"):
+        assert f"planner server: {code}: [bridge:{code}]" in logged
 
 
 class _SlowPlanner(agent_mod.ConstantVelocityPlanner):
@@ -167,7 +170,7 @@ class _SlowPlanner(agent_mod.ConstantVelocityPlanner):
         return super().__call__(features)
 
 
-def test_server_too_slow_is_a_named_timeout(tmp_path):
+def test_server_too_slow_is_a_named_timeout(tmp_path, capsys):
     server = PlannerServer(_conf(tmp_path), planner=_SlowPlanner()).start()
     a = thin.BridgeAgent()
     a.setup(f"{_client(server, tmp_path, reply_timeout_s=0.2)}+r")
@@ -176,7 +179,9 @@ def test_server_too_slow_is_a_named_timeout(tmp_path):
     with pytest.raises(thin.BridgeError, match="within 0.2 s") as err:
         a.run_step(_tick_data(np.random.default_rng(0), cams, 0.0, 3.0), 0.0)
     assert err.value.code == "timeout"
+    time.sleep(1.5)  # the planner finishes and finds the client gone
     server.shutdown()
+    assert "client r left mid-route" in capsys.readouterr().out
 
 
 class _DyingPlanner(agent_mod.ConstantVelocityPlanner):
