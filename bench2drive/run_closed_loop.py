@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -86,6 +87,10 @@ def validate(cfg: DictConfig) -> Perturbations:
     validate_config(cfg)
     if cfg.agent.planner == "expert" and cfg.closed_loop.simulator != "raster":
         raise ConfigError("agent.planner=expert is the embedded simulator's privileged expert; use closed_loop=raster")
+    python = cfg.closed_loop.get("leaderboard_python")
+    if python and shutil.which(str(python)) is None:
+        raise ConfigError(f"closed_loop.leaderboard_python={python!r} is not an executable; give the leaderboard's "
+                          "interpreter (e.g. the python of the conda env with CARLA 0.9.15's client)")
     if cfg.agent.planner == "expert" and cfg.closed_loop.bridge:
         raise ConfigError("agent.planner=expert reads the embedded simulator directly, it has no planner server: "
                           "use closed_loop.bridge=false")

@@ -350,3 +350,22 @@ def test_carla_runner_bridge_with_stand_in_leaderboard(monkeypatch, tmp_path):
     for log in logs:
         np.testing.assert_allclose(np.array(log["controls"]), want, rtol=1e-6, atol=1e-9)
     print(f"stand-in leaderboard ran the thin agent on Python {logs[0]['python']}")
+
+
+def test_bridge_settings_are_checked_up_front(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from bench2drive import run_closed_loop
+    from eupe.config_errors import ConfigError
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        carla = compose("run_closed_loop", overrides=[f"output_dir={tmp_path}", "closed_loop=carla",
+                                                      f"closed_loop.leaderboard_python={tmp_path / 'python3.7'}"])
+        expert = compose("run_closed_loop", overrides=[f"output_dir={tmp_path}", "agent.planner=expert",
+                                                       "closed_loop.bridge=true"])
+    assert carla.closed_loop.bridge is True  # CARLA runs through the bridge unless told otherwise
+    with pytest.raises(ConfigError, match="leaderboard_python=.*python3.7' is not an executable"):
+        run_closed_loop.validate(carla)
+    with pytest.raises(ConfigError, match="closed_loop.bridge=false"):
+        run_closed_loop.validate(expert)
