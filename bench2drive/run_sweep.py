@@ -98,19 +98,19 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
         validate(OmegaConf.create(c))
     todo = [c for c in configs if not (Path(c["output_dir"]) / "metrics.json").is_file()]
     print(f"sweep: {len(cells)} cells in {sweep_dir}, {len(cells) - len(todo)} finished, {len(todo)} to run "
-          f"({cfg.worker})", flush=True)
-    if cfg.worker == "ray":
+          f"({cfg.worker.name})", flush=True)
+    if cfg.worker.name == "ray":
         import ray
 
-        ray.init(address=cfg.ray_address, ignore_reinit_error=True)
+        ray.init(address=cfg.worker.address, ignore_reinit_error=True)
         task = ray.remote(run_cell)
         results = ray.get([task.remote(c) for c in todo])
-    elif cfg.worker == "sequential":
+    elif cfg.worker.name == "sequential":
         from tqdm import tqdm
 
         results = [run_cell(c) for c in tqdm(todo, desc="sweep cells", unit="cell")]
     else:
-        raise ValueError(f"worker={cfg.worker!r} is unknown; use sequential or ray")
+        raise ValueError(f"worker={cfg.worker.name!r} is unknown; use worker=sequential or worker=ray")
     status_path = sweep_dir / "sweep_status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     status.update({r["output_dir"]: r for r in results})

@@ -10,7 +10,11 @@ rows of other profiles and backbones are kept). Rows that cannot be built are re
 
 What the in-loop rate counts: only planner calls after one warm-up call (torch's first call pays for kernel
 selection and allocator growth, several times a normal call), under ``torch.inference_mode``, with the torch
-thread count given; a machine shared with other work (load average in the table) slows every row.
+thread count given; a machine shared with other work (load average in the table) slows every row. Measured
+while profiling (RAP small + eupe-t, 4 x 192x108, same process): at load 4 one torch thread took 0.28-0.47 s per
+call against 0.65-2.4 s with two (the two spin-waiting threads fight the other processes for the 2 cores); at
+load 15, 2 s against 15 s. The first call of a process took 2-7x a later one, which is why it is not counted.
+On a busy machine run the closed loop with agent.torch_threads=1.
 """
 
 from __future__ import annotations
