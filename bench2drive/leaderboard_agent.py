@@ -180,8 +180,8 @@ class BridgeAgent(AutonomousAgent):
         self.metric_info = {}
         save_root = os.environ.get("SAVE_PATH")
         self.save_dir = os.path.join(save_root, self.save_name) if save_root and self.save_name else None
-        if self.save_dir is not None and not os.path.isdir(self.save_dir):
-            os.makedirs(self.save_dir)
+        if self.save_dir is not None:
+            os.makedirs(self.save_dir, exist_ok=True)
         self._connect()
 
     def sensors(self):
