@@ -99,14 +99,14 @@ def decode(head, payload):
     try:
         header = json.loads(head.decode("utf-8"))
     except ValueError as exc:
-        raise BridgeError("malformed", "frame header is not UTF-8 JSON ({})".format(exc))
+        raise BridgeError("malformed", "frame header is not UTF-8 JSON ({})".format(exc)) from exc
     if not isinstance(header, dict) or "type" not in header or "v" not in header:
         raise BridgeError("malformed", "frame header lacks 'type' or 'v': {!r}".format(head[:200]))
     if header.get("codec") == "zlib":
         try:
             payload = zlib.decompress(payload)
         except zlib.error as exc:
-            raise BridgeError("malformed", "zlib payload cannot be decompressed ({})".format(exc))
+            raise BridgeError("malformed", "zlib payload cannot be decompressed ({})".format(exc)) from exc
     arrays = {}
     for spec in header.get("arrays", []):
         try:
@@ -116,7 +116,7 @@ def decode(head, payload):
             arr = np.frombuffer(payload[start:start + size], dtype=np.dtype(spec["dtype"]))
             arrays[spec["name"]] = arr.reshape(spec["shape"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise BridgeError("malformed", "bad array entry {!r}: {}".format(spec, exc))
+            raise BridgeError("malformed", "bad array entry {!r}: {}".format(spec, exc)) from exc
     return header, arrays
 
 
@@ -239,7 +239,7 @@ class BridgeAgent(AutonomousAgent):
                 cfg = json.load(f)
         except (IOError, OSError, ValueError) as exc:
             raise BridgeError("config", "bridge client config {} cannot be read ({}); it is the JSON that "
-                                        "planner_server --client-config writes".format(self.conf_path, exc))
+                                        "planner_server --client-config writes".format(self.conf_path, exc)) from exc
         missing = [k for k in ("host", "port", "sensors", "config_digest") if k not in cfg]
         if missing:
             raise BridgeError("config", "bridge client config {} lacks {}".format(self.conf_path, missing))
@@ -261,7 +261,7 @@ class BridgeAgent(AutonomousAgent):
                 if attempt == attempts - 1:
                     raise BridgeError("gone", "no planner server at {}:{} after {} attempts ({}); start it with "
                                               "python -m bench2drive.planner_server".format(
-                                                  address[0], address[1], attempts, exc))
+                                                  address[0], address[1], attempts, exc)) from exc
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(float(self.cfg.get("reply_timeout_s", DEFAULT_REPLY_TIMEOUT_S)))
         self._request({"type": "hello", "sensors": self.sensors(), "config_digest": self.cfg["config_digest"],
@@ -289,12 +289,12 @@ class BridgeAgent(AutonomousAgent):
             raise BridgeError("timeout", "the planner server gave no '{}' reply to '{}' within {} s (raise "
                                          "reply_timeout_s in the client config, or the planner is too slow)".format(
                                              expect, header["type"], self.cfg.get("reply_timeout_s",
-                                                                                  DEFAULT_REPLY_TIMEOUT_S)))
+                                                                                  DEFAULT_REPLY_TIMEOUT_S))) from None
         except (EOFError, OSError, socket.error) as exc:
             self.sock = None
             raise BridgeError("gone", "the planner server at {}:{} went away during '{}' ({}); the route is "
                                       "recorded as crashed and a resumed run repeats it".format(
-                                          self.cfg["host"], self.cfg["port"], header["type"], exc))
+                                          self.cfg["host"], self.cfg["port"], header["type"], exc)) from exc
         if reply.get("v") != PROTOCOL_VERSION:
             raise BridgeError("version", "server speaks protocol {}, this agent {}".format(
                 reply.get("v"), PROTOCOL_VERSION))

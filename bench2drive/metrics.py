@@ -21,7 +21,13 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.signal import savgol_filter
 
-from bench2drive.results import FAILURE_MESSAGES, ResultsFileError, check_record, load_results, non_numeric_scores
+from bench2drive.results import (
+    FAILURE_MESSAGES,
+    ResultsFileError,
+    check_record,
+    load_results,
+    non_numeric_scores,
+)
 from bench2drive.routes import OFFICIAL_ROUTE_COUNT, Route, read_routes
 
 # tools/ability_benchmark.py Ability (Traffic_Signs repeats some names there; membership is what counts)
