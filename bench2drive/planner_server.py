@@ -2,7 +2,7 @@
 
     python -m bench2drive.planner_server --agent-config out/agent.yaml --port 40000 --client-config out/bridge.json
 
-Hosts the in-process agent's planner step (``bench2drive.agent.RAPAgent``: any backbone, checkpoint and the
+Hosts the in-process agent's planner step (the leaderboard agent of ``bench2drive.agent``: any backbone, checkpoint and the
 agent config's other options) for each connected thin agent, one session per route, and runs the planner
 calls of sessions that wait at the same time as one batch. The protocol lives in ``leaderboard_agent``.
 Loopback only by default: the server trusts its clients.
@@ -211,7 +211,8 @@ class PlannerServer:
             raise BridgeError("config", f"client config digest {header.get('config_digest')} is not the server's "
                                         f"agent config {self.agent_config} ({self.digest}); regenerate the client "
                                         "config with this server's --client-config")
-        agent = agent_mod.RAPAgent(planner=self.planner)
+        # the class the evaluator would load from agent.py: the very same step as the in-process path
+        agent = getattr(agent_mod, agent_mod.get_entry_point())(planner=self.planner)
         agent.setup(f"{self.agent_config}+{header.get('save_name') or 'bridge'}")
         agent.save_dir = None  # the thin agent writes metric_info.json next to the leaderboard
         return agent

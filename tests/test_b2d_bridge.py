@@ -19,6 +19,7 @@ from bench2drive.sim.simulator import SimSettings, global_plan, run_routes
 from bench2drive.sim.world import RoadPath, synthetic_routes
 
 THIN_SOURCE = Path(thin.__file__)
+InProcessAgent = getattr(agent_mod, agent_mod.get_entry_point())  # the class the evaluator loads from agent.py
 W, H = 64, 36
 
 
@@ -121,7 +122,7 @@ def test_two_clients_batched_equal_in_process(tmp_path, rap_planner):
     assert not errors, errors
     assert 2 in server.planner.batch_sizes  # the two clients' planner calls ran as one batch
     for k in range(2):
-        ref = agent_mod.RAPAgent(planner=rap_planner)
+        ref = InProcessAgent(planner=rap_planner)
         ref.setup(f"{conf}+ref{k}")
         ref.set_global_plan(*global_plan(path, None))
         want = [ref.run_step(d, 0.05 * t) for t, d in enumerate(inputs[k])]
@@ -205,7 +206,7 @@ def test_server_death_is_agent_crash_and_rerun_resumes(tmp_path, capsys):
     settings = SimSettings(rig=agent_mod.rig.build_rig("rap4", width=W, height=H), max_ticks=120)
 
     def in_process(name):
-        a = agent_mod.RAPAgent()
+        a = InProcessAgent()
         a.setup(f"{conf}+{name}")
         return a
 
@@ -325,7 +326,7 @@ def test_carla_runner_bridge_with_stand_in_leaderboard(monkeypatch, tmp_path):
     monkeypatch.setenv("CARLA_ROOT", str(carla_root))
     monkeypatch.setenv("BENCH2DRIVE_ROOT", str(b2d))
     conf = Path(_conf(tmp_path))
-    ref = agent_mod.RAPAgent()
+    ref = InProcessAgent()
     ref.setup(f"{conf}+ref")
     path_plan = global_plan(RoadPath(np.array([[0.0, 0.0], [100.0, 0.0]])), None)
     ticks = list(_harness_ticks([c.id for c in ref.rig]))
