@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 from navsim_agents import run_pdm_score
@@ -104,3 +105,14 @@ def test_two_stage_run_weights_the_unperturbed_start_by_the_gaussian(world, tmp_
         for token, raw in group.items():
             assert weights.loc[token, "weight"] == pytest.approx(raw / total, rel=1e-6)
         assert max(group.values()) == 1.0  # one start is the endpoint itself
+
+
+def test_split_yaml_is_the_devkits_hydra_layout(world):
+    """The devkit composes train_test_split with Hydra and instantiates the scene filter from its `_target_`."""
+    _, root = world
+    split = yaml.safe_load(N.split_yaml(root).read_text())
+    assert split["defaults"] == [{"scene_filter": N.SPLIT_NAME}] and split["data_split"] == "navmini"
+    scene_filter = yaml.safe_load((N.split_yaml(root).parent / "scene_filter" / f"{N.SPLIT_NAME}.yaml").read_text())
+    assert scene_filter["_target_"] == "navsim.common.dataclasses.SceneFilter" and scene_filter["_convert_"] == "all"
+    assert scene_filter["include_synthetic_scenes"] and len(scene_filter["reactive_synthetic_initial_tokens"]) == (
+        2 * len(N.PERTURBATIONS))

@@ -37,7 +37,7 @@ import yaml
 from navsim_agents.data import synthetic as world
 from navsim_agents.data.synthetic_scenes import SYNTHETIC_TOKEN_LENGTH
 
-VERSION = 1  # bump whenever the generated content changes
+VERSION = 2  # bump whenever the generated content changes
 DATA_SPLIT = world.SPLIT
 SPLIT_NAME = "navmini_two_stage"
 NUM_LOGS = 12
@@ -162,7 +162,9 @@ def generate_two_stage_world(root, *, num_logs: int = NUM_LOGS, image_size: tupl
             print(f"navmini_two_stage: {path.stem}: {len(pairs)} synthetic pairs", flush=True)
     folder = root / "config" / "train_test_split"
     (folder / "scene_filter").mkdir(parents=True, exist_ok=True)
-    scene_filter = {"num_history_frames": NUM_HISTORY, "num_future_frames": NUM_FUTURE, "frame_interval": 1,
+    # _target_ / _convert_ as the devkit's scene_filter yamls: its Hydra instantiates the filter from them
+    scene_filter = {"_target_": "navsim.common.dataclasses.SceneFilter", "_convert_": "all",
+                    "num_history_frames": NUM_HISTORY, "num_future_frames": NUM_FUTURE, "frame_interval": 1,
                     "has_route": True, "max_scenes": None, "include_synthetic_scenes": True, "log_names": logs,
                     "tokens": tokens, "reactive_synthetic_initial_tokens": synthetic}
     (folder / "scene_filter" / f"{SPLIT_NAME}.yaml").write_text(yaml.safe_dump(scene_filter, sort_keys=False))
