@@ -87,7 +87,8 @@ def run_sidecar(cfg: DictConfig, agent, rows: list[dict]) -> dict[str, Any]:
         # the rules a number was computed under: never compare numbers whose rules differ
         "scoring_rules": {"reference": str(cfg.scorer.rules), "stages": 2 if cfg.scorer.two_stage else 1,
                           "traffic_agents_policy": str(cfg.scorer.traffic_agents_policy),
-                          "human_penalty_filter": bool(cfg.scorer.human_penalty_filter)},
+                          "human_penalty_filter": bool(cfg.scorer.human_penalty_filter),
+                          "idm_keep_last_path_point": bool(cfg.scorer.get("idm_keep_last_path_point", False))},
         "num_tokens": len(rows),
         "num_valid": sum(bool(r.get("valid", False)) for r in rows),
         "seed": int(cfg.seed),
@@ -112,7 +113,8 @@ def make_runner(cfg: DictConfig, *, human_penalty_filter: bool):
 
     maps_root = resolve_split(cfg.split, check_exists=False).maps_root
     return TrafficScoreRunner(human_penalty_filter=human_penalty_filter,
-                              maps_root=str(maps_root) if maps_root else None, policy=policy)
+                              maps_root=str(maps_root) if maps_root else None, policy=policy,
+                              idm_keep_last_path_point=bool(cfg.scorer.get("idm_keep_last_path_point", False)))
 
 
 def validate_config(cfg: DictConfig) -> list[str]:

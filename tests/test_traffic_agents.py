@@ -62,17 +62,26 @@ def test_agent_without_route_extension_stops_at_the_end_of_its_lane():
 
 
 def test_path_drops_repeated_points_and_interpolates_heading_across_pi():
-    pts = np.array([[0.0, 0.0, math.pi - 0.1], [0.0, 0.0, math.pi - 0.1], [-1.0, 0.0, -math.pi + 0.1]])
-    path = TA.InterpolatedPath(pts)
+    pts = np.array([[0.0, 0.0, math.pi - 0.1], [0.0, 0.0, math.pi - 0.1], [-1.0, 0.0, -math.pi + 0.1],
+                    [-2.0, 0.0, -math.pi + 0.1]])
+    path = TA.InterpolatedPath(pts)  # the repeat and (as nuplan's zip does) the last point are dropped
     assert len(path.points) == 2 and path.end == pytest.approx(1.0)
     mid = path.states_at(0.5)
     assert mid[0] == pytest.approx(-0.5) and abs(abs(mid[2]) - math.pi) < 1e-12
 
 
+def test_path_ends_one_sample_short_as_in_the_devkit():
+    # points 0, 1, ..., 10 m: nuplan's create_path_from_se2 zips 11 points with 10 repeat flags, so 10 m is lost
+    assert _straight_path(10.0).end == pytest.approx(9.0)
+    x = np.arange(0.0, 10.5, 1.0)
+    full = TA.InterpolatedPath(np.column_stack([x, np.zeros_like(x), np.zeros_like(x)]), keep_last_point=True)
+    assert full.end == pytest.approx(10.0)
+
+
 def test_trimmed_paths_follow_nuplan():
-    path = _straight_path(10.0)
+    path = _straight_path(10.0)  # samples 0 .. 9 m (the 10 m sample is dropped as in the devkit)
     np.testing.assert_allclose(path.xy_from(2.5)[:3, 0], [2.5, 3.0, 4.0])
-    np.testing.assert_allclose(path.xy_from(10.0)[:, 0], [9.0, 10.0])  # past the last point: the last two
+    np.testing.assert_allclose(path.xy_from(10.0)[:, 0], [8.0, 9.0])  # past the last point: the last two
     np.testing.assert_allclose(path.xy_between(2.5, 4.5)[:, 0], [2.5, 3.0, 4.0, 4.5])
 
 

@@ -85,6 +85,7 @@ def test_two_stage_run_writes_the_devkit_csv_and_provenance(tmp_path):
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["scoring_rules"]["stages"] == 2
     assert sidecar["scoring_rules"]["traffic_agents_policy"] == "navsim_IDM_traffic_agents"
+    assert sidecar["scoring_rules"]["idm_keep_last_path_point"] is False  # the devkit rule by default
     assert sidecar["two_stage"]["num_stage_one"] == 2 and sidecar["two_stage"]["num_stage_two"] == 6
     weights = pd.read_csv(path.with_name(f"{path.stem}_weights.csv")).set_index("token")
     official = pd.read_csv(ROOT / "expected" / "constant_velocity_weights.csv").set_index("token")

@@ -74,13 +74,19 @@ TRAFFIC_AGENTS_POLICIES = (LOG_REPLAY_POLICY, IDM_POLICY, CONSTANT_VELOCITY_POLI
 
 
 class InterpolatedPath:
-    """nuplan `create_path_from_se2` + `InterpolatedPath`: progress = cumulative xy distance (points repeating the
-    previous progress dropped), x / y linear in progress, heading unwrapped then linear."""
+    """nuplan `create_path_from_se2` + `InterpolatedPath`: progress = cumulative xy distance (a point whose next point
+    repeats its progress dropped), x / y linear in progress, heading unwrapped then linear.
 
-    def __init__(self, discrete_path: np.ndarray):
+    The devkit also drops the last point of every path: it zips the points with the N - 1 repeat flags, so the zip
+    stops one short (nuplan-devkit nuplan/planning/simulation/observation/idm/utils.py, create_path_from_se2, the
+    list comprehension over ``zip(states, progress_list, repeated_states_mask)``). An IDM vehicle without route
+    extension therefore stops one baseline sample before its lane end. ``keep_last_point=True`` keeps it (the
+    evident intent); the default reproduces the devkit."""
+
+    def __init__(self, discrete_path: np.ndarray, keep_last_point: bool = False):
         path = np.asarray(discrete_path, dtype=np.float64)
         progress = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(path[:, 0]), np.diff(path[:, 1])))])
-        keep = np.append(~np.isclose(np.diff(progress), 0.0), True)
+        keep = np.append(~np.isclose(np.diff(progress), 0.0), keep_last_point)
         self.points = path[keep]
         self.progress = progress[keep]
         if len(self.points) < 2:
@@ -249,9 +255,10 @@ def _true_ego_box(state: np.ndarray):
     return _box_polygon(center[0], center[1], state[S.HEADING], PACIFICA.length, PACIFICA.width)
 
 
-def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api) -> Tuple[Dict[str, IDMAgent],
-                                                                                            _OccupancyMap]:
-    """navsim `build_idm_agents_on_map_rails` (no open-loop detection types)."""
+def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep_last_path_point: bool = False
+                 ) -> Tuple[Dict[str, IDMAgent], _OccupancyMap]:
+    """navsim `build_idm_agents_on_map_rails` (no open-loop detection types); `keep_last_path_point`: see
+    `InterpolatedPath`."""
     init = _OccupancyMap({EGO_ID: _true_ego_box(ego_state)})
     occupancy = _OccupancyMap()
     agents: Dict[str, IDMAgent] = {}
@@ -273,7 +280,8 @@ def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api) -> T
         if np.isnan(speed):
             speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
         limit = segment.speed_limit_mps
-        agents[v.token] = IDMAgent(v.token, v.length, v.width, InterpolatedPath(segment.baseline_path.discrete_path),
+        agents[v.token] = IDMAgent(v.token, v.length, v.width, InterpolatedPath(segment.baseline_path.discrete_path,
+                                                                                 keep_last_path_point),
                                    float(progress), speed, limit or IDM_TARGET_VELOCITY, limit)
     return agents, occupancy
 
@@ -348,11 +356,12 @@ def _observe(agents: Dict[str, IDMAgent], candidates: Dict[str, _ParkedCandidate
     return out
 
 
-def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api) -> List[List[SimulatedObject]]:
+def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api, keep_last_path_point: bool = False
+                      ) -> List[List[SimulatedObject]]:
     """Vehicles at each of the `len(ego_states) - 1` future 0.1 s steps, reacting to the ego `ego_states` [T,11]."""
     tracks = current_tracks(cache)
     vehicles = [t for t in tracks if t.type_name == REACTIVE_TYPE_NAME]
-    agents, occupancy = build_agents(vehicles, cache.ego_state, map_api)
+    agents, occupancy = build_agents(vehicles, cache.ego_state, map_api, keep_last_path_point)
     # every current vehicle: agents dropped out of range later come back through the parked-vehicle rule
     candidates = {v.token: _ParkedCandidate(v, map_api) for v in vehicles}
     frames = []
@@ -375,7 +384,8 @@ def simulate_constant_velocity(cache: MetricCache, num_steps: int) -> List[List[
 
 
 
-def traffic_observation(cache: MetricCache, ego_states: np.ndarray, map_api, policy: str = IDM_POLICY) -> Observation:
+def traffic_observation(cache: MetricCache, ego_states: np.ndarray, map_api, policy: str = IDM_POLICY,
+                        keep_last_path_point: bool = False) -> Observation:
     """The scorer's observation under a vehicle policy: every current object at t0, then the simulated vehicles
     with the log replay of all other objects, plus the red lights of the metric cache (navsim
     `AbstractTrafficAgentsPolicy.simulate_environment` + `PDMObservation.update_detections_tracks`, nothing
@@ -384,7 +394,7 @@ def traffic_observation(cache: MetricCache, ego_states: np.ndarray, map_api, pol
     replay = cache.observation("replay")
     red = cache.red_light_steps("v2")
     if policy == IDM_POLICY:
-        simulated = simulate_vehicles(cache, ego_states, map_api)
+        simulated = simulate_vehicles(cache, ego_states, map_api, keep_last_path_point)
     elif policy == CONSTANT_VELOCITY_POLICY:
         simulated = simulate_constant_velocity(cache, len(ego_states) - 1)
     else:
@@ -417,7 +427,9 @@ class TrafficScoreRunner:
     version = "v2"
 
     def __init__(self, *, human_penalty_filter: bool = True, maps_root: Optional[str] = None,
-                 policy: str = IDM_POLICY):
+                 policy: str = IDM_POLICY, idm_keep_last_path_point: bool = False):
+        """`idm_keep_last_path_point`: IDM vehicle paths keep their lane's last point (corrected rule; the devkit
+        drops it, see `InterpolatedPath`)."""
         from navsim_agents.scoring.scorer import PDMScorer, ScorerConfig
 
         if policy not in (IDM_POLICY, CONSTANT_VELOCITY_POLICY):
@@ -425,6 +437,7 @@ class TrafficScoreRunner:
         self.scorer = PDMScorer(ScorerConfig(version="v2", human_penalty_filter=human_penalty_filter))
         self.maps_root = maps_root
         self.policy = policy
+        self.idm_keep_last_path_point = idm_keep_last_path_point
         self._human_failed: Dict[Tuple[str, int], List[str]] = {}
 
     def human_failed(self, cache: MetricCache, map_api) -> List[str]:
@@ -442,7 +455,8 @@ class TrafficScoreRunner:
 
         human = simulate_proposals(agent_reference(cache, cache.arrays["human_future_poses"])[None], cache.ego_state)
         res = PDMScorer(ScorerConfig(version="v2")).score(human, traffic_observation(cache, human[0], map_api,
-                                                                                     self.policy),
+                                                                                     self.policy,
+                                                                                     self.idm_keep_last_path_point),
                                                           cache.centerline(), cache.meta["route_lane_ids"],
                                                           cache.drivable(), None)
         return [c for c in V2_FILTERED if res[c][0] == 0]
@@ -456,7 +470,7 @@ class TrafficScoreRunner:
         refs = np.stack([reference_states(cache.arrays["pdm_poses_v2"]), agent_reference(cache, poses)])
         simulated = simulate_proposals(refs, cache.ego_state)
         map_api = cache_map_api(cache, self.maps_root)
-        observation = traffic_observation(cache, simulated[1], map_api, self.policy)
+        observation = traffic_observation(cache, simulated[1], map_api, self.policy, self.idm_keep_last_path_point)
         res = self.scorer.score(simulated, observation, cache.centerline(), cache.meta["route_lane_ids"],
                                 cache.drivable(), cache.arrays["human_past_states"])
         failed = self.human_failed(cache, map_api) if self.scorer.config.human_penalty_filter else []
