@@ -71,10 +71,10 @@ class CachedFeatureDataset(Dataset):
 
     def add_augmented(self, *, perturb_fraction: float, cross_agent_fraction: float, seed: int,
                       max_agents_per_scene: int | None = None) -> int:
-        """RAP's augmentations as dataset options (``rap_backbone.alignment``): a recovery-perturbed copy of
+        """RAP's augmentations as dataset options (``navsim_agents.agents.rap_augment``): a recovery-perturbed copy of
         ``perturb_fraction`` of the tokens and ``cross_agent_fraction`` of the cross-agent samples, re-rendered
         with the rasterizer and cached like the rest. Returns the number of samples added."""
-        from rap_backbone.alignment import cross_agent_samples, perturbed_sample
+        from navsim_agents.agents.rap_augment import cross_agent_samples, perturbed_sample
 
         if perturb_fraction <= 0 and cross_agent_fraction <= 0:
             return 0

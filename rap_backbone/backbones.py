@@ -18,8 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-import eupe
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD, get_spec
+from eupe.models import IMAGENET_MEAN, IMAGENET_STD, create_model, get_spec, load_student
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +156,13 @@ def build_backbone(name: str, weights: str | Path | None = None, freeze: bool = 
         if weights is None:
             raise ValueError("backbone 'student' needs a checkpoint written by eupe/run_distill.py: "
                              "set backbone.weights=/path/to/student.safetensors")
-        from eupe.distill.export import load_student
-
         model, meta = load_student(weights)
         backbone = Backbone.from_timm(model, name=f"student:{meta.get('model_name', '?')}",
                                       weights_source=str(weights), freeze=freeze,
                                       mean=meta.get("mean"), std=meta.get("std"))
         return backbone
     get_spec(name)  # validates before building anything large
-    model = eupe.create_model(name, weights=weights, **kwargs)
+    model = create_model(name, weights=weights, **kwargs)
     if model.weights_source == "random":
         log.warning("backbone %s has RANDOM weights: results mean nothing for the encoder's quality. Set "
                     "backbone.weights=/path/to/checkpoint (or backbone.weights=hub with a populated HF cache).",

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -546,44 +546,3 @@ def densify(polyline: np.ndarray, step: float = 2.0) -> np.ndarray:
     idx = np.repeat(np.arange(len(seg)), n)
     out = pts[idx] + t[:, None] * (pts[idx + 1] - pts[idx])
     return np.concatenate([out, pts[-1:]])
-
-
-def primitives_from_map_api(map_api, center_xy: Sequence[float], radius: float = 200.0) -> MapPrimitives:
-    """Map primitives around ``center_xy`` (global) from a nuPlan-style map API, as RAP's
-    ``extract_map_features``: lane and lane-connector polygon outlines, crosswalk polygons, and the
-    boundary of the union of roadblock and intersection polygons as road boundaries.
-
-    ``map_api`` needs ``get_proximal_map_objects(point, radius, layers)`` returning objects with a
-    shapely ``polygon`` attribute, and a ``SemanticMapLayer``-like enum reachable from
-    ``navsim_agents.data.maps``.
-    """
-    import shapely
-    from shapely.geometry import Point
-
-    from navsim_agents.data import maps as maps_module
-
-    layer = maps_module.SemanticMapLayer
-    wanted = [layer.LANE, layer.LANE_CONNECTOR, layer.CROSSWALK, layer.INTERSECTION, layer.ROADBLOCK]
-    objs = map_api.get_proximal_map_objects(Point(*center_xy[:2]), radius, wanted)
-
-    def outline(poly):
-        geoms = getattr(poly, "geoms", [poly])
-        big = max(geoms, key=lambda g: g.area)
-        return np.asarray(big.exterior.coords)[:, :2]
-
-    prims = MapPrimitives()
-    for lay in (layer.LANE, layer.LANE_CONNECTOR):
-        prims.lanes.extend(outline(o.polygon) for o in objs.get(lay, []))
-    prims.crosswalks.extend(outline(o.polygon)[:-1] for o in objs.get(layer.CROSSWALK, []))
-    areas = [o.polygon for o in objs.get(layer.ROADBLOCK, [])] + [o.polygon for o in objs.get(layer.INTERSECTION, [])]
-    if areas:
-        union = shapely.union_all(areas)
-        bnd = union.boundary
-        for g in getattr(bnd, "geoms", [bnd]):
-            prims.boundaries.append(densify(np.asarray(g.coords)[:, :2]))
-    return prims
-
-
-def images_to_bgr(images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """RGB images to OpenCV's BGR order (for ``cv2.imwrite``)."""
-    return {k: np.ascontiguousarray(v[:, :, ::-1]) for k, v in images.items()}

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bench2drive import metrics
+from bench2drive import abilities, metrics
 from bench2drive.results import ResultsFileError, new_route_record
 from bench2drive.sim.expert import ScriptedExpert
 from bench2drive.sim.simulator import SimSettings, run_routes
@@ -68,7 +68,7 @@ def test_metrics_by_hand(tmp_path):
     c = m["corrected"]
     assert c["denominator"] == 4 and c["driving_score"] == pytest.approx(290 / 4)
     assert c["smoothness"] == pytest.approx((1 + 0 + 1 + 1) / 4)  # 1 deg/s is comfortable
-    assert metrics.junction_completion_from_flags(np.array([0, 0, 1, 1] + [0] * 16)) == pytest.approx((3 + 8) / 20)
+    assert abilities.junction_completion_from_flags(np.array([0, 0, 1, 1] + [0] * 16)) == pytest.approx((3 + 8) / 20)
 
 
 def test_metrics_bad_input(tmp_path):

@@ -250,8 +250,9 @@ def test_map_reader_primitives_render_like_the_town(world):
         from navsim_agents.data.maps import get_maps_api
     except ImportError as error:
         pytest.skip(f"navsim_agents.data.maps not importable yet: {error}")
+    from navsim_agents.data.scene_raster import primitives_from_map_api
     from navsim_agents.data.synthetic_town import build_town
-    from rap_backbone.raster import default_camera_rig, primitives_from_map_api, render_cameras
+    from rap_backbone.raster import default_camera_rig, render_cameras
 
     map_api = get_maps_api(world / "maps", "nuplan-maps-v1.0", synthetic.MAP_LOCATION)
     frame = next(_frames(world))[1][5]

@@ -22,13 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eupe.distill.export import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_student_model,
-    load_student_tensors,
-    save_student,
-)
+from eupe.distill.export import save_student
 from eupe.distill.heads import build_heads, head_key
 from eupe.distill.losses import (
     PATCH_COS_WEIGHT,
@@ -38,6 +32,8 @@ from eupe.distill.losses import (
     tokens_to_grid,
 )
 from eupe.distill.normalizer import EUPE_NORMALIZER_WARMUP_ITERS, FeatureNormalizer
+from eupe.models import IMAGENET_MEAN, IMAGENET_STD, build_student_model
+from eupe.student_checkpoint import load_student_tensors
 from eupe.teachers import Teacher, TeacherOutput, build_teacher, encode_timm
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ class MetricCacheProposalScorer:
         self._max_cached = max_cached
 
     def _cache(self, token: str) -> Any:
-        from navsim_agents.scoring.metric_cache import MetricCache
+        from navsim_agents.scoring.metric_cache_file import MetricCache
 
         if token not in self._caches:
             if token not in self.cache_files:

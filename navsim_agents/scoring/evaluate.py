@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from navsim_agents.scoring.metric_cache import CACHE_FORMAT_VERSION, MetricCache, compute_metric_cache
+from navsim_agents.scoring.metric_cache import compute_metric_cache
+from navsim_agents.scoring.metric_cache_file import CACHE_FORMAT_VERSION, MetricCache
 from navsim_agents.scoring.pdm_score import (
     V1_COLUMNS,
     V2_COLUMNS,
