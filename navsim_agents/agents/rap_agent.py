@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from navsim_agents.agents.rap_callbacks import BackboneFeatureMemo, TrainingProgress
 from navsim_agents.agents.rap_features import (
     CAMERA_NAMES,
     RAP_IMAGE_SCALE,
@@ -145,6 +146,7 @@ class RAPAgent(_AgentBase):
         loss_weights: Optional[Mapping[str, float]] = None,
         alignment: Optional[Mapping[str, float]] = None,
         proposal_scorer: Optional[ProposalScorer] = None,
+        memo_backbone_features: bool = False,
     ):
         nn.Module.__init__(self)
         self._trajectory_sampling = trajectory_sampling
@@ -158,7 +160,8 @@ class RAPAgent(_AgentBase):
         self.loss_weights = RAPLossWeights(**dict(_to_plain(loss_weights) or {}))
         self.alignment = AlignmentConfig(**dict(_to_plain(alignment) or {}))
         self.proposal_scorer = proposal_scorer
-        self.training_progress = 0.0  # set by the training loop (epoch fraction of the run), drives DANN lambda
+        self.training_progress = 0.0  # epoch fraction of the run (TrainingProgress callback), drives DANN lambda
+        self._memo_backbone_features = bool(memo_backbone_features)
 
         backbone_module = build_backbone_from_config(backbone)
         self.planner = build_planner_from_config(planner, backbone_module)
@@ -201,7 +204,17 @@ class RAPAgent(_AgentBase):
         return [self._target_builder]
 
     def forward(self, features: Mapping[str, torch.Tensor], targets: Any = None) -> dict[str, torch.Tensor]:
-        """RAP's feature dict (batched) -> the planner's output dict."""
+        """RAP's feature dict (batched) -> the planner's output dict.
+
+        Training batches with ``rendered_camera_feature`` and ``camera_valid`` (samples that have rasterized views
+        and, where ``camera_valid``, real views) follow RAP's Raster-to-Real step: the planner runs on
+        ``[rendered views of all B | real views of the valid ones]``; :meth:`compute_loss` adds the alignment.
+        """
+        if "rendered_camera_feature" in features:
+            real_idx = _real_index(features)
+            raster = {k: v for k, v in features.items() if k not in ("rendered_camera_feature", "camera_valid")}
+            raster["camera_feature"] = features["rendered_camera_feature"]
+            features = {k: torch.cat([raster[k], features[k][real_idx]]) for k in raster}
         return self.planner(dict(features))
 
     def compute_trajectory(self, agent_input: Any) -> Any:
@@ -221,7 +234,26 @@ class RAPAgent(_AgentBase):
     # ---------------------------------------------------------------- losses
     def compute_loss(self, features: Mapping[str, torch.Tensor], targets: Mapping[str, Any],
                      predictions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """RAP losses; returns a dict with ``loss`` and its terms (all scalars)."""
+        """RAP losses; returns a dict with ``loss`` and its terms (all scalars).
+
+        For a Raster-to-Real batch (see :meth:`forward`) the task loss covers the raster and the real samples
+        and the alignment terms (``alignment_spatial``, ``alignment_domain``, ``alignment_lambda``) are added.
+        """
+        if "rendered_camera_feature" not in features:
+            return self._task_losses(targets, predictions)
+        real_idx = _real_index(features)
+        n_raster = int(features["camera_valid"].shape[0])
+        both_targets = {k: (torch.cat([v, v[real_idx]]) if isinstance(v, torch.Tensor)
+                            else list(v) + [v[i] for i in real_idx.tolist()]) for k, v in targets.items()}
+        losses = self._task_losses(both_targets, predictions)
+        align = self.alignment_loss(predictions["projected"], n_raster=n_raster, real_index=real_idx)
+        losses["loss"] = losses["loss"] + align["loss"]
+        losses.update(alignment_spatial=align["spatial"], alignment_domain=align["domain"],
+                      alignment_lambda=align["lambda"])
+        return losses
+
+    def _task_losses(self, targets: Mapping[str, Any], predictions: Mapping[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
         w = self.loss_weights
         target_traj = targets["trajectory"].to(predictions["proposals"].dtype)
         score_mask = targets.get("score_mask")
@@ -272,33 +304,6 @@ class RAPAgent(_AgentBase):
             out["pred_area_loss"] = area_loss(area.reshape(score_mask.shape[0], -1)[idx].float(), gt)
         return out
 
-    def training_losses(self, features: Mapping[str, torch.Tensor], targets: Mapping[str, Any]
-                        ) -> dict[str, torch.Tensor]:
-        """Forward + losses of one training batch.
-
-        Batches with ``rendered_camera_feature`` and ``camera_valid`` (samples that have rasterized views and,
-        where ``camera_valid``, real views) follow RAP's Raster-to-Real step: the model runs on
-        ``[rendered views of all B | real views of the valid ones]``, the task loss covers both, and the
-        alignment terms (``spatial``, ``domain``) are added.
-        """
-        if "rendered_camera_feature" not in features:
-            return self.compute_loss(features, targets, self.forward(features))
-        valid = features["camera_valid"].bool().reshape(-1)
-        real_idx = torch.nonzero(valid).squeeze(-1)
-        n_raster = int(valid.shape[0])
-        raster = {k: v for k, v in features.items() if k not in ("rendered_camera_feature", "camera_valid")}
-        raster["camera_feature"] = features["rendered_camera_feature"]
-        both = {k: torch.cat([raster[k], features[k][real_idx]]) for k in raster}
-        both_targets = {k: (torch.cat([v, v[real_idx]]) if isinstance(v, torch.Tensor)
-                            else list(v) + [v[i] for i in real_idx.tolist()]) for k, v in targets.items()}
-        predictions = self.forward(both)
-        losses = self.compute_loss(both, both_targets, predictions)
-        align = self.alignment_loss(predictions["projected"], n_raster=n_raster, real_index=real_idx)
-        losses["loss"] = losses["loss"] + align["loss"]
-        losses.update(alignment_spatial=align["spatial"], alignment_domain=align["domain"],
-                      alignment_lambda=align["lambda"])
-        return losses
-
     def alignment_loss(self, projected: torch.Tensor, *, n_raster: int, real_index: torch.Tensor
                        ) -> dict[str, torch.Tensor]:
         """Raster-to-Real terms on the planner's projected camera features (see rap_backbone.alignment)."""
@@ -317,7 +322,11 @@ class RAPAgent(_AgentBase):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def get_training_callbacks(self) -> list:
-        return []
+        """The DANN progress of the run and, with ``memo_backbone_features``, the backbone-feature memo."""
+        callbacks: list = [TrainingProgress(self)]
+        if self._memo_backbone_features:
+            callbacks.append(BackboneFeatureMemo(self))
+        return callbacks
 
     # ---------------------------------------------------------------- checkpoints
     def load_checkpoint(self, path: str | Path) -> None:
@@ -349,6 +358,11 @@ class RAPAgent(_AgentBase):
                                f"{' ...' if len(unexpected) > 10 else ''}; check that backbone= and planner= "
                                "match the run that wrote it")
         self._loaded_from = str(path)
+
+
+def _real_index(features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Indices of the samples of a Raster-to-Real batch that also have real views."""
+    return torch.nonzero(features["camera_valid"].bool().reshape(-1)).squeeze(-1)
 
 
 class _WarmupCosine:
