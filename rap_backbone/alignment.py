@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rap_backbone.nuplan_rig import PACIFICA, RAP_CAMERA_NAMES
+
 # rap_model.py: LambdaScheduler(gamma=10.0)
 DANN_GAMMA = 10.0
 # agent_lightning_module.py: ``loss += distill_feature_weight * loss_render`` with navsim_config 0.002
@@ -302,12 +304,8 @@ def cross_agent_trajectory(track_poses: np.ndarray, current_index: int, num_pose
 # Re-rendered samples from NAVSIM scenes (navsim_agents.data dataclasses), for the training dataset
 # ----------------------------------------------------------------------------------------------------
 
-# RAP navsim_config.py: rear_axle_to_center; nuPlan Pacifica box (length, width, height)
-REAR_AXLE_TO_CENTER_M = 1.461
-EGO_BOX_LWH = (5.176, 2.297, 1.777)
 # RAP set_light_position: a traffic light sits about 8 m into its lane connector
 TRAFFIC_LIGHT_ALONG_M = 8.0
-AUGMENTED_CAMERAS = ("cam_b0", "cam_f0", "cam_l0", "cam_r0")
 
 
 def _camera_models(cameras: Any, names: tuple[str, ...]) -> list:
@@ -374,7 +372,7 @@ def _render(scene: Any, frame: Any, ego_global: np.ndarray, boxes_global: np.nda
 
 
 def perturbed_sample(scene: Any, rng: np.random.Generator, *, num_poses: int = 8,
-                     cameras: tuple[str, ...] = AUGMENTED_CAMERAS, render_fn: Callable | None = None
+                     cameras: tuple[str, ...] = RAP_CAMERA_NAMES, render_fn: Callable | None = None
                      ) -> tuple[Any, dict[str, Any]]:
     """Recovery perturbation of a NAVSIM ``Scene``: returns ``(agent_input, targets)``.
 
@@ -425,7 +423,7 @@ def scene_tracks(scene: Any) -> tuple[list, np.ndarray]:
     return tokens, poses
 
 
-def cross_agent_samples(scene: Any, *, num_poses: int = 8, cameras: tuple[str, ...] = AUGMENTED_CAMERAS,
+def cross_agent_samples(scene: Any, *, num_poses: int = 8, cameras: tuple[str, ...] = RAP_CAMERA_NAMES,
                         render_fn: Callable | None = None, vehicle_names: tuple[str, ...] = ("vehicle",),
                         max_agents: int | None = None) -> list[tuple[Any, dict[str, Any]]]:
     """Cross-agent view synthesis on a NAVSIM ``Scene`` (history 4 + future 10 frames = RAP's 14-frame window).
@@ -451,8 +449,9 @@ def cross_agent_samples(scene: Any, *, num_poses: int = 8, cameras: tuple[str, .
         return []
     boxes, box_tokens = _global_boxes(frame)
     ego = np.asarray(frame.ego_status.ego_pose, dtype=np.float64)
-    ego_box = np.array([ego[0] + REAR_AXLE_TO_CENTER_M * math.cos(ego[2]),
-                        ego[1] + REAR_AXLE_TO_CENTER_M * math.sin(ego[2]), EGO_BOX_LWH[2] / 2, *EGO_BOX_LWH, ego[2]])
+    to_center = PACIFICA.rear_axle_to_center
+    ego_box = np.array([ego[0] + to_center * math.cos(ego[2]), ego[1] + to_center * math.sin(ego[2]),
+                        PACIFICA.height / 2, PACIFICA.length, PACIFICA.width, PACIFICA.height, ego[2]])
     agent_input = scene.get_agent_input()
     out = []
     for n in chosen:

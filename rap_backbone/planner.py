@@ -28,14 +28,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD
 from rap_backbone.alignment import DomainClassifier
 from rap_backbone.deform_attn import multi_scale_deformable_attention, sample_value_maps, value_maps
+from rap_backbone.nuplan_rig import PACIFICA, RAP_CAMERA_NAMES
 
-# navsim_config.py RAPConfig
-CAMERA_ORDER = ("cam_b0", "cam_f0", "cam_l0", "cam_r0")
 EGO_STATUS_DIM = 11  # pose (3) | velocity (2) | acceleration (2) | driving command one-hot (4)
 NUM_SUB_SCORES = 6  # scorer.py: score_num; the last one is the final PDM score
 # encoder.py: "eps = 1e-5" for the depth test of projected reference points
@@ -47,6 +46,9 @@ DOMAIN_HIDDEN = 512
 # scorer.py: pred_col_agent outputs 2 * 40 * 9 (40 agent slots x 2 x 9 states), pred_area 5 * 2
 COLLISION_OUTPUTS = (2 * 40 * 9, 2, 9)
 AREA_OUTPUTS = 5 * 2
+# navsim_config.py RAPConfig: the ego footprint of the reference points, nuPlan's Pacifica plus a margin
+FOOTPRINT_LENGTH_MARGIN = 0.25  # half_length = 2.588 + 0.25 ("small buffer for safety")
+FOOTPRINT_WIDTH_MARGIN = 0.1  # half_width = 1.1485 + 0.1
 # grid_mask.py GridMask(True, True, rotate=1, offset=False, ratio=0.5, mode=1, prob=0.7)
 GRID_MASK_RATIO = 0.5
 REFERENCE_POINT_MODES = ("paired", "grid")
@@ -73,9 +75,9 @@ class PlannerConfig:
     tsa_num_points: int = 4  # TemporalSelfAttention default num_points
     point_cloud_range: tuple[float, ...] = (-32.0, -32.0, -2.0, 32.0, 32.0, 6.0)
     lidar_height: float = 0.0
-    half_length: float = 2.588 + 0.25  # navsim_config.py: "small buffer for safety"
-    half_width: float = 1.1485 + 0.1
-    rear_axle_to_center: float = 1.461
+    half_length: float = PACIFICA.half_length + FOOTPRINT_LENGTH_MARGIN
+    half_width: float = PACIFICA.half_width + FOOTPRINT_WIDTH_MARGIN
+    rear_axle_to_center: float = PACIFICA.rear_axle_to_center
     reference_points: str = "paired"
     dropout: float = 0.0
     agent_pred: bool = True  # collision head (training only)
@@ -551,10 +553,10 @@ class RAPPlanner(nn.Module):
         self.scorer = Scorer(cfg)
         self.domain_classifier = DomainClassifier(d_in=d, hidden=DOMAIN_HIDDEN)
         self._grid_rng = np.random.default_rng(seed)
-        mean, std = tuple(getattr(backbone, "mean", IMAGENET_MEAN)), tuple(getattr(backbone, "std", IMAGENET_STD))
-        self._renormalize = not (np.allclose(mean, IMAGENET_MEAN) and np.allclose(std, IMAGENET_STD))
-        self.register_buffer("_in_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_in_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = tuple(getattr(backbone, "mean", IMAGENET_DEFAULT_MEAN)), tuple(getattr(backbone, "std", IMAGENET_DEFAULT_STD))
+        self._renormalize = not (np.allclose(mean, IMAGENET_DEFAULT_MEAN) and np.allclose(std, IMAGENET_DEFAULT_STD))
+        self.register_buffer("_in_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_in_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
     def weights_source(self) -> str:
@@ -603,7 +605,7 @@ class RAPPlanner(nn.Module):
         b, n = cams.shape[:2]
         if n != cfg.num_cameras:
             raise ValueError(f"camera_feature has {n} cameras; the planner expects {cfg.num_cameras} "
-                             f"in the order {list(CAMERA_ORDER)}")
+                             f"in the order {list(RAP_CAMERA_NAMES)}")
         if ego.shape[-1] != EGO_STATUS_DIM:
             raise ValueError(f"ego_status last dim is {ego.shape[-1]}; expected {EGO_STATUS_DIM}")
         _, projected = self.encode_images(cams, features.get("backbone_patch"))
@@ -656,5 +658,5 @@ def build_planner(backbone: nn.Module | str, config: PlannerConfig | Mapping[str
     return RAPPlanner(backbone, config, seed=seed)
 
 
-__all__ = ["CAMERA_ORDER", "PlannerConfig", "RAPPlanner", "build_planner", "project_reference_points",
+__all__ = ["PlannerConfig", "RAPPlanner", "build_planner", "project_reference_points",
            "reference_points_3d", "footprint_corners", "apply_lora", "merge_lora", "LoRALinear", "grid_mask"]

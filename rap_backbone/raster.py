@@ -35,6 +35,8 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from rap_backbone.nuplan_rig import OPENSCENE_CAMERA_KEYS
+
 # --- constants from vita-epfl/RAP process_data/helpers/renderer.py -------------------------------
 RAP_DEPTH_MAX = 120.0  # ScenarioRenderer(depth_max=120.0)
 RAP_CROP_ROWS = 20  # canvas 1920x1120, loader crops [20:-20] (navsim/common/dataclasses.py)
@@ -103,8 +105,6 @@ NUPLAN_CAMERA_EXTRINSICS = {
         [-0.47463312, 0.02368552, 1.4341838],
     ),
 }
-NUPLAN_CAMERA_NAMES = ("CAM_F0", "CAM_L0", "CAM_L1", "CAM_L2", "CAM_R0", "CAM_R1", "CAM_R2", "CAM_B0")
-RAP_CAMERA_NAMES = ("CAM_F0", "CAM_L0", "CAM_R0", "CAM_B0")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class CameraModel:
                            width, height, self.distortion)
 
 
-def default_camera_rig(names: Sequence[str] = NUPLAN_CAMERA_NAMES,
+def default_camera_rig(names: Sequence[str] = OPENSCENE_CAMERA_KEYS,
                        image_size: tuple[int, int] = NUPLAN_IMAGE_SIZE) -> list[CameraModel]:
     """nuPlan-like cameras (see ``NUPLAN_CAMERA_EXTRINSICS``) for ``names``, at ``image_size``
     (width, height; intrinsics scaled from 1920x1080). Distortion is zero: renders are pinhole."""

@@ -35,8 +35,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 FORMAT_NAME = "eupe-student"
 FORMAT_VERSION = 1
@@ -73,8 +72,8 @@ def save_student(
     normalizer_stats: dict[str, torch.Tensor],
     recipe: dict[str, Any],
     *,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
     img_size: int | None = None,
     patch_size: int | None = None,
     heads_state_dict: dict[str, torch.Tensor] | None = None,

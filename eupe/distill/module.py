@@ -20,11 +20,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from eupe.distill.export import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     build_student_model,
     load_student_tensors,
     save_student,
@@ -109,7 +108,7 @@ class DistillModule(pl.LightningModule):
                  warmup_steps: int = 0, max_steps: int = 1000, min_lr_ratio: float = 0.0,
                  patch_cos_weight: float = PATCH_COS_WEIGHT, patch_smooth_l1_weight: float = PATCH_SMOOTH_L1_WEIGHT,
                  ema_decay: float = 0.0, grad_checkpointing: bool = False, init_from: str | None = None,
-                 student_mean: tuple[float, ...] = IMAGENET_MEAN, student_std: tuple[float, ...] = IMAGENET_STD,
+                 student_mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN, student_std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
                  recipe: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()

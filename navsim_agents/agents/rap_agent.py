@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from navsim_agents.agents.rap_features import (
-    CAMERA_NAMES,
     RAP_IMAGE_SCALE,
     RAPFeatureBuilder,
     RAPTargetBuilder,
@@ -39,6 +38,7 @@ from navsim_agents.agents.rap_loss import (
     trajectory_loss,
 )
 from rap_backbone.alignment import AlignmentConfig, alignment_losses
+from rap_backbone.nuplan_rig import RAP_CAMERA_NAMES
 
 try:  # the house AbstractAgent (NAVSIM's API); a plain Module keeps this file importable on its own
     from navsim_agents.agents.abstract_agent import AbstractAgent as _AgentBase
@@ -190,7 +190,7 @@ class RAPAgent(_AgentBase):
         from navsim_agents.data.dataclasses import SensorConfig
 
         cams = {f"cam_{n}": [] for n in ("f0", "l0", "l1", "l2", "r0", "r1", "r2", "b0")}
-        for name in CAMERA_NAMES:
+        for name in RAP_CAMERA_NAMES:
             cams[name] = [CURRENT_FRAME_INDEX]
         return SensorConfig(**cams, lidar_pc=[])
 

@@ -50,6 +50,8 @@ from scipy.interpolate import interp1d
 from shapely.geometry import LineString, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from rap_backbone.nuplan_rig import PACIFICA
+
 __all__ = [
     "SemanticMapLayer",
     "StopLineType",
@@ -133,11 +135,6 @@ VECTOR_LAYER_MAPPING: Dict[SemanticMapLayer, str] = {
 # nuplan_map.py: drivable_area = road_segments + intersections + generic_drivable_areas + carpark_areas
 DRIVABLE_AREA_SOURCE_LAYERS = ("road_segments", "intersections", "generic_drivable_areas", "carpark_areas")
 
-# nuplan/common/actor_state/vehicle_parameters.py (get_pacifica_parameters): ego footprint for the starting lane.
-PACIFICA_HALF_WIDTH = 1.1485
-PACIFICA_FRONT_LENGTH = 4.049
-PACIFICA_REAR_LENGTH = 1.127
-PACIFICA_REAR_AXLE_TO_CENTER = 1.461
 
 
 PointLike = Union[Sequence[float], npt.NDArray[np.float64], Any]
@@ -1290,17 +1287,10 @@ def ego_footprint(rear_axle_pose: npt.ArrayLike) -> Tuple[Polygon, npt.NDArray[n
     """(footprint polygon, center xy) of the nuPlan ego (Chrysler Pacifica) at a rear-axle pose."""
     x, y, heading = np.asarray(rear_axle_pose, dtype=np.float64)[:3]
     cos_h, sin_h = math.cos(heading), math.sin(heading)
-    corners_local = np.array(
-        [
-            [PACIFICA_FRONT_LENGTH, PACIFICA_HALF_WIDTH],
-            [PACIFICA_FRONT_LENGTH, -PACIFICA_HALF_WIDTH],
-            [-PACIFICA_REAR_LENGTH, -PACIFICA_HALF_WIDTH],
-            [-PACIFICA_REAR_LENGTH, PACIFICA_HALF_WIDTH],
-        ]
-    )
+    corners_local = np.array(PACIFICA.footprint())
     rotation = np.array([[cos_h, -sin_h], [sin_h, cos_h]])
     corners = corners_local @ rotation.T + np.array([x, y])
-    center = np.array([x, y]) + PACIFICA_REAR_AXLE_TO_CENTER * np.array([cos_h, sin_h])
+    center = np.array([x, y]) + PACIFICA.rear_axle_to_center * np.array([cos_h, sin_h])
     return Polygon(corners), center
 
 

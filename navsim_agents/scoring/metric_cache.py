@@ -17,9 +17,9 @@ import numpy as np
 import shapely
 from scipy.interpolate import interp1d
 
+from navsim_agents.data.dataclasses import quaternion_yaw
 from navsim_agents.data.maps import get_maps_api, resolve_maps_root
 from navsim_agents.scoring import constants as C
-from navsim_agents.scoring.constants import PACIFICA
 from navsim_agents.scoring.geometry import absolute_to_relative, box_coords, normalize_angle
 from navsim_agents.scoring.pdm_closed import (
     Track,
@@ -29,16 +29,11 @@ from navsim_agents.scoring.pdm_closed import (
 )
 from navsim_agents.scoring.scorer import CenterlinePath
 from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
+from rap_backbone.nuplan_rig import PACIFICA
 
 CACHE_FORMAT_VERSION = 4  # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix
 NUM_HISTORY_FRAMES = 4
 NUM_FUTURE_FRAMES = 10
-
-
-def quaternion_yaw(q) -> float:
-    """Yaw of a (w, x, y, z) quaternion (pyquaternion `yaw_pitch_roll[0]`)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
 def frame_ego_state(frame: dict) -> np.ndarray:
@@ -46,7 +41,7 @@ def frame_ego_state(frame: dict) -> np.ndarray:
     t = frame["ego2global_translation"]
     dyn = np.asarray(frame["ego_dynamic_state"], dtype=np.float32).astype(np.float64)
     state = np.zeros(C.STATE_SIZE)
-    state[:3] = (t[0], t[1], quaternion_yaw(frame["ego2global_rotation"]))
+    state[:3] = (t[0], t[1], float(quaternion_yaw(frame["ego2global_rotation"])))
     state[3:7] = dyn[:4]
     return state
 

@@ -24,13 +24,13 @@ from navsim_agents.data.maps import (
     route_roadblock_correction,
 )
 from navsim_agents.scoring import constants as C
-from navsim_agents.scoring.constants import PACIFICA
 from navsim_agents.scoring.constants import BBCoordsIndex as BB
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import box_coords, normalize_angle
 from navsim_agents.scoring.scorer import CenterlinePath, PDMScorer, ScorerConfig
 from navsim_agents.scoring.simulator import simulate_proposals
 from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
+from rap_backbone.nuplan_rig import PACIFICA
 
 
 @dataclass
