@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from bench2drive import geo, pid, rig
-from navsim_agents.agents.rap_features import preprocess_image
+from navsim_agents.agents.rap_features import RAP_IMAGE_SCALE, preprocess_image
+from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE
 
 try:  # the leaderboard is importable only inside a Bench2Drive checkout (BENCH2DRIVE_ROOT on PYTHONPATH)
     from leaderboard.autoagents.autonomous_agent import AutonomousAgent, Track  # type: ignore
@@ -38,7 +39,10 @@ HISTORY = 4  # ego-status frames at 2 Hz (NAVSIM num_history_frames)
 # NAVSIM driving command one-hot [left, straight, right, unknown] from the route's RoadOption
 COMMAND_INDEX = {geo.ROAD_OPTION["LEFT"]: 0, geo.ROAD_OPTION["STRAIGHT"]: 1, geo.ROAD_OPTION["LANEFOLLOW"]: 1,
                  geo.ROAD_OPTION["RIGHT"]: 2}
-DEFAULTS = {"rig": "rap4", "image_width": 768, "image_height": 432, "planner": "rap", "backbone": {"name": "eupe-t"},
+# RAP's input size (rap_features.RAP_IMAGE_SCALE of nuPlan's 1920x1080: 768x432); run_closed_loop.yaml's CPU
+# default (the small planner) asks for 384x216 instead
+DEFAULTS = {"rig": "rap4", "image_width": int(NUPLAN_IMAGE_SIZE[0] * RAP_IMAGE_SCALE),
+            "image_height": int(NUPLAN_IMAGE_SIZE[1] * RAP_IMAGE_SCALE), "planner": "rap", "backbone": {"name": "eupe-t"},
             "planner_config": "small", "checkpoint": None, "device": "cpu", "max_speed_for_throttle": None,
             "save_metric_info": True}
 

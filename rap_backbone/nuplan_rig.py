@@ -48,6 +48,8 @@ class VehicleParameters:
 
 PACIFICA = VehicleParameters()
 
+NUPLAN_IMAGE_SIZE = (1920, 1080)  # (width, height) of every nuPlan camera image
+
 # navsim/common/dataclasses.py Cameras (and SensorConfig) field order
 CAMERA_NAMES: tuple[str, ...] = ("cam_f0", "cam_l0", "cam_l1", "cam_l2", "cam_r0", "cam_r1", "cam_r2", "cam_b0")
 # RAP rap_features.py / bev_feature_build.py: the four cameras in this order, back camera first
@@ -61,5 +63,5 @@ def openscene_camera_key(name: str) -> str:
 
 OPENSCENE_CAMERA_KEYS: tuple[str, ...] = tuple(openscene_camera_key(n) for n in CAMERA_NAMES)
 
-__all__ = ["CAMERA_NAMES", "OPENSCENE_CAMERA_KEYS", "PACIFICA", "RAP_CAMERA_NAMES", "VehicleParameters",
+__all__ = ["CAMERA_NAMES", "NUPLAN_IMAGE_SIZE", "OPENSCENE_CAMERA_KEYS", "PACIFICA", "RAP_CAMERA_NAMES", "VehicleParameters",
            "openscene_camera_key"]

@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-from rap_backbone.nuplan_rig import OPENSCENE_CAMERA_KEYS
+from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE, OPENSCENE_CAMERA_KEYS
 
 # --- constants from vita-epfl/RAP process_data/helpers/renderer.py -------------------------------
 RAP_DEPTH_MAX = 120.0  # ScenarioRenderer(depth_max=120.0)
@@ -62,7 +62,6 @@ BOX_FACE_COLORS = np.array(
 # process_data/helpers/renderer.py (``camera_params``) and nuplan_cameras_utils.py; the same
 # focal length / principal point (1545, 960, 560) are in the navsim_dev conformance pickles.
 NUPLAN_INTRINSICS = np.array([[1545.0, 0.0, 960.0], [0.0, 1545.0, 560.0], [0.0, 0.0, 1.0]])
-NUPLAN_IMAGE_SIZE = (1920, 1080)  # (width, height)
 NUPLAN_CAMERA_EXTRINSICS = {
     "CAM_F0": (
         [[-0.00785972, -0.02271912, 0.99971099], [-0.99994262, 0.00745516, -0.00769211],

@@ -39,6 +39,7 @@ from navsim_agents.agents.rap_loss import (
 )
 from rap_backbone.alignment import AlignmentConfig, alignment_losses
 from rap_backbone.nuplan_rig import RAP_CAMERA_NAMES
+from rap_backbone.planner_config import planner_values
 
 try:  # the house AbstractAgent (NAVSIM's API); a plain Module keeps this file importable on its own
     from navsim_agents.agents.abstract_agent import AbstractAgent as _AgentBase
@@ -116,10 +117,8 @@ def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
             known = sorted(p.stem for p in PLANNER_CONFIG_DIR.glob("*.yaml"))
             raise FileNotFoundError(f"planner config {planner!r} not found in {PLANNER_CONFIG_DIR}; known: {known}")
         planner = OmegaConf.load(path)
-    cfg = dict(_to_plain(planner) or {})
-    cfg.pop("_target_", None)
-    seed = cfg.pop("seed", None)
-    return planner_module.build_planner(backbone, cfg, seed=seed)
+    values, seed = planner_values(_to_plain(planner))
+    return planner_module.build_planner(backbone, values, seed=seed)
 
 
 class RAPAgent(_AgentBase):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 
+from navsim_agents.data.scene_loader import load_log
 from rap_backbone.nuplan_rig import PACIFICA
 
 HISTORY_FRAMES = 4  # NAVSIM: 4 history frames (incl. the current one) and 10 future frames at 2 Hz
@@ -48,8 +48,7 @@ def find_frames(logs_dir: Path, token: str) -> tuple[list[dict], int]:
     if not logs_dir.is_dir():
         raise FileNotFoundError(f"no log directory {logs_dir}")
     for pkl in sorted(logs_dir.glob("*.pkl")):
-        with open(pkl, "rb") as handle:
-            frames = pickle.load(handle)
+        frames = load_log(pkl)
         for k, frame in enumerate(frames):
             if frame["token"] == token:
                 return frames, k

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,8 @@ from navsim_agents.scoring.scorer import CenterlinePath
 from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
 from rap_backbone.nuplan_rig import PACIFICA
 
-CACHE_FORMAT_VERSION = 4  # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix
+CACHE_FORMAT_VERSION = 5  # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix;
+# 5: ego heading from pyquaternion's yaw (the x*y sign of format 4 was flipped)
 NUM_HISTORY_FRAMES = 4
 NUM_FUTURE_FRAMES = 10
 
@@ -286,12 +286,6 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
 
     precompute_reference_terms(cache)
     return cache
-
-
-def load_log(path: Path) -> list[dict]:
-    """Frames of one OpenScene log pickle (the official data format)."""
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
 
 
 def scene_frames(log_frames: list[dict], token: str) -> list[dict]:
