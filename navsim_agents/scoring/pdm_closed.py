@@ -2,8 +2,8 @@
 
 Re-implements navsim `pdm_planner/{abstract_pdm_planner,abstract_pdm_closed_planner,pdm_closed_planner}.py`,
 `proposal/{batch_idm_policy,pdm_generator,pdm_proposal}.py` and `observation/{pdm_observation,pdm_object_manager}.py`.
-The map, the route correction (`utils/route_utils.py`), the starting lane, Dijkstra (`utils/graph_search/dijkstra.py`)
-and the centerline path come from `navsim_agents.data.maps`.
+The route correction (`utils/route_utils.py`), the starting lane, Dijkstra (`utils/graph_search/dijkstra.py`)
+and the centerline path are in `navsim_agents.scoring.route`; the map comes from `navsim_agents.data.maps`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,17 @@ import numpy as np
 import shapely
 from shapely.geometry import CAP_STYLE, Point
 
-from navsim_agents.data.maps import (
-    NuPlanMap,
-    SemanticMapLayer,
+from navsim_agents.data.maps import NuPlanMap, SemanticMapLayer
+from navsim_agents.scoring import constants as C
+from navsim_agents.scoring.constants import BBCoordsIndex as BB
+from navsim_agents.scoring.constants import StateIndex as S
+from navsim_agents.scoring.geometry import box_coords, normalize_angle
+from navsim_agents.scoring.route import (
     get_discrete_centerline,
     get_starting_lane,
     load_route_dicts,
     route_roadblock_correction,
 )
-from navsim_agents.scoring import constants as C
-from navsim_agents.scoring.constants import BBCoordsIndex as BB
-from navsim_agents.scoring.constants import StateIndex as S
-from navsim_agents.scoring.geometry import box_coords, normalize_angle
 from navsim_agents.scoring.scorer import CenterlinePath, PDMScorer, ScorerConfig
 from navsim_agents.scoring.simulator import simulate_proposals
 from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
@@ -73,7 +72,7 @@ def build_route_context(map_api: NuPlanMap, roadblock_ids, ego_rear: np.ndarray,
 
     Follows navsim `abstract_pdm_planner` / `pdm_closed_planner` at the first iteration: the route roadblocks
     are corrected at the ego pose (`route_utils.route_roadblock_correction`), the starting lane is found on the
-    corrected route's lanes and the centerline is the Dijkstra lane path's baselines (`navsim_agents.data.maps`).
+    corrected route's lanes and the centerline is the Dijkstra lane path's baselines (`scoring.route`).
 
     :param roadblock_ids: the current frame's `roadblock_ids`.
     :param ego_rear: ego rear-axle (x, y, heading) in map coordinates.
