@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from bench2drive import geo, pid, rig
-from navsim_agents.agents.rap_features import RAP_IMAGE_SCALE, preprocess_image
+from navsim_agents.agents.rap_features import preprocess_image
 from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE
 
 try:  # the leaderboard is importable only inside a Bench2Drive checkout (BENCH2DRIVE_ROOT on PYTHONPATH)
@@ -39,10 +39,9 @@ HISTORY = 4  # ego-status frames at 2 Hz (NAVSIM num_history_frames)
 # NAVSIM driving command one-hot [left, straight, right, unknown] from the route's RoadOption
 COMMAND_INDEX = {geo.ROAD_OPTION["LEFT"]: 0, geo.ROAD_OPTION["STRAIGHT"]: 1, geo.ROAD_OPTION["LANEFOLLOW"]: 1,
                  geo.ROAD_OPTION["RIGHT"]: 2}
-# RAP's input size (rap_features.RAP_IMAGE_SCALE of nuPlan's 1920x1080: 768x432); run_closed_loop.yaml's CPU
-# default (the small planner) asks for 384x216 instead
-DEFAULTS = {"rig": "rap4", "image_width": int(NUPLAN_IMAGE_SIZE[0] * RAP_IMAGE_SCALE),
-            "image_height": int(NUPLAN_IMAGE_SIZE[1] * RAP_IMAGE_SCALE), "planner": "rap", "backbone": {"name": "eupe-t"},
+# image_width / image_height None: the planner size's image_scale of nuPlan's 1920x1080 (small: 384x216,
+# rap_paper: RAP's 768x432)
+DEFAULTS = {"rig": "rap4", "image_width": None, "image_height": None, "planner": "rap", "backbone": {"name": "eupe-t"},
             "planner_config": "small", "checkpoint": None, "device": "cpu", "max_speed_for_throttle": None,
             "save_metric_info": True}
 
@@ -128,6 +127,12 @@ def load_agent_config(path_to_conf_file: str) -> tuple[dict, str | None]:
         if unknown:
             raise KeyError(f"agent config {p}: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
         cfg.update(loaded)
+    if cfg["image_width"] is None or cfg["image_height"] is None:
+        from navsim_agents.agents.rap_agent import load_planner_profile
+
+        scale = load_planner_profile(cfg["planner_config"]).image_scale
+        cfg["image_width"] = cfg["image_width"] or int(NUPLAN_IMAGE_SIZE[0] * scale)
+        cfg["image_height"] = cfg["image_height"] or int(NUPLAN_IMAGE_SIZE[1] * scale)
     return cfg, save_name
 
 

@@ -15,6 +15,8 @@ from rap_backbone.nuplan_rig import PACIFICA
 FOOTPRINT_LENGTH_MARGIN = 0.25  # half_length = 2.588 + 0.25 ("small buffer for safety")
 FOOTPRINT_WIDTH_MARGIN = 0.1  # half_width = 1.1485 + 0.1
 REFERENCE_POINT_MODES = ("paired", "grid")
+# rap_dino/bevformer/bev_feature_build.py: RandomScaleImageMultiViewImage(scales=[0.4]) -- 1920x1080 -> 768x432
+RAP_IMAGE_SCALE = 0.4
 
 
 @dataclass
@@ -87,9 +89,15 @@ class PlannerConfig:
 
 @dataclass
 class PlannerGroupConfig(PlannerConfig):
-    """The Hydra ``planner`` group: PlannerConfig plus the seed of the GridMask random stream."""
+    """The Hydra ``planner`` group: PlannerConfig, the seed of the GridMask random stream and the scale of the
+    camera images the size is meant for (RAP's 0.4 at the paper size; the CPU sizes use smaller images)."""
 
     seed: Optional[int] = None
+    image_scale: float = RAP_IMAGE_SCALE
+
+    def planner_config(self) -> PlannerConfig:
+        """The network's part (without seed and image scale)."""
+        return PlannerConfig.from_dict({f.name: getattr(self, f.name) for f in fields(PlannerConfig)})
 
 
 PLANNER_SCHEMA = "schema"  # configs/planner/*.yaml start with ``defaults: [schema, _self_]``
@@ -102,12 +110,12 @@ def register_planner_schema() -> None:
     ConfigStore.instance().store(group="planner", name=PLANNER_SCHEMA, node=PlannerGroupConfig)
 
 
-def planner_values(node: Mapping[str, Any] | None) -> tuple[dict[str, Any], Optional[int]]:
-    """(PlannerConfig values, seed) of a planner group node or of a planner yaml read as is."""
-    values = dict(node or {})
-    for key in ("defaults", "_target_"):
-        values.pop(key, None)
-    return values, values.pop("seed", None)
+def planner_profile(node: Mapping[str, Any] | None) -> PlannerGroupConfig:
+    """A planner group node, or a planner yaml read as is (its ``defaults`` list ignored), over the schema's
+    defaults; unknown keys are an error naming them."""
+    values = {k: v for k, v in dict(node or {}).items() if k not in ("defaults", "_target_")}
+    return PlannerGroupConfig.from_dict(values)
 
 
-__all__ = ["PLANNER_SCHEMA", "PlannerConfig", "PlannerGroupConfig", "planner_values", "register_planner_schema"]
+__all__ = ["PLANNER_SCHEMA", "RAP_IMAGE_SCALE", "PlannerConfig", "PlannerGroupConfig", "planner_profile",
+           "register_planner_schema"]

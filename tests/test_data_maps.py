@@ -224,7 +224,8 @@ def test_lane_graph(hand_map):
     assert nuplan_map.get_map_object("999", SemanticMapLayer.LANE) is None
 
 
-def test_conformance_ego_stands_on_its_route():
+def conformance_scenes():
+    """(token, scene) of the navsim_dev conformance set with its nuPlan map; skips the test when it is absent."""
     root = conformance_path("navsim_dev")
     if not (root / "maps" / "nuplan-maps-v1.0.json").is_file():
         pytest.skip(f"conformance set navsim_dev not found at {root}")
@@ -235,7 +236,11 @@ def test_conformance_ego_stands_on_its_route():
     loader = SceneLoader(root / "navsim_logs" / "navsim_dev", None, SceneFilter(4, 10, 1, tokens=tokens),
                          map_root=root / "maps", map_version="nuplan-maps-v1.0")
     for token in loader.tokens:
-        scene = loader.get_scene_from_token(token)
+        yield token, loader.get_scene_from_token(token)
+
+
+def test_conformance_ego_stands_on_its_route():
+    for token, scene in conformance_scenes():
         current = scene.frames[3]
         pose = current.ego_status.ego_pose
         # the ego stands in a roadblock (or connector) of its own route

@@ -6,14 +6,11 @@ Runs on the hand-drawn map of test_data_maps (lanes 101/102 east on roadblock 10
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import shapely
-from conftest import conformance_path
 from shapely.geometry import LineString
-from test_data_maps import LOCATION, write_hand_drawn_map
+from test_data_maps import LOCATION, conformance_scenes, write_hand_drawn_map
 
 from navsim_agents.data.maps import clear_maps_cache, get_maps_api
 from navsim_agents.scoring.pdm_closed import build_route_context
@@ -81,17 +78,9 @@ def test_pdm_path_substring_and_headings():
 
 
 def test_conformance_route_follows_the_logged_future():
-    root = conformance_path("navsim_dev")
-    if not (root / "maps" / "nuplan-maps-v1.0.json").is_file():
-        pytest.skip(f"conformance set navsim_dev not found at {root}")
-    from navsim_agents.data.dataclasses import SceneFilter, convert_relative_to_absolute_se2_array
-    from navsim_agents.data.scene_loader import SceneLoader
+    from navsim_agents.data.dataclasses import convert_relative_to_absolute_se2_array
 
-    tokens = json.loads((root / "scene_tokens.json").read_text())
-    loader = SceneLoader(root / "navsim_logs" / "navsim_dev", None, SceneFilter(4, 10, 1, tokens=tokens),
-                         map_root=root / "maps", map_version="nuplan-maps-v1.0")
-    for token in loader.tokens:
-        scene = loader.get_scene_from_token(token)
+    for token, scene in conformance_scenes():
         current = scene.frames[3]
         pose = np.asarray(current.ego_status.ego_pose, dtype=np.float64)
         # the logged future of this set drives along the lane centres of the route

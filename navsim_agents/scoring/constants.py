@@ -99,11 +99,7 @@ AGENT_BEHIND_ANGLE_DEG = 150.0
 # PDM-Closed; navsim `metric_caching/metric_cache_processor.py`.
 IDM_SPEED_LIMIT_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 IDM_FALLBACK_TARGET_VELOCITY = 15.0
-IDM_MIN_GAP_TO_LEAD_AGENT = 1.0
-IDM_HEADWAY_TIME = 1.5
-IDM_ACCEL_MAX = 1.5
-IDM_DECEL_MAX = 3.0
-IDM_ACCELERATION_EXPONENT = 10  # navsim `proposal/batch_idm_policy.py`
+# (its IDM parameters: navsim_agents.scoring.idm.PDM_CLOSED)
 PDM_LATERAL_OFFSETS = (-1.0, 1.0)
 PDM_MAP_RADIUS = 100.0
 PDM_TRAJECTORY_NUM_POSES = 50
