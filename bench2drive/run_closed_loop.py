@@ -54,7 +54,7 @@ def run_raster(cfg: DictConfig, out: Path) -> str:
         a.setup(f"{conf}+{save_name}")
         return a
 
-    cams = build_rig(cfg.agent.rig, width=cfg.agent.image_width, height=cfg.agent.image_height)
+    cams = build_rig(agent_cfg["rig"], width=agent_cfg["image_width"], height=agent_cfg["image_height"])
     settings = SimSettings(rig=cams, max_ticks=cl.max_ticks, render=cl.render, renderer=cl.renderer, seed=cl.seed)
     for i, part in enumerate(split_routes(routes, cl.num_parts)):
         if part:

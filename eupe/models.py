@@ -28,9 +28,6 @@ log = logging.getLogger(__name__)
 # EUPE's released checkpoints carry distillation-only heads (facebookresearch/EUPE, hub/backbones.py loads
 # with strict=False); they are not part of the encoder.
 TRAINING_ONLY_PREFIXES = ("projectors.",)
-# Input normalisation of EUPE and DINOv3 (ImageNet statistics, 0..1 scale; timm eva.py _dinov3_cfg).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ from typing import Any, Callable
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD, create_model, load_student
+from eupe.models import create_model, load_student
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ def build_teacher(name: str, *, weights: str | Path | None = None, img_size: int
             kwargs = dict(kwargs, img_size=img_size)  # build fixed-grid models (SAM, SigLIP) at that size
         model, source = _load_timm(spec, name, weights, kwargs)
         cfg = model.pretrained_cfg
-        mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        mean, std = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
         size = img_size or spec.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
     teacher = Teacher(name=name, model=model, img_size=size, mean=mean, std=std, weights_source=source,
                       precision=precision)

@@ -9,7 +9,6 @@ its three history frames as the default image.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +16,8 @@ import cv2
 import numpy as np
 
 from navsim_agents.data import synthetic
+from navsim_agents.data.dataclasses import SceneLoadError
+from navsim_agents.data.scene_loader import load_log
 from rap_backbone import corruptions
 
 
@@ -35,8 +36,7 @@ def synthetic_gallery_image(*, generate: bool) -> corruptions.GalleryImage | Non
     if not logs:
         return None
     log_path = logs[len(logs) // 2]
-    with open(log_path, "rb") as handle:  # our own generated OpenScene-style log
-        frames = pickle.load(handle)
+    frames = load_log(log_path)
     i = max(3, len(frames) // 2)
     blobs = root / "sensor_blobs" / log_path.parent.name
     images = []
@@ -52,7 +52,7 @@ def synthetic_gallery_image(*, generate: bool) -> corruptions.GalleryImage | Non
 def _synthetic() -> corruptions.GalleryImage:
     try:
         found = synthetic_gallery_image(generate=True)
-    except (OSError, KeyError, pickle.UnpicklingError) as err:
+    except (OSError, KeyError, SceneLoadError) as err:
         raise RuntimeError(f"the synthetic world is not available for the gallery: {err}") from err
     if found is None:
         raise RuntimeError("the synthetic world has no camera images; regenerate it (ensure_navmini)")
@@ -63,7 +63,7 @@ def _auto() -> corruptions.GalleryImage:
     """navmini when it is already generated (and readable), else the drawn road scene."""
     try:
         found = synthetic_gallery_image(generate=False)
-    except (OSError, KeyError, pickle.UnpicklingError):
+    except (OSError, KeyError, SceneLoadError):
         found = None
     return found if found is not None else corruptions.procedural_gallery_image()
 

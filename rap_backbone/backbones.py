@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD, create_model, get_spec, load_student
+from eupe.models import create_model, get_spec, load_student
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ class Backbone(nn.Module):
             self.stride = int(model.feature_info[-1]["reduction"])
             self.num_prefix_tokens = 0
         cfg = getattr(model, "pretrained_cfg", {}) or {}
-        self.mean = tuple(mean if mean is not None else cfg.get("mean", IMAGENET_MEAN))
-        self.std = tuple(std if std is not None else cfg.get("std", IMAGENET_STD))
+        self.mean = tuple(mean if mean is not None else cfg.get("mean", IMAGENET_DEFAULT_MEAN))
+        self.std = tuple(std if std is not None else cfg.get("std", IMAGENET_DEFAULT_STD))
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         if freeze:

@@ -38,6 +38,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rap_backbone.nuplan_rig import CAMERA_NAMES
+
 log = logging.getLogger(__name__)
 
 # ---- reference constants ---------------------------------------------------------------------------------
@@ -85,8 +87,6 @@ NAVSIM_FRAME_INTERVAL_S = 0.5  # navsim: 2 Hz history frames (navsim/common/data
 DROP_PROBABILITY = (0.2, 0.4, 0.6, 0.8, 1.0)  # per camera and scene
 DRIFT_ANGLE_DEG = (0.5, 1.0, 2.0, 3.0, 5.0)
 
-# Camera fields of navsim's Cameras dataclass (navsim/common/dataclasses.py).
-CAMERA_NAMES = ("cam_f0", "cam_l0", "cam_l1", "cam_l2", "cam_r0", "cam_r1", "cam_r2", "cam_b0")
 MAX_SEVERITY = 5
 
 

@@ -35,6 +35,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE, OPENSCENE_CAMERA_KEYS
+
 # --- constants from vita-epfl/RAP process_data/helpers/renderer.py -------------------------------
 RAP_DEPTH_MAX = 120.0  # ScenarioRenderer(depth_max=120.0)
 RAP_CROP_ROWS = 20  # canvas 1920x1120, loader crops [20:-20] (navsim/common/dataclasses.py)
@@ -60,7 +62,6 @@ BOX_FACE_COLORS = np.array(
 # process_data/helpers/renderer.py (``camera_params``) and nuplan_cameras_utils.py; the same
 # focal length / principal point (1545, 960, 560) are in the navsim_dev conformance pickles.
 NUPLAN_INTRINSICS = np.array([[1545.0, 0.0, 960.0], [0.0, 1545.0, 560.0], [0.0, 0.0, 1.0]])
-NUPLAN_IMAGE_SIZE = (1920, 1080)  # (width, height)
 NUPLAN_CAMERA_EXTRINSICS = {
     "CAM_F0": (
         [[-0.00785972, -0.02271912, 0.99971099], [-0.99994262, 0.00745516, -0.00769211],
@@ -103,8 +104,6 @@ NUPLAN_CAMERA_EXTRINSICS = {
         [-0.47463312, 0.02368552, 1.4341838],
     ),
 }
-NUPLAN_CAMERA_NAMES = ("CAM_F0", "CAM_L0", "CAM_L1", "CAM_L2", "CAM_R0", "CAM_R1", "CAM_R2", "CAM_B0")
-RAP_CAMERA_NAMES = ("CAM_F0", "CAM_L0", "CAM_R0", "CAM_B0")
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ class CameraModel:
                            width, height, self.distortion)
 
 
-def default_camera_rig(names: Sequence[str] = NUPLAN_CAMERA_NAMES,
+def default_camera_rig(names: Sequence[str] = OPENSCENE_CAMERA_KEYS,
                        image_size: tuple[int, int] = NUPLAN_IMAGE_SIZE) -> list[CameraModel]:
     """nuPlan-like cameras (see ``NUPLAN_CAMERA_EXTRINSICS``) for ``names``, at ``image_size``
     (width, height; intrinsics scaled from 1920x1080). Distortion is zero: renders are pinhole."""

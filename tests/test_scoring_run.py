@@ -189,7 +189,8 @@ def test_corrupted_synthetic_scenes_pass_the_scene(monkeypatch, synthetic):
 
 
 def test_stale_metric_cache_formats_are_rebuilt(tmp_path):
-    from navsim_agents.scoring.metric_cache import load_log, scene_frames
+    from navsim_agents.data.scene_loader import load_log
+    from navsim_agents.scoring.metric_cache import scene_frames
     from navsim_agents.scoring.metric_cache_file import CACHE_FORMAT_VERSION, MetricCache
 
     log = next(p for p in sorted((ROOT / "navsim_logs" / "navsim_dev").glob("*.pkl")) if "00121_00147" in p.name)

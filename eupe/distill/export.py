@@ -35,8 +35,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD, student_factory
+from eupe.models import student_factory
 from eupe.student_checkpoint import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
 
 
@@ -48,8 +49,8 @@ def save_student(
     normalizer_stats: dict[str, torch.Tensor],
     recipe: dict[str, Any],
     *,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
     img_size: int | None = None,
     patch_size: int | None = None,
     heads_state_dict: dict[str, torch.Tensor] | None = None,

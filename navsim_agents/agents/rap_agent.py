@@ -26,8 +26,6 @@ from torch import nn
 
 from navsim_agents.agents.rap_callbacks import BackboneFeatureMemo, TrainingProgress
 from navsim_agents.agents.rap_features import (
-    CAMERA_NAMES,
-    RAP_IMAGE_SCALE,
     RAPFeatureBuilder,
     RAPTargetBuilder,
 )
@@ -40,6 +38,8 @@ from navsim_agents.agents.rap_loss import (
     trajectory_loss,
 )
 from rap_backbone.alignment import AlignmentConfig, alignment_losses
+from rap_backbone.nuplan_rig import RAP_CAMERA_NAMES
+from rap_backbone.planner_config import RAP_IMAGE_SCALE, PlannerGroupConfig, planner_profile
 
 try:  # the house AbstractAgent (NAVSIM's API); a plain Module keeps this file importable on its own
     from navsim_agents.agents.abstract_agent import AbstractAgent as _AgentBase
@@ -103,13 +103,10 @@ def build_backbone_from_config(backbone: Any) -> nn.Module:
     return build_backbone(name, weights=cfg.pop("weights", None), freeze=cfg.pop("freeze", True), **overrides)
 
 
-def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
-    """A planner module, or the ``planner`` config group -> ``rap_backbone.planner.RAPPlanner``."""
-    if isinstance(planner, nn.Module):
-        return planner
-    from rap_backbone import planner as planner_module
-
-    if isinstance(planner, str):  # a name in configs/planner/ (when the primary config has no planner group)
+def load_planner_profile(planner: Any) -> PlannerGroupConfig:
+    """The ``planner`` config group (a node, a mapping, or a name in configs/planner/ when the primary config
+    has no planner group) over the schema's defaults."""
+    if isinstance(planner, str):
         from omegaconf import OmegaConf
 
         path = PLANNER_CONFIG_DIR / f"{planner}.yaml"
@@ -117,10 +114,17 @@ def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
             known = sorted(p.stem for p in PLANNER_CONFIG_DIR.glob("*.yaml"))
             raise FileNotFoundError(f"planner config {planner!r} not found in {PLANNER_CONFIG_DIR}; known: {known}")
         planner = OmegaConf.load(path)
-    cfg = dict(_to_plain(planner) or {})
-    cfg.pop("_target_", None)
-    seed = cfg.pop("seed", None)
-    return planner_module.build_planner(backbone, cfg, seed=seed)
+    return planner_profile(_to_plain(planner))
+
+
+def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
+    """A planner module, or the ``planner`` config group -> ``rap_backbone.planner.RAPPlanner``."""
+    if isinstance(planner, nn.Module):
+        return planner
+    from rap_backbone import planner as planner_module
+
+    profile = load_planner_profile(planner)
+    return planner_module.build_planner(backbone, profile.planner_config(), seed=profile.seed)
 
 
 class RAPAgent(_AgentBase):
@@ -134,7 +138,7 @@ class RAPAgent(_AgentBase):
         backbone: Any,
         planner: Any,
         trajectory_sampling: Any = None,
-        image_scale: float = RAP_IMAGE_SCALE,
+        image_scale: Optional[float] = None,
         missing_camera: str = "error",
         checkpoint: Optional[str] = None,
         checkpoint_backbone_config: Optional[str] = None,
@@ -151,6 +155,8 @@ class RAPAgent(_AgentBase):
         nn.Module.__init__(self)
         self._trajectory_sampling = trajectory_sampling
         self._num_poses = int(getattr(trajectory_sampling, "num_poses", None) or 8)
+        if image_scale is None:  # the scale the planner size is meant for (planner/*.yaml image_scale)
+            image_scale = RAP_IMAGE_SCALE if isinstance(planner, nn.Module) else load_planner_profile(planner).image_scale
         self._image_scale = float(image_scale)
         self._missing_camera = missing_camera
         self._checkpoint_path = checkpoint
@@ -193,7 +199,7 @@ class RAPAgent(_AgentBase):
         from navsim_agents.data.dataclasses import SensorConfig
 
         cams = {f"cam_{n}": [] for n in ("f0", "l0", "l1", "l2", "r0", "r1", "r2", "b0")}
-        for name in CAMERA_NAMES:
+        for name in RAP_CAMERA_NAMES:
             cams[name] = [CURRENT_FRAME_INDEX]
         return SensorConfig(**cams, lidar_pc=[])
 

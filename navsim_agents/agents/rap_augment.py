@@ -26,15 +26,11 @@ from rap_backbone.alignment import (
     se2_relative,
     select_pseudo_egos,
 )
-
-# RAP navsim_config.py: rear_axle_to_center; nuPlan Pacifica box (length, width, height)
-REAR_AXLE_TO_CENTER_M = 1.461
-EGO_BOX_LWH = (5.176, 2.297, 1.777)
-AUGMENTED_CAMERAS = ("cam_b0", "cam_f0", "cam_l0", "cam_r0")
+from rap_backbone.nuplan_rig import PACIFICA, RAP_CAMERA_NAMES
 
 
 def perturbed_sample(scene: Any, rng: np.random.Generator, *, num_poses: int = 8,
-                     cameras: tuple[str, ...] = AUGMENTED_CAMERAS, render_fn: RenderFn | None = None
+                     cameras: tuple[str, ...] = RAP_CAMERA_NAMES, render_fn: RenderFn | None = None
                      ) -> tuple[Any, dict[str, Any]]:
     """Recovery perturbation of a NAVSIM ``Scene``: returns ``(agent_input, targets)``.
 
@@ -83,7 +79,7 @@ def scene_tracks(scene: Any) -> tuple[list, np.ndarray]:
     return tokens, poses
 
 
-def cross_agent_samples(scene: Any, *, num_poses: int = 8, cameras: tuple[str, ...] = AUGMENTED_CAMERAS,
+def cross_agent_samples(scene: Any, *, num_poses: int = 8, cameras: tuple[str, ...] = RAP_CAMERA_NAMES,
                         render_fn: RenderFn | None = None, vehicle_names: tuple[str, ...] = ("vehicle",),
                         max_agents: int | None = None) -> list[tuple[Any, dict[str, Any]]]:
     """Cross-agent view synthesis on a NAVSIM ``Scene`` (history 4 + future 10 frames = RAP's 14-frame window).
@@ -107,8 +103,9 @@ def cross_agent_samples(scene: Any, *, num_poses: int = 8, cameras: tuple[str, .
         return []
     boxes, box_tokens = global_boxes(frame)
     ego = np.asarray(frame.ego_status.ego_pose, dtype=np.float64)
-    ego_box = np.array([ego[0] + REAR_AXLE_TO_CENTER_M * math.cos(ego[2]),
-                        ego[1] + REAR_AXLE_TO_CENTER_M * math.sin(ego[2]), EGO_BOX_LWH[2] / 2, *EGO_BOX_LWH, ego[2]])
+    to_center = PACIFICA.rear_axle_to_center
+    ego_box = np.array([ego[0] + to_center * math.cos(ego[2]), ego[1] + to_center * math.sin(ego[2]),
+                        PACIFICA.height / 2, PACIFICA.length, PACIFICA.width, PACIFICA.height, ego[2]])
     agent_input = scene.get_agent_input()
     out = []
     for n in chosen:

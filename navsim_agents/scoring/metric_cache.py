@@ -7,16 +7,13 @@ observation without traffic lights; v2: 4 s with red lights and tracks already t
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
-
 import numpy as np
 import shapely
 from scipy.interpolate import interp1d
 
+from navsim_agents.data.dataclasses import quaternion_yaw
 from navsim_agents.data.maps import get_maps_api, resolve_maps_root
 from navsim_agents.scoring import constants as C
-from navsim_agents.scoring.constants import PACIFICA
 from navsim_agents.scoring.geometry import absolute_to_relative, box_coords, normalize_angle
 from navsim_agents.scoring.metric_cache_file import MetricCache, wkb_pack
 from navsim_agents.scoring.pdm_closed import (
@@ -26,15 +23,10 @@ from navsim_agents.scoring.pdm_closed import (
     red_light_geometries,
 )
 from navsim_agents.scoring.pdm_score import precompute_reference_terms
+from rap_backbone.nuplan_rig import PACIFICA
 
 NUM_HISTORY_FRAMES = 4
 NUM_FUTURE_FRAMES = 10
-
-
-def quaternion_yaw(q) -> float:
-    """Yaw of a (w, x, y, z) quaternion (pyquaternion `yaw_pitch_roll[0]`)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
 def frame_ego_state(frame: dict) -> np.ndarray:
@@ -42,7 +34,7 @@ def frame_ego_state(frame: dict) -> np.ndarray:
     t = frame["ego2global_translation"]
     dyn = np.asarray(frame["ego_dynamic_state"], dtype=np.float32).astype(np.float64)
     state = np.zeros(C.STATE_SIZE)
-    state[:3] = (t[0], t[1], quaternion_yaw(frame["ego2global_rotation"]))
+    state[:3] = (t[0], t[1], float(quaternion_yaw(frame["ego2global_rotation"])))
     state[3:7] = dyn[:4]
     return state
 
@@ -191,12 +183,6 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
     cache = MetricCache(meta, arrays)
     precompute_reference_terms(cache)
     return cache
-
-
-def load_log(path: Path) -> list[dict]:
-    """Frames of one OpenScene log pickle (the official data format)."""
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
 
 
 def scene_frames(log_frames: list[dict], token: str) -> list[dict]:

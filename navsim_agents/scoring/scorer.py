@@ -13,13 +13,13 @@ import shapely
 import shapely.ops
 from shapely.geometry import LineString
 
-from navsim_agents.data.maps import PDMPath
 from navsim_agents.scoring import constants as C
 from navsim_agents.scoring import world as W
 from navsim_agents.scoring.comfort import ego_is_comfortable
 from navsim_agents.scoring.constants import BBCoordsIndex as BB
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import coords_to_polygons, ego_coords
+from navsim_agents.scoring.route import PDMPath
 from navsim_agents.scoring.world import DrivableMap, Observation
 
 
@@ -46,7 +46,7 @@ class ScorerConfig:
 
 
 class CenterlinePath(PDMPath):
-    """The route centerline as the scorer and PDM-Closed use it: `navsim_agents.data.maps.PDMPath` (navsim
+    """The route centerline as the scorer and PDM-Closed use it: `navsim_agents.scoring.route.PDMPath` (navsim
     `utils/pdm_path.py`) with the poses it was built from as `poses` [N,3]."""
 
     @property
