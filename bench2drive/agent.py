@@ -47,7 +47,7 @@ DEFAULTS = {"rig": "rap4", "image_width": None, "image_height": None, "planner":
 
 
 def get_entry_point() -> str:
-    return "RAPAgent"
+    return "RAPLeaderboardAgent"
 
 
 class VehicleControlLite:
@@ -96,14 +96,14 @@ def build_planner(cfg: dict):
         return ConstantVelocityPlanner()
     if cfg["planner"] == "rap":
         try:
-            from navsim_agents.agents.rap_agent import RAPAgent as NavsimRAPAgent
+            from navsim_agents.agents.rap_agent import RAPAgent
         except ImportError as exc:
             raise ImportError("the RAP agent (navsim_agents.agents.rap_agent) is not importable; install "
                               "eupe-drive fully or set planner: constant_velocity in the agent config") from exc
         backbone = cfg["backbone"]
         if isinstance(backbone, str):
             backbone = {"name": backbone}
-        navsim_agent = NavsimRAPAgent(backbone=backbone, planner=cfg["planner_config"], checkpoint=cfg["checkpoint"])
+        navsim_agent = RAPAgent(backbone=backbone, planner=cfg["planner_config"], checkpoint=cfg["checkpoint"])
         source = navsim_agent.weights_source
         print(f"closed-loop RAP planner weights: {source}", flush=True)
         return TorchPlanner(navsim_agent.planner, device=cfg["device"], source=source)
@@ -136,7 +136,7 @@ def load_agent_config(path_to_conf_file: str) -> tuple[dict, str | None]:
     return cfg, save_name
 
 
-class RAPAgent(AutonomousAgent):
+class RAPLeaderboardAgent(AutonomousAgent):
     """Bench2Drive leaderboard agent around the RAP planner."""
 
     def __init__(self, carla_host=None, carla_port=None, debug=False, *, planner=None):

@@ -24,7 +24,7 @@ from scipy.signal import savgol_filter
 from bench2drive.abilities import ABILITIES, junction_completion_from_flags
 from bench2drive.results import ResultsFileError, check_record, load_results
 from bench2drive.routes import OFFICIAL_ROUTE_COUNT, Route, read_routes
-from bench2drive.sim.world import synthetic_junction_completion
+from bench2drive.sim.scenarios import synthetic_junction_completion
 
 # efficiency_smoothness_benchmark.py nuPlan comfort bounds
 MAX_ABS_MAG_JERK = 8.37  # m/s^3

@@ -9,8 +9,8 @@ import pytest
 from bench2drive import abilities, metrics
 from bench2drive.results import ResultsFileError, new_route_record
 from bench2drive.sim.expert import ScriptedExpert
-from bench2drive.sim.simulator import SimSettings, run_routes
-from bench2drive.sim.world import synthetic_routes
+from bench2drive.sim.route_runner import SimSettings, run_routes
+from bench2drive.sim.scenarios import synthetic_routes
 
 
 def _record(rid, scenario, score, status, **infr):
@@ -128,7 +128,7 @@ def test_sim_resume_runs_only_the_rest(tmp_path):
 
 def test_metrics_cli_crashed_routes_and_partial_credit(tmp_path):
     from bench2drive.routes import write_routes
-    from bench2drive.sim.world import RoadPath, synthetic_junction_completion
+    from bench2drive.sim.scenarios import RoadPath, synthetic_junction_completion
 
     routes = synthetic_routes(["VanillaSignalizedTurnEncounterRedLight", "HardBreakRoute"])
     xml = write_routes(routes, tmp_path / "routes.xml")

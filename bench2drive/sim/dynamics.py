@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench2drive.sim.world import (
+from bench2drive.sim.scenarios import (
     EGO_LENGTH,
     EGO_WHEELBASE,
     EGO_WIDTH,

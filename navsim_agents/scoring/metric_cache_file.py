@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import shapely
 
+from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
 from navsim_agents.scoring.scorer import CenterlinePath
-from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
 
 CACHE_FORMAT_VERSION = 5  # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix;
 # 5: ego heading from pyquaternion's yaw (the x*y sign of format 4 was flipped)

@@ -21,6 +21,8 @@ from navsim_agents.scoring.constants import BBCoordsIndex as BB
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import box_coords, normalize_angle
 from navsim_agents.scoring.idm import pdm_idm_step
+from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
+from navsim_agents.scoring.pdm_simulator import simulate_proposals
 from navsim_agents.scoring.route import (
     get_discrete_centerline,
     get_starting_lane,
@@ -28,8 +30,6 @@ from navsim_agents.scoring.route import (
     route_roadblock_correction,
 )
 from navsim_agents.scoring.scorer import CenterlinePath, PDMScorer, ScorerConfig
-from navsim_agents.scoring.simulator import simulate_proposals
-from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
 from rap_backbone.nuplan_rig import PACIFICA
 
 

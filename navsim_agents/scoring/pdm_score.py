@@ -13,8 +13,8 @@ from navsim_agents.scoring import constants as C
 from navsim_agents.scoring.comfort import two_frame_extended_comfort
 from navsim_agents.scoring.geometry import principal_value, relative_to_absolute
 from navsim_agents.scoring.metric_cache_file import MetricCache
+from navsim_agents.scoring.pdm_simulator import simulate_proposals
 from navsim_agents.scoring.scorer import PDMScorer, ScorerConfig
-from navsim_agents.scoring.simulator import simulate_proposals
 
 V2_FILTERED = C.V2_COLUMNS[:-1]  # the human penalty filter leaves out the two-frame comfort
 
