@@ -29,6 +29,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from navsim_agents.data.splits import build_scene_loader
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
@@ -153,13 +155,6 @@ def _takes_token(builder: Any) -> bool:
     import inspect
 
     return "token" in inspect.signature(builder.compute_features).parameters
-
-
-def build_scene_loader(split: Mapping[str, Any], sensor_config: Any) -> Any:
-    """SceneLoader for a ``split`` config node (``navsim_agents.data.splits``: data root, maps, scene filter)."""
-    from navsim_agents.data.splits import build_scene_loader as build
-
-    return build(split, sensor_config)
 
 
 def collate(batch: list[tuple[dict, dict]]) -> tuple[dict, dict]:
