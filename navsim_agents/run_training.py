@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from eupe.config_tree import hydra_config_path
 from navsim_agents.data.splits import build_scene_loader
 
 logger = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "failed": train_data.failed, "trainer": trainer, "module": module}
 
 
-@hydra.main(config_path="../configs", config_name="run_training", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_training", version_base=None)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

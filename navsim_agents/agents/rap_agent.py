@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from eupe.config_tree import config_file
 from navsim_agents.agents.abstract_agent import AbstractAgent
 from navsim_agents.agents.rap_callbacks import BackboneFeatureMemo, TrainingProgress
 from navsim_agents.agents.rap_features import (
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 # RAP rap_agent.py: SensorConfig(cam_f0=[3], cam_l0=[3], cam_r0=[3], cam_b0=[3]) -> current frame only
 CURRENT_FRAME_INDEX = 3
-PLANNER_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "planner"
 
 
 @dataclass
@@ -100,13 +100,7 @@ def load_planner_profile(planner: Any) -> PlannerGroupConfig:
     """The ``planner`` config group (a node, a mapping, or a name in configs/planner/ when the primary config
     has no planner group) over the schema's defaults."""
     if isinstance(planner, str):
-        from omegaconf import OmegaConf
-
-        path = PLANNER_CONFIG_DIR / f"{planner}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in PLANNER_CONFIG_DIR.glob("*.yaml"))
-            raise FileNotFoundError(f"planner config {planner!r} not found in {PLANNER_CONFIG_DIR}; known: {known}")
-        planner = OmegaConf.load(path)
+        planner = OmegaConf.load(config_file("planner", planner))
     return planner_profile(_to_plain(planner))
 
 
