@@ -116,6 +116,7 @@ def test_the_wheel_ships_the_config_tree(installed_wheel, tmp_path):
     code = (
         "import importlib.util\n"
         "from hydra import compose, initialize_config_module\n"
+        "import navsim_agents  # as the entry points do: registers the planner schema the planner yamls extend\n"
         "for pkg in ('eupe', 'navsim_agents', 'bench2drive', 'eupe_drive_configs'):\n"
         "    print(importlib.util.find_spec(pkg).origin)\n"
         "with initialize_config_module('eupe_drive_configs', version_base=None):\n"

@@ -42,7 +42,7 @@ class BackboneFeatureMemo(pl.Callback):
 
     def __init__(self, agent: nn.Module) -> None:
         if not agent.planner.backbone_is_deterministic:
-            raise ValueError("memo_backbone_features=true needs a frozen backbone without LoRA or GridMask "
+            raise ValueError("agent.memo_backbone_features=true needs a frozen backbone without LoRA or GridMask "
                              "(backbone.freeze=true, planner.lora_rank=0, planner.grid_mask_prob=0)")
         self.agent = agent
         self.memo: dict[str, torch.Tensor] = {}
