@@ -11,7 +11,7 @@ Frames:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -134,6 +134,3 @@ def project(points: np.ndarray, l2i: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return hom[:, :2] / np.where(np.abs(depth) < 1e-9, 1e-9, depth)[:, None], depth
 
 
-def scale_rig(rig: list[CameraSpec], factor: float) -> list[CameraSpec]:
-    """The same rig with images resized by ``factor`` (intrinsics follow from width and fov)."""
-    return [replace(c, width=max(1, round(c.width * factor)), height=max(1, round(c.height * factor))) for c in rig]

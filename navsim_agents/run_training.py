@@ -29,6 +29,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from eupe.config_tree import hydra_config_path
+from navsim_agents.data.splits import build_scene_loader
 from rap_backbone.planner_config import register_planner_schema
 
 register_planner_schema()  # configs/planner/*.yaml extend planner/schema, also when run as a script
@@ -157,13 +159,6 @@ def _takes_token(builder: Any) -> bool:
     import inspect
 
     return "token" in inspect.signature(builder.compute_features).parameters
-
-
-def build_scene_loader(split: Mapping[str, Any], sensor_config: Any) -> Any:
-    """SceneLoader for a ``split`` config node (``navsim_agents.data.splits``: data root, maps, scene filter)."""
-    from navsim_agents.data.splits import build_scene_loader as build
-
-    return build(split, sensor_config)
 
 
 def collate(batch: list[tuple[dict, dict]]) -> tuple[dict, dict]:
@@ -306,7 +301,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "failed": train_data.failed, "trainer": trainer, "module": module}
 
 
-@hydra.main(config_path="../configs", config_name="run_training", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_training", version_base=None)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

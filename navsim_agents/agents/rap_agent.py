@@ -18,12 +18,15 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from eupe.config_tree import config_file
+from navsim_agents.agents.abstract_agent import AbstractAgent
 from navsim_agents.agents.rap_callbacks import BackboneFeatureMemo, TrainingProgress
 from navsim_agents.agents.rap_features import (
     RAPFeatureBuilder,
@@ -41,16 +44,10 @@ from rap_backbone.alignment import AlignmentConfig, alignment_losses
 from rap_backbone.nuplan_rig import RAP_CAMERA_NAMES
 from rap_backbone.planner_config import RAP_IMAGE_SCALE, PlannerGroupConfig, planner_profile
 
-try:  # the house AbstractAgent (NAVSIM's API); a plain Module keeps this file importable on its own
-    from navsim_agents.agents.abstract_agent import AbstractAgent as _AgentBase
-except ImportError:  # pragma: no cover - only while the agents package is incomplete
-    _AgentBase = nn.Module
-
 logger = logging.getLogger(__name__)
 
 # RAP rap_agent.py: SensorConfig(cam_f0=[3], cam_l0=[3], cam_r0=[3], cam_b0=[3]) -> current frame only
 CURRENT_FRAME_INDEX = 3
-PLANNER_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "planner"
 
 
 @dataclass
@@ -82,12 +79,8 @@ def warmup_cosine_factor(epoch: int, *, warmup_epochs: int, epochs: int, lr: flo
 
 
 def _to_plain(cfg: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
     return cfg
 
 
@@ -107,13 +100,7 @@ def load_planner_profile(planner: Any) -> PlannerGroupConfig:
     """The ``planner`` config group (a node, a mapping, or a name in configs/planner/ when the primary config
     has no planner group) over the schema's defaults."""
     if isinstance(planner, str):
-        from omegaconf import OmegaConf
-
-        path = PLANNER_CONFIG_DIR / f"{planner}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in PLANNER_CONFIG_DIR.glob("*.yaml"))
-            raise FileNotFoundError(f"planner config {planner!r} not found in {PLANNER_CONFIG_DIR}; known: {known}")
-        planner = OmegaConf.load(path)
+        planner = OmegaConf.load(config_file("planner", planner))
     return planner_profile(_to_plain(planner))
 
 
@@ -127,7 +114,7 @@ def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
     return planner_module.build_planner(backbone, profile.planner_config(), seed=profile.seed)
 
 
-class RAPAgent(_AgentBase):
+class RAPAgent(AbstractAgent):
     """RAP planner with a swappable backbone, behind NAVSIM's agent API."""
 
     requires_scene = False
@@ -380,6 +367,3 @@ class _WarmupCosine:
     def __call__(self, epoch: int) -> float:
         return warmup_cosine_factor(epoch, warmup_epochs=self.warmup_epochs, epochs=self.epochs, lr=self.lr,
                                     min_lr=self.min_lr)
-
-
-FeatureFn = Callable[[Any], Mapping[str, torch.Tensor]]

@@ -130,11 +130,6 @@ def _xy(point: PointLike) -> Tuple[float, float]:
     return float(point[0]), float(point[1])
 
 
-def _normalize_angle(angle: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    angle = np.asarray(angle, dtype=np.float64)
-    return np.arctan2(np.sin(angle), np.cos(angle))
-
-
 def str_id(value: Any) -> str:
     """Map ids are strings of integers (nuplan casts the fid index to str); 12.0 -> '12'."""
     if isinstance(value, (float, np.floating)):

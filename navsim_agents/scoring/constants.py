@@ -50,7 +50,6 @@ V2_COLUMNS = ("no_at_fault_collisions", "drivable_area_compliance", "driving_dir
 
 # Tracked object types (nuplan `tracked_objects_types.py`); AGENT_TYPES score 0 on an at-fault collision.
 AGENT_TYPE_NAMES = frozenset({"vehicle", "pedestrian", "bicycle", "ego"})
-STATIC_TYPE_NAMES = frozenset({"traffic_cone", "barrier", "czone_sign", "generic_object"})
 
 # Trajectory sampling of the scorer: navsim `config/common/.../proposal_sampling` (num_poses 40, 0.1 s).
 PROPOSAL_NUM_POSES = 40

@@ -140,6 +140,3 @@ def extended_comfort(current_states: np.ndarray, previous_states: np.ndarray, ga
     times = np.arange(cur.shape[0]) * dt
     return float(two_frame_extended_comfort(cur[None], prev[None], times)[0])
 
-
-# public name of the pose -> reference-state helper (used by training-time proposal scoring)
-reference_states = _reference
