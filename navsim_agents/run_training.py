@@ -31,6 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from eupe.config_tree import hydra_config_path
 from navsim_agents.data.splits import build_scene_loader
+from rap_backbone.planner_config import register_planner_schema
+
+register_planner_schema()  # configs/planner/*.yaml extend planner/schema, also when run as a script
 
 logger = logging.getLogger(__name__)
 

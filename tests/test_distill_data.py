@@ -255,3 +255,10 @@ def test_student_meta_rejects_foreign_files(tmp_path):
         read_student_meta(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
         read_student_meta(tmp_path / "absent.safetensors")
+
+
+def test_navsim_source_names_an_unknown_camera(tmp_path):
+    from navsim_agents.data.camera_source import NavsimCameraSource
+
+    with pytest.raises(KeyError, match="cam_x9"):
+        NavsimCameraSource(tmp_path, tmp_path, cameras=["cam_f0", "cam_x9"])

@@ -119,6 +119,7 @@ def test_the_wheel_ships_the_config_tree(installed_wheel, tmp_path):
         "import navsim_agents  # as the entry points do: registers the planner schema the planner yamls extend\n"
         "for pkg in ('eupe', 'navsim_agents', 'bench2drive', 'eupe_drive_configs'):\n"
         "    print(importlib.util.find_spec(pkg).origin)\n"
+        "import navsim_agents  # registers planner/schema, which configs/planner/*.yaml extend\n"
         "with initialize_config_module('eupe_drive_configs', version_base=None):\n"
         f"    for name in {PRIMARY_CONFIGS!r}:\n"
         "        print(name, len(compose(name)))\n")

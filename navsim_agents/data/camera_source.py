@@ -14,6 +14,7 @@ from eupe.distill.data import decode_image, register_source
 from navsim_agents.data import synthetic
 from navsim_agents.data.dataclasses import SceneFilter
 from navsim_agents.data.scene_loader import SceneLoader
+from rap_backbone.nuplan_rig import CAMERA_NAMES, openscene_camera_key
 
 
 class NavsimCameraSource:
@@ -27,6 +28,9 @@ class NavsimCameraSource:
 
     def __init__(self, data_path: str | Path, sensor_blobs_path: str | Path, *,
                  cameras: Sequence[str] = ("cam_f0",), log_names: Sequence[str] | None = None) -> None:
+        unknown = [c for c in cameras if c not in CAMERA_NAMES]
+        if unknown:
+            raise KeyError(f"unknown camera(s) {unknown} in a navsim data source; use names of {list(CAMERA_NAMES)}")
         scene_filter = SceneFilter(log_names=list(log_names)) if log_names else SceneFilter()
         loader = SceneLoader(Path(data_path), Path(sensor_blobs_path), scene_filter, on_corrupt_log="skip")
         self.blobs = Path(sensor_blobs_path)
@@ -36,7 +40,7 @@ class NavsimCameraSource:
             frame = loader.scene_frames_dicts[token][current]
             for cam in cameras:
                 cams = frame.get("cams", {})
-                entry = cams.get(cam.upper(), cams.get(cam))  # OpenScene pickles name cameras CAM_F0, ...
+                entry = cams.get(openscene_camera_key(cam))
                 if entry is not None and entry.get("data_path"):
                     self.files.append(self.blobs / entry["data_path"])
         if not self.files:
