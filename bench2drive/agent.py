@@ -16,11 +16,14 @@ import math
 import os
 from collections import deque
 from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 
 from bench2drive import geo, pid, rig
+from bench2drive.robustness import TICK_S, ActionDelay, Perturbations
+from eupe.atomic_io import atomic_write_text
 from navsim_agents.agents.rap_features import preprocess_image
 from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE
 
@@ -43,7 +46,10 @@ COMMAND_INDEX = {geo.ROAD_OPTION["LEFT"]: 0, geo.ROAD_OPTION["STRAIGHT"]: 1, geo
 # rap_paper: RAP's 768x432)
 DEFAULTS = {"rig": "rap4", "image_width": None, "image_height": None, "planner": "rap", "backbone": {"name": "eupe-t"},
             "planner_config": "small", "checkpoint": None, "device": "cpu", "max_speed_for_throttle": None,
-            "save_metric_info": True}
+            "save_metric_info": True, "torch_threads": None, "seed": 0,
+            # closed-loop robustness (bench2drive/robustness.py): what the agent receives and when plans act
+            "corruption": {"name": "none"}, "sensor_fault": {"name": "none"}, "latency": {"mode": "none"}}
+PLANNERS = ("rap", "constant_velocity", "expert")  # expert: the embedded simulator's privileged agent
 
 
 def get_entry_point() -> str:
@@ -86,15 +92,25 @@ class TorchPlanner:
         self.module, self.device, self.source = module.eval().to(device), device, source
 
     def __call__(self, features: dict) -> dict:
-        return self.module({k: v.to(self.device) for k, v in features.items()})
+        import torch
+
+        with torch.inference_mode():  # no autograd bookkeeping in the loop
+            return self.module({k: v.to(self.device) for k, v in features.items()})
 
 
 def build_planner(cfg: dict):
     """The planner of the agent config: 'rap' (RAP with the ``backbone`` group, ``planner_config`` and
     ``checkpoint``, built like the NAVSIM RAP agent) or 'constant_velocity'."""
+    if cfg["torch_threads"]:  # intra-op threads of the planner process (torch's default: all cores)
+        import torch
+
+        torch.set_num_threads(int(cfg["torch_threads"]))
     if cfg["planner"] == "constant_velocity":
         return ConstantVelocityPlanner()
     if cfg["planner"] == "rap":
+        from eupe.seeding import seed_everything
+
+        seed_everything(int(cfg["seed"]))  # random weights (no checkpoint) follow the run's seed
         try:
             from navsim_agents.agents.rap_agent import RAPAgent
         except ImportError as exc:
@@ -107,7 +123,11 @@ def build_planner(cfg: dict):
         source = navsim_agent.weights_source
         print(f"closed-loop RAP planner weights: {source}", flush=True)
         return TorchPlanner(navsim_agent.planner, device=cfg["device"], source=source)
-    raise ValueError(f"unknown planner '{cfg['planner']}' in the agent config; use 'rap' or 'constant_velocity'")
+    if cfg["planner"] == "expert":
+        raise ValueError("agent.planner=expert is the embedded simulator's privileged expert: run it with "
+                         "closed_loop=raster (it has no network and reads the simulator, not the cameras)")
+    raise ValueError(f"unknown planner '{cfg['planner']}' in the agent config; use 'rap', 'constant_velocity' or "
+                     "'expert' (embedded simulator only)")
 
 
 def load_agent_config(path_to_conf_file: str) -> tuple[dict, str | None]:
@@ -127,13 +147,40 @@ def load_agent_config(path_to_conf_file: str) -> tuple[dict, str | None]:
         if unknown:
             raise KeyError(f"agent config {p}: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
         cfg.update(loaded)
-    if cfg["image_width"] is None or cfg["image_height"] is None:
+    cfg["image_width"], cfg["image_height"] = image_size(cfg)
+    return cfg, save_name
+
+
+def image_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """(width, height) of the camera images: the agent config's, a null one from the planner size's image_scale
+    of nuPlan's 1920x1080."""
+    width, height = cfg["image_width"], cfg["image_height"]
+    if width is None or height is None:
         from navsim_agents.agents.rap_agent import load_planner_profile
 
         scale = load_planner_profile(cfg["planner_config"]).image_scale
-        cfg["image_width"] = cfg["image_width"] or int(NUPLAN_IMAGE_SIZE[0] * scale)
-        cfg["image_height"] = cfg["image_height"] or int(NUPLAN_IMAGE_SIZE[1] * scale)
-    return cfg, save_name
+        width = width or int(NUPLAN_IMAGE_SIZE[0] * scale)
+        height = height or int(NUPLAN_IMAGE_SIZE[1] * scale)
+    return int(width), int(height)
+
+
+def sensor_list(cams: list[rig.CameraSpec]) -> list[dict]:
+    """The leaderboard ``sensors()`` of a rig: its cameras, then IMU, GNSS and speedometer."""
+    return [c.sensor_dict() for c in cams] + rig.other_sensors()
+
+
+def localize(input_data: dict, gps_to_local) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """(centre xy, CARLA yaw rad, speed m/s, IMU acceleration [2]) from the GNSS, IMU and speedometer readings;
+    ``gps_to_local`` maps (lat, lon) to metres."""
+    gps = np.asarray(input_data["GPS"][1])[:2]
+    imu = np.asarray(input_data["IMU"][1], dtype=np.float64)
+    yaw = geo.compass_to_yaw(float(imu[-1]))
+    # the GNSS reads its mount point; the b2d agents use it as the ego position, we move it to the centre
+    gx, gy = rig.IMU_GNSS_POSITION[:2]
+    fwd, right = np.array([math.cos(yaw), math.sin(yaw)]), np.array([-math.sin(yaw), math.cos(yaw)])
+    xy = gps_to_local(gps) - gx * fwd - gy * right
+    acc = imu[:2] if np.isfinite(imu[-1]) else np.zeros(2)
+    return xy, yaw, float(input_data["SPEED"][1]["speed"]), acc
 
 
 class RAPLeaderboardAgent(AutonomousAgent):
@@ -155,6 +202,14 @@ class RAPLeaderboardAgent(AutonomousAgent):
         self.rig = rig.build_rig(self.cfg["rig"], width=self.cfg["image_width"], height=self.cfg["image_height"])
         self.l2i = np.stack([rig.lidar2img(c) for c in self.rig]).astype(np.float32)
         self.planner = self._planner_override or build_planner(self.cfg)
+        # validated here too, so a bad setting fails at set-up (the evaluator's "Agent couldn't be set up")
+        self.perturbations = Perturbations.from_cfg(corruption=self.cfg["corruption"],
+                                                    sensor_fault=self.cfg["sensor_fault"],
+                                                    latency=self.cfg["latency"], seed=self.cfg["seed"])
+        self.perturb = self.perturbations.for_route(self.save_name, [c.id for c in self.rig],
+                                                    frame_interval_s=PLAN_EVERY * TICK_S,
+                                                    intrinsics={c.id: rig.intrinsics(c) for c in self.rig})
+        self.delay = ActionDelay()
         self.pid = pid.PIDController()
         self.step = -1
         self.route_planner: geo.RoutePlanner | None = None
@@ -167,16 +222,22 @@ class RAPLeaderboardAgent(AutonomousAgent):
             self.save_dir.mkdir(parents=True, exist_ok=True)
 
     def sensors(self) -> list[dict]:
-        return [c.sensor_dict() for c in self.rig] + rig.other_sensors()
+        return sensor_list(self.rig)
 
     def set_global_plan(self, global_plan_gps, global_plan_world_coord) -> None:
         if AutonomousAgent is not object:
             super().set_global_plan(global_plan_gps, global_plan_world_coord)
+            global_plan_gps, global_plan_world_coord = self._global_plan, self._global_plan_world_coord
         else:  # the base class's 50 m downsampling, without the leaderboard installed
             xy = np.array([[t.location.x, t.location.y] for t, _ in global_plan_world_coord])
             ids = geo.downsample_route(xy, [int(getattr(c, "value", c)) for _, c in global_plan_world_coord])
-            self._global_plan_world_coord = [global_plan_world_coord[i] for i in ids]
-            self._global_plan = [global_plan_gps[i] for i in ids]
+            global_plan_world_coord = [global_plan_world_coord[i] for i in ids]
+            global_plan_gps = [global_plan_gps[i] for i in ids]
+        self.set_route_plan(global_plan_gps, global_plan_world_coord)
+
+    def set_route_plan(self, global_plan_gps, global_plan_world_coord) -> None:
+        """The route already downsampled to 50 m (a bridge client's leaderboard did it)."""
+        self._global_plan_world_coord, self._global_plan = global_plan_world_coord, global_plan_gps
         self.route_planner = None
 
     def destroy(self) -> None:
@@ -209,6 +270,8 @@ class RAPLeaderboardAgent(AutonomousAgent):
             img = cv2.cvtColor(np.asarray(frame)[:, :, :3], cv2.COLOR_BGR2RGB)
             if img.shape[:2] != (h, w):
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            if self.perturb.active:  # between the sensor and the planner: corruption, then camera faults
+                img = self.perturb.camera(c.id, img, self.step)
             # the rig already renders at the planner's size: RAP's normalise + pad, no further resize
             imgs.append(preprocess_image(img, scale=1.0))
         return np.stack(imgs)
@@ -240,35 +303,36 @@ class RAPLeaderboardAgent(AutonomousAgent):
 
     def localize(self, input_data: dict) -> tuple[np.ndarray, float, float, np.ndarray]:
         """(centre xy in the agent's frame, CARLA yaw rad, speed m/s, IMU acceleration [2]) from the sensors."""
-        gps = np.asarray(input_data["GPS"][1])[:2]
-        imu = np.asarray(input_data["IMU"][1], dtype=np.float64)
-        yaw = geo.compass_to_yaw(float(imu[-1]))
-        # the GNSS reads its mount point; the b2d agents use it as the ego position, we move it to the centre
-        gx, gy = rig.IMU_GNSS_POSITION[:2]
-        fwd, right = np.array([math.cos(yaw), math.sin(yaw)]), np.array([-math.sin(yaw), math.cos(yaw)])
-        xy = self.gps_to_local(gps) - gx * fwd - gy * right
-        acc = imu[:2] if np.isfinite(imu[-1]) else np.zeros(2)
-        return xy, yaw, float(input_data["SPEED"][1]["speed"]), acc
+        return localize(input_data, self.gps_to_local)
 
     # ---------------------------------------------------------------- step
     def run_step(self, input_data: dict, timestamp: float):
         self.step += 1
         if self.route_planner is None:
             self._init_route()
+        input_data = self.perturb.state(input_data, self.step)  # GNSS / speed / compass faults
         xy, yaw, speed, acc = self.localize(input_data)
         target, command = self.route_planner.run_step(xy)
-        if self.step % PLAN_EVERY == 0 or self.plan_world is None:
-            import torch
+        if self.step % PLAN_EVERY == 0 or (self.plan_world is None and not self.delay.pending):
+            import time
 
-            with torch.no_grad():
-                out = self.planner(self.build_features(input_data, xy, yaw, speed, acc, command))
+            t0 = time.perf_counter()
+            out = self.planner(self.build_features(input_data, xy, yaw, speed, acc, command))
+            seconds = time.perf_counter() - t0
             traj = np.asarray(out["trajectory"][0].detach().cpu().numpy(), np.float64)[:, :2]
             if not np.isfinite(traj).all():
                 raise ValueError("planner returned NaN/inf waypoints")
             # planner frame (x fwd, y left, rear axle) -> CARLA ego frame -> world, held until the next plan
             ego_pts = np.stack([traj[:, 0] - rig.REAR_AXLE_TO_CENTER, -traj[:, 1]], axis=1)
             c, s = math.cos(yaw), math.sin(yaw)
-            self.plan_world = xy + ego_pts @ np.array([[c, s], [-s, c]])
+            # the plan acts once the planner is done thinking (latency); the previous one is followed meanwhile
+            self.delay.push(xy + ego_pts @ np.array([[c, s], [-s, c]]),
+                            self.step + self.perturbations.latency.ticks(seconds))
+        plan = self.delay.due(self.step)
+        if plan is not None:
+            self.plan_world = plan
+        if self.plan_world is None:  # no plan has acted yet (latency at the start): stand still
+            return make_control(0.0, 0.0, 1.0)
         local = geo.world_to_ego(self.plan_world, xy, yaw)
         wps = pid.ego_to_pid(np.concatenate([np.zeros((1, 2)), local]))
         tgt = pid.ego_to_pid(geo.world_to_ego(target, xy, yaw))
@@ -279,5 +343,5 @@ class RAPLeaderboardAgent(AutonomousAgent):
             throttle = 0.0
         if self.cfg["save_metric_info"] and self.save_dir is not None and getattr(self, "hero_actor", None):
             self.metric_info[self.step] = self.get_metric_info()
-            (self.save_dir / "metric_info.json").write_text(json.dumps(self.metric_info, indent=4))
+            atomic_write_text(self.save_dir / "metric_info.json", json.dumps(self.metric_info, indent=4))
         return make_control(steer, throttle, brake)

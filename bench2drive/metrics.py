@@ -22,9 +22,16 @@ import numpy as np
 from scipy.signal import savgol_filter
 
 from bench2drive.abilities import ABILITIES, junction_completion_from_flags
-from bench2drive.results import ResultsFileError, check_record, load_results
+from bench2drive.results import (
+    FAILURE_MESSAGES,
+    ResultsFileError,
+    check_record,
+    load_results,
+    non_numeric_scores,
+)
 from bench2drive.routes import OFFICIAL_ROUTE_COUNT, Route, read_routes
 from bench2drive.sim.scenarios import synthetic_junction_completion
+from eupe.atomic_io import atomic_write_text
 
 # efficiency_smoothness_benchmark.py nuPlan comfort bounds
 MAX_ABS_MAG_JERK = 8.37  # m/s^3
@@ -70,6 +77,10 @@ def load_records(results_dir: str | Path) -> list[dict]:
             if missing:
                 raise _fail(f"{path}: record {rd.get('route_id', '?')} lacks {missing}; the run crashed before "
                             f"the leaderboard finished this record: resume that part to fill it")
+            bad = non_numeric_scores(rd)
+            if bad:
+                raise _fail(f"{path}: record {rd.get('route_id', '?')} has non-numeric {bad}; the leaderboard "
+                            f"writes numbers there: rerun that route (resume skips finished ones) or fix the file")
             rd = dict(rd)
             rd.pop("index", None)
             records.append(rd)
@@ -293,18 +304,36 @@ def smoothness(records: Sequence[dict], metric_dir: str | Path, *, corrected: bo
 
 
 # ----------------------------------------------------------------------------------------------- driver
+def route_tally(records: Sequence[dict], routes: Sequence[Route] | None) -> dict:
+    """How many routes the set has, how many have a record, how many of those did not run to the end (the
+    evaluator's crash statuses: simulation, agent set-up, agent run time) and how many have no record."""
+    crash_messages = [message for _, message in FAILURE_MESSAGES.values()]
+    crashed = sum(any(m in r["status"] for m in crash_messages) for r in records)
+    total = len(routes) if routes is not None else len(records)
+    recorded = {route_number(r) for r in records}
+    missing = sum(str(r.id) not in recorded for r in routes) if routes is not None else 0
+    return {"routes": total, "recorded": len(records), "crashed": crashed, "missing": missing}
+
+
 def evaluate(results_dir: str | Path, metric_dir: str | Path, routes_file: str | Path | None = None, *,
              corrected: bool = False, junction_completion: Callable[[Route], float] | None = None) -> dict:
     """All metrics of a run directory as one dict (see module docstring)."""
     records = load_records(results_dir)
     routes = read_routes(routes_file, allow_unknown=True) if routes_file else None
     merged = merge(records)
+    routes_by_id = {r.id: r for r in routes} if routes is not None else None
     warnings = []
     if len(records) != OFFICIAL_ROUTE_COUNT:
         warnings.append(f"there are {len(records)} routes in your json, which does not equal to "
                         f"{OFFICIAL_ROUTE_COUNT}: Driving Score and Success Rate divide by {OFFICIAL_ROUTE_COUNT}")
     ab = abilities(records, routes, junction_completion=junction_completion)
     smooth, missing = smoothness(records, metric_dir)
+    if missing:
+        where = "folder not found" if not Path(metric_dir).is_dir() else "metric_info.json missing"
+        warnings.append(f"metric info {metric_dir}: {where} for {len(missing)} of {len(records)} routes "
+                        f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}): Smoothness "
+                        f"{'is left out' if len(missing) == len(records) else 'is the mean of the other routes'}; "
+                        "Driving Score, Success Rate, Efficiency and the abilities do not need it")
     crashed = [{"route_id": rid, "scenario_type": st, "status": "Failed - Simulation crashed"}
                for st, rid in ab["crashed"]]
     out = {
@@ -318,9 +347,12 @@ def evaluate(results_dir: str | Path, metric_dir: str | Path, routes_file: str |
         "ability_counts": ab["counts"],
         "traffic_signs_partial_credit": ab["traffic_signs_partial_credit"],
         "crashed_routes": crashed,
+        "route_tally": route_tally(records, routes),
         "metric_info_missing": missing,
         "warnings": warnings,
-        "per_route": [{"route_id": r["route_id"], "status": r["status"], "score_composed": r["scores"]["score_composed"],
+        "per_route": [{"route_id": r["route_id"], "scenario_type": scenario_type_of(r, routes_by_id),
+                       "town": r.get("town_name", ""), "status": r["status"],
+                       "score_composed": r["scores"]["score_composed"],
                        "score_route": r["scores"]["score_route"], "score_penalty": r["scores"]["score_penalty"],
                        "success": is_success(r)} for r in merged["_checkpoint"]["records"]],
     }
@@ -354,7 +386,7 @@ def _f(v: float | None, fmt: str) -> str:
 
 
 def format_report(m: dict) -> str:
-    lines = ["Bench2Drive closed-loop metrics",
+    lines = ["Bench2Drive closed-loop metrics" + (f" ({m['conditions']})" if m.get("conditions") else ""),
              f"  routes evaluated : {m['eval_num']} (denominator {m['denominator']})",
              f"  Driving Score    : {m['driving_score']:.4f}",
              f"  Success Rate     : {100 * m['success_rate']:.2f} %",
@@ -363,6 +395,9 @@ def format_report(m: dict) -> str:
              "  Abilities (success ratio, n/a = no route of that ability):"]
     lines += [f"    {k:16s}: {_f(v, '.4f')}" for k, v in m["abilities"].items()]
     lines.append(f"  Traffic_Signs partial credit: {m['traffic_signs_partial_credit']}")
+    t = m["route_tally"]
+    lines.append(f"  route tally      : {t['recorded']} of {t['routes']} recorded, {t['crashed']} of them crashed "
+                 f"(rerun with resume), {t['missing']} missing")
     if m["crashed_routes"]:
         lines.append(f"  crashed (no record): {[c['route_id'] for c in m['crashed_routes']]}")
     if "corrected" in m:
@@ -373,20 +408,30 @@ def format_report(m: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_per_route(m: dict, path: str | Path) -> Path:
-    """Bar plot of score_composed per route (green = success)."""
+def plot_per_route(m: dict, path: str | Path, *, title: str | None = None) -> Path | None:
+    """Bar plot of each route's driving score (score_composed), labelled by scenario type and town, green for a
+    success and red otherwise. Writes nothing and returns None when there is no route to show."""
+    rows = sorted(m["per_route"], key=lambda r: (r.get("scenario_type", ""), r["route_id"]))
+    if not rows:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    rows = sorted(m["per_route"], key=lambda r: r["route_id"])
-    fig, ax = plt.subplots(figsize=(max(4, 0.25 * len(rows)), 3))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.32 * len(rows) + 2.0), 4.2))
     ax.bar(range(len(rows)), [r["score_composed"] for r in rows],
            color=["tab:green" if r["success"] else "tab:red" for r in rows])
-    ax.set_xticks(range(len(rows)), [route_number(r) for r in rows], rotation=90, fontsize=6)
-    ax.set_ylabel("driving score")
-    ax.set_ylim(0, 100)
+    labels = [f"{r.get('scenario_type') or route_number(r)} ({r.get('town') or '?'}, {route_number(r)})"
+              for r in rows]
+    ax.set_xticks(range(len(rows)), labels, rotation=90, fontsize=6)
+    ax.set_ylabel("route driving score (RC x penalty)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"{title + ': ' if title else ''}DS {m['driving_score']:.2f} over {m['eval_num']} routes "
+                 f"(denominator {m['denominator']}), SR {100 * m['success_rate']:.1f} %", fontsize=9)
+    ax.legend(handles=[Patch(color="tab:green", label="success"),
+                       Patch(color="tab:red", label="failed or infraction")], loc="upper right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -411,9 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = evaluate(a.results, a.metric_info, a.routes, corrected=a.corrected, junction_completion=jc)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_safe(m), indent=2))
+    atomic_write_text(out, json.dumps(json_safe(m), indent=2))
     report = format_report(m)
-    out.with_suffix(".txt").write_text(report + "\n")
+    atomic_write_text(out.with_suffix(".txt"), report + "\n")
     plot_per_route(m, out.with_suffix(".png"))
     print(report)
     return 0

@@ -66,11 +66,14 @@ class CameraSpec:
                 "fov": self.fov, "id": self.id}
 
 
+RIGS = ("rap4", "b2d6")
+
+
 def build_rig(name: str, *, width: int | None = None, height: int | None = None) -> list[CameraSpec]:
     """``"rap4"`` (RAP's four cameras, nuPlan-like) or ``"b2d6"`` (Bench2Drive's six); optional image size."""
-    if name == "rap4":
+    if name == RIGS[0]:
         table, (w, h) = RAP_FOUR_CAMERAS, NUPLAN_IMAGE_SIZE
-    elif name == "b2d6":
+    elif name == RIGS[1]:
         table, (w, h) = B2D_SIX_CAMERAS, B2D_IMAGE_SIZE
     else:
         raise ValueError(f"unknown rig '{name}'; choose 'rap4' (RAP's four cameras) or 'b2d6' (Bench2Drive six)")

@@ -1,49 +1,90 @@
-"""Closed-loop speed: simulator steps/s, planner Hz in the loop and wall time per route, per planner/backbone.
+"""Closed-loop speed: simulator steps/s, planner Hz in the loop and wall time per route, per planner/backbone;
+and the planner latency rows of the hardware-profile table that ``latency=measured`` reads.
 
-    python benchmarks/closed_loop.py [--backbones eupe-t ...] [--ticks 400] [--size 192x108]
+    python benchmarks/closed_loop.py [--backbones eupe-t ...] [--ticks 400] [--size 192x108] [--threads 2]
+        [--corruption rain --severity 3] [--profile cpu-2core]
 
-Writes benchmarks/results/closed_loop.md and .csv. Backbones are run through the RAP planner when
-rap_backbone.planner is importable; rows that cannot be built are reported as skipped with the reason.
+Writes benchmarks/results/closed_loop.md and .csv, and merges one row per backbone into
+bench2drive/latency_profiles.csv (profile, backbone, planner size, image, median planner latency, where and how;
+rows of other profiles and backbones are kept). Rows that cannot be built are reported as skipped.
+
+What the in-loop rate counts: only planner calls after one warm-up call (torch's first call pays for kernel
+selection and allocator growth, several times a normal call), under ``torch.inference_mode``, with the torch
+thread count given; a machine shared with other work (load average in the table) slows every row. Measured
+while profiling (RAP small + eupe-t, 4 x 192x108, same process): at load 4 one torch thread took 0.28-0.47 s per
+call against 0.65-2.4 s with two (the two spin-waiting threads fight the other processes for the 2 cores); at
+load 15, 2 s against 15 s. The first call of a process took 2-7x a later one, which is why it is not counted.
+On a busy machine run the closed loop with agent.torch_threads=1.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from bench2drive import agent as agent_mod
-from bench2drive.rig import build_rig
-from bench2drive.sim.expert import ScriptedExpert
-from bench2drive.sim.route_runner import SimSettings, run_routes
-from bench2drive.sim.scenarios import synthetic_routes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, time_call, write_table  # noqa: E402
+
+from bench2drive import agent as agent_mod  # noqa: E402
+from bench2drive.rig import build_rig  # noqa: E402
+from bench2drive.robustness import LATENCY_PROFILES  # noqa: E402
+from bench2drive.sim.expert import ScriptedExpert  # noqa: E402
+from bench2drive.sim.route_runner import SimSettings, run_routes  # noqa: E402
+from bench2drive.sim.scenarios import synthetic_routes  # noqa: E402
+
+PROFILE_COLUMNS = ["profile", "backbone", "planner_config", "image", "latency_ms", "where", "how", "date"]
 
 
 class Timed:
-    """Wraps a planner to count calls and their time."""
+    """Wraps a planner to keep each call's time and the last features."""
 
     def __init__(self, planner):
-        self.planner, self.calls, self.seconds = planner, 0, 0.0
+        self.planner, self.seconds, self.features = planner, [], None
+        self.source = getattr(planner, "source", "")
 
     def __call__(self, features):
+        self.features = features
         t = time.perf_counter()
         out = self.planner(features)
-        self.seconds += time.perf_counter() - t
-        self.calls += 1
+        self.seconds.append(time.perf_counter() - t)
         return out
 
 
-def bench(name: str, make_planner, args, routes) -> dict:
+def _agent_yaml(tmp: Path, w: int, h: int, args) -> Path:
+    conf = tmp / "agent.yaml"
+    corruption = f"{{name: {args.corruption}, severity: {args.severity}}}" if args.corruption != "none" else \
+        "{name: none}"
+    conf.write_text(f"rig: rap4\nimage_width: {w}\nimage_height: {h}\nplanner: constant_velocity\n"
+                    f"corruption: {corruption}\n")
+    return conf
+
+
+def _warm_up(planner, conf: Path) -> None:
+    a = agent_mod.RAPLeaderboardAgent(planner=planner)
+    a.setup(str(conf))
+    data = {c.id: (0, np.zeros((c.height, c.width, 4), np.uint8)) for c in a.rig}
+    planner(a.build_features(data, np.zeros(2), 0.0, 0.0, np.zeros(2), 4))
+
+
+def bench(name: str, make_planner, args, routes) -> tuple[dict, Timed | None]:
     w, h = map(int, args.size.split("x"))
     cams = build_rig("rap4", width=w, height=h)
     tmp = Path(tempfile.mkdtemp())
-    conf = tmp / "agent.yaml"
-    conf.write_text(f"rig: rap4\nimage_width: {w}\nimage_height: {h}\nplanner: constant_velocity\n")
-    timed = Timed(make_planner()) if make_planner else None
+    conf = _agent_yaml(tmp, w, h, args)
+    timed = None
+    if make_planner is not None:
+        planner = make_planner()
+        _warm_up(planner, conf)  # not counted: the closed-loop entry point warms up the same way
+        timed = Timed(planner)
     ex = ScriptedExpert()
 
     def make(save_name):
@@ -57,47 +98,101 @@ def bench(name: str, make_planner, args, routes) -> dict:
     res = run_routes(routes, make, checkpoint=tmp / "r.json", save_path=tmp / "save", on_sim=ex.attach,
                      settings=SimSettings(rig=cams, max_ticks=args.ticks, render=timed is not None))
     wall = time.perf_counter() - t0
-    ticks = sum(r["meta"]["duration_game"] for r in res["_checkpoint"]["records"]) * 20
-    return {"planner": name, "routes": len(routes), "ticks": int(ticks), "steps_per_s": ticks / wall,
-            "planner_hz": (timed.calls / timed.seconds) if timed and timed.seconds else float("nan"),
-            "wall_s_per_route": wall / len(routes)}
+    ticks = round(sum(r["meta"]["duration_game"] for r in res["_checkpoint"]["records"]) * 20)
+    calls = timed.seconds if timed else []
+    row = {"planner": name, "corruption": f"{args.corruption} {args.severity}" if timed else "-",
+           "routes": len(routes), "ticks": ticks, "steps_per_s": ticks / wall,
+           "planner_calls": len(calls), "planner_hz": len(calls) / sum(calls) if calls else float("nan"),
+           "planner_median_ms": 1e3 * statistics.median(calls) if calls else float("nan"),
+           "wall_s_per_route": wall / len(routes), "note": ""}
+    return row, timed
+
+
+def merge_profile_rows(rows: list[dict], path: Path = LATENCY_PROFILES) -> Path:
+    """Merge rows into the profile table: a row replaces the one with the same profile, backbone, planner and
+    image; every other row (other machines, other backbones) is kept."""
+    old = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+    key = ("profile", "backbone", "planner_config", "image")
+    new_keys = {tuple(r[k] for k in key) for r in rows}
+    kept = [r for r in old if tuple(r.get(k) for k in key) not in new_keys]
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=PROFILE_COLUMNS)
+        wr.writeheader()
+        wr.writerows(kept + rows)
+    return path
+
+
+def profile_row(backbone: str, planner, features, args, load: float, *, repeats: int = 5) -> dict:
+    """The latency a deployment would see: the planner call out of the loop, median after a warm-up."""
+    ms = time_call(lambda: planner(features), repeats=repeats, warmup=1)
+    w, h = map(int, args.size.split("x"))
+    return {"profile": args.profile, "backbone": backbone, "planner_config": args.planner_config,
+            "image": f"4x{w}x{h}", "latency_ms": f"{ms:.1f}", "where": machine(),
+            "how": f"benchmarks/closed_loop.py: median of {repeats} planner calls (batch 1, fp32, inference mode, "
+                   f"{args.threads} threads, random weights) after a warm-up; load average {load:.1f} at the start",
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--backbones", nargs="*", default=["eupe-t"])
+    p.add_argument("--backbones", nargs="*", default=["eupe-t"], help="driven in the loop, and profiled")
+    p.add_argument("--profile-only", nargs="*", default=[],
+                   help="backbones only timed out of the loop for the latency profile (large ones)")
     p.add_argument("--ticks", type=int, default=400)
     p.add_argument("--size", default="192x108")
     p.add_argument("--planner-config", default="small", help="configs/planner/<name>.yaml")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    p.add_argument("--corruption", default="rain", help="camera corruption in the loop ('none' for clean)")
+    p.add_argument("--severity", type=int, default=3)
+    p.add_argument("--profile", default=f"cpu-{os.cpu_count()}core", help="hardware-profile name of the rows")
+    p.add_argument("--no-profile", action="store_true", help="do not write latency_profiles.csv rows")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
     routes = synthetic_routes(["HardBreakRoute", "VanillaSignalizedTurnEncounterRedLight"], length=80.0)
-    rows = [bench("scripted expert (no sensors)", None, args, routes),
-            bench("constant velocity (rendered cameras)", agent_mod.ConstantVelocityPlanner, args, routes)]
+    profile_rows = []
+    if not args.backbones:  # --backbones with no name: only the --profile-only rows (the speed table stays)
+        args.backbones, rows = [], None
+    else:
+        rows = [bench("scripted expert (no sensors)", None, args, routes)[0],
+                bench("constant velocity (rendered cameras)", agent_mod.ConstantVelocityPlanner, args, routes)[0]]
     for bb in args.backbones:
         cfg = dict(agent_mod.DEFAULTS, planner="rap", backbone={"name": bb}, planner_config=args.planner_config)
         try:
-            rows.append(bench(f"RAP {bb} ({args.planner_config})", lambda c=cfg: agent_mod.build_planner(c), args,
-                              routes))
+            row, timed = bench(f"RAP {bb} ({args.planner_config})", lambda c=cfg: agent_mod.build_planner(c), args,
+                               routes)
         except Exception as exc:  # report and go on
-            rows.append({"planner": f"RAP {bb}", "routes": 0, "ticks": 0, "steps_per_s": float("nan"),
-                         "planner_hz": float("nan"), "wall_s_per_route": float("nan"),
-                         "note": f"skipped: {type(exc).__name__}: {exc}"[:160]})
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    keys = ["planner", "routes", "ticks", "steps_per_s", "planner_hz", "wall_s_per_route", "note"]
-    with open(out / "closed_loop.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=keys)
-        wr.writeheader()
-        wr.writerows(rows)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{r.get(k, ''):.2f}" if isinstance(r.get(k), float) else str(r.get(k, ""))
-                                       for k in keys) + " |")
-    table = "\n".join(lines)
-    (out / "closed_loop.md").write_text(
-        f"# Closed-loop speed (CPU, torch threads {torch.get_num_threads()}, images {args.size}, "
-        f"{args.ticks} ticks max per route, random weights)\n\n{table}\n")
-    print(table)
+            rows.append({"planner": f"RAP {bb}", "note": f"skipped: {type(exc).__name__}: {exc}"[:160]})
+            continue
+        rows.append(row)
+        profile_rows.append(profile_row(bb, timed.planner, timed.features, args, load))
+    keys = ["planner", "corruption", "routes", "ticks", "steps_per_s", "planner_calls", "planner_hz",
+            "planner_median_ms", "wall_s_per_route", "note"]
+    if rows is not None:
+        write_table("closed_loop", keys, [[r.get(k, "") for k in keys] for r in rows], key_columns=2,
+                    title=f"Closed-loop speed (CPU, torch threads {args.threads}, images {args.size}, {args.ticks} "
+                          f"ticks max per route, random weights)",
+                    notes=[f"load average (1 min) at the start: {load:.1f} on {os.cpu_count()} cores",
+                           "planner_hz: calls per second of planner time after one warm-up call (not counted); "
+                           "steps_per_s: simulator ticks per wall second, everything included"])
+    if profile_rows and not args.no_profile:
+        print(f"latency profile rows merged into {merge_profile_rows(profile_rows)}")
+    w, h = map(int, args.size.split("x"))
+    for bb in args.profile_only:  # each row is merged as soon as it is measured
+        cfg = dict(agent_mod.DEFAULTS, planner="rap", backbone={"name": bb}, planner_config=args.planner_config)
+        planner = agent_mod.build_planner(cfg)
+        a = agent_mod.RAPLeaderboardAgent(planner=planner)
+        a.setup(str(_agent_yaml(Path(tempfile.mkdtemp()), w, h, args)))
+        data = {c.id: (0, np.zeros((c.height, c.width, 4), np.uint8)) for c in a.rig}
+        row = profile_row(bb, planner, a.build_features(data, np.zeros(2), 0.0, 0.0, np.zeros(2), 4), args, load,
+                          repeats=3)
+        print(row)
+        if not args.no_profile:
+            merge_profile_rows([row])
+    print(f"results in {RESULTS}")
 
 
 if __name__ == "__main__":

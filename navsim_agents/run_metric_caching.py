@@ -13,46 +13,55 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from eupe.config_errors import RunFailed, exit_on_run_errors
 from eupe.config_tree import hydra_config_path
+from navsim_agents import config_checks
 from navsim_agents.scoring import evaluate as E
-from navsim_agents.scoring.metric_cache_file import CACHE_FORMAT_VERSION, MetricCache
 
 logger = logging.getLogger("run_metric_caching")
 
 
 def run(cfg: DictConfig) -> dict:
-    """Cache every scene of the split; returns {'built', 'reused', 'failed', 'seconds', 'root'}."""
+    """Cache every scene of the split; returns {'built', 'reused', 'rebuilt', 'failed', 'seconds', 'root'}.
+
+    An entry that cannot be read (truncated, emptied, older format) is rebuilt and counted as ``rebuilt``;
+    ``force=true`` rebuilds every entry. The split and its maps are checked first (ConfigError); a run where
+    every scene failed raises RunFailed."""
     from tqdm import tqdm
 
     from navsim_agents.data.splits import build_scene_loader, resolve_split
 
+    config_checks.check_split(cfg.split)
     paths = resolve_split(cfg.split)
     loader = build_scene_loader(cfg.split)
     root = Path(cfg.metric_cache_path) if cfg.metric_cache_path else (
         Path(cfg.exp_root) / "metric_cache" / str(cfg.split.data_split))
-    stats = {"built": 0, "reused": 0, "failed": 0}
+    stats = {"built": 0, "reused": 0, "rebuilt": 0, "failed": 0}
+    failures: list[str] = []
     start = time.perf_counter()
     for token in tqdm(loader.tokens, unit="scene", disable=not cfg.progress):
         frames = loader.scene_frames_dicts[token]
-        # a cache of an older format is rebuilt by ensure_metric_cache: it counts as built, not reused
-        existed = MetricCache.stored_format_version(E.cache_file(root, frames[3]["log_name"], token)) \
-            == CACHE_FORMAT_VERSION
         try:
-            E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version, force=bool(cfg.force))
-            stats["reused" if existed and not cfg.force else "built"] += 1
+            _, action = E.refresh_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
+                                               force=bool(cfg.force))
+            stats[action.split(":", 1)[0]] += 1
         except Exception as err:  # noqa: BLE001 - one bad scene does not stop the run
             stats["failed"] += 1
-            logger.warning("token %s: metric cache failed: %s: %s", token, type(err).__name__, err)
+            failures.append(str(err))
+            logger.warning("token %s: %s", token, err)
     stats["seconds"] = time.perf_counter() - start
     stats["root"] = str(root)
-    print(f"metric cache {root}: {stats['built']} built, {stats['reused']} reused, {stats['failed']} failed "
-          f"in {stats['seconds']:.1f} s")
+    print(f"metric cache {root}: {stats['built']} built, {stats['rebuilt']} rebuilt (unreadable or forced), "
+          f"{stats['reused']} reused, {stats['failed']} failed in {stats['seconds']:.1f} s")
+    if failures and stats["failed"] == len(loader.tokens):
+        raise RunFailed(f"no metric cache entry of the {len(failures)} scenes could be built; first: {failures[0]}")
     return stats
 
 
 @hydra.main(config_path=hydra_config_path(), config_name="run_metric_caching", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    with exit_on_run_errors():
+        run(cfg)
 
 
 if __name__ == "__main__":

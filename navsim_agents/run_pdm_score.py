@@ -8,6 +8,11 @@ the run (agent, backbone and its weights, planner weights, corruption, split, sc
 ``run_robustness_report.py``). Rows are appended to a partial file next to it while the run goes, named with a
 hash of the run's configuration, so a rerun of the same configuration resumes where an interrupted one stopped
 and the jobs of a sweep that share an experiment folder never resume from each other's rows.
+
+Runs are reproducible: ``seed`` (default 0) seeds the agent's construction (random weights when no checkpoint
+is given) and, derived per token, every random draw while a token is scored, so the same command gives the
+same CSV whether run sequentially or over Ray, fresh or resumed. The settings are checked before any work
+(``validate_config``): a wrong one, or a run in which no token could be scored, exits non-zero with one message.
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from eupe.atomic_io import atomic_path, atomic_write_text
+from eupe.config_errors import ConfigError, RunFailed, exit_on_run_errors
 from eupe.config_tree import hydra_config_path
+from eupe.seeding import derive_seed, seed_everything
+from navsim_agents import config_checks
 from navsim_agents.scoring import evaluate as E
 from navsim_agents.scoring.pdm_score import PDMScoreRunner
 from rap_backbone.planner_config import register_planner_schema
@@ -37,13 +46,14 @@ def metric_cache_root(cfg: DictConfig, data_split: str) -> Path:
     return Path(cfg.metric_cache_path) if cfg.metric_cache_path else Path(cfg.exp_root) / "metric_cache" / data_split
 
 
-# the config groups that decide a run's rows; two runs resume from each other only when all of them agree
-RUN_KEY_GROUPS = ("agent", "backbone", "planner", "corruption", "split", "scorer")
+# the settings that decide a run's rows; two runs resume from each other only when all of them agree
+RUN_KEY_GROUPS = ("agent", "backbone", "planner", "corruption", "split", "scorer", "seed")
 
 
 def run_key(cfg: DictConfig) -> str:
     """12 hex digits identifying the scored configuration (the resolved `RUN_KEY_GROUPS`; absent ones are None)."""
-    resolved = {group: OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) is not None else None
+    resolved = {group: (OmegaConf.to_container(cfg[group], resolve=True) if isinstance(cfg[group], DictConfig)
+                        else cfg[group]) if cfg.get(group) is not None else None
                 for group in RUN_KEY_GROUPS}
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -76,20 +86,67 @@ def run_sidecar(cfg: DictConfig, agent, rows: list[dict]) -> dict[str, Any]:
         "corruption": {key: corruption.get(key) for key in ("name", "severity", "cameras", "seed")},
         "split": str(cfg.split.data_split),
         "scorer": str(cfg.scorer.name),
+        # the rules a number was computed under: never compare numbers whose rules differ
+        "scoring_rules": {"reference": str(cfg.scorer.rules), "stages": 2 if cfg.scorer.two_stage else 1,
+                          "traffic_agents_policy": str(cfg.scorer.traffic_agents_policy),
+                          "human_penalty_filter": bool(cfg.scorer.human_penalty_filter)},
         "num_tokens": len(rows),
         "num_valid": sum(bool(r.get("valid", False)) for r in rows),
+        "seed": int(cfg.seed),
         "run_key": run_key(cfg),
     }
 
 
+def make_runner(cfg: DictConfig, *, human_penalty_filter: bool):
+    """The scorer for `cfg.scorer` under its traffic agents policy (log replay, reactive IDM, constant velocity)."""
+    from navsim_agents.scoring.traffic_agents import LOG_REPLAY_POLICY, TRAFFIC_AGENTS_POLICIES
+
+    policy = str(cfg.scorer.traffic_agents_policy)
+    if policy not in TRAFFIC_AGENTS_POLICIES:
+        raise ValueError(f"scorer.traffic_agents_policy={policy!r} is unknown; use one of {TRAFFIC_AGENTS_POLICIES}")
+    if policy == LOG_REPLAY_POLICY:
+        return PDMScoreRunner(str(cfg.scorer.version), human_penalty_filter=human_penalty_filter)
+    if str(cfg.scorer.version) != "v2":
+        raise ValueError(f"traffic_agents_policy={policy} is a NAVSIM v2 rule: use scorer=epdms or "
+                         "scorer=epdms_two_stage")
+    from navsim_agents.data.splits import resolve_split
+    from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
+
+    maps_root = resolve_split(cfg.split, check_exists=False).maps_root
+    return TrafficScoreRunner(human_penalty_filter=human_penalty_filter,
+                              maps_root=str(maps_root) if maps_root else None, policy=policy)
+
+
+def validate_config(cfg: DictConfig) -> list[str]:
+    """Check every setting before any work (ConfigError naming the setting); returns the split's tokens."""
+    config_checks.check_seed(cfg.seed)
+    config_checks.check_corruption(cfg.corruption)
+    config_checks.check_worker(cfg.worker)
+    if cfg.scorer.version not in ("v1", "v2"):
+        raise ConfigError(f"scorer.version={cfg.scorer.version!r} must be v1 (PDMS) or v2 (EPDMS); use scorer=pdms "
+                          "or scorer=epdms")
+    return config_checks.check_split(cfg.split)
+
+
 def _make_agent(cfg: DictConfig):
+    """The agent, built with the run's seed (its random weights, when it has no checkpoint, follow `seed`)."""
+    seed_everything(int(cfg.seed))
     agent = hydra.utils.instantiate(cfg.agent)
     agent.initialize()
     return agent
 
 
+def _make_agent_checked(cfg: DictConfig):
+    """`_make_agent` in the entry point: a missing or wrong file of the agent is a setting error."""
+    try:
+        return _make_agent(cfg)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise ConfigError(f"agent ({cfg.agent.get('_target_', '?').rsplit('.', 1)[-1]}): {err}") from None
+
+
 def _trajectory_fn(agent, loader, token: str, cfg: DictConfig):
     def compute():
+        seed_everything(derive_seed(int(cfg.seed), "token", token))  # same draws whatever worker or order
         agent_input = loader.get_agent_input_from_token(token)
         if cfg.corruption.name != "none":
             from navsim_agents.data.scene_raster import corrupt_agent_input  # lazy: image code is heavy
@@ -105,14 +162,28 @@ def _trajectory_fn(agent, loader, token: str, cfg: DictConfig):
 
 
 def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None) -> list[dict]:
-    """Score `tokens` of the configured split (builds missing caches); the unit of work of every worker."""
-    from navsim_agents.data.splits import build_scene_loader, resolve_split
+    """Score `tokens` of the configured split (builds missing caches); the unit of work of every worker.
+
+    Two-stage: original tokens with the human penalty filter, synthetic ones without (navsim `pdm_score` applies it
+    to SceneFrameType.ORIGINAL only); each row keeps its trajectory endpoint and start point for the aggregator."""
+    from navsim_agents.data.splits import build_scene_loader, build_two_stage_loader, resolve_split
+    from navsim_agents.scoring.two_stage import score_two_stage_token
 
     cfg = OmegaConf.create(cfg_container)
     paths = resolve_split(cfg.split)
     agent = agent if agent is not None else _make_agent(cfg)
-    loader = build_scene_loader(cfg.split, agent.get_sensor_config())
-    runner = PDMScoreRunner(cfg.scorer.version, human_penalty_filter=bool(cfg.scorer.human_penalty_filter))
+    human_filter = bool(cfg.scorer.human_penalty_filter)
+    if cfg.scorer.two_stage:
+        loader = build_two_stage_loader(cfg.split, agent.get_sensor_config())
+        frames_of, score = loader.scene_frames, score_two_stage_token
+        runners = {synthetic: make_runner(cfg, human_penalty_filter=human_filter and not synthetic)
+                   for synthetic in (False, True)}
+        runner_for = lambda token: runners[loader.is_synthetic(token)]  # noqa: E731
+    else:
+        loader = build_scene_loader(cfg.split, agent.get_sensor_config())
+        frames_of, score = loader.scene_frames_dicts.__getitem__, E.score_token
+        runner = make_runner(cfg, human_penalty_filter=human_filter)
+        runner_for = lambda token: runner  # noqa: E731
     root = metric_cache_root(cfg, str(cfg.split.data_split))
     rows = []
     for token in tokens:
@@ -120,30 +191,54 @@ def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None)
             row = {"token": token, "valid": False, "_error": f"unknown token {token} (not a scene of this split)"}
             logger.warning("token %s failed: %s", token, row["_error"])
         else:
+            frames = frames_of(token)
             try:
-                frames = loader.scene_frames_dicts[token]
                 cache_path = E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
-                                                   force=bool(cfg.get("force_metric_cache", False)))
-            except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row
-                cache_path = E.cache_file(root, loader.scene_frames_dicts[token][3]["log_name"], token)
-                logger.warning("token %s: metric cache could not be built (%s: %s)", token, type(err).__name__, err)
-            row = E.score_token(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner)
+                                                   force=bool(cfg.force_metric_cache))
+                row = score(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner_for(token))
+            except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row naming the file
+                row = {"token": token, "valid": False, "_error": f"{type(err).__name__}: {err}"}
+                logger.warning("token %s failed: %s", token, row["_error"])
         rows.append(row)
         if on_row is not None:
             on_row(row)
     return rows
 
 
-def _all_tokens(cfg: DictConfig) -> list[str]:
-    from navsim_agents.data.dataclasses import SensorConfig
-    from navsim_agents.data.splits import build_scene_loader
+def _all_tokens(cfg: DictConfig, split_tokens: list[str]) -> list[str]:
+    if cfg.scorer.two_stage:  # run_pdm_score.py (two-stage): original tokens, then the reactive synthetic ones
+        from navsim_agents.data.dataclasses import SensorConfig
+        from navsim_agents.data.splits import build_two_stage_loader
 
-    loader = build_scene_loader(cfg.split, SensorConfig.build_no_sensors())
-    tokens = list(loader.tokens)
+        loader = build_two_stage_loader(cfg.split, SensorConfig.build_no_sensors())
+        tokens = loader.tokens_stage_one + loader.reactive_tokens_stage_two
+    else:
+        tokens = list(split_tokens)
     wanted = cfg.split.scene_filter.get("tokens")
     if wanted:  # requested tokens that are not scenes of the split become invalid rows
-        tokens += [t for t in wanted if t not in loader]
+        present = set(tokens)
+        tokens += [t for t in wanted if t not in present]
     return tokens
+
+
+def failure_summary(rows: list[dict], limit: int = 3) -> str:
+    """The most frequent reasons of failed rows, with counts (for the message of a run where all failed)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if not r.get("valid"):
+            reason = str(r.get("_error", "no reason recorded"))
+            counts[reason] = counts.get(reason, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return "; ".join(f"{n} x {reason}" for reason, n in top)
+
+
+def corruption_label(cfg: DictConfig) -> str:
+    """``fog severity 3`` / ``no corruption`` (cameras named when not all)."""
+    c = cfg.corruption
+    if c.name == "none":
+        return "no corruption"
+    cams = "" if c.cameras == "all" else f" on {', '.join(map(str, c.cameras))}"
+    return f"{c.name} severity {c.severity}{cams}"
 
 
 def _run_ray(cfg: DictConfig, container: dict, todo: list[str], on_row) -> None:
@@ -161,8 +256,31 @@ def _run_ray(cfg: DictConfig, container: dict, todo: list[str], on_row) -> None:
             on_row(row)
 
 
+def _finalize_two_stage(cfg: DictConfig, rows: list[dict], tokens: list[str], weights: str, csv_path: Path):
+    """Scene aggregation, the devkit's two-stage CSV, the summary table, and counts for the sidecar; the
+    per-token weights go to `<timestamp>_weights.csv` (the devkit computes but does not write them)."""
+    from navsim_agents.data.splits import two_stage_mapping
+    from navsim_agents.data.synthetic_scenes import SYNTHETIC_TOKEN_LENGTH
+    from navsim_agents.scoring import two_stage as T
+
+    synthetic = [t for t in tokens if len(t) == SYNTHETIC_TOKEN_LENGTH]
+    mapping = T.read_mapping(two_stage_mapping(cfg.split), tokens)
+    aggregation = T.aggregate({r["token"]: r for r in rows}, mapping)
+    df = T.results_dataframe(aggregation, tokens, synthetic)
+    T.weights_dataframe(aggregation, tokens).to_csv(csv_path.with_name(f"{csv_path.stem}_weights.csv"), index=False)
+    info = {"mapping_entries": len(mapping), "entries_left_out": [list(e) for e in aggregation.invalid_entries],
+            "num_stage_one": len(tokens) - len(synthetic), "num_stage_two": len(synthetic)}
+    return df, T.summary_table(df, aggregation, weights), info
+
+
 def run(cfg: DictConfig) -> Path:
-    """Score every token of the split; returns the CSV path."""
+    """Score every token of the split; returns the CSV path. Raises ConfigError before any work on a wrong
+    setting, and RunFailed (after writing the CSV) when no token could be scored."""
+    if cfg.split.get("devkit_config") and OmegaConf.is_missing(cfg.split, "data_split"):
+        from navsim_agents.data.devkit_splits import read_devkit_split
+
+        cfg.split.data_split = read_devkit_split(cfg.split.devkit_config).data_split
+    split_tokens = validate_config(cfg)
     version = str(cfg.scorer.version)
     out_dir = Path(cfg.exp_root) / str(cfg.experiment_name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,11 +288,12 @@ def run(cfg: DictConfig) -> Path:
     partial = partial_path(cfg)
     if cfg.restart and partial.exists():
         partial.unlink()
-    tokens = _all_tokens(cfg)
+    tokens = _all_tokens(cfg, split_tokens)
     done_rows = {r["token"]: r for r in E.read_partial(partial)}
     todo = [t for t in tokens if t not in done_rows]
     if done_rows:
         logger.info("resuming: %d of %d tokens already scored in %s", len(tokens) - len(todo), len(tokens), partial)
+    agent = _make_agent_checked(cfg)  # before any work: a wrong checkpoint or trajectory file stops here
 
     from tqdm import tqdm
 
@@ -185,33 +304,40 @@ def run(cfg: DictConfig) -> Path:
         done_rows[row["token"]] = row
         bar.update(1)
 
-    agent = None
     start = time.perf_counter()
     if cfg.worker.name == "ray":
         _run_ray(cfg, container, todo, on_row)
-        agent = _make_agent(cfg)
-    else:
-        agent = _make_agent(cfg)
-        if todo:
-            score_chunk(container, todo, agent=agent, on_row=on_row)
+    elif todo:
+        score_chunk(container, todo, agent=agent, on_row=on_row)
     bar.close()
     rows = E.order_rows(done_rows.values(), tokens)
-    df = E.finalize(rows, version)
-    csv_path = out_dir / f"{datetime.now().strftime('%Y.%m.%d.%H.%M.%S')}.csv"
-    df.to_csv(csv_path)
-    csv_path.with_suffix(".json").write_text(json.dumps(run_sidecar(cfg, agent, rows), indent=2) + "\n")
-    partial.unlink(missing_ok=True)
     weights = getattr(agent, "weights_source", "unknown")
+    csv_path = out_dir / f"{datetime.now().strftime('%Y.%m.%d.%H.%M.%S')}.csv"
+    sidecar = run_sidecar(cfg, agent, rows)
+    if cfg.scorer.two_stage:
+        df, table, sidecar["two_stage"] = _finalize_two_stage(cfg, rows, tokens, weights, csv_path)
+    else:
+        df = E.finalize(rows, version)
+        table = E.summary_table(df, version, weights)
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp)
+    atomic_write_text(csv_path.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
+    partial.unlink(missing_ok=True)
     elapsed = time.perf_counter() - start
-    print(f"\n{cfg.scorer.name.upper()} of {agent.name()} on {cfg.split.data_split} ({elapsed:.1f} s)")
-    print(E.summary_table(df, version, weights))
+    print(f"\n{cfg.scorer.name.upper()} of {agent.name()} on {cfg.split.data_split}, {corruption_label(cfg)}, "
+          f"seed {cfg.seed} ({elapsed:.1f} s)")
+    print(table)
     print(f"results: {csv_path}")
+    if not any(r.get("valid") for r in rows):
+        raise RunFailed(f"none of the {len(rows)} tokens could be scored ({failure_summary(rows)}); the rows are in "
+                        f"{csv_path}")
     return csv_path
 
 
 @hydra.main(config_path=hydra_config_path(), config_name="run_pdm_score", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    with exit_on_run_errors():
+        run(cfg)
 
 
 if __name__ == "__main__":

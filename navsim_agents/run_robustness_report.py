@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from eupe.atomic_io import atomic_path, atomic_write_text
+from eupe.config_errors import RunFailed, exit_on_run_errors
 from navsim_agents.scoring.constants import V1_COLUMNS, V2_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,11 @@ class RunMeta:
     weights_source: str
     described_by: str  # the sidecar or Hydra config it was read from
     planner_weights: str = "unknown"  # the agent's checkpoint (a random planner makes every score meaningless)
+    seed: int | None = None  # run_pdm_score's seed: random weights are only the same model within one seed
+
+    @property
+    def random_weights(self) -> bool:
+        return RANDOM_WEIGHTS in self.weights_source or RANDOM_WEIGHTS in self.planner_weights
 
 
 # ---- reading one run -------------------------------------------------------------------------------------
@@ -103,8 +110,10 @@ def _meta_from_mapping(tree: Mapping[str, Any], described_by: str) -> RunMeta | 
     planner = tree.get("planner_weights", _dig(tree, "agent", "checkpoint"))
     if planner is None:
         planner = RANDOM_WEIGHTS if isinstance(tree.get("agent"), Mapping) else "unknown"
+    seed = tree.get("seed")
     return RunMeta(backbone=str(backbone), corruption=corruption, severity=severity,
-                   weights_source=weights_source, described_by=described_by, planner_weights=str(planner))
+                   weights_source=weights_source, described_by=described_by, planner_weights=str(planner),
+                   seed=None if seed is None else int(seed))
 
 
 def read_run_meta(csv_path: Path, root: Path) -> RunMeta | None:
@@ -197,7 +206,8 @@ def collect(folders: Sequence[Path], *, exclude: Path | None = None) -> tuple[pd
                            "<backbone>/<corruption>_s<severity> folder")
                 continue
             rows.append({"backbone": meta.backbone, "weights_source": meta.weights_source,
-                         "planner_weights": meta.planner_weights,
+                         "planner_weights": meta.planner_weights, "seed": meta.seed,
+                         "random_weights": meta.random_weights,
                          "corruption": meta.corruption, "severity": meta.severity, "metric": metric,
                          "scenes": scenes, "valid": valid, **values, "csv": str(csv_path),
                          "described_by": meta.described_by, "_mtime": csv_path.stat().st_mtime})
@@ -225,6 +235,23 @@ def collect(folders: Sequence[Path], *, exclude: Path | None = None) -> tuple[pd
     table = table.sort_values(["backbone", "corruption", "severity"],
                               key=lambda s: s.map(lambda v: order.get(v, v)) if s.name == "corruption" else s)
     return table.reset_index(drop=True), skipped
+
+
+def check_same_random_model(table: pd.DataFrame) -> None:
+    """Refuse (RunFailed) a backbone whose runs have random weights drawn from different (or unrecorded) seeds:
+    its clean and corrupted scores come from different models, so retained score and CE would measure the
+    weights, not the corruption."""
+    for backbone, runs in table.groupby("backbone"):
+        if len(runs) < 2 or not runs["random_weights"].any():
+            continue
+        seeds = runs["seed"].tolist()
+        if any(s is None or (isinstance(s, float) and math.isnan(s)) for s in seeds) or len(set(seeds)) > 1:
+            listed = ", ".join(f"{Path(c).parent.name}: seed {s if s == s and s is not None else 'unrecorded'}"
+                               for c, s in zip(runs["csv"], seeds, strict=True))
+            raise RunFailed(f"backbone {backbone} has random weights and its runs were not all built from one "
+                            f"recorded seed ({listed}); retained score and CE would compare different random "
+                            f"models. Rerun the sweep with one seed= (run_pdm_score records it), or give the "
+                            f"backbone and agent.checkpoint real weights")
 
 
 # ---- summary figures -------------------------------------------------------------------------------------
@@ -396,7 +423,7 @@ def write_report(table: pd.DataFrame, summary: pd.DataFrame, matrix: pd.DataFram
     if skipped:
         lines += ["## Skipped files", ""] + [f"- {s}" for s in skipped] + [""]
     path = out / "robustness_report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 
@@ -413,12 +440,14 @@ def build_report(folders: Sequence[Path], *, out: Path | None = None, baseline: 
         baseline = "dinov3-h" if "dinov3-h" in backbones else backbones[0]  # RAP's own backbone if swept
     if baseline not in backbones:
         raise KeyError(f"baseline backbone {baseline!r} is not in the sweep; choose one of {backbones}")
+    check_same_random_model(table)
     summary = summarise(table, baseline)
     ce, _ = corruption_errors(table, baseline)
     matrix, label = retained_matrix(table)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "robustness_table.csv", index=False)
-    summary.to_csv(out / "robustness_summary.csv", index=False)
+    for frame, name in ((table, "robustness_table.csv"), (summary, "robustness_summary.csv")):
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=False)
     metric = table["metric"].iloc[0]
     plot_score_vs_severity(table, out / "score_vs_severity.png", metric)
     plot_heatmap(matrix, out / "heatmap.png", label)
@@ -435,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--baseline", default=None, help="backbone the CE is relative to (default dinov3-h or first)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    result = build_report(args.folders, out=args.out, baseline=args.baseline)
+    with exit_on_run_errors():
+        result = build_report(args.folders, out=args.out, baseline=args.baseline)
     with pd.option_context("display.width", 160, "display.max_columns", 12):
         print(result["summary"][["backbone", "weights_source", "clean", "mean_corrupted", "retained",
                                  "worst_corruption", "mCE", "relative_mCE"]].to_string(index=False))

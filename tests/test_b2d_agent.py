@@ -161,12 +161,41 @@ def test_run_closed_loop_raster_entry_point(tmp_path):
             f"output_dir={tmp_path}", "agent.planner=constant_velocity", "agent.image_width=64",
             "agent.image_height=36", "closed_loop.scenario_types=[VanillaSignalizedTurnEncounterRedLight]",
             "closed_loop.max_ticks=60"])
-    run_closed_loop.main(cfg)
+    run_closed_loop.run(cfg)
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["simulator"] == "raster" and m["weights"].startswith("constant-velocity baseline")
+    assert m["simulator"] == "raster" and m["weights"].startswith("constant-velocity baseline") and m["seed"] == 0
     assert m["eval_num"] == 1 and set(m["abilities"]) >= {"Traffic_Signs", "mean"}
     assert (tmp_path / "results" / "part0.json").is_file() and (tmp_path / "agent.yaml").is_file()
     with initialize_config_dir(config_dir=str(configs), version_base=None):
         bad = compose("run_closed_loop", overrides=[f"output_dir={tmp_path / 'b'}", "closed_loop.simulator=nope"])
     with pytest.raises(ValueError, match="unknown simulator 'nope'"):
+        run_closed_loop.run(bad)
+    with pytest.raises(SystemExit, match="configuration error: unknown simulator 'nope'"):
         run_closed_loop.main(bad)
+    assert not (tmp_path / "b").exists()
+
+
+def test_closed_loop_with_a_random_planner_is_the_same_for_the_same_seed(tmp_path):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from bench2drive import run_closed_loop
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+
+    def drive(name: str, seed: int) -> tuple[dict, str]:
+        with initialize_config_dir(config_dir=str(configs), version_base=None):
+            cfg = compose("run_closed_loop", overrides=[
+                f"output_dir={tmp_path / name}", f"seed={seed}", "+backbone.overrides.depth=2",
+                "agent.planner_config=tiny", "agent.image_width=64", "agent.image_height=36",
+                "closed_loop.scenario_types=[ParkedObstacle]", "closed_loop.route_length=60",
+                "closed_loop.max_ticks=30", "closed_loop.render=true"])
+        m = run_closed_loop.run(cfg)
+        (info,) = (tmp_path / name / "save").rglob("metric_info.json")
+        return m, info.read_text()
+
+    (m1, path1), (m2, path2), (_, path3) = drive("a", 5), drive("b", 5), drive("c", 6)
+    assert m1["seed"] == 5 and "random" in m1["weights"]
+    assert m1["per_route"] == m2["per_route"] and path1 == path2  # every pose of the ego, tick by tick
+    assert path1 != path3  # another seed, another random planner

@@ -82,6 +82,26 @@ def test_metrics_bad_input(tmp_path):
         metrics.load_records(d)
 
 
+def test_non_numeric_score_is_a_named_error_not_a_type_error(tmp_path):
+    rec = _record(7, "Accident", 100.0, "Completed")
+    rec["scores"]["score_composed"] = "n/a"
+    d = _write(tmp_path, [rec])
+    with pytest.raises(ResultsFileError, match=r"part0.json: record RouteScenario_7_rep0 has non-numeric.*"
+                                               r"scores.score_composed.*n/a"):
+        metrics.evaluate(d, tmp_path / "mi")
+
+
+def test_missing_metric_info_folder_says_what_it_leaves_out(tmp_path):
+    d = _write(tmp_path, [_record(1, "Accident", 100.0, "Completed"), _record(2, "Accident", 50.0, "Completed")])
+    m = metrics.evaluate(d, tmp_path / "no_such_folder")
+    assert math.isnan(m["smoothness"]) and m["driving_score"] == pytest.approx(150 / 220)
+    (warning,) = [w for w in m["warnings"] if "metric info" in w]
+    assert "folder not found for 2 of 2 routes" in warning and "Smoothness is left out" in warning
+    _metric_info(tmp_path, "s1", 20)
+    (warning,) = [w for w in metrics.evaluate(d, tmp_path / "mi")["warnings"] if "metric info" in w]
+    assert "1 of 2 routes (s2)" in warning and "mean of the other routes" in warning
+
+
 def _run(tmp_path, routes, controller, **kw):
     return run_routes(routes, lambda name: controller, checkpoint=tmp_path / "res" / "part0.json",
                       save_path=tmp_path / "mi", settings=SimSettings(render=False), on_sim=controller.attach, **kw)

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from navsim_agents.data.dataclasses import quaternion_yaw
+from navsim_agents.data.dataclasses import quaternion_yaw, yaw_quaternion
 from navsim_agents.scoring.metric_cache import frame_ego_state
 
 # (1, 0.1, 0.2, 0.3) / sqrt(1.14): 2 (w z - x y) = 2 (0.3 - 0.02) / 1.14 = 0.56 / 1.14 and
@@ -36,3 +36,10 @@ def test_metric_cache_ego_state_uses_the_same_yaw():
     state = frame_ego_state(frame)
     assert math.isclose(state[2], TILTED_YAW, rel_tol=1e-12)
     assert tuple(state[:2]) == (10.0, -4.0)
+
+
+def test_yaw_quaternion_round_trips():
+    for yaw in (0.0, 0.7, -2.5, math.pi - 1e-3):
+        q = yaw_quaternion(yaw)
+        assert math.isclose(float(np.linalg.norm(q)), 1.0, rel_tol=1e-12)
+        assert math.isclose(float(quaternion_yaw(q)), yaw, rel_tol=1e-12)

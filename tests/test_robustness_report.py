@@ -27,10 +27,11 @@ def write_v1_csv(path, scores, *, aggregate=True, ego_progress=None, invalid=())
     pd.DataFrame(rows, columns=V1_COLUMNS).to_csv(path)  # unnamed index column, like the devkit
 
 
-def hydra_job(folder, backbone, corruption, severity, weights=None):
+def hydra_job(folder, backbone, corruption, severity, weights=None, seed=0):
     (folder / ".hydra").mkdir(parents=True, exist_ok=True)
     w = "null" if weights is None else weights
     (folder / ".hydra" / "config.yaml").write_text(
+        ("" if seed is None else f"seed: {seed}\n") +
         f"backbone:\n  name: {backbone}\n  weights: {w}\n  freeze: true\n"
         f"corruption:\n  name: {corruption}\n  severity: {severity}\n  cameras: all\n  seed: 0\n"
         "output_dir: ${hydra:runtime.output_dir}\n")
@@ -164,3 +165,18 @@ def test_unknown_baseline_and_empty_sweep_raise(sweep, tmp_path):
         R.build_report([tmp_path / "empty"])
     assert math.isnan(R.summarise(R.collect([sweep])[0][lambda t: t["corruption"] == "none"], "eupe-a")
                       ["mCE"].iloc[0])
+
+
+@pytest.mark.parametrize("seeds", [(0, 1), (0, None)])
+def test_random_weights_from_different_or_unrecorded_seeds_are_refused(tmp_path, seeds):
+    for i, (corruption, severity, seed) in enumerate((("none", 0, seeds[0]), ("fog", 3, seeds[1]))):
+        hydra_job(tmp_path / str(i), "eupe-t", corruption, severity, seed=seed)
+        write_v1_csv(tmp_path / str(i) / "s.csv", [0.5])
+    with pytest.raises(R.RunFailed, match=r"eupe-t has random weights.*seed (1|unrecorded).*Rerun the sweep with one "
+                                          r"seed="):
+        R.build_report([tmp_path], out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    # real weights: the seed does not decide the model, the report is built
+    for i in range(2):
+        hydra_job(tmp_path / str(i), "eupe-t", ("none", "fog")[i], (0, 3)[i], weights="/w/eupe_t.pt", seed=seeds[i])
+    assert (R.build_report([tmp_path], out=tmp_path / "r")["out"] / "robustness_report.md").is_file()

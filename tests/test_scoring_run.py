@@ -92,11 +92,14 @@ def test_bad_trajectories_and_unknown_tokens_become_invalid_rows(tmp_path):
     assert not df.loc["average", "valid"]
 
 
-def test_missing_map_gives_invalid_rows_not_a_crash(tmp_path):
+def test_missing_map_stops_the_run_before_any_token(tmp_path):
+    from eupe.config_errors import ConfigError
+
     empty = tmp_path / "no_maps"
     empty.mkdir()
-    df = pd.read_csv(run_pdm_score.run(_cfg(tmp_path, "scorer=pdms", maps=empty, tokens=TOKENS[:2])), index_col=0)
-    assert not df["valid"].iloc[:-1].any()
+    with pytest.raises(ConfigError, match="us-pa-pittsburgh-hazelwood.*nuplan-maps-v1.0.json"):
+        run_pdm_score.run(_cfg(tmp_path, "scorer=pdms", maps=empty, tokens=TOKENS[:2]))
+    assert not (tmp_path / "mc").exists()  # no metric cache was started
 
 
 def test_ray_worker_gives_the_sequential_csv(tmp_path):
@@ -181,7 +184,7 @@ def test_corrupted_synthetic_scenes_pass_the_scene(monkeypatch, synthetic):
 
     monkeypatch.setattr(scene_raster, "corrupt_agent_input", fake_apply)
     cfg = OmegaConf.create({"corruption": {"name": "fog", "severity": 2, "cameras": "all", "seed": 0},
-                            "split": {"synthetic": synthetic}})
+                            "split": {"synthetic": synthetic}, "seed": 0})
     loader = SimpleNamespace(get_agent_input_from_token=lambda t: "input", get_scene_from_token=lambda t: f"scene {t}")
     agent = SimpleNamespace(requires_scene=False, compute_trajectory=lambda agent_input: agent_input)
     assert run_pdm_score._trajectory_fn(agent, loader, "tok", cfg)() == "input"

@@ -298,3 +298,79 @@ class ScriptedExpert:
         if acc >= 0:
             return Control(steer=steer, throttle=float(min(acc / ENGINE_ACCEL, 0.75)), brake=0.0)
         return Control(steer=steer, throttle=0.0, brake=float(min(-acc / BRAKE_DECEL, 1.0)))
+
+
+class _MeasuredSim:
+    """The simulator as the expert sees it through noisy sensors: its own ego state replaced by the measured one."""
+
+    def __init__(self, sim, ego):
+        self._sim, self.ego = sim, ego
+
+    def __getattr__(self, name):
+        return getattr(self._sim, name)
+
+
+class ExpertAgent:
+    """``agent.planner=expert``: the scripted expert as a privileged leaderboard agent (no cameras), under the
+    run's sensor faults and latency (bench2drive/robustness.py), as an upper-bound row.
+
+    Without a state fault it reads the simulator's exact ego state; with GNSS / speed / compass noise it drives
+    on the ego state measured by those sensors (the rest of the world stays privileged). With latency, the
+    control decided from the observation of tick t is applied at tick t + k (the previous one meanwhile).
+    """
+
+    def __init__(self, perturbations, *, cruise: float = 8.0):
+        self.expert = ScriptedExpert(cruise=cruise)
+        self.perturbations = perturbations
+        self.step = -1
+        self.control = Control(brake=1.0)  # before a decision has acted: stand still
+
+    def setup(self, path_to_conf_file: str = "") -> None:
+        from bench2drive.robustness import ActionDelay
+
+        save_name = path_to_conf_file.rsplit("+", 1)[1] if "+" in path_to_conf_file else path_to_conf_file
+        self.perturb = self.perturbations.for_route(save_name, [], frame_interval_s=0.0)
+        self.delay = ActionDelay()
+
+    def attach(self, sim) -> None:
+        self.sim = sim
+        self.expert.attach(sim)
+
+    def set_global_plan(self, gps, world) -> None:
+        pass
+
+    def destroy(self) -> None:
+        pass
+
+    def sensors(self) -> list[dict]:
+        from bench2drive.rig import other_sensors
+
+        return other_sensors()
+
+    def _measured_ego(self, input_data: dict):
+        from bench2drive.agent import localize
+        from bench2drive.geo import gnss_to_local
+        from bench2drive.sim.dynamics import EgoState
+
+        xy, yaw, speed, _ = localize(input_data, gnss_to_local)  # the simulator's GNSS reference is (0, 0)
+        true = self.sim.ego
+        return EgoState(x=float(xy[0]), y=float(xy[1]), yaw=yaw, speed=speed, yaw_rate=true.yaw_rate,
+                        accel_world=true.accel_world)
+
+    def run_step(self, input_data: dict, timestamp: float) -> Control:
+        self.step += 1
+        fault = self.perturbations.fault.name
+        if fault in ("gnss_noise", "speed_noise", "compass_noise"):
+            measured = self.perturb.state(input_data, self.step)
+            self.expert.sim = _MeasuredSim(self.sim, self._measured_ego(measured))
+            try:
+                decided = self.expert.run_step(measured, timestamp)
+            finally:
+                self.expert.sim = self.sim
+        else:
+            decided = self.expert.run_step(input_data, timestamp)
+        self.delay.push(decided, self.step + self.perturbations.latency.ticks(0.0))
+        due = self.delay.due(self.step)
+        if due is not None:
+            self.control = due
+        return self.control

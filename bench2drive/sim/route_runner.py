@@ -18,6 +18,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from bench2drive.geo import ROAD_OPTION, local_to_gnss
+from bench2drive.progress import RunProgress
 from bench2drive.results import (
     compute_global_statistics,
     compute_route_statistics,
@@ -42,6 +43,7 @@ from bench2drive.sim.dynamics import (
 from bench2drive.sim.monitors import RouteMonitors, box_corners, boxes_overlap
 from bench2drive.sim.scenarios import CONTROL_LOSS_RADIUS, RoadPath, build_scenario
 from bench2drive.sim.sensors import input_data
+from eupe.atomic_io import atomic_write_text
 
 # Bench2Drive's scenario_manager.py raises TickRuntimeError once a route passes 4000 ticks (200 s at 20 Hz); the
 # evaluator records it as "Failed - TickRuntime". Since RouteTimeoutBehavior allows at least 300 s and a
@@ -209,10 +211,12 @@ class ClosedLoopSim:
 
 
 def run_route(route: Route, agent: Agent, *, record: dict, index: int, save_path: Path,
-              settings: SimSettings, on_sim: Callable[[ClosedLoopSim], None] | None = None) -> dict:
+              settings: SimSettings, on_sim: Callable[[ClosedLoopSim], None] | None = None,
+              progress: RunProgress | None = None) -> dict:
     """Drive one route with ``agent``; fills and returns ``record`` and writes metric_info.json."""
     t_start = time.time()
     sim = ClosedLoopSim(route, settings)
+    bar = (progress or RunProgress(enabled=False)).route(record["route_id"], settings.max_ticks)
     if on_sim is not None:
         on_sim(sim)  # lets privileged (expert) controllers see the simulator
     gps, world = global_plan(sim.path, sim.scenario.junction)
@@ -235,14 +239,16 @@ def run_route(route: Route, agent: Agent, *, record: dict, index: int, save_path
             break
         sim.tick(control.steer, control.throttle, control.brake)
         metric_info[sim.frame - 1] = metric_info_entry(sim.ego)
+        bar.update(sim)
         if sim.monitors.terminated or sim.monitors.timed_out:
             break
+    bar.close()
     timed_out = sim.monitors.timed_out
     if not failure and not timed_out and not sim.monitors.terminated and sim.frame >= settings.max_ticks:
         failure = TICK_RUNTIME
     out_dir = save_path / record["save_name"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metric_info.json").write_text(json.dumps(metric_info, indent=4))
+    atomic_write_text(out_dir / "metric_info.json", json.dumps(metric_info, indent=4))
     compute_route_statistics(record, index=index, events=sim.monitors.events(), route_length=sim.path.length,
                              duration_game=sim.time, duration_system=time.time() - t_start,
                              timed_out=timed_out and not failure, failure_message=failure)
@@ -255,12 +261,14 @@ def route_name(route: Route, repetition: int = 0) -> str:
 
 def run_routes(routes: Sequence[Route], make_agent: Callable[[str], Agent], *, checkpoint: str | Path,
                save_path: str | Path, resume: bool = True, settings: SimSettings | None = None,
-               max_routes: int | None = None, on_sim: Callable[[ClosedLoopSim], None] | None = None) -> dict:
+               max_routes: int | None = None, on_sim: Callable[[ClosedLoopSim], None] | None = None,
+               progress: RunProgress | None = None) -> dict:
     """Run ``routes`` like leaderboard_evaluator.run: resumable checkpoint JSON, global statistics at the end.
 
     ``make_agent(save_name)`` builds a set-up agent per route. ``max_routes`` stops after that many routes of
-    this call (an interrupted run). Returns the results dict.
+    this call (an interrupted run). ``progress`` shows bars over routes and per route. Returns the results dict.
     """
+    progress = progress or RunProgress(enabled=False)
     settings = settings or SimSettings()
     checkpoint, save_path = Path(checkpoint), Path(save_path)
     names = [route_name(r) for r in routes]
@@ -273,6 +281,16 @@ def run_routes(routes: Sequence[Route], make_agent: Callable[[str], Agent], *, c
             results["_checkpoint"]["records"] = results["_checkpoint"]["records"][:idx]
     results["_checkpoint"]["progress"] = [start, len(routes)]
     save_results(checkpoint, results)
+    progress.start(len(routes), start)
+    try:
+        return _run_from(routes, make_agent, names, results, start, checkpoint=checkpoint, save_path=save_path,
+                         settings=settings, max_routes=max_routes, on_sim=on_sim, progress=progress)
+    finally:
+        progress.close()
+
+
+def _run_from(routes, make_agent, names, results, start, *, checkpoint, save_path, settings, max_routes, on_sim,
+              progress) -> dict:
     done = 0
     for i in range(start, len(routes)):
         if max_routes is not None and done >= max_routes:
@@ -291,7 +309,8 @@ def run_routes(routes: Sequence[Route], make_agent: Callable[[str], Agent], *, c
             agent = None
         if agent is not None:
             try:
-                run_route(r, agent, record=record, index=i, save_path=save_path, settings=settings, on_sim=on_sim)
+                run_route(r, agent, record=record, index=i, save_path=save_path, settings=settings, on_sim=on_sim,
+                          progress=progress)
             except Exception:  # the world could not be built or stepped: "Simulation crashed", stop the run
                 print(f"route {r.id}: the simulation crashed:\n{traceback.format_exc()}", flush=True)
                 _, entry = crashed_route_record(record, index=i, kind="Simulation")
@@ -303,6 +322,7 @@ def run_routes(routes: Sequence[Route], make_agent: Callable[[str], Agent], *, c
                 agent.destroy()
         results["_checkpoint"]["progress"] = [i + 1, len(routes)]
         save_results(checkpoint, results)
+        progress.route_done(record)
         done += 1
     compute_global_statistics(results, len(routes))
     save_results(checkpoint, results)

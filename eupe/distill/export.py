@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from eupe.atomic_io import atomic_path
 from eupe.models import student_factory
 from eupe.student_checkpoint import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY
 
@@ -84,7 +85,6 @@ def save_student(
             # safetensors refuses shared / non-contiguous storage: store independent contiguous copies
             tensors[prefix + key] = value.detach().to("cpu").contiguous().clone()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: meta_json})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: meta_json})
     return path

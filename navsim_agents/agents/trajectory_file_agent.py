@@ -11,6 +11,14 @@ from navsim_agents.agents.abstract_agent import AbstractAgent
 from navsim_agents.data.dataclasses import AgentInput, Scene, SensorConfig, Trajectory, TrajectorySampling
 
 
+def _shape(poses: object) -> tuple[int, ...] | str:
+    """Shape of one token's poses, or a word saying why it has none."""
+    try:
+        return np.asarray(poses, dtype=np.float64).shape
+    except (TypeError, ValueError):
+        return "not a numeric array"
+
+
 class TrajectoryFileAgent(AbstractAgent):
     """Scores any planner's exported output; the token comes from the scene."""
 
@@ -37,6 +45,13 @@ class TrajectoryFileAgent(AbstractAgent):
             raise ValueError(f"trajectory file {self._path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"trajectory file {self._path} must hold an object {{token: [[x, y, heading] x 8]}}")
+        n = self._trajectory_sampling.num_poses
+        shapes = {token: _shape(poses) for token, poses in data.items()}
+        if data and not any(shape == (n, 3) for shape in shapes.values()):
+            token, shape = next(iter(shapes.items()))
+            raise ValueError(f"trajectory file {self._path}: no token has {n} poses of [x, y, heading] (e.g. token "
+                             f"{token} has shape {shape}); write {{token: [[x, y, heading] x {n}]}} in the current "
+                             f"rear-axle frame at {self._trajectory_sampling.interval_length} s steps")
         self._trajectories = data
 
     def get_sensor_config(self) -> SensorConfig:
@@ -48,7 +63,8 @@ class TrajectoryFileAgent(AbstractAgent):
             self.initialize()
         if token not in self._trajectories:
             raise KeyError(f"token {token} not in trajectory file {self._path}")
-        poses = np.asarray(self._trajectories[token], dtype=np.float64)
+        poses = np.asarray(self._trajectories[token])
+        poses = poses if poses.dtype in (np.float32, np.float64) else poses.astype(np.float64)
         n = self._trajectory_sampling.num_poses
         if poses.ndim != 2 or poses.shape != (n, 3):
             raise ValueError(f"token {token}: trajectory must be {n} poses of [x, y, heading], got {poses.shape}")

@@ -76,6 +76,11 @@ def quaternion_yaw(quaternion_wxyz: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return np.arctan2(2.0 * (w * z - x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
+def yaw_quaternion(yaw: float) -> npt.NDArray[np.float64]:
+    """The (w, x, y, z) quaternion of a rotation by ``yaw`` about z (flat ground); ``quaternion_yaw`` inverts it."""
+    return np.array([math.cos(yaw / 2.0), 0.0, 0.0, math.sin(yaw / 2.0)])
+
+
 def convert_absolute_to_relative_se2_array(
     origin: npt.ArrayLike, state_se2_array: npt.ArrayLike
 ) -> npt.NDArray[np.float64]:
@@ -659,8 +664,8 @@ class SceneFilter:
     log_names: Optional[List[str]] = None
     tokens: Optional[List[str]] = None
 
-    # navsim v2 two-stage fields, accepted so that devkit scene-filter yamls load; synthetic (stage-two)
-    # scenes are not read by this loader
+    # navsim v2 two-stage fields; synthetic (stage-two) scenes are read by
+    # navsim_agents.data.synthetic_scenes.TwoStageSceneLoader
     include_synthetic_scenes: bool = False
     all_mapping: Optional[Dict[Any, Any]] = None
     synthetic_scene_tokens: Optional[List[str]] = None
@@ -668,12 +673,6 @@ class SceneFilter:
     non_reactive_synthetic_initial_tokens: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
-        if self.include_synthetic_scenes:
-            warnings.warn(
-                "SceneFilter.include_synthetic_scenes=True: synthetic two-stage scenes are not supported by this "
-                "SceneLoader; only the original scenes are loaded",
-                stacklevel=2,
-            )
         if self.frame_interval is None:
             self.frame_interval = self.num_frames
         if self.num_history_frames < 1:

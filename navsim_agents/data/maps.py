@@ -863,15 +863,47 @@ def resolve_maps_root(
     return Path(map_root), str(map_version)
 
 
-def get_maps_api(map_root: Union[str, Path], map_version: str, map_name: str) -> NuPlanMap:
-    """Open (once per process) the map of one location.
+def map_file_path(map_root: Union[str, Path], map_version: str, map_name: str) -> Path:
+    """The GeoPackage of one location, checked to exist (nothing is opened).
 
     :param map_root: folder with ``<map_version>.json`` and ``<location>/<version>/map.gpkg``.
     :param map_version: release name, e.g. ``nuplan-maps-v1.0``.
     :param map_name: location (``.gpkg`` suffix and the ``las_vegas`` alias accepted).
-    :return: the cached NuPlanMap.
     :raises FileNotFoundError: missing version file or GeoPackage (names ``NUPLAN_MAPS_ROOT`` and the path).
     :raises ValueError: unknown location (lists the known ones).
+    """
+    root = Path(map_root).expanduser()
+    location = MAP_ALIASES.get(str(map_name).replace(".gpkg", ""), str(map_name).replace(".gpkg", ""))
+    version_file = root / f"{map_version}.json"
+    if not version_file.is_file():
+        raise FileNotFoundError(
+            f"nuPlan map version file not found: {version_file}. Set NUPLAN_MAPS_ROOT (now "
+            f"{os.environ.get('NUPLAN_MAPS_ROOT')!r}) to the maps folder and NUPLAN_MAP_VERSION (now "
+            f"{map_version!r}) to its release name"
+        )
+    try:
+        metadata = json.loads(version_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"corrupt nuPlan map version file {version_file}: {error}") from error
+    if location not in metadata:
+        raise ValueError(
+            f"unknown map location {map_name!r}; known locations in {version_file}: {sorted(metadata)}"
+            + (f" (aliases: {MAP_ALIASES})" if MAP_ALIASES else "")
+        )
+    version = str(metadata[location]["version"])
+    gpkg_path = root / location / version / "map.gpkg"
+    if not gpkg_path.is_file():
+        raise FileNotFoundError(
+            f"nuPlan map file not found: {gpkg_path} (location {location}, version {version}); check "
+            "NUPLAN_MAPS_ROOT"
+        )
+    return gpkg_path
+
+
+def get_maps_api(map_root: Union[str, Path], map_version: str, map_name: str) -> NuPlanMap:
+    """Open (once per process) the map of one location (:func:`map_file_path` finds the file and its errors).
+
+    :return: the cached NuPlanMap.
     """
     root = Path(map_root).expanduser()
     location = MAP_ALIASES.get(str(map_name).replace(".gpkg", ""), str(map_name).replace(".gpkg", ""))
@@ -879,30 +911,8 @@ def get_maps_api(map_root: Union[str, Path], map_version: str, map_name: str) ->
     with _MAPS_CACHE_LOCK:
         if key in _MAPS_CACHE:
             return _MAPS_CACHE[key]
-        version_file = root / f"{map_version}.json"
-        if not version_file.is_file():
-            raise FileNotFoundError(
-                f"nuPlan map version file not found: {version_file}. Set NUPLAN_MAPS_ROOT (now "
-                f"{os.environ.get('NUPLAN_MAPS_ROOT')!r}) to the maps folder and NUPLAN_MAP_VERSION (now "
-                f"{map_version!r}) to its release name"
-            )
-        try:
-            metadata = json.loads(version_file.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"corrupt nuPlan map version file {version_file}: {error}") from error
-        if location not in metadata:
-            raise ValueError(
-                f"unknown map location {map_name!r}; known locations in {version_file}: {sorted(metadata)}"
-                + (f" (aliases: {MAP_ALIASES})" if MAP_ALIASES else "")
-            )
-        version = str(metadata[location]["version"])
-        gpkg_path = root / location / version / "map.gpkg"
-        if not gpkg_path.is_file():
-            raise FileNotFoundError(
-                f"nuPlan map file not found: {gpkg_path} (location {location}, version {version}); check "
-                "NUPLAN_MAPS_ROOT"
-            )
-        nuplan_map = _open_map_file(str(gpkg_path), location, version)
+        gpkg_path = map_file_path(root, map_version, location)
+        nuplan_map = _open_map_file(str(gpkg_path), location, gpkg_path.parent.name)
         _MAPS_CACHE[key] = nuplan_map
         return nuplan_map
 

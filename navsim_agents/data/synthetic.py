@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 import shapely
 
+from navsim_agents.data.dataclasses import yaw_quaternion
 from navsim_agents.data.synthetic_town import (
     LANE_WIDTH,
     MAP_VERSION_NAME,
@@ -85,10 +86,6 @@ NAVMINI_TEST_LOGS = [log_name("test", i) for i in range(NUM_TEST_LOGS)]
 
 def _token(*parts) -> str:
     return hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()[:16]
-
-
-def _quat_wxyz(yaw: float) -> np.ndarray:
-    return np.array([math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)])
 
 
 # -------------------------------------------------------------------------------------------------
@@ -327,7 +324,7 @@ def _frame_dicts(name: str, seed: int, snaps: list[_Snapshot], path: Path, town:
         e2g[:3, :3] = [[math.cos(h), -math.sin(h), 0.0], [math.sin(h), math.cos(h), 0.0], [0.0, 0.0, 1.0]]
         e2g[:3, 3] = [x, y, 0.0]
         l2e = np.eye(4)  # nuPlan camera extrinsics are ego-relative: the "lidar" frame is the ego frame
-        quat = _quat_wxyz(h)
+        quat = yaw_quaternion(h)
         ego_dyn = [float(v), 0.0, float(acc), float(v * yaw_rate)]
         can_bus = np.array([x, y, 0.0, *quat, acc, v * yaw_rate, 0.0, v, 0.0, 0.0, 0.0, 0.0, yaw_rate, 0.0, 0.0])
         rot_inv = e2g[:2, :2].T

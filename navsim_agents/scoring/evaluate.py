@@ -16,7 +16,7 @@ import pandas as pd
 
 from navsim_agents.scoring.constants import V1_COLUMNS, V2_COLUMNS
 from navsim_agents.scoring.metric_cache import compute_metric_cache
-from navsim_agents.scoring.metric_cache_file import CACHE_FORMAT_VERSION, MetricCache
+from navsim_agents.scoring.metric_cache_file import MetricCache, MetricCacheError
 from navsim_agents.scoring.pdm_score import (
     PDMScoreRunner,
     extended_comfort,
@@ -40,13 +40,35 @@ def cache_file(cache_root: Path, log_name: str, token: str) -> Path:
 
 def ensure_metric_cache(frames: list[dict], cache_root: Path, maps_root: str, map_version: str,
                         *, force: bool = False) -> Path:
-    """Path of the token's cache, computed and written first when absent, written by an older format (whose
-    content may be stale) or when `force`."""
+    """Path of the token's cache, usable when returned (see :func:`refresh_metric_cache`)."""
+    return refresh_metric_cache(frames, cache_root, maps_root, map_version, force=force)[0]
+
+
+def refresh_metric_cache(frames: list[dict], cache_root: Path, maps_root: str, map_version: str,
+                         *, force: bool = False) -> tuple[Path, str]:
+    """Path of the token's cache and what was done (``"reused"``, ``"built"`` or ``"rebuilt: <why>"``).
+
+    An entry is (re)computed when absent, when `force`, or when it cannot be read in full (truncated, emptied,
+    another format: the warning names the file and token). When the inputs to rebuild it are missing, the
+    error names the unreadable file and what rebuilding needed."""
     token, log_name = frames[3]["token"], frames[3]["log_name"]
     path = cache_file(cache_root, log_name, token)
-    if force or not path.is_file() or MetricCache.stored_format_version(path) != CACHE_FORMAT_VERSION:
+    action = "built"
+    if force and path.is_file():
+        action = "rebuilt: force"
+    elif path.is_file():
+        try:
+            MetricCache.load(path)
+            return path, "reused"
+        except (MetricCacheError, FileNotFoundError) as err:
+            action = f"rebuilt: {err}"
+            logger.warning("token %s: %s; rebuilding it", token, err)
+    try:
         compute_metric_cache(frames, maps_root, map_version).save(path)
-    return path
+    except Exception as err:  # noqa: BLE001 - re-raised with the file and token named
+        reason = "could not be built" if action == "built" else f"is unusable ({action[9:]}) and could not be rebuilt"
+        raise MetricCacheError(f"metric cache {path} of token {token} {reason}: {type(err).__name__}: {err}") from err
+    return path, action
 
 
 def score_token(token: str, cache_path: Path, get_trajectory: Callable[[], Any], runner: PDMScoreRunner) -> dict:

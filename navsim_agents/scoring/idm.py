@@ -13,7 +13,8 @@ Named parameter sets (``IDMParameters``): ``PDM_CLOSED`` is the reference (navsi
 ``planning/script/config/common/agent/...pdm_closed`` / ``metric_caching/metric_cache_processor.py``:
 ``min_gap_to_lead_agent=1.0, headway_time=1.5, accel_max=1.5, decel_max=3.0``; exponent 10 from
 ``batch_idm_policy.py``); ``EMBEDDED_CLOSED_LOOP`` drives the background traffic and the expert of the embedded
-Bench2Drive simulator (our own choice, no reference: Treiber and Kesting's exponent 4 and minimum gap 2 m).
+Bench2Drive simulator (our own choice, no reference: Treiber and Kesting's exponent 4 and minimum gap 2 m);
+``NAVSIM_IDM_TRAFFIC`` moves navsim's reactive traffic agents.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class IDMParameters:
 
 # navsim metric_cache_processor.py / pdm_closed config and batch_idm_policy.py (acceleration_exponent = 10)
 PDM_CLOSED = IDMParameters(accel_max=1.5, decel_max=3.0, min_gap=1.0, headway_time=1.5, exponent=10)
+# navsim's reactive traffic (scoring/traffic_agents.py): navsim config/common/traffic_agents_policy/
+# navsim_IDM_traffic_agents.yaml (min_gap_to_lead_agent 1.0, headway_time 1.5, accel_max 1.0, decel_max 2.0) and
+# nuplan idm_policy.py (acceleration_exponent = 4); stepped by the same explicit Euler as ``pdm_idm_step``
+NAVSIM_IDM_TRAFFIC = IDMParameters(accel_max=1.0, decel_max=2.0, min_gap=1.0, headway_time=1.5, exponent=4)
 # the embedded closed-loop simulator's traffic and expert (bench2drive/sim): own values, no reference
 EMBEDDED_CLOSED_LOOP = IDMParameters(accel_max=1.5, decel_max=2.0, min_gap=2.0, headway_time=1.2, exponent=4)
 
@@ -69,4 +74,4 @@ def idm_acceleration(v, v_desired, gap, v_lead, p: IDMParameters, *, max_brake: 
     return float(acc) if np.ndim(acc) == 0 else acc
 
 
-__all__ = ["EMBEDDED_CLOSED_LOOP", "IDMParameters", "PDM_CLOSED", "idm_acceleration", "pdm_idm_step"]
+__all__ = ["EMBEDDED_CLOSED_LOOP", "IDMParameters", "NAVSIM_IDM_TRAFFIC", "PDM_CLOSED", "idm_acceleration", "pdm_idm_step"]

@@ -15,7 +15,7 @@ from navsim_agents.data.dataclasses import quaternion_yaw
 from navsim_agents.data.maps import get_maps_api, resolve_maps_root
 from navsim_agents.scoring import constants as C
 from navsim_agents.scoring.geometry import absolute_to_relative, box_coords, normalize_angle
-from navsim_agents.scoring.metric_cache_file import MetricCache, wkb_pack
+from navsim_agents.scoring.metric_cache_file import REACTIVE_TYPE_NAME, MetricCache, wkb_pack
 from navsim_agents.scoring.pdm_closed import (
     Track,
     build_route_context,
@@ -137,6 +137,7 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
     route = build_route_context(map_api, current["roadblock_ids"], ego[:3])
     tracks_now = frame_tracks(current, ego)
     meta = {"token": current["token"], "log_name": current["log_name"], "map_name": map_name,
+            "map_root": str(map_root or ""), "map_version": map_version,
             "timestamp_us": int(current["timestamp"]), "route_lane_ids": route.route_lane_ids,
             "drivable_tokens": route.drivable.tokens, "drivable_kinds": route.drivable.kinds}
     arrays = {"ego_state": ego, "centerline": route.centerline.poses}
@@ -152,6 +153,12 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
                           np.asarray(ego[2]), PACIFICA.length, PACIFICA.width)[:4]
     ego_poly = shapely.Polygon(ego_ring)
     touching = {t.token for t in steps[0] if shapely.Polygon(_track_ring(t)).intersects(ego_poly)}
+    # reactive traffic (navsim AbstractTrafficAgentsPolicy.simulate_environment): every current track at t0 and
+    # the log replay of the objects the policy does not simulate; nothing is filtered there
+    meta["current_tracks"] = [[t.token, t.type_name] for t in tracks_now]
+    arrays["current_tracks"] = np.array([[t.x, t.y, t.heading, t.length, t.width, t.vx, t.vy] for t in tracks_now],
+                                        dtype=np.float64).reshape(-1, 7)
+    _pack_observation([[t for t in s if t.type_name != REACTIVE_TYPE_NAME] for s in steps], "replay", meta, arrays)
     steps = [[t for t in s if t.token not in touching] for s in steps]
     _pack_observation(steps, "v2", meta, arrays)
     red_tokens: list[str] = []

@@ -8,18 +8,31 @@ One `.npz` per token (arrays only, loaded with `allow_pickle=False`) + JSON meta
 from __future__ import annotations
 
 import json
-import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import shapely
 
+from eupe.atomic_io import atomic_path
 from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
 from navsim_agents.scoring.scorer import CenterlinePath
 
-CACHE_FORMAT_VERSION = 5  # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix;
-# 5: ego heading from pyquaternion's yaw (the x*y sign of format 4 was flipped)
+# 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix; 5: current tracks and the
+# unfiltered log replay of non-vehicles for reactive traffic, map location of the cache; 6: ego heading from
+# pyquaternion's yaw (the x*y sign of formats 4-5 was flipped)
+CACHE_FORMAT_VERSION = 6
+# what a truncated, emptied or overwritten .npz raises when read
+CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+# the object type navsim's reactive IDM policy simulates (TrackedObjectType.VEHICLE); the cache's "replay"
+# observation holds the others, which stay log replay
+REACTIVE_TYPE_NAME = "vehicle"
+
+
+class MetricCacheError(ValueError):
+    """A metric cache file that exists but cannot be used (truncated, corrupt, another format)."""
 
 
 def wkb_pack(geoms) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +72,18 @@ class MetricCache:
         polys = wkb_unpack(self.arrays["drivable_wkb"], self.arrays["drivable_offsets"])
         return DrivableMap(self.meta["drivable_tokens"], self.meta["drivable_kinds"], polys)
 
+    def red_light_steps(self, version: str) -> list[tuple[list[str], list]]:
+        """(tokens, polygons) of the red on-route lane connectors at each 0.1 s step (the devkit's
+        `_occupancy_maps_tl`)."""
+        red_tokens = self.meta.get(f"red_{version}_tokens", [])
+        n_steps = int(self.meta[f"obs_{version}_steps"])
+        if not red_tokens:
+            return [([], []) for _ in range(n_steps)]
+        polys = wkb_unpack(self.arrays[f"red_{version}_wkb"], self.arrays[f"red_{version}_offsets"])
+        mask = self.arrays[f"red_{version}_mask"]
+        return [([t for j, t in enumerate(red_tokens) if mask[k, j]], [p for j, p in enumerate(polys) if mask[k, j]])
+                for k in range(n_steps)]
+
     def observation(self, version: str) -> Observation:
         a = self.arrays
         tokens = self.meta[f"obs_{version}_tokens"]
@@ -88,12 +113,11 @@ class MetricCache:
 
     # --- io ------------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write atomically (a per-process temporary file, then a rename: ranks may write the same token)."""
         meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # per process: ranks may write the same token
-        np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **self.arrays)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                                **self.arrays)
 
     @staticmethod
     def stored_format_version(path: Path) -> int | None:
@@ -101,18 +125,26 @@ class MetricCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return json.loads(data["meta_json"].tobytes().decode()).get("format_version")
-        except (OSError, KeyError, ValueError):
+        except CACHE_READ_ERRORS:
             return None
 
     @classmethod
     def load(cls, path: Path) -> "MetricCache":
+        """Read a cache file; ``FileNotFoundError`` when absent, ``MetricCacheError`` (naming the file) when it
+        cannot be read or was written by another format."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"metric cache file {path} not found; run navsim_agents/run_metric_caching.py")
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(data["meta_json"].tobytes().decode())
-            if meta.get("format_version") != CACHE_FORMAT_VERSION:
-                raise ValueError(f"metric cache {path} has format {meta.get('format_version')}, expected "
-                                 f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
-            arrays = {k: data[k] for k in data.files if k != "meta_json"}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(data["meta_json"].tobytes().decode())
+                if meta.get("format_version") != CACHE_FORMAT_VERSION:
+                    raise MetricCacheError(f"metric cache {path} has format {meta.get('format_version')}, expected "
+                                           f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
+                arrays = {k: data[k] for k in data.files if k != "meta_json"}
+        except MetricCacheError:
+            raise
+        except CACHE_READ_ERRORS as err:
+            raise MetricCacheError(f"metric cache {path} cannot be read ({type(err).__name__}: {err}); rebuild it "
+                                   "with run_metric_caching.py force=true") from err
         return cls(meta, arrays)

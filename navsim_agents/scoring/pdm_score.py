@@ -47,7 +47,8 @@ def interpolate_poses(initial: np.ndarray, poses: np.ndarray, interval: float = 
     return out
 
 
-def _reference(poses41: np.ndarray) -> np.ndarray:
+def reference_states(poses41: np.ndarray) -> np.ndarray:
+    """Simulator reference states [41, STATE_SIZE] of 41 poses at 0.1 s (pose columns filled, the rest 0)."""
     ref = np.zeros((len(poses41), C.STATE_SIZE))
     ref[:, :3] = poses41
     return ref
@@ -56,7 +57,7 @@ def _reference(poses41: np.ndarray) -> np.ndarray:
 def agent_reference(cache: MetricCache, relative_poses: np.ndarray) -> np.ndarray:
     """Reference states [41,11] of agent poses given in the current rear-axle frame."""
     absolute = relative_to_absolute(cache.ego_state[:3], relative_poses)
-    return _reference(interpolate_poses(cache.ego_state, absolute))
+    return reference_states(interpolate_poses(cache.ego_state, absolute))
 
 
 class PDMScoreRunner:
@@ -84,27 +85,33 @@ class PDMScoreRunner:
             row = {c: float(res[c][0]) for c in C.V1_COLUMNS}
             row["score"] = float(res["score"][0])
             return row, simulated[0]
-        row = {c: float(res[c][0]) for c in V2_FILTERED}
-        weighted = res["weighted"][:, 0].copy()
-        if self.scorer.config.human_penalty_filter:
-            failed = [c for c in cache.meta["human_failed_v2"] if c in row]
-            for c in failed:
-                row[c] = 1.0
-            if failed:
-                weighted[:4] = [row["ego_progress"], row["time_to_collision_within_bound"], row["lane_keeping"],
-                                row["history_comfort"]]
-        row["_multi"] = (row["no_at_fault_collisions"] * row["drivable_area_compliance"]
-                         * row["driving_direction_compliance"] * row["traffic_light_compliance"])
-        row["_weighted"] = weighted
-        row["_weights"] = res["weights"]
-        row["two_frame_extended_comfort"] = float("nan")
-        row["score"] = final_v2_score(row)
-        return row, simulated[0]
+        failed = cache.meta["human_failed_v2"] if self.scorer.config.human_penalty_filter else []
+        return v2_row(res, 0, failed), simulated[0]
+
+
+def v2_row(res: dict, index: int, human_failed: list[str]) -> dict:
+    """Row values of proposal `index` of a v2 scorer result, the metrics the human fails set to 1 (navsim
+    `pdm_score` human penalty filter, then the products and weighted terms recomputed)."""
+    row = {c: float(res[c][index]) for c in V2_FILTERED}
+    weighted = res["weighted"][:, index].copy()
+    failed = [c for c in human_failed if c in row]
+    for c in failed:
+        row[c] = 1.0
+    if failed:
+        weighted[:4] = [row["ego_progress"], row["time_to_collision_within_bound"], row["lane_keeping"],
+                        row["history_comfort"]]
+    row["_multi"] = (row["no_at_fault_collisions"] * row["drivable_area_compliance"]
+                     * row["driving_direction_compliance"] * row["traffic_light_compliance"])
+    row["_weighted"] = weighted
+    row["_weights"] = res["weights"]
+    row["two_frame_extended_comfort"] = float("nan")
+    row["score"] = final_v2_score(row)
+    return row
 
 
 def precompute_reference_terms(cache: MetricCache) -> None:
     """Add PDM-Closed's masked progress (v1, v2) and the metrics the human fails (v2) to `cache` in place."""
-    refs = np.stack([_reference(cache.arrays["pdm_poses_v1"]), _reference(cache.arrays["pdm_poses_v2"]),
+    refs = np.stack([reference_states(cache.arrays["pdm_poses_v1"]), reference_states(cache.arrays["pdm_poses_v2"]),
                      agent_reference(cache, cache.arrays["human_future_poses"])])
     simulated = simulate_proposals(refs, cache.ego_state)  # rows are independent: one batch for all three
     centerline, drivable, route = cache.centerline(), cache.drivable(), cache.meta["route_lane_ids"]
