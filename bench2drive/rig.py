@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE
+
 # Bench2DriveZoo team_code/uniad_b2d_agent.py sensors(): (id, x, y, z, yaw, fov), 1600x900, roll = pitch = 0
 B2D_SIX_CAMERAS = (
     ("CAM_FRONT", 0.80, 0.0, 1.60, 0.0, 70.0),
@@ -36,7 +38,6 @@ RAP_FOUR_CAMERAS = (
     ("CAM_L0", 1.24, -0.12, 1.48, -54.9, NUPLAN_FOV),
     ("CAM_R0", 1.23, 0.16, 1.49, 55.5, NUPLAN_FOV),
 )
-NUPLAN_IMAGE_SIZE = (1920, 1080)
 REAR_AXLE_TO_CENTER = 0.39  # m, RAP navsim/agents/pad/b2d_config.py
 # Non-camera sensors of the b2d agents (team_code/uniad_b2d_agent.py)
 IMU_TICK, GNSS_TICK, SPEED_HZ = 0.05, 0.01, 20

@@ -15,8 +15,9 @@ from eupe.distill.data import (
     ShuffledPlan,
     collate_samples,
 )
-from eupe.distill.export import load_student, read_student_meta
 from eupe.distill.module import DistillModule
+from eupe.models import load_student
+from eupe.student_checkpoint import read_student_meta
 from eupe.teachers import encode_timm
 
 # Two teachers of different widths (48 / 64) and patch grids (4x4 at 32 px / 3x3 at 48 px); the student

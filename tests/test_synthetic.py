@@ -251,8 +251,9 @@ def test_map_reader_primitives_render_like_the_town(world):
         from navsim_agents.data.maps import get_maps_api
     except ImportError as error:
         pytest.skip(f"navsim_agents.data.maps not importable yet: {error}")
+    from navsim_agents.data.scene_raster import primitives_from_map_api
     from navsim_agents.data.synthetic_town import build_town
-    from rap_backbone.raster import default_camera_rig, primitives_from_map_api, render_cameras
+    from rap_backbone.raster import default_camera_rig, render_cameras
 
     map_api = get_maps_api(world / "maps", "nuplan-maps-v1.0", synthetic.MAP_LOCATION)
     frame = next(_frames(world))[1][5]
@@ -267,31 +268,27 @@ def test_map_reader_primitives_render_like_the_town(world):
         assert drawn.sum() > 100 and same.sum() / drawn.sum() > 0.8
 
 
-def test_idm_matches_the_formula():
-    from navsim_agents.data.synthetic_traffic import idm_acceleration
+def test_traffic_drives_with_pdm_closed_idm():
+    """A car behind a slower one on a straight lane accelerates as PDM-Closed's IDM step (navsim
+    batch_idm_policy.py: a 1.5, b 3.0, s0 1.0 m, T 1.5 s, exponent 10), where neither clip acts; on a free
+    road a * (1 - (v / v0)^10)."""
+    from navsim_agents.data.synthetic_traffic import Path, Traffic
+    from navsim_agents.scoring.idm import pdm_idm_step
 
-    # PDM-Closed's parameters (navsim metric_cache_processor.py / batch_idm_policy.py): a 1.5, b 3.0, s0 1.0 m,
-    # T 1.5 s, exponent 10. Free road: a * (1 - (v / v0)^10) = 1.5 * (1 - 1/1024)
-    assert idm_acceleration(10.0, 20.0, np.inf, 0.0) == pytest.approx(1.5 * (1 - 1 / 1024))
-    # gap 20 m, same speed: s* = 1 + 10 * 1.5 = 16 -> 1.5 * (1 - 1/1024 - (16/20)^2)
-    assert idm_acceleration(10.0, 20.0, 20.0, 0.0) == pytest.approx(1.5 * (1 - 1 / 1024 - 0.64))
-    # closing fast on a short gap brakes, capped at the emergency limit
-    assert idm_acceleration(15.0, 15.0, 3.0, 15.0) == pytest.approx(-8.0)
-
-
-def test_idm_agrees_with_the_scorers_pdm_closed_policy():
-    """Where neither clip acts, the traffic's IDM and the scorer's PDM-Closed IDM step give one acceleration."""
-    from navsim_agents.data.synthetic_traffic import idm_acceleration
-    from navsim_agents.scoring.pdm_closed import _idm_step
-
-    v = np.array([4.0, 8.0, 11.0, 12.0])
-    v_lead = np.array([4.0, 6.0, 9.0, 12.0])
-    gap = np.array([30.0, 25.0, 40.0, 60.0])
-    target = np.array([11.0, 13.4, 13.4, 13.4])
-    _, v_next = _idm_step(np.zeros(4), v, gap, v_lead, np.zeros(4), target, 0.1)
-    ours = idm_acceleration(v, target, gap, v - v_lead)
-    assert np.all(np.abs(ours) < 1.5) and np.all(ours > -3.0)
-    np.testing.assert_allclose(ours, (v_next - v) / 0.1, rtol=1e-9)
+    town = _town()
+    lane = next(ln for ln in town.lanes.values() if not ln.is_connector and ln.length > 100.0)
+    traffic = Traffic(town, np.random.default_rng(0))
+    traffic.agents.clear()
+    path = Path.along(town, [lane.id])
+    follower = traffic.add_vehicle(path, 20.0, 8.0, dims=(4.5, 2.0, 1.5), v0_scale=1.0)
+    assert traffic.vehicle_accel(follower, traffic._lane_index()) == pytest.approx(
+        1.5 * (1 - (8.0 / lane.speed_limit) ** 10))
+    leader = traffic.add_vehicle(path, 50.0, 6.0, dims=(4.5, 2.0, 1.5), v0_scale=1.0)
+    gap = leader.rear() - follower.front()
+    _, v_next = pdm_idm_step(0.0, 8.0, gap + 4.5 / 2, 6.0, 4.5 / 2, lane.speed_limit, 0.1)
+    expected = (v_next - 8.0) / 0.1
+    assert -3.0 < expected < 1.5
+    assert traffic.vehicle_accel(follower, traffic._lane_index()) == pytest.approx(expected, rel=1e-9)
 
 
 def test_vehicles_slow_down_for_curves():

@@ -5,7 +5,7 @@ Building blocks, reusable by a closed-loop simulator:
 
 - ``Path(town, segments)``: a drivable path along lane ids with arc-length queries (``pose_at``) and the
   lane occupied at any arc length (``lane_at``); ``Path.along(town, lane_ids)``, ``Path.with_lane_change``.
-- ``idm_acceleration(v, v0, gap, dv)``: the Intelligent Driver Model (vectorised).
+- speeds from the Intelligent Driver Model with PDM-Closed's parameters (``navsim_agents.scoring.idm``).
 - ``SignalPlan``: protected-phase traffic lights per signalised intersection (``state(inter, approach, t)``).
 - ``Traffic(town, rng)``: the world state; ``step()`` advances all agents by ``DT``; vehicles yield at
   lights, unsignalised intersections (first come, first served), and crosswalks with pedestrians.
@@ -22,25 +22,14 @@ import numpy as np
 import shapely
 
 from navsim_agents.data.synthetic_town import LANE_WIDTH, TownMap, arc_length, polyline_headings
-from navsim_agents.scoring.constants import (
-    IDM_ACCEL_MAX,
-    IDM_ACCELERATION_EXPONENT,
-    IDM_DECEL_MAX,
-    IDM_HEADWAY_TIME,
-    IDM_MIN_GAP_TO_LEAD_AGENT,
-    MAX_ABS_LAT_ACCEL,
-)
+from navsim_agents.scoring.constants import MAX_ABS_LAT_ACCEL
+from navsim_agents.scoring.idm import PDM_CLOSED, idm_acceleration
+from rap_backbone.nuplan_rig import PACIFICA
 
 DT = 0.1  # simulation step (s); logs are sampled every 5 steps (2 Hz)
-# nuPlan vehicle_parameters.py (Chrysler Pacifica), as NAVSIM's scorer uses
-EGO_WIDTH = 1.1485 * 2
-EGO_FRONT = 4.049
-EGO_REAR = 1.127
-EGO_WHEEL_BASE = 3.089
-EGO_HEIGHT = 1.777
-# IDM: PDM-Closed's parameters (navsim metric_cache_processor.py, batch_idm_policy.py), imported from the scorer;
-# only the emergency brake limit is the generator's own (PDM-Closed clips at IDM_DECEL_MAX, which would let a
-# traffic vehicle cut in front of another fail to stop; the expert brakes no harder than the comfort bound)
+# IDM: the textbook form with PDM-Closed's parameters (scoring/idm.py); only the emergency brake limit is the
+# generator's own (PDM-Closed clips at its decel_max, which would let a traffic vehicle that another cuts in front
+# of fail to stop)
 MAX_BRAKE = 8.0
 # drivers slow down before curves so that v^2 * curvature stays at half NAVSIM's lateral-acceleration comfort
 # bound (pdm_comfort_metrics.py), a relaxed urban turn (about 4 m/s through the town's 6.75 m right turns)
@@ -56,29 +45,6 @@ TRACKING_LENGTH = 5.0  # m of travel over which the expert steers back onto its 
 # light plan: each approach gets its own protected phase
 GREEN, YELLOW, ALL_RED = 7.0, 3.0, 2.0
 PED_SPEED = (1.1, 1.5)
-
-
-def idm_acceleration(v, v0, gap, dv):
-    """IDM acceleration with PDM-Closed's parameters for speed ``v``, desired speed ``v0``, bumper gap ``gap``
-    (inf if free; floored at the minimum gap as BatchIDMPolicy) and approach rate ``dv = v - v_lead``; arrays
-    broadcast. The dynamic part of the desired gap is kept >= 0 (Treiber & Kesting, Traffic Flow Dynamics, eq.
-    11.3): without it a much faster leader makes s* negative and its square brakes."""
-    v = np.asarray(v, dtype=np.float64)
-    s_star = IDM_MIN_GAP_TO_LEAD_AGENT + np.maximum(
-        0.0, v * IDM_HEADWAY_TIME + v * dv / (2.0 * math.sqrt(IDM_ACCEL_MAX * IDM_DECEL_MAX)))
-    free = 1.0 - (v / np.maximum(v0, 0.1)) ** IDM_ACCELERATION_EXPONENT
-    inter = np.where(np.isfinite(gap), (s_star / np.maximum(gap, IDM_MIN_GAP_TO_LEAD_AGENT)) ** 2, 0.0)
-    return np.clip(IDM_ACCEL_MAX * (free - inter), -MAX_BRAKE, IDM_ACCEL_MAX)
-
-
-def _idm_scalar(v: float, v0: float, gap: float, dv: float) -> float:
-    """``idm_acceleration`` for one vehicle, without NumPy overhead."""
-    acc = 1.0 - (v / max(v0, 0.1)) ** IDM_ACCELERATION_EXPONENT
-    if math.isfinite(gap):
-        s_star = IDM_MIN_GAP_TO_LEAD_AGENT + max(
-            0.0, v * IDM_HEADWAY_TIME + v * dv / (2.0 * math.sqrt(IDM_ACCEL_MAX * IDM_DECEL_MAX)))
-        acc -= (s_star / max(gap, IDM_MIN_GAP_TO_LEAD_AGENT)) ** 2
-    return min(max(IDM_ACCEL_MAX * acc, -MAX_BRAKE), IDM_ACCEL_MAX)
 
 
 @dataclass
@@ -439,7 +405,7 @@ class Traffic:
 
     def committed(self, a: Agent, s_stop: float) -> bool:
         """True if ``a`` cannot stop comfortably before ``s_stop`` (or is past it)."""
-        return s_stop - a.front() < a.v * a.v / (2 * IDM_DECEL_MAX) + 0.5
+        return s_stop - a.front() < a.v * a.v / (2 * PDM_CLOSED.decel_max) + 0.5
 
     def may_enter(self, a: Agent, inter_id: int, approach: str, s_stop: float) -> bool:
         inter = self.town.intersections[inter_id]
@@ -535,15 +501,15 @@ class Traffic:
         return False
 
     def time_to_reach(self, a: Agent, s: float) -> float:
-        """Seconds until ``a``'s front reaches path arc length ``s``, accelerating at IDM_ACCEL_MAX up to the
+        """Seconds until ``a``'s front reaches path arc length ``s``, accelerating at PDM-Closed's accel_max up to the
         speed its curves and speed limits allow on the way."""
         d = max(0.0, s - a.front())
         k0, k1 = np.searchsorted(a.path.s, [a.rear(), s])
         v_cap = min(math.sqrt(float(np.min(a.path.curve_speed_sq[k0:k1 + 1], initial=np.inf))), a.v0)
         v_cap = max(v_cap, a.v, 0.1)
-        t_acc = (v_cap - a.v) / IDM_ACCEL_MAX
+        t_acc = (v_cap - a.v) / PDM_CLOSED.accel_max
         d_acc = (a.v + v_cap) / 2 * t_acc
-        return t_acc + (d - d_acc) / v_cap if d > d_acc else (math.sqrt(a.v * a.v + 2 * IDM_ACCEL_MAX * d) - a.v) / IDM_ACCEL_MAX
+        return t_acc + (d - d_acc) / v_cap if d > d_acc else (math.sqrt(a.v * a.v + 2 * PDM_CLOSED.accel_max * d) - a.v) / PDM_CLOSED.accel_max
 
     def leader(self, a: Agent, idx) -> tuple[float, float]:
         """(bumper gap, lead speed) to the closest vehicle ahead on ``a``'s path (inf if none)."""
@@ -602,7 +568,7 @@ class Traffic:
         stop = self.stop_gap(a)
         if stop < gap:
             gap, v_lead = stop, 0.0
-        return _idm_scalar(a.v, self.desired_speed(a), gap, a.v - v_lead)
+        return idm_acceleration(a.v, self.desired_speed(a), gap, v_lead, PDM_CLOSED, max_brake=MAX_BRAKE)
 
     def pedestrians_step(self) -> None:
         for p in self.agents.values():
@@ -699,7 +665,7 @@ class Expert:
     over TRACKING_LENGTH of travel (pure pursuit cuts the town's tight corners by metres and overshoots the
     exit). ``agent`` is its vehicle in the traffic (box centre on the path)."""
 
-    center_offset = (EGO_FRONT - EGO_REAR) / 2  # rear axle -> box centre
+    center_offset = (PACIFICA.front_length - PACIFICA.rear_length) / 2  # rear axle -> box centre
 
     def __init__(self, traffic: Traffic, path: Path, s_rear: float, v: float):
         self.path = path
@@ -709,7 +675,7 @@ class Expert:
         self.accel = 0.0
         self.yaw_rate = 0.0
         self.steer = 0.0
-        agent = Agent(traffic.next_id, "vehicle", EGO_FRONT + EGO_REAR, EGO_WIDTH, EGO_HEIGHT, path=path,
+        agent = Agent(traffic.next_id, "vehicle", PACIFICA.length, PACIFICA.width, PACIFICA.height, path=path,
                       s=s_rear + self.center_offset, v=v, v0=traffic.town.lanes[path.lane_at(s_rear)[0]].speed_limit,
                       is_ego=True)
         annotate_path(agent, traffic.town)
@@ -730,13 +696,13 @@ class Expert:
         curvature = float(np.interp(self.s_rear + 0.5 * v * DT, self.path.s, self.path.curvature))
         # e'' + 2 e' / L + e / L^2 = 0 in travelled distance for the lateral error e
         curvature -= lateral / TRACKING_LENGTH**2 + 2.0 * heading / TRACKING_LENGTH
-        self.steer = math.atan(EGO_WHEEL_BASE * curvature)
+        self.steer = math.atan(PACIFICA.wheel_base * curvature)
 
     def advance(self, traffic: Traffic) -> None:
         x, y, h, v = self.state
         v_new = max(0.0, v + self.accel * DT)
         v_mid = 0.5 * (v + v_new)
-        self.yaw_rate = v_mid * math.tan(self.steer) / EGO_WHEEL_BASE
+        self.yaw_rate = v_mid * math.tan(self.steer) / PACIFICA.wheel_base
         h_mid = h + 0.5 * self.yaw_rate * DT
         x += v_mid * math.cos(h_mid) * DT
         y += v_mid * math.sin(h_mid) * DT
@@ -756,4 +722,4 @@ class Expert:
 
 
 __all__ = ["DT", "Agent", "Crossing", "Expert", "Path", "Segment", "SignalPlan", "Traffic", "annotate_path", "footprint",
-           "idm_acceleration", "LANE_WIDTH"]
+           "LANE_WIDTH"]
