@@ -18,6 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench2drive import metrics
 from bench2drive.routes import filter_routes, read_routes, split_routes, write_routes
+from rap_backbone.planner_config import register_planner_schema
+
+register_planner_schema()  # configs/planner/*.yaml extend planner/schema, also when run as a script
 
 
 def _agent_config(cfg: DictConfig, out: Path) -> Path:

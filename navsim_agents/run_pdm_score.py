@@ -25,6 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from navsim_agents.scoring import evaluate as E
 from navsim_agents.scoring.pdm_score import PDMScoreRunner
+from rap_backbone.planner_config import register_planner_schema
+
+register_planner_schema()  # configs/planner/*.yaml extend planner/schema, also when run as a script
 
 logger = logging.getLogger("run_pdm_score")
 
