@@ -38,6 +38,7 @@ import shapely
 
 from navsim_agents.data.dataclasses import yaw_quaternion
 from navsim_agents.data.synthetic_town import (
+    CROSSWALK_SPAN,
     LANE_WIDTH,
     MAP_VERSION_NAME,
     TownMap,
@@ -55,7 +56,7 @@ from navsim_agents.data.synthetic_traffic import (
 from rap_backbone.nuplan_rig import OPENSCENE_CAMERA_KEYS, PACIFICA, RAP_CAMERA_NAMES, openscene_camera_key
 from rap_backbone.raster import default_camera_rig, render_cameras
 
-VERSION = 2  # bump whenever the generated content changes
+VERSION = 3  # bump whenever the generated content changes (3: the expert drives like a human, see DESIGN notes)
 RENDERED_CAMERAS = tuple(map(openscene_camera_key, RAP_CAMERA_NAMES))  # images exist for these only
 SPLIT = "navmini"
 MAP_LOCATION = "us-pa-pittsburgh-hazelwood"
@@ -67,6 +68,7 @@ FRAME_US = 500_000
 WARMUP_S = 12.0
 ANNOTATION_RADIUS = 100.0
 RENDER_RADIUS = 150.0
+PED_CLEAR_AHEAD = 120.0  # m of the ego's path (about what it drives in a log) whose crosswalks start empty
 TRAFFIC_LIGHT_ALONG = 8.0  # RAP set_light_position: the light sits ~8 m into its lane connector
 SCENARIOS = ("follow", "red_light", "left_turn", "right_turn", "lane_change", "ped_yield", "stopped_vehicle",
              "unsignalised", "cones")
@@ -165,10 +167,21 @@ def _setup_scenario(kind: str, town: TownMap, traffic: Traffic, rng: np.random.G
         # turns and through scenes should happen inside the log: the ego's approach turns green now
         traffic.signals.offsets[inter.id] = traffic.signals.offset_green(approach, traffic.t, 0.0)
     else:
-        # unsignalised: the ego's approach has the right of way next (first come, first served)
+        # unsignalised: the ego's approach has the right of way next (first come, first served); vehicles of
+        # other approaches still inside the intersection are cleared, as the ego would otherwise wait for them
+        for a in list(traffic.vehicles()):
+            if any(iid == inter.id and appr != approach and a.rear() < s1 and a.front() > s0 - 0.5
+                   for iid, appr, s0, s1 in a.connector_spans):
+                del traffic.agents[a.id]
         traffic.owner[inter.id] = approach
         traffic.owner_since[inter.id] = traffic.t
     expert = Expert(traffic, path, 0.0, v0)
+    if kind != "ped_yield":
+        # pedestrians already crossing the ego's way would make it wait out the scenario (as vehicles in its
+        # corridor would, see _clear_around); ones that step out later are part of the traffic
+        crossed = {c.crosswalk for c in expert.agent.crossings if c.s_in < PED_CLEAR_AHEAD}
+        for other in [p for p in traffic.agents.values() if p.kind == "pedestrian" and p.crosswalk in crossed]:
+            del traffic.agents[other.id]
     if kind == "follow":
         lead_path = Path.along(town, route, s_rear + 20.0)
         traffic.add_vehicle(lead_path, 2.5, v0 * 0.9, v0_scale=0.8)
@@ -178,8 +191,11 @@ def _setup_scenario(kind: str, town: TownMap, traffic: Traffic, rng: np.random.G
                   and cid != _entry_crosswalk(town, inter, approach))
         for other in [p for p in traffic.agents.values() if p.kind == "pedestrian" and p.crosswalk == cw]:
             del traffic.agents[other.id]
-        reverse = bool(rng.random() < 0.5)
-        start = town.crosswalks[cw].ends[1 if reverse else 0]
+        # the pedestrian steps off the kerb nearest to the ego's lane, so the ego meets it there and yields
+        crossing = next(c for c in expert.agent.crossings if c.crosswalk == cw)
+        ends = town.crosswalks[cw].ends
+        reverse = (crossing.u_lo + crossing.u_hi) / 2 > np.linalg.norm(ends[1] - ends[0]) / 2
+        start = ends[1 if reverse else 0]
         for other in [p for p in traffic.agents.values() if p.kind == "pedestrian"
                       and np.hypot(*(p.pose()[:2] - start)) < 2.0]:
             del traffic.agents[other.id]
@@ -207,7 +223,7 @@ def _entry_crosswalk(town: TownMap, inter, approach: str) -> int:
     arm = {"E": np.array([1.0, 0.0]), "N": np.array([0.0, 1.0]), "W": np.array([-1.0, 0.0]),
            "S": np.array([0.0, -1.0])}[approach]
     return min(inter.crosswalks, key=lambda cid: np.linalg.norm(
-        np.asarray(town.crosswalks[cid].polygon.centroid.coords[0]) - (c + 9.5 * arm)))
+        np.asarray(town.crosswalks[cid].polygon.centroid.coords[0]) - (c + np.mean(CROSSWALK_SPAN) * arm)))
 
 
 # -------------------------------------------------------------------------------------------------
