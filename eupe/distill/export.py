@@ -44,8 +44,8 @@ METADATA_KEY = "eupe_student"
 
 
 def _factory_for(model_name: str) -> str:
-    """Short EUPE / DINOv3 names go through ``eupe.create_model``; anything else is a timm name."""
-    if model_name.startswith(("eupe-", "dinov3-")):
+    """Short EUPE / DINOv3 / edge names go through ``eupe.create_model``; anything else is a timm name."""
+    if model_name.startswith(("eupe-", "dinov3-", "edge-")):
         return "eupe"
     return "timm"
 
@@ -61,7 +61,7 @@ def build_student_model(model_name: str, timm_kwargs: dict[str, Any] | None = No
 
     if not timm.is_model(model_name):
         raise ValueError(f"student model {model_name!r} is not a timm model name nor an eupe short name "
-                         f"(eupe-t/s/b, eupe-convnext-t/s/b, dinov3-*); see timm.list_models()")
+                         f"(eupe-t/s/b, eupe-convnext-t/s/b, dinov3-*, edge-*); see timm.list_models()")
     return timm.create_model(model_name, pretrained=False, **kwargs)
 
 
