@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench2drive import metrics
 from bench2drive.routes import filter_routes, read_routes, split_routes, write_routes
+from eupe.config_tree import hydra_config_path
 
 
 def _agent_config(cfg: DictConfig, out: Path) -> Path:
@@ -89,7 +90,7 @@ def run_carla(cfg: DictConfig, out: Path) -> str:
     return f"planner: {ck or 'random (no agent.checkpoint)'}; backbone: {cfg.agent.backbone}"
 
 
-@hydra.main(config_path="../configs", config_name="run_closed_loop", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_closed_loop", version_base=None)
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

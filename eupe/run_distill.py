@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from eupe.config_tree import hydra_config_path
 from eupe.distill.cache import CachedDistillDataset, CachePlan, CacheWriter, TeacherCache
 from eupe.distill.data import (
     AugmentConfig,
@@ -237,7 +238,7 @@ class StudentExport(pl.Callback):
             log.warning("some teachers had RANDOM weights (%s): this student carries no knowledge", sources)
 
 
-@hydra.main(config_path="../configs", config_name="run_distill", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_distill", version_base=None)
 def main(cfg: DictConfig) -> None:
     if cfg.cache not in CACHE_MODES:
         raise ValueError(f"cache={cfg.cache!r} unknown; use one of {CACHE_MODES}")

@@ -4,8 +4,8 @@ When the devkit is importable, :data:`RAPDevkitAgent` is a subclass of the devki
 ``navsim.agents.abstract_agent.AbstractAgent`` wrapping :class:`navsim_agents.agents.rap_agent.RAPAgent`; its
 feature/target builders subclass the devkit's ``AbstractFeatureBuilder`` / ``AbstractTargetBuilder`` and
 its sensor config and trajectories are the devkit's dataclasses. Put ``configs/agent/rap_devkit.yaml`` in the
-devkit's ``navsim/planning/script/config/common/agent/`` (or add this repo's ``configs`` to
-``hydra.searchpath``) and run e.g. ``run_pdm_score.py agent=rap_devkit``.
+devkit's ``navsim/planning/script/config/common/agent/`` (or add ours, installed with eupe-drive:
+``'hydra.searchpath=[pkg://eupe_drive_configs]'``) and run e.g. ``run_pdm_score.py agent=rap_devkit``.
 
 Without the devkit, calling ``RAPDevkitAgent`` or :func:`make_devkit_agent_class` raises ImportError saying so.
 """

@@ -1,6 +1,6 @@
 """Export the selected backbone as ONNX / a torch.export program and quantise it to int8.
 
-    python navsim_agents/run_export.py backbone=edge-vit-128 out_dir=exports
+    python -m navsim_agents.run_export backbone=edge-vit-128 out_dir=exports
 
 Writes ``<out_dir>/<name>.onnx``, ``<name>.pt2``, ``<name>.int8.onnx`` and ``<name>.export.json`` (largest
 difference to the eager encoder at each ``verify_hw`` size, int8 feature cosine on held-out embedded-world
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from eupe.config_tree import hydra_config_path
 from eupe.distill.data import synthetic_source
 from eupe.export import (
     OnnxEncoder,
@@ -98,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-@hydra.main(config_path="../configs", config_name="run_export", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_export", version_base=None)
 def main(cfg: DictConfig) -> None:
     log.info("export config:\n%s", OmegaConf.to_yaml(cfg))
     run(cfg)

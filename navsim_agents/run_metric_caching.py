@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from eupe.config_tree import hydra_config_path
 from navsim_agents.scoring import evaluate as E
 
 logger = logging.getLogger("run_metric_caching")
@@ -48,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
     return stats
 
 
-@hydra.main(config_path="../configs", config_name="run_metric_caching", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_metric_caching", version_base=None)
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

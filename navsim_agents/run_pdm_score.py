@@ -24,6 +24,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from eupe.config_tree import hydra_config_path
 from navsim_agents.scoring import evaluate as E
 from navsim_agents.scoring.pdm_score import PDMScoreRunner
 
@@ -208,7 +209,7 @@ def run(cfg: DictConfig) -> Path:
     return csv_path
 
 
-@hydra.main(config_path="../configs", config_name="run_pdm_score", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_pdm_score", version_base=None)
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

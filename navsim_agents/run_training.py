@@ -29,6 +29,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from eupe.config_tree import hydra_config_path
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
@@ -329,7 +331,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "failed": train_data.failed, "trainer": trainer, "module": module}
 
 
-@hydra.main(config_path="../configs", config_name="run_training", version_base=None)
+@hydra.main(config_path=hydra_config_path(), config_name="run_training", version_base=None)
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import assert_close_to_scale
 
 from navsim_agents.data.dataclasses import (
     Annotations,
@@ -78,7 +79,7 @@ def test_perturbed_sample_reexpresses_everything_in_the_perturbed_frame():
     ego_now = np.array([7.5, 0.0, 0.0])  # frame 3: t = 1.5 s
     np.testing.assert_allclose(rec.calls[0][0], perturbed_global_pose(ego_now, p), atol=1e-12)
     future = np.array([[5.0 * (k + 1) * DT, 0.0, 0.0] for k in range(8)])
-    np.testing.assert_allclose(targets["trajectory"].numpy(), se2_relative(future, p.pose), atol=1e-5)
+    assert_close_to_scale(targets["trajectory"].numpy(), se2_relative(future, p.pose), 1e-6, what="fp32 targets")
     cur = agent_input.ego_statuses[-1]
     np.testing.assert_allclose(cur.ego_pose, 0.0)
     np.testing.assert_allclose(cur.ego_velocity, [5.0 * p.velocity_scale[0], 0.0], rtol=1e-6)

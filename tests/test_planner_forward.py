@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close_to_scale
 
 from rap_backbone.backbones import build_backbone
 from rap_backbone.planner import PlannerConfig, RAPPlanner, project_reference_points, reference_points_3d
@@ -91,6 +92,7 @@ def test_reference_points_project_to_hand_computed_pixels(mode):
 
 # ---- batch independence ---------------------------------------------------------------------------------
 
+@pytest.mark.numerics
 def test_batched_forward_equals_per_sample(tiny_planner):
     feats = features(3)
     with torch.no_grad():
@@ -102,10 +104,13 @@ def test_batched_forward_equals_per_sample(tiny_planner):
     hits = vis.any(-1)
     assert hits.any() and not torch.equal(hits[0], hits[1]) and not torch.equal(hits[0], hits[2])
     for i, single in enumerate(singles):
+        # fp32 kernels block differently with the batch size (7e-5 m on 15 m proposals on an Intel Xeon); mixed-up
+        # samples would differ by metres
         for key in ("trajectory", "proposals", "pred_logit", "pdm_score"):
-            assert torch.allclose(batched[key][i], single[key][0], atol=1e-5), (key, i)
+            assert_close_to_scale(batched[key][i], single[key][0], 1e-4, what=f"{key}[{i}]")
         for j in range(4):
-            assert torch.allclose(batched["proposal_list"][j][i], single["proposal_list"][j][0], atol=1e-5)
+            assert_close_to_scale(batched["proposal_list"][j][i], single["proposal_list"][j][0], 1e-4,
+                                  what=f"proposal_list[{j}][{i}]")
 
 
 # ---- shapes per backbone ------------------------------------------------------------------------------
@@ -156,6 +161,7 @@ def test_gradients_reach_projector_and_heads_not_frozen_backbone():
     assert not planner.backbone.model.training  # a frozen backbone stays in eval mode
 
 
+@pytest.mark.numerics
 def test_lora_trains_adapters_only_and_starts_as_identity():
     torch.manual_seed(0)
     images = torch.randn(2, 3, 32, 48)
@@ -176,7 +182,7 @@ def test_lora_trains_adapters_only_and_starts_as_identity():
         lora_b[0].add_(0.1)  # a trained adapter
         adapted = planner.backbone(images, normalized=True)[1]
         assert merge_lora(planner.backbone) == 2 and not any("lora_" in n for n, _ in planner.named_parameters())
-        assert torch.allclose(planner.backbone(images, normalized=True)[1], adapted, atol=1e-5)
+        assert_close_to_scale(planner.backbone(images, normalized=True)[1], adapted, 1e-5, what="merged LoRA")
 
 
 # ---- bad input ---------------------------------------------------------------------------------------

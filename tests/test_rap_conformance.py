@@ -54,6 +54,7 @@ def test_sizes_inferred_from_checkpoint(rap_dev):
     assert not planner.training and planner.backbone.frozen
 
 
+@pytest.mark.numerics
 def test_outputs_match_rap(rap_dev):
     _, _, ref, tol, out, _ = rap_dev
     spec = tol["outputs"]
@@ -69,6 +70,7 @@ def test_outputs_match_rap(rap_dev):
     assert torch.allclose(out["pdm_score"], ref["outputs"]["pred_logit"].sigmoid()[..., -1], atol=5e-5)
 
 
+@pytest.mark.numerics
 def test_intermediates_match_rap(rap_dev):
     planner, inputs, ref, tol, out, _ = rap_dev
     spec, inter = tol["intermediates"], ref["intermediates"]

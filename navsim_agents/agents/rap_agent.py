@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from eupe.config_tree import config_file
 from navsim_agents.agents.rap_features import (
     CAMERA_NAMES,
     RAP_IMAGE_SCALE,
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 # RAP rap_agent.py: SensorConfig(cam_f0=[3], cam_l0=[3], cam_r0=[3], cam_b0=[3]) -> current frame only
 CURRENT_FRAME_INDEX = 3
-PLANNER_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "planner"
 
 
 @dataclass
@@ -112,11 +112,7 @@ def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
     if isinstance(planner, str):  # a name in configs/planner/ (when the primary config has no planner group)
         from omegaconf import OmegaConf
 
-        path = PLANNER_CONFIG_DIR / f"{planner}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in PLANNER_CONFIG_DIR.glob("*.yaml"))
-            raise FileNotFoundError(f"planner config {planner!r} not found in {PLANNER_CONFIG_DIR}; known: {known}")
-        planner = OmegaConf.load(path)
+        planner = OmegaConf.load(config_file("planner", planner))
     cfg = dict(_to_plain(planner) or {})
     cfg.pop("_target_", None)
     seed = cfg.pop("seed", None)
