@@ -1,6 +1,8 @@
 """Edge students as backbones, exported encoders (ONNX, torch.export), int8 and backbone.runtime=onnxruntime."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -11,11 +13,9 @@ from eupe.export import (
     ExportError,
     OnnxEncoder,
     export_onnx,
-    export_program,
     feature_cosine,
     load_program,
     quantize_int8,
-    trace,
 )
 from eupe.models import count_parameters, create_model, get_spec
 from rap_backbone.backbones import OnnxBackbone, build_backbone, export_view
@@ -133,21 +133,39 @@ def test_edge_student_round_trip(tmp_path):
 
 
 # ---- export -------------------------------------------------------------------------------------------------
+def _export_cfg(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        return compose(config_name="run_export", overrides=list(overrides))
+
+
 @pytest.fixture(scope="module")
 def small_vit(tmp_path_factory):
-    """A 1-block edge ViT exported as ONNX and as a torch.export program."""
-    torch.manual_seed(0)
-    bb = build_backbone("edge-vit-96", depth=1)
-    module, info = export_view(bb, (32, 48))
+    """A 1-block edge ViT through navsim_agents/run_export.py: ONNX, torch.export program and int8 ONNX (4
+    calibration images of the embedded world)."""
+    from safetensors.torch import save_file
+
+    from navsim_agents import run_export
+
     root = tmp_path_factory.mktemp("export")
-    program = trace(module, info, sample_hw=(32, 48))
-    onnx_path = export_onnx(module, info, root / "edge-vit-96.onnx", program=program)
-    program_path = export_program(module, info, root / "edge-vit-96.pt2", program=program)
-    return bb, module, info, onnx_path, program_path
+    torch.manual_seed(0)
+    weights = root / "edge-vit-96-depth1.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("edge-vit-96", depth=1).state_dict().items()}, str(weights))
+    cfg = _export_cfg("backbone=edge-vit-96", f"backbone.weights={weights}", "+backbone.overrides.depth=1",
+                      f"out_dir={root}", "sample_hw=[32,48]", "verify_hw=[[32,48]]", "int8.image_hw=[48,96]",
+                      "int8.calibration_images=4", "int8.held_out_images=2", "int8.batch_size=2")
+    report = run_export.run(cfg)
+    bb = build_backbone("edge-vit-96", weights=weights, depth=1)
+    module, info = export_view(bb, (32, 48))
+    return bb, module, info, report
 
 
 def test_exported_encoders_match_eager_at_two_sizes(small_vit):
-    bb, module, info, onnx_path, program_path = small_vit
+    bb, module, info, report = small_vit
+    onnx_path, program_path = report["files"]["onnx"], report["files"]["program"]
+    assert max(max(d.values()) for d in report["max_abs_diff"].values()) < 1e-3
     onnx_enc = OnnxEncoder(onnx_path, expect_name="edge-vit-96")
     program, program_info = load_program(program_path, expect_name="edge-vit-96")
     assert onnx_enc.info == program_info == info
@@ -179,31 +197,17 @@ def test_tinyvit_exports_at_a_fixed_size(tmp_path):
         enc(torch.zeros(1, 3, 224, 384))
 
 
-def embedded_world_images(tmp_path, hw=(48, 96), n=6) -> torch.Tensor:
-    """Camera images of a tiny embedded synthetic world, resized to ``hw`` (RGB in [0,1])."""
-    import cv2
-
-    from eupe.distill.data import NavsimCameraSource
-    from navsim_agents.data import synthetic
-
-    root = synthetic.generate_world(tmp_path / "world", num_train_logs=1, num_test_logs=1, frames_per_log=14,
-                                    image_size=(96, 54), warmup_s=3)
-    src = NavsimCameraSource(root / "navsim_logs" / "navmini", root / "sensor_blobs" / "navmini",
-                             cameras=("cam_f0", "cam_l0", "cam_r0", "cam_b0"), log_names=synthetic.NAVMINI_TRAIN_LOGS[:1])
-    imgs = [cv2.resize(src.load(i % len(src)), hw[::-1], interpolation=cv2.INTER_AREA) for i in range(n)]
-    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
-
-
 INT8_MIN_COSINE = 0.98  # patch and summary features of the int8 encoder against fp32, held-out images
 
 
 def test_int8_keeps_features_and_names_its_encoder(small_vit, tmp_path):
-    bb, module, info, onnx_path, _ = small_vit
-    images = embedded_world_images(tmp_path)
-    calib, held_out = bb.normalize(images[:4]), bb.normalize(images[4:])
-    int8 = quantize_int8(onnx_path, tmp_path / "edge-vit-96.int8.onnx", [calib[:2], calib[2:]])
+    from navsim_agents.run_export import world_images
+
+    bb, module, info, report = small_vit
+    onnx_path, int8 = Path(report["files"]["onnx"]), Path(report["files"]["int8"])
     enc = OnnxEncoder(int8, expect_name="edge-vit-96")
     assert enc.info.precision == "int8" and int8.stat().st_size < onnx_path.stat().st_size
+    held_out = bb.normalize(world_images(["cam_f0", "cam_b0"], (48, 96), 4, train_logs=False))  # test logs
     with torch.no_grad():
         cos = feature_cosine(enc(held_out), module(held_out))
     assert cos["summary"] >= INT8_MIN_COSINE and cos["patch"] >= INT8_MIN_COSINE, cos
@@ -211,13 +215,14 @@ def test_int8_keeps_features_and_names_its_encoder(small_vit, tmp_path):
     with pytest.raises(ExportError, match=r"holds encoder 'edge-vit-96' \(int8\), not 'eupe-t'"):
         build_backbone("eupe-t", weights=int8, runtime="onnxruntime")
     with pytest.raises(ExportError, match="already int8"):
-        quantize_int8(int8, tmp_path / "again.onnx", [calib])
+        quantize_int8(int8, tmp_path / "again.onnx", [held_out])
 
 
 def test_onnxruntime_backbone_in_the_planner(small_vit):
     from rap_backbone.planner import build_planner
 
-    bb, _, _, onnx_path, _ = small_vit
+    bb, _, _, report = small_vit
+    onnx_path = report["files"]["onnx"]
     ort_bb = build_backbone("edge-vit-96", weights=onnx_path, runtime="onnxruntime")
     assert isinstance(ort_bb, OnnxBackbone) and ort_bb.stride == 16 and ort_bb.embed_dim == 96
     assert "onnxruntime" in ort_bb.weights_source
@@ -241,7 +246,8 @@ def test_onnxruntime_backbone_in_the_planner(small_vit):
 def test_export_bad_input(small_vit, tmp_path):
     import onnx
 
-    bb, module, info, onnx_path, _ = small_vit
+    bb, module, info, report = small_vit
+    onnx_path = report["files"]["onnx"]
     with pytest.raises(ExportError, match=r"'edge-vit-96' at 40x48: sizes must be positive multiples of its stride 16"):
         export_onnx(module, info, tmp_path / "bad.onnx", sample_hw=(40, 48))
     with pytest.raises(ExportError, match="multiples of its stride 16"):
@@ -292,8 +298,6 @@ class _Losses(pl.Callback):
 
 
 def _distill_cfg(*overrides):
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
 
     configs = Path(__file__).resolve().parents[1] / "configs"
