@@ -22,6 +22,7 @@ import numpy as np
 
 from bench2drive import geo, pid, rig
 from navsim_agents.agents.rap_features import preprocess_image
+from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE
 
 try:  # the leaderboard is importable only inside a Bench2Drive checkout (BENCH2DRIVE_ROOT on PYTHONPATH)
     from leaderboard.autoagents.autonomous_agent import AutonomousAgent, Track  # type: ignore
@@ -38,13 +39,15 @@ HISTORY = 4  # ego-status frames at 2 Hz (NAVSIM num_history_frames)
 # NAVSIM driving command one-hot [left, straight, right, unknown] from the route's RoadOption
 COMMAND_INDEX = {geo.ROAD_OPTION["LEFT"]: 0, geo.ROAD_OPTION["STRAIGHT"]: 1, geo.ROAD_OPTION["LANEFOLLOW"]: 1,
                  geo.ROAD_OPTION["RIGHT"]: 2}
-DEFAULTS = {"rig": "rap4", "image_width": 768, "image_height": 432, "planner": "rap", "backbone": {"name": "eupe-t"},
+# image_width / image_height None: the planner size's image_scale of nuPlan's 1920x1080 (small: 384x216,
+# rap_paper: RAP's 768x432)
+DEFAULTS = {"rig": "rap4", "image_width": None, "image_height": None, "planner": "rap", "backbone": {"name": "eupe-t"},
             "planner_config": "small", "checkpoint": None, "device": "cpu", "max_speed_for_throttle": None,
             "save_metric_info": True}
 
 
 def get_entry_point() -> str:
-    return "RAPAgent"
+    return "RAPLeaderboardAgent"
 
 
 class VehicleControlLite:
@@ -93,14 +96,14 @@ def build_planner(cfg: dict):
         return ConstantVelocityPlanner()
     if cfg["planner"] == "rap":
         try:
-            from navsim_agents.agents.rap_agent import RAPAgent as NavsimRAPAgent
+            from navsim_agents.agents.rap_agent import RAPAgent
         except ImportError as exc:
             raise ImportError("the RAP agent (navsim_agents.agents.rap_agent) is not importable; install "
                               "eupe-drive fully or set planner: constant_velocity in the agent config") from exc
         backbone = cfg["backbone"]
         if isinstance(backbone, str):
             backbone = {"name": backbone}
-        navsim_agent = NavsimRAPAgent(backbone=backbone, planner=cfg["planner_config"], checkpoint=cfg["checkpoint"])
+        navsim_agent = RAPAgent(backbone=backbone, planner=cfg["planner_config"], checkpoint=cfg["checkpoint"])
         source = navsim_agent.weights_source
         print(f"closed-loop RAP planner weights: {source}", flush=True)
         return TorchPlanner(navsim_agent.planner, device=cfg["device"], source=source)
@@ -124,10 +127,16 @@ def load_agent_config(path_to_conf_file: str) -> tuple[dict, str | None]:
         if unknown:
             raise KeyError(f"agent config {p}: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
         cfg.update(loaded)
+    if cfg["image_width"] is None or cfg["image_height"] is None:
+        from navsim_agents.agents.rap_agent import load_planner_profile
+
+        scale = load_planner_profile(cfg["planner_config"]).image_scale
+        cfg["image_width"] = cfg["image_width"] or int(NUPLAN_IMAGE_SIZE[0] * scale)
+        cfg["image_height"] = cfg["image_height"] or int(NUPLAN_IMAGE_SIZE[1] * scale)
     return cfg, save_name
 
 
-class RAPAgent(AutonomousAgent):
+class RAPLeaderboardAgent(AutonomousAgent):
     """Bench2Drive leaderboard agent around the RAP planner."""
 
     def __init__(self, carla_host=None, carla_port=None, debug=False, *, planner=None):

@@ -30,8 +30,8 @@ def _agent_config(cfg: DictConfig, out: Path) -> Path:
 def run_raster(cfg: DictConfig, out: Path) -> str:
     from bench2drive import agent as agent_mod
     from bench2drive.rig import build_rig
-    from bench2drive.sim.simulator import SimSettings, run_routes
-    from bench2drive.sim.world import SUPPORTED, synthetic_routes
+    from bench2drive.sim.route_runner import SimSettings, run_routes
+    from bench2drive.sim.scenarios import SUPPORTED, synthetic_routes
 
     cl = cfg.closed_loop
     if cl.routes:
@@ -51,11 +51,11 @@ def run_raster(cfg: DictConfig, out: Path) -> str:
     planner = agent_mod.build_planner(agent_cfg)  # built once, shared by the per-route agents
 
     def make(save_name: str):
-        a = agent_mod.RAPAgent(planner=planner)
+        a = agent_mod.RAPLeaderboardAgent(planner=planner)
         a.setup(f"{conf}+{save_name}")
         return a
 
-    cams = build_rig(cfg.agent.rig, width=cfg.agent.image_width, height=cfg.agent.image_height)
+    cams = build_rig(agent_cfg["rig"], width=agent_cfg["image_width"], height=agent_cfg["image_height"])
     settings = SimSettings(rig=cams, max_ticks=cl.max_ticks, render=cl.render, renderer=cl.renderer, seed=cl.seed)
     for i, part in enumerate(split_routes(routes, cl.num_parts)):
         if part:
@@ -102,7 +102,7 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"unknown simulator '{cfg.closed_loop.simulator}'; use closed_loop=raster or carla")
     jc = None
     if cfg.closed_loop.simulator == "raster":
-        from bench2drive.sim.world import synthetic_junction_completion
+        from bench2drive.sim.scenarios import synthetic_junction_completion
 
         jc = synthetic_junction_completion
     else:

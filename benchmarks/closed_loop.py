@@ -19,8 +19,8 @@ import torch
 from bench2drive import agent as agent_mod
 from bench2drive.rig import build_rig
 from bench2drive.sim.expert import ScriptedExpert
-from bench2drive.sim.simulator import SimSettings, run_routes
-from bench2drive.sim.world import synthetic_routes
+from bench2drive.sim.route_runner import SimSettings, run_routes
+from bench2drive.sim.scenarios import synthetic_routes
 
 
 class Timed:
@@ -49,7 +49,7 @@ def bench(name: str, make_planner, args, routes) -> dict:
     def make(save_name):
         if timed is None:
             return ex
-        a = agent_mod.RAPAgent(planner=timed)
+        a = agent_mod.RAPLeaderboardAgent(planner=timed)
         a.setup(f"{conf}+{save_name}")
         return a
 

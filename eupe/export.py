@@ -11,7 +11,7 @@ description with them, so a runtime can check that a file is the encoder it was 
   program cannot serve both one and several windows.
 - ``torch.export``: a ``.pt2`` archive (``torch.export.save``) with the same JSON as extra file ``eupe_encoder``.
 
-    >>> info = EncoderInfo(name="eupe-t", stride=16, embed_dim=192, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    >>> info = EncoderInfo(name="eupe-t", stride=16, embed_dim=192, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     >>> export_onnx(encoder, info, "eupe-t.onnx", sample_hw=(224, 384))
     >>> quantize_int8("eupe-t.onnx", "eupe-t.int8.onnx", calibration_images)
     >>> summary, patch = OnnxEncoder("eupe-t.int8.onnx", expect_name="eupe-t")(images_normalised)

@@ -21,14 +21,13 @@ import timm
 import torch
 from torch import nn
 
+from eupe.student_checkpoint import is_student_checkpoint, load_student_state_dict, load_student_tensors
+
 log = logging.getLogger(__name__)
 
 # EUPE's released checkpoints carry distillation-only heads (facebookresearch/EUPE, hub/backbones.py loads
 # with strict=False); they are not part of the encoder.
 TRAINING_ONLY_PREFIXES = ("projectors.",)
-# Input normalisation of EUPE and DINOv3 (ImageNet statistics, 0..1 scale; timm eva.py _dinov3_cfg).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -204,8 +203,6 @@ def load_weights(model: nn.Module, path: str | Path, *, family: str) -> None:
     Training-only keys (``projectors.*``) are skipped and listed once; a missing, unexpected or mis-shaped key
     raises :class:`WeightsError` naming the keys and the file.
     """
-    from eupe.distill.export import is_student_checkpoint, load_student_state_dict
-
     # A student written by our distillation keeps timm's own layout under a "student." prefix.
     state = load_student_state_dict(path) if is_student_checkpoint(path) else read_state_dict(path)
     skipped = sorted(k for k in state if k.startswith(TRAINING_ONLY_PREFIXES))
@@ -247,3 +244,43 @@ def _head(items: list[str], n: int = 8) -> str:
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (shared tensors counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# --- students written by eupe.distill (format: eupe.student_checkpoint) ----------------------------------
+def student_factory(model_name: str) -> str:
+    """Short EUPE / DINOv3 / edge names go through ``eupe.create_model``; anything else is a timm name."""
+    if model_name.startswith(("eupe-", "dinov3-", "edge-")):
+        return "eupe"
+    return "timm"
+
+
+def build_student_model(model_name: str, timm_kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Build an untrained student ``model_name`` (timm name or eupe short name) with ``timm_kwargs``."""
+    kwargs = dict(timm_kwargs or {})
+    if student_factory(model_name) == "eupe":
+        return create_model(model_name, weights=None, **kwargs)
+    import timm
+
+    if not timm.is_model(model_name):
+        raise ValueError(f"student model {model_name!r} is not a timm model name nor an eupe short name "
+                         f"(eupe-t/s/b, eupe-convnext-t/s/b, dinov3-*, edge-*); see timm.list_models()")
+    return timm.create_model(model_name, pretrained=False, **kwargs)
+
+
+def load_student(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the student recorded in ``path`` and load its weights strictly.
+
+    Returns ``(model, meta)``: ``model`` is the timm model in eval mode; ``meta`` is the checkpoint's JSON
+    metadata plus ``normalizer`` (name -> tensor), ``path`` and ``weights_source`` (the file path).
+    """
+    groups, meta = load_student_tensors(path)
+    model = build_student_model(meta["model_name"], meta.get("timm_kwargs"))
+    missing, unexpected = model.load_state_dict(groups["student"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"student checkpoint {path} does not fit {meta['model_name']} {meta.get('timm_kwargs')}: "
+                         f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+    model.to(map_location).eval()
+    meta = dict(meta, normalizer=groups["normalizer"], path=str(path), weights_source=str(path))
+    if groups["heads"]:
+        meta["heads"] = groups["heads"]
+    return model, meta

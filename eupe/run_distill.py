@@ -17,9 +17,11 @@ the end ``<output_dir>/student.safetensors`` (``eupe.distill.export`` format, lo
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import hydra
 import numpy as np
@@ -43,6 +45,15 @@ from eupe.distill.module import DistillModule
 
 log = logging.getLogger(__name__)
 CACHE_MODES = ("online", "build", "read")
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import the modules that register teachers / data sources of higher layers (``plugins`` in the config)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ImportError(f"plugins: cannot import {name!r} ({err}); fix the name or remove it from plugins") from err
 
 
 def build_dataset(d: DictConfig) -> DistillImageDataset:
@@ -125,6 +136,7 @@ def _precision(cfg: DictConfig) -> str:
 def build_cache(cfg: DictConfig) -> Path:
     """Run the teachers over ``cache.epochs`` epochs of augmented batches and write their features."""
     d = cfg.distill
+    import_plugins(cfg.plugins)
     dataset = build_dataset(d)
     module = build_module(d)  # for the per-step size draws and teacher construction
     teachers = module.teachers
@@ -162,6 +174,7 @@ def build_training(cfg: DictConfig) -> tuple[DistillModule, DistillDataModule]:
     The datamodule holds only picklable parts (``functools.partial`` plan factories, not closures), because
     ``ddp_spawn`` pickles it into each worker."""
     d = cfg.distill
+    import_plugins(cfg.plugins)
     dataset = build_dataset(d)
     bs, seed = int(d.batch_size), int(d.seed)
     if cfg.cache == "read":

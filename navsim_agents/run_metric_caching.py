@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from eupe.config_tree import hydra_config_path
 from navsim_agents.scoring import evaluate as E
+from navsim_agents.scoring.metric_cache_file import CACHE_FORMAT_VERSION, MetricCache
 
 logger = logging.getLogger("run_metric_caching")
 
@@ -34,8 +35,8 @@ def run(cfg: DictConfig) -> dict:
     for token in tqdm(loader.tokens, unit="scene", disable=not cfg.progress):
         frames = loader.scene_frames_dicts[token]
         # a cache of an older format is rebuilt by ensure_metric_cache: it counts as built, not reused
-        existed = E.MetricCache.stored_format_version(E.cache_file(root, frames[3]["log_name"], token)) \
-            == E.CACHE_FORMAT_VERSION
+        existed = MetricCache.stored_format_version(E.cache_file(root, frames[3]["log_name"], token)) \
+            == CACHE_FORMAT_VERSION
         try:
             E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version, force=bool(cfg.force))
             stats["reused" if existed and not cfg.force else "built"] += 1

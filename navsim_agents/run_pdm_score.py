@@ -13,7 +13,6 @@ and the jobs of a sweep that share an experiment folder never resume from each o
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import time
@@ -90,13 +89,11 @@ def _trajectory_fn(agent, loader, token: str, cfg: DictConfig):
     def compute():
         agent_input = loader.get_agent_input_from_token(token)
         if cfg.corruption.name != "none":
-            from rap_backbone.corruptions import apply_to_agent_input  # lazy: image code is heavy
+            from navsim_agents.data.scene_raster import corrupt_agent_input  # lazy: image code is heavy
 
-            extra = {}
             # synthetic scenes are raster renders: fog gets true depth and calibration drift a true re-render
-            if cfg.split.get("synthetic", False) and "scene" in inspect.signature(apply_to_agent_input).parameters:
-                extra["scene"] = loader.get_scene_from_token(token)
-            agent_input = apply_to_agent_input(agent_input, cfg.corruption, seed_key=token, **extra)
+            scene = loader.get_scene_from_token(token) if cfg.split.get("synthetic", False) else None
+            agent_input = corrupt_agent_input(agent_input, cfg.corruption, seed_key=token, scene=scene)
         if getattr(agent, "requires_scene", False):
             return agent.compute_trajectory(agent_input, loader.get_scene_from_token(token))
         return agent.compute_trajectory(agent_input)

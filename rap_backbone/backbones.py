@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-import eupe
 from eupe.export import EncoderInfo, ExportError, OnnxEncoder
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD, get_spec
+from eupe.models import create_model, get_spec, load_student
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class Backbone(EncoderContract):
             embed_dim, stride = model.num_features, model.feature_info[-1]["reduction"]
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         super().__init__(name=name, embed_dim=embed_dim, stride=stride, weights_source=weights_source,
-                         mean=mean if mean is not None else cfg.get("mean", IMAGENET_MEAN),
-                         std=std if std is not None else cfg.get("std", IMAGENET_STD))
+                         mean=mean if mean is not None else cfg.get("mean", IMAGENET_DEFAULT_MEAN),
+                         std=std if std is not None else cfg.get("std", IMAGENET_DEFAULT_STD))
         self.model = model
         self.family = family
         self.num_prefix_tokens = int(model.num_prefix_tokens) if family == "vit" else 0
@@ -239,15 +239,13 @@ def build_backbone(name: str, weights: str | Path | None = None, freeze: bool = 
         if weights is None:
             raise ValueError("backbone 'student' needs a checkpoint written by eupe/run_distill.py: "
                              "set backbone.weights=/path/to/student.safetensors")
-        from eupe.distill.export import load_student
-
         model, meta = load_student(weights)
         backbone = Backbone.from_timm(model, name=f"student:{meta.get('model_name', '?')}",
                                       weights_source=str(weights), freeze=freeze,
                                       mean=meta.get("mean"), std=meta.get("std"))
         return backbone
     get_spec(name)  # validates before building anything large
-    model = eupe.create_model(name, weights=weights, **kwargs)
+    model = create_model(name, weights=weights, **kwargs)
     if model.weights_source == "random":
         log.warning("backbone %s has RANDOM weights: results mean nothing for the encoder's quality. Set "
                     "backbone.weights=/path/to/checkpoint (or backbone.weights=hub with a populated HF cache).",

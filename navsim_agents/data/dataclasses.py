@@ -24,13 +24,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
+from rap_backbone.nuplan_rig import CAMERA_NAMES
+
 # navsim/common/dataclasses.py: the 2 Hz spacing of NAVSIM frames and trajectories.
 NAVSIM_INTERVAL_LENGTH: float = 0.5
 # nuplan/planning/simulation/trajectory/trajectory_sampling.py: tolerance of the sampling consistency checks.
 _PROXIMITY_ABS_TOL = 1e-10
 
 # Camera identifiers in the order of the devkit's ``Cameras`` fields; log keys are their upper-case form.
-CAMERA_NAMES: Tuple[str, ...] = ("cam_f0", "cam_l0", "cam_l1", "cam_l2", "cam_r0", "cam_r1", "cam_r2", "cam_b0")
 SENSOR_NAMES: Tuple[str, ...] = CAMERA_NAMES + ("lidar_pc",)
 
 

@@ -45,16 +45,17 @@ from navsim_agents.data.synthetic_town import (
 )
 from navsim_agents.data.synthetic_traffic import (
     DT,
-    EGO_FRONT,
     Expert,
     Path,
     Traffic,
     footprint,
     footprints,
 )
-from rap_backbone.raster import NUPLAN_CAMERA_NAMES, RAP_CAMERA_NAMES, default_camera_rig, render_cameras
+from rap_backbone.nuplan_rig import OPENSCENE_CAMERA_KEYS, PACIFICA, RAP_CAMERA_NAMES, openscene_camera_key
+from rap_backbone.raster import default_camera_rig, render_cameras
 
 VERSION = 2  # bump whenever the generated content changes
+RENDERED_CAMERAS = tuple(map(openscene_camera_key, RAP_CAMERA_NAMES))  # images exist for these only
 SPLIT = "navmini"
 MAP_LOCATION = "us-pa-pittsburgh-hazelwood"
 NUM_TRAIN_LOGS = 24
@@ -146,8 +147,8 @@ def _setup_scenario(kind: str, town: TownMap, traffic: Traffic, rng: np.random.G
     # distance of the ego's front to the stop line: turns happen inside the 10 s log
     dist = {"follow": 45.0, "red_light": 45.0, "lane_change": 85.0, "stopped_vehicle": 75.0,
             "cones": 75.0}.get(kind, float(rng.uniform(15.0, 28.0)))
-    s_front = max(in_lane.length - dist, 5.0 + EGO_FRONT)
-    s_rear = s_front - EGO_FRONT
+    s_front = max(in_lane.length - dist, 5.0 + PACIFICA.front_length)
+    s_rear = s_front - PACIFICA.front_length
     v0 = float(rng.uniform(7.0, 10.0))
     route = [exit_lane.id, conn] + tail
     if start_idx != lane_idx:
@@ -417,7 +418,7 @@ def _generate_log(args) -> tuple[str, dict]:
     log_seed = int(hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()[:8], 16)
     snaps, path, attempt = simulate_log(town, kind, log_seed, frames_per_log, warmup_s=warmup_s)
     # the pickles list all 8 nuPlan cameras, as OpenScene; images exist for ``cameras`` only
-    frames = _frame_dicts(name, seed, snaps, path, town, default_camera_rig(NUPLAN_CAMERA_NAMES, image_size))
+    frames = _frame_dicts(name, seed, snaps, path, town, default_camera_rig(OPENSCENE_CAMERA_KEYS, image_size))
     rig = default_camera_rig(cameras, image_size)
     with open(root / "navsim_logs" / SPLIT / f"{name}.pkl", "wb") as handle:
         pickle.dump(frames, handle, protocol=4)
@@ -428,7 +429,7 @@ def _generate_log(args) -> tuple[str, dict]:
 
 def generate_world(root, *, seed: int = 0, num_train_logs: int = NUM_TRAIN_LOGS, num_test_logs: int = NUM_TEST_LOGS,
                    frames_per_log: int = FRAMES_PER_LOG, image_size: tuple[int, int] = (1920, 1080),
-                   cameras=RAP_CAMERA_NAMES, render: bool = True, progress: bool = False,
+                   cameras=RENDERED_CAMERAS, render: bool = True, progress: bool = False,
                    workers: int | None = None, raster_config=None, warmup_s: float = WARMUP_S) -> FsPath:
     """Write a complete navmini data set under ``root`` (maps, logs, images) and return ``root``.
 
@@ -456,9 +457,9 @@ def generate_world(root, *, seed: int = 0, num_train_logs: int = NUM_TRAIN_LOGS,
     blobs = root / "sensor_blobs" / SPLIT
     logs_dir.mkdir(parents=True, exist_ok=True)
     blobs.mkdir(parents=True, exist_ok=True)
-    unknown = [c for c in cameras if c not in NUPLAN_CAMERA_NAMES]
+    unknown = [c for c in cameras if c not in OPENSCENE_CAMERA_KEYS]
     if unknown:
-        raise KeyError(f"unknown cameras {unknown}; known: {list(NUPLAN_CAMERA_NAMES)}")
+        raise KeyError(f"unknown cameras {unknown}; known: {list(OPENSCENE_CAMERA_KEYS)}")
     jobs = [("train", i) for i in range(num_train_logs)] + [("test", i) for i in range(num_test_logs)]
     args = [(root, seed, split, i, frames_per_log, tuple(image_size), tuple(cameras), render, raster_config,
              warmup_s) for split, i in jobs]

@@ -21,14 +21,9 @@ import numpy as np
 import shapely
 
 from navsim_agents.data.synthetic_town import LANE_WIDTH, TownMap, arc_length, polyline_headings
+from rap_backbone.nuplan_rig import PACIFICA
 
 DT = 0.1  # simulation step (s); logs are sampled every 5 steps (2 Hz)
-# nuPlan vehicle_parameters.py (Chrysler Pacifica), as NAVSIM's scorer uses
-EGO_WIDTH = 1.1485 * 2
-EGO_FRONT = 4.049
-EGO_REAR = 1.127
-EGO_WHEEL_BASE = 3.089
-EGO_HEIGHT = 1.777
 # IDM parameters (Treiber et al.; headway and gaps as PDM-Closed's BatchIDMPolicy)
 IDM_ACCEL = 1.5
 IDM_DECEL = 3.0
@@ -605,7 +600,7 @@ class Expert:
     """The ego driver: IDM speed with the traffic rules above, pure-pursuit steering of a kinematic bicycle
     (rear axle state x, y, heading, v). ``agent`` is its vehicle in the traffic (box centre on the path)."""
 
-    center_offset = (EGO_FRONT - EGO_REAR) / 2  # rear axle -> box centre
+    center_offset = (PACIFICA.front_length - PACIFICA.rear_length) / 2  # rear axle -> box centre
 
     def __init__(self, traffic: Traffic, path: Path, s_rear: float, v: float):
         self.path = path
@@ -615,7 +610,7 @@ class Expert:
         self.accel = 0.0
         self.yaw_rate = 0.0
         self.steer = 0.0
-        agent = Agent(traffic.next_id, "vehicle", EGO_FRONT + EGO_REAR, EGO_WIDTH, EGO_HEIGHT, path=path,
+        agent = Agent(traffic.next_id, "vehicle", PACIFICA.length, PACIFICA.width, PACIFICA.height, path=path,
                       s=s_rear + self.center_offset, v=v, v0=traffic.town.lanes[path.lane_at(s_rear)[0]].speed_limit,
                       is_ego=True)
         annotate_path(agent, traffic.town)
@@ -634,13 +629,13 @@ class Expert:
         tx, ty, _ = self.path.pose_at(self.s_rear + look)
         x, y, h, _ = self.state
         alpha = math.atan2(ty - y, tx - x) - h
-        self.steer = math.atan2(2.0 * EGO_WHEEL_BASE * math.sin(alpha), look)
+        self.steer = math.atan2(2.0 * PACIFICA.wheel_base * math.sin(alpha), look)
 
     def advance(self, traffic: Traffic) -> None:
         x, y, h, v = self.state
         v_new = max(0.0, v + self.accel * DT)
         v_mid = 0.5 * (v + v_new)
-        self.yaw_rate = v_mid * math.tan(self.steer) / EGO_WHEEL_BASE
+        self.yaw_rate = v_mid * math.tan(self.steer) / PACIFICA.wheel_base
         h_mid = h + 0.5 * self.yaw_rate * DT
         x += v_mid * math.cos(h_mid) * DT
         y += v_mid * math.sin(h_mid) * DT

@@ -12,16 +12,11 @@ import numpy as np
 from navsim_agents.scoring import constants as C
 from navsim_agents.scoring.comfort import two_frame_extended_comfort
 from navsim_agents.scoring.geometry import principal_value, relative_to_absolute
-from navsim_agents.scoring.metric_cache import MetricCache
+from navsim_agents.scoring.metric_cache_file import MetricCache
+from navsim_agents.scoring.pdm_simulator import simulate_proposals
 from navsim_agents.scoring.scorer import PDMScorer, ScorerConfig
-from navsim_agents.scoring.simulator import simulate_proposals
 
-V1_COLUMNS = ["no_at_fault_collisions", "drivable_area_compliance", "ego_progress",
-              "time_to_collision_within_bound", "comfort", "driving_direction_compliance"]
-V2_COLUMNS = ["no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
-              "traffic_light_compliance", "ego_progress", "time_to_collision_within_bound", "lane_keeping",
-              "history_comfort", "two_frame_extended_comfort"]
-V2_FILTERED = V2_COLUMNS[:-1]
+V2_FILTERED = C.V2_COLUMNS[:-1]  # the human penalty filter leaves out the two-frame comfort
 
 
 class InvalidTrajectory(ValueError):
@@ -86,7 +81,7 @@ class PDMScoreRunner:
                                 cache.meta["route_lane_ids"], cache.drivable(), past,
                                 reference_masked_progress=cache.arrays[f"pdm_masked_progress_{self.version}"])
         if self.version == "v1":
-            row = {c: float(res[c][0]) for c in V1_COLUMNS}
+            row = {c: float(res[c][0]) for c in C.V1_COLUMNS}
             row["score"] = float(res["score"][0])
             return row, simulated[0]
         row = {c: float(res[c][0]) for c in V2_FILTERED}
@@ -145,6 +140,3 @@ def extended_comfort(current_states: np.ndarray, previous_states: np.ndarray, ga
     times = np.arange(cur.shape[0]) * dt
     return float(two_frame_extended_comfort(cur[None], prev[None], times)[0])
 
-
-# public name of the pose -> reference-state helper (used by training-time proposal scoring)
-reference_states = _reference

@@ -40,8 +40,8 @@ from bench2drive.sim.dynamics import (
     step_opposite_flow,
 )
 from bench2drive.sim.monitors import RouteMonitors, box_corners, boxes_overlap
+from bench2drive.sim.scenarios import CONTROL_LOSS_RADIUS, RoadPath, build_scenario
 from bench2drive.sim.sensors import input_data
-from bench2drive.sim.world import CONTROL_LOSS_RADIUS, RoadPath, build_scenario
 
 # Bench2Drive's scenario_manager.py raises TickRuntimeError once a route passes 4000 ticks (200 s at 20 Hz); the
 # evaluator records it as "Failed - TickRuntime". Since RouteTimeoutBehavior allows at least 300 s and a

@@ -1,0 +1,118 @@
+"""``MetricCache``: the agent-independent scoring inputs of one token, and its versioned ``.npz`` file.
+
+One `.npz` per token (arrays only, loaded with `allow_pickle=False`) + JSON metadata inside it. The builder
+(``navsim_agents.scoring.metric_cache``) fills it from OpenScene logs and the map; scoring
+(``navsim_agents.scoring.pdm_score``) reads it. Both import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
+from navsim_agents.scoring.scorer import CenterlinePath
+
+CACHE_FORMAT_VERSION = 5  # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix;
+# 5: ego heading from pyquaternion's yaw (the x*y sign of format 4 was flipped)
+
+
+def wkb_pack(geoms) -> tuple[np.ndarray, np.ndarray]:
+    """Geometries as one WKB byte array + offsets (npz-safe, no pickles)."""
+    blobs = [shapely.to_wkb(g) for g in geoms]
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(0, np.uint8)
+    return data, offsets
+
+
+def wkb_unpack(data: np.ndarray, offsets: np.ndarray) -> list:
+    """Inverse of :func:`wkb_pack`."""
+    raw = data.tobytes()
+    return [shapely.from_wkb(raw[offsets[i]:offsets[i + 1]]) for i in range(len(offsets) - 1)]
+
+
+@dataclass
+class MetricCache:
+    """Agent-independent scoring inputs of one token (arrays; see `save` / `load`)."""
+
+    meta: dict
+    arrays: dict = field(default_factory=dict)
+
+    # --- reconstruction helpers ----------------------------------------------------------------------------
+    @property
+    def token(self) -> str:
+        return self.meta["token"]
+
+    @property
+    def ego_state(self) -> np.ndarray:
+        return self.arrays["ego_state"]
+
+    def centerline(self) -> CenterlinePath:
+        return CenterlinePath(self.arrays["centerline"])
+
+    def drivable(self) -> DrivableMap:
+        polys = wkb_unpack(self.arrays["drivable_wkb"], self.arrays["drivable_offsets"])
+        return DrivableMap(self.meta["drivable_tokens"], self.meta["drivable_kinds"], polys)
+
+    def observation(self, version: str) -> Observation:
+        a = self.arrays
+        tokens = self.meta[f"obs_{version}_tokens"]
+        step, tok, rings = a[f"obs_{version}_step"], a[f"obs_{version}_token"], a[f"obs_{version}_rings"]
+        n_steps = int(self.meta[f"obs_{version}_steps"])
+        closed = np.concatenate([rings, rings[:, :1]], axis=1)
+        polys = shapely.polygons(closed) if len(closed) else np.array([], dtype=object)
+        red_tokens = self.meta.get(f"red_{version}_tokens", [])
+        red_polys = wkb_unpack(a[f"red_{version}_wkb"], a[f"red_{version}_offsets"]) if red_tokens else []
+        red_mask = a.get(f"red_{version}_mask")
+        maps = []
+        order = np.argsort(step, kind="stable")
+        bounds = np.searchsorted(step[order], np.arange(n_steps + 1))
+        for k in range(n_steps):
+            sel = order[bounds[k]:bounds[k + 1]]
+            toks = [tokens[i] for i in tok[sel]]
+            geoms = list(polys[sel])
+            if red_tokens:
+                for j, rt in enumerate(red_tokens):
+                    if red_mask[k, j]:
+                        toks.append(rt)
+                        geoms.append(red_polys[j])
+            maps.append(OccupancyMap(toks, geoms))
+        info = a[f"obs_{version}_info"]
+        unique = {t: TrackInfo(bool(info[i, 0]), float(info[i, 1]), float(info[i, 2])) for i, t in enumerate(tokens)}
+        return Observation(maps, unique, [], stride=1)
+
+    # --- io ------------------------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # per process: ranks may write the same token
+        np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **self.arrays)
+        tmp.replace(path)
+
+    @staticmethod
+    def stored_format_version(path: Path) -> int | None:
+        """Format version written in the cache file at `path` (None when it is absent or unreadable)."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return json.loads(data["meta_json"].tobytes().decode()).get("format_version")
+        except (OSError, KeyError, ValueError):
+            return None
+
+    @classmethod
+    def load(cls, path: Path) -> "MetricCache":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"metric cache file {path} not found; run navsim_agents/run_metric_caching.py")
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(data["meta_json"].tobytes().decode())
+            if meta.get("format_version") != CACHE_FORMAT_VERSION:
+                raise ValueError(f"metric cache {path} has format {meta.get('format_version')}, expected "
+                                 f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
+            arrays = {k: data[k] for k in data.files if k != "meta_json"}
+        return cls(meta, arrays)
