@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backbones import _peak_rss_mib, gflops  # noqa: E402
-from common import RESULTS, machine, time_call, write_table  # noqa: E402
+from common import RESULTS, in_process, machine, time_call, write_table  # noqa: E402
 from planner import SIZES, frame, planner_config  # noqa: E402
 
 ENCODERS = ["edge-vit-96", "edge-vit-128", "edge-tinyvit-5m", "eupe-t", "eupe-s", "eupe-b", "eupe-convnext-t",
@@ -87,16 +86,6 @@ def _measure(name: str, runtime: str, threads: int, size: str, export_dir: str, 
         queue.put(dict(error=f"{type(exc).__name__}: {str(exc)[:160]}"))
 
 
-def measure(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(*args, queue))
-    proc.start()
-    row = queue.get()
-    proc.join()
-    return row
-
-
 def read_rows() -> list[list[str]]:
     path = RESULTS / "edge.csv"
     if not path.is_file():
@@ -125,7 +114,7 @@ def main() -> None:
         for size in args.inputs:
             for runtime in args.runtimes:
                 for threads in args.threads:
-                    r = measure(name, runtime, threads, size, str(args.export_dir), args.repeats)
+                    r = in_process(_measure, name, runtime, threads, size, str(args.export_dir), args.repeats)
                     load = os.getloadavg()[0]
                     key = [name, runtime, str(threads), f"4x{INPUTS[size][1]}x{INPUTS[size][0]}"]
                     if "error" in r:
