@@ -23,7 +23,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eupe.config_tree import hydra_config_path
-from eupe.distill.data import synthetic_source
 from eupe.export import (
     OnnxEncoder,
     export_onnx,
@@ -33,6 +32,7 @@ from eupe.export import (
     quantize_int8,
     trace,
 )
+from navsim_agents.data.camera_source import synthetic_source
 from rap_backbone.backbones import build_backbone_from_config, export_view
 
 log = logging.getLogger("run_export")
