@@ -85,7 +85,7 @@ def _to_plain(cfg: Any) -> Any:
 
 
 def build_backbone_from_config(backbone: Any) -> nn.Module:
-    """A Backbone module, or the ``backbone`` config group (name, weights, freeze, overrides) -> Backbone."""
+    """A Backbone module, or the ``backbone`` config group (name, weights, freeze, runtime, overrides) -> Backbone."""
     if isinstance(backbone, nn.Module):
         return backbone
     from rap_backbone.backbones import build_backbone
@@ -93,7 +93,8 @@ def build_backbone_from_config(backbone: Any) -> nn.Module:
     cfg = dict(_to_plain(backbone))
     overrides = dict(cfg.pop("overrides", None) or {})
     name = cfg.pop("name")
-    return build_backbone(name, weights=cfg.pop("weights", None), freeze=cfg.pop("freeze", True), **overrides)
+    return build_backbone(name, weights=cfg.pop("weights", None), freeze=cfg.pop("freeze", True),
+                          runtime=cfg.pop("runtime", "torch"), **overrides)
 
 
 def load_planner_profile(planner: Any) -> PlannerGroupConfig:
