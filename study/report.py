@@ -220,7 +220,7 @@ def _plots(df: pd.DataFrame, summary: pd.DataFrame, out: Path, profile: str) -> 
     paths = []
     lat_col = f"latency ms ({profile})"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, score in zip(axes, ("PDMS", "DS")):
+    for ax, score in zip(axes, ("PDMS", "DS"), strict=True):
         for _, r in summary.iterrows():
             if lat_col in summary and pd.notna(r.get(lat_col)) and pd.notna(r.get(score)):
                 ax.scatter(r[lat_col], r[score])
@@ -234,7 +234,7 @@ def _plots(df: pd.DataFrame, summary: pd.DataFrame, out: Path, profile: str) -> 
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("retained_score", "retained_DS")):
+    for ax, metric in zip(axes, ("retained_score", "retained_DS"), strict=True):
         sub = df[df["metric"] == metric] if not df.empty else df
         for (bb, corr), g in (sub.groupby(["backbone", "corruption"]) if len(sub) else []):
             g = g.sort_values("severity")

@@ -115,7 +115,7 @@ def _run_closed_loop_ray(cells: list[Cell], address: str | None) -> None:
     task = ray.remote(run_cell)
     for cell in cells:
         cell.write_record("running")
-    for cell, result in zip(cells, ray.get([task.remote(c.config) for c in cells])):
+    for cell, result in zip(cells, ray.get([task.remote(c.config) for c in cells]), strict=True):
         if result["status"] == "finished":
             cell.write_record("finished", outputs={"metrics": "metrics.json"})
         else:

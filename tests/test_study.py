@@ -67,7 +67,7 @@ def test_micro_study_report_resume_failure_and_one_changed_cell(tmp_path, monkey
 
     numbers = pd.read_csv(study_dir / "report.csv")
     measured = numbers[numbers["kind"] == "measured"]
-    assert {f"{b}/{j}" for b, j in zip(measured["backbone"], measured["job"])} == jobs - {FAILING}
+    assert {f"{b}/{j}" for b, j in zip(measured["backbone"], measured["job"], strict=True)} == jobs - {FAILING}
     for _, row in measured.iterrows():  # every number is its cell's own
         assert row["value"] == pytest.approx(_read_back(study_dir, row), rel=1e-12), row.to_dict()
     for _, row in numbers[numbers["kind"] == "derived"].iterrows():  # retained = corrupted / clean, same file values
@@ -120,3 +120,24 @@ def test_bad_input_is_named_before_any_work(tmp_path, monkeypatch, override, mes
     with pytest.raises(ConfigError, match=message):
         run_study.prepare(_cfg(tmp_path, override))
     assert not (tmp_path / "study_micro" / "cells").exists()
+
+
+def test_presets_plan_the_same_jobs_for_every_backbone(tmp_path, monkeypatch):
+    from study.cells import plan_cells
+
+    for preset, latencies in (("mini", [200]), ("rap_paper", [100, 250, 500])):
+        cfg = _cfg(tmp_path, f"study={preset}")
+        plans = plan_cells(cfg.study, list(cfg.study.backbones), 0)
+        per_backbone = {bb: [p.job for p in plans if p.backbone == bb] for bb in cfg.study.backbones}
+        jobs = next(iter(per_backbone.values()))
+        assert all(j == jobs for j in per_backbone.values())
+        n_corr = sum(len(c.severities) for c in cfg.study.corruptions)
+        # train, PDMS clean + each corruption, (two-stage), closed loop clean + each corruption + each latency
+        assert len(jobs) == 1 + (1 + n_corr) + (cfg.study.score_two_stage is not None) + (1 + n_corr + len(latencies))
+        # one recipe: the cells of two backbones differ only in the backbone
+        a, b = ([p.overrides for p in plans if p.backbone == bb and p.job == "score_v1"][0]
+                for bb in list(cfg.study.backbones)[:2])
+        assert [o for o in a if o not in b] == [f"backbone={cfg.study.backbones[0]}"]
+    monkeypatch.setenv("OPENSCENE_DATA_ROOT", str(tmp_path / "no_data"))
+    with pytest.raises(ConfigError, match="cell dinov3-h/"):  # real data absent here: named before any work
+        run_study.prepare(_cfg(tmp_path, "study=rap_paper"))
