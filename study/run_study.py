@@ -23,17 +23,18 @@ from eupe.config_tree import hydra_config_path
 from study.cells import Cell, check_backbones, check_cell_overrides, earlier_runs, plan_cells, resolve_cells
 
 
-def _backbones(cfg: DictConfig) -> list[str]:
+def _backbones(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """(every backbone of the study, the ones this run works on: ``only_backbones`` or all)."""
     names = [str(b) for b in cfg.study.backbones]
     if not names:
         raise ConfigError(f"study={cfg.study.name} lists no backbones; set study.backbones")
     check_backbones(names)
-    if cfg.only_backbones is not None:
-        unknown = [str(b) for b in cfg.only_backbones if str(b) not in names]
-        if unknown:
-            raise ConfigError(f"only_backbones={unknown} are not in study.backbones={names}")
-        names = [b for b in names if b in {str(x) for x in cfg.only_backbones}]
-    return names
+    if cfg.only_backbones is None:
+        return names, names
+    unknown = [str(b) for b in cfg.only_backbones if str(b) not in names]
+    if unknown:
+        raise ConfigError(f"only_backbones={unknown} are not in study.backbones={names}")
+    return names, [b for b in names if b in {str(x) for x in cfg.only_backbones}]
 
 
 def _validate_cell(cell: Cell, checked_splits: dict) -> None:
@@ -61,13 +62,16 @@ def _validate_cell(cell: Cell, checked_splits: dict) -> None:
 
 
 def prepare(cfg: DictConfig) -> list[Cell]:
-    """Plan, resolve and check every cell; ConfigError before any work on a wrong setting."""
-    plans = plan_cells(cfg.study, _backbones(cfg), int(cfg.seed))
+    """Plan and resolve every cell of the study, check the cells this run works on (``only_backbones``);
+    ConfigError before any work on a wrong setting."""
+    every, mine = _backbones(cfg)
+    plans = plan_cells(cfg.study, every, int(cfg.seed))
     check_cell_overrides(cfg.study, plans)
     cells = resolve_cells(plans, Path(cfg.study_dir), str(cfg.worker.name))
     checked: dict = {}
     for cell in cells:
-        _validate_cell(cell, checked)
+        if cell.plan.backbone in mine:
+            _validate_cell(cell, checked)
     return cells
 
 
@@ -130,7 +134,8 @@ def run_study(cfg: DictConfig) -> dict:
 
     cells = prepare(cfg)
     study_dir = Path(cfg.study_dir)
-    todo = [c for c in cells if not c.finished()]
+    _, mine = _backbones(cfg)
+    todo = [c for c in cells if c.plan.backbone in mine and not c.finished()]
     for cell in todo:
         older = earlier_runs(cell)
         if older:
