@@ -22,6 +22,7 @@ import numpy as np
 
 from bench2drive import geo, pid, rig
 from bench2drive.robustness import TICK_S, ActionDelay, Perturbations
+from eupe.atomic_io import atomic_write_text
 from navsim_agents.agents.rap_features import preprocess_image
 
 try:  # the leaderboard is importable only inside a Bench2Drive checkout (BENCH2DRIVE_ROOT on PYTHONPATH)
@@ -145,6 +146,11 @@ def load_agent_config(path_to_conf_file: str) -> tuple[dict, str | None]:
     return cfg, save_name
 
 
+def sensor_list(cams: list[rig.CameraSpec]) -> list[dict]:
+    """The leaderboard ``sensors()`` of a rig: its cameras, then IMU, GNSS and speedometer."""
+    return [c.sensor_dict() for c in cams] + rig.other_sensors()
+
+
 def localize(input_data: dict, gps_to_local) -> tuple[np.ndarray, float, float, np.ndarray]:
     """(centre xy, CARLA yaw rad, speed m/s, IMU acceleration [2]) from the GNSS, IMU and speedometer readings;
     ``gps_to_local`` maps (lat, lon) to metres."""
@@ -198,16 +204,22 @@ class RAPAgent(AutonomousAgent):
             self.save_dir.mkdir(parents=True, exist_ok=True)
 
     def sensors(self) -> list[dict]:
-        return [c.sensor_dict() for c in self.rig] + rig.other_sensors()
+        return sensor_list(self.rig)
 
     def set_global_plan(self, global_plan_gps, global_plan_world_coord) -> None:
         if AutonomousAgent is not object:
             super().set_global_plan(global_plan_gps, global_plan_world_coord)
+            global_plan_gps, global_plan_world_coord = self._global_plan, self._global_plan_world_coord
         else:  # the base class's 50 m downsampling, without the leaderboard installed
             xy = np.array([[t.location.x, t.location.y] for t, _ in global_plan_world_coord])
             ids = geo.downsample_route(xy, [int(getattr(c, "value", c)) for _, c in global_plan_world_coord])
-            self._global_plan_world_coord = [global_plan_world_coord[i] for i in ids]
-            self._global_plan = [global_plan_gps[i] for i in ids]
+            global_plan_world_coord = [global_plan_world_coord[i] for i in ids]
+            global_plan_gps = [global_plan_gps[i] for i in ids]
+        self.set_route_plan(global_plan_gps, global_plan_world_coord)
+
+    def set_route_plan(self, global_plan_gps, global_plan_world_coord) -> None:
+        """The route already downsampled to 50 m (a bridge client's leaderboard did it)."""
+        self._global_plan_world_coord, self._global_plan = global_plan_world_coord, global_plan_gps
         self.route_planner = None
 
     def destroy(self) -> None:
@@ -313,5 +325,5 @@ class RAPAgent(AutonomousAgent):
             throttle = 0.0
         if self.cfg["save_metric_info"] and self.save_dir is not None and getattr(self, "hero_actor", None):
             self.metric_info[self.step] = self.get_metric_info()
-            (self.save_dir / "metric_info.json").write_text(json.dumps(self.metric_info, indent=4))
+            atomic_write_text(self.save_dir / "metric_info.json", json.dumps(self.metric_info, indent=4))
         return make_control(steer, throttle, brake)

@@ -3,6 +3,11 @@
 Mirrors leaderboard/scripts/run_evaluation.sh and run_evaluation_multi_*.sh: part i uses port 30000 + i*150,
 traffic manager 50000 + i*150 and GPU ``gpus[i % len(gpus)]``; a part whose evaluator exits non-zero (server
 crash) is restarted and resumes from its checkpoint JSON.
+
+With a bridge (``PartJob.server_config`` set) the evaluator runs in the leaderboard's own interpreter
+(``PartJob.python``) with the thin agent (leaderboard_agent.py), and the planner runs in a planner server
+process: one per GPU shared by that GPU's parts when run locally (their planner calls batch), one per part
+under Ray. A planner server that dies is restarted; the route it was driving is "Agent crashed".
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ def require_roots() -> tuple[Path, Path]:
     return Path(carla_root), Path(b2d_root)
 
 
+AGENT_FILE = Path(__file__).resolve().parent / "agent.py"  # in-process agent (leaderboard on Python >= 3.10)
+THIN_AGENT_FILE = Path(__file__).resolve().parent / "leaderboard_agent.py"  # bridge agent (Python 3.7+)
+BRIDGE_REPLY_SHARE = 0.9  # of the evaluator's client timeout
+
+
 @dataclass
 class PartJob:
     index: int
@@ -47,14 +57,25 @@ class PartJob:
     server_start_wait: float = 60.0
     max_restarts: int = 5
     timeout: float = 600.0
+    python: str = sys.executable  # the leaderboard's interpreter
+    agent: Path = AGENT_FILE
+    server_config: Path | None = None  # bridge: the planner server's agent YAML (agent_config is its client JSON)
+
+    def planner_server(self, *, inherit_gpu: bool = False):
+        """The bridge's planner server for this part (not started); ``inherit_gpu`` keeps the caller's
+        CUDA_VISIBLE_DEVICES (a Ray actor's GPU)."""
+        from bench2drive.planner_server import ServerProcess
+
+        # the thin agent gives up before the evaluator's watchdog (--timeout), so the error names the server
+        return ServerProcess(self.server_config, self.agent_config, gpu=None if inherit_gpu else self.gpu,
+                             reply_timeout=BRIDGE_REPLY_SHARE * self.timeout, max_restarts=self.max_restarts)
 
 
 def evaluator_command(job: PartJob, b2d_root: Path) -> list[str]:
     """The leaderboard_evaluator.py call of run_evaluation.sh for one part."""
-    agent = Path(__file__).resolve().parent / "agent.py"
-    return [sys.executable, str(b2d_root / "leaderboard" / "leaderboard" / "leaderboard_evaluator.py"),
+    return [job.python, str(b2d_root / "leaderboard" / "leaderboard" / "leaderboard_evaluator.py"),
             f"--routes={job.routes_xml}", "--repetitions=1", "--track=SENSORS", f"--checkpoint={job.checkpoint}",
-            f"--agent={agent}", f"--agent-config={job.agent_config}", "--debug=0", "--resume=True",
+            f"--agent={job.agent}", f"--agent-config={job.agent_config}", "--debug=0", "--resume=True",
             f"--port={job.port}", f"--traffic-manager-port={job.tm_port}", f"--gpu-rank={job.gpu}",
             f"--timeout={job.timeout}"]
 
@@ -84,13 +105,27 @@ def stop_server(proc: subprocess.Popen | None) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run_part(job: PartJob) -> dict:
-    """Run one part to the end, restarting after crashes; returns {'part', 'returncode', 'attempts'}."""
+def run_part(job: PartJob, planner_server=None) -> dict:
+    """Run one part to the end, restarting after crashes; returns {'part', 'returncode', 'attempts'}.
+    A bridged part without a shared ``planner_server`` starts its own."""
     carla_root, b2d_root = require_roots()
     job.save_path.mkdir(parents=True, exist_ok=True)
     job.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    own = None
+    if job.server_config is not None and planner_server is None:
+        own = planner_server = job.planner_server().start().watch()
+    try:
+        return _run_attempts(job, carla_root, b2d_root, planner_server)
+    finally:
+        if own is not None:
+            own.stop()
+
+
+def _run_attempts(job: PartJob, carla_root: Path, b2d_root: Path, planner_server) -> dict:
     rc, attempt = -1, 0
     for attempt in range(1, job.max_restarts + 2):
+        if planner_server is not None:
+            planner_server.ensure_running()
         server = start_server(carla_root, job) if job.launch_server else None
         try:
             log = open(job.checkpoint.with_suffix(".log"), "a")
@@ -119,11 +154,29 @@ def run_parts(jobs: list[PartJob], *, ray_address: str | None = None) -> list[di
         class PartActor:
             def run(self, job: PartJob) -> dict:
                 job.gpu = 0  # Ray sets CUDA_VISIBLE_DEVICES for the actor
-                return run_part(job)
+                if job.server_config is None:
+                    return run_part(job)
+                # the actor's own planner server, on its node and GPU
+                job.agent_config = job.agent_config.with_name(f"{job.agent_config.stem}_part{job.index}.json")
+                server = job.planner_server(inherit_gpu=True).start().watch()
+                try:
+                    return run_part(job, server)
+                finally:
+                    server.stop()
 
         actors = [PartActor.remote() for _ in jobs]
         return ray.get([a.run.remote(j) for a, j in zip(actors, jobs, strict=False)])
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-        return list(pool.map(run_part, jobs))
+    servers = {}  # one planner server per (GPU, client config): that GPU's parts share it and batch
+    for job in jobs:
+        if job.server_config is not None and (job.gpu, job.agent_config) not in servers:
+            servers[job.gpu, job.agent_config] = job.planner_server()
+    try:
+        for server in servers.values():
+            server.start().watch()
+        with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+            return list(pool.map(lambda j: run_part(j, servers.get((j.gpu, j.agent_config))), jobs))
+    finally:
+        for server in servers.values():
+            server.stop()

@@ -21,8 +21,15 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.signal import savgol_filter
 
-from bench2drive.results import ResultsFileError, check_record, load_results, non_numeric_scores
+from bench2drive.results import (
+    FAILURE_MESSAGES,
+    ResultsFileError,
+    check_record,
+    load_results,
+    non_numeric_scores,
+)
 from bench2drive.routes import OFFICIAL_ROUTE_COUNT, Route, read_routes
+from eupe.atomic_io import atomic_write_text
 
 # tools/ability_benchmark.py Ability (Traffic_Signs repeats some names there; membership is what counts)
 ABILITIES = {
@@ -327,6 +334,17 @@ def smoothness(records: Sequence[dict], metric_dir: str | Path, *, corrected: bo
 
 
 # ----------------------------------------------------------------------------------------------- driver
+def route_tally(records: Sequence[dict], routes: Sequence[Route] | None) -> dict:
+    """How many routes the set has, how many have a record, how many of those did not run to the end (the
+    evaluator's crash statuses: simulation, agent set-up, agent run time) and how many have no record."""
+    crash_messages = [message for _, message in FAILURE_MESSAGES.values()]
+    crashed = sum(any(m in r["status"] for m in crash_messages) for r in records)
+    total = len(routes) if routes is not None else len(records)
+    recorded = {route_number(r) for r in records}
+    missing = sum(str(r.id) not in recorded for r in routes) if routes is not None else 0
+    return {"routes": total, "recorded": len(records), "crashed": crashed, "missing": missing}
+
+
 def evaluate(results_dir: str | Path, metric_dir: str | Path, routes_file: str | Path | None = None, *,
              corrected: bool = False, junction_completion: Callable[[Route], float] | None = None) -> dict:
     """All metrics of a run directory as one dict (see module docstring)."""
@@ -359,6 +377,7 @@ def evaluate(results_dir: str | Path, metric_dir: str | Path, routes_file: str |
         "ability_counts": ab["counts"],
         "traffic_signs_partial_credit": ab["traffic_signs_partial_credit"],
         "crashed_routes": crashed,
+        "route_tally": route_tally(records, routes),
         "metric_info_missing": missing,
         "warnings": warnings,
         "per_route": [{"route_id": r["route_id"], "scenario_type": scenario_type_of(r, routes_by_id),
@@ -406,6 +425,9 @@ def format_report(m: dict) -> str:
              "  Abilities (success ratio, n/a = no route of that ability):"]
     lines += [f"    {k:16s}: {_f(v, '.4f')}" for k, v in m["abilities"].items()]
     lines.append(f"  Traffic_Signs partial credit: {m['traffic_signs_partial_credit']}")
+    t = m["route_tally"]
+    lines.append(f"  route tally      : {t['recorded']} of {t['routes']} recorded, {t['crashed']} of them crashed "
+                 f"(rerun with resume), {t['missing']} missing")
     if m["crashed_routes"]:
         lines.append(f"  crashed (no record): {[c['route_id'] for c in m['crashed_routes']]}")
     if "corrected" in m:
@@ -466,9 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = evaluate(a.results, a.metric_info, a.routes, corrected=a.corrected, junction_completion=jc)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_safe(m), indent=2))
+    atomic_write_text(out, json.dumps(json_safe(m), indent=2))
     report = format_report(m)
-    out.with_suffix(".txt").write_text(report + "\n")
+    atomic_write_text(out.with_suffix(".txt"), report + "\n")
     plot_per_route(m, out.with_suffix(".png"))
     print(report)
     return 0

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from eupe.atomic_io import atomic_write_text
 
 # statistics_manager.py PENALTY_VALUE_DICT: events that multiply the penalty by a fixed value
 PENALTY_VALUE = {
@@ -224,9 +225,7 @@ def save_results(path: str | Path, results: dict) -> None:
     """Write the checkpoint JSON atomically (indent 4 like checkpoint_tools.save_dict)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(checkpoint_json(results), indent=4))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(checkpoint_json(results), indent=4))
 
 
 def load_results(path: str | Path, *, strict: bool = True) -> dict:

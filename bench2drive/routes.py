@@ -16,6 +16,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from eupe.atomic_io import atomic_write_text
+
 # Towns the Bench2Drive / CARLA 0.9.15 leaderboard ships (leaderboard/data/bench2drive220.xml and the
 # CARLA additional-maps package); "Synthetic*" towns are the embedded simulator's own.
 KNOWN_TOWNS = (
@@ -185,7 +187,7 @@ def write_routes(routes: Sequence[Route], path: str | Path) -> Path:
     """Write routes to ``path`` (with an XML declaration like tools/split_xml.py); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("<?xml version='1.0' encoding='utf-8'?>\n" + routes_to_xml(routes) + "\n")
+    atomic_write_text(path, "<?xml version='1.0' encoding='utf-8'?>\n" + routes_to_xml(routes) + "\n")
     return path
 
 

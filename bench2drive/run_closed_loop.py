@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import hydra
@@ -85,6 +87,13 @@ def validate(cfg: DictConfig) -> Perturbations:
     validate_config(cfg)
     if cfg.agent.planner == "expert" and cfg.closed_loop.simulator != "raster":
         raise ConfigError("agent.planner=expert is the embedded simulator's privileged expert; use closed_loop=raster")
+    python = cfg.closed_loop.get("leaderboard_python")
+    if python and shutil.which(str(python)) is None:
+        raise ConfigError(f"closed_loop.leaderboard_python={python!r} is not an executable; give the leaderboard's "
+                          "interpreter (e.g. the python of the conda env with CARLA 0.9.15's client)")
+    if cfg.agent.planner == "expert" and cfg.closed_loop.bridge:
+        raise ConfigError("agent.planner=expert reads the embedded simulator directly, it has no planner server: "
+                          "use closed_loop.bridge=false")
     try:
         return Perturbations.from_cfg(corruption=cfg.corruption, sensor_fault=cfg.sensor_fault, latency=cfg.latency,
                                       seed=cfg.agent.seed, backbone=cfg.backbone.name,
@@ -153,12 +162,21 @@ def run_raster(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
         routes = synthetic_routes(list(cl.scenario_types) if cl.scenario_types else None, length=cl.route_length)
     write_routes(routes, out / "routes.xml")
     conf = _agent_config(cfg, out, perturbations)
+    bridge = bool(cl.bridge)
     print(f"simulator: embedded closed-loop simulator (no CARLA server), cameras: {cl.renderer} renderer; "
-          f"{perturbations.describe()}", flush=True)
+          f"{perturbations.describe()}" + ("; agent: thin leaderboard agent + planner server (bridge)" if bridge
+                                           else ""), flush=True)
     expert = cfg.agent.planner == "expert"
     agent_cfg, _ = agent_mod.load_agent_config(str(conf))
+    server = None
     if expert:
         planner, source, plan_s = None, "privileged scripted expert (no cameras, no network)", 0.0
+    elif bridge:  # the thin agent drives, the planner runs in a planner server process, as with CARLA
+        from bench2drive.planner_server import ServerProcess
+
+        client = out / "bridge" / "client.json"
+        server = ServerProcess(conf, client, max_restarts=cl.max_restarts).start().watch()
+        planner, source, plan_s = None, json.loads(client.read_text())["planner_source"], 0.0
     else:
         planner = agent_mod.build_planner(agent_cfg)  # built once, shared by the per-route agents
         source = getattr(planner, "source", "unknown")
@@ -170,6 +188,12 @@ def run_raster(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
             a = ExpertAgent(perturbations)
             a.setup(save_name)
             current["agent"] = a
+            return a
+        if bridge:
+            from bench2drive.leaderboard_agent import BridgeAgent
+
+            a = BridgeAgent()
+            a.setup(f"{client}+{save_name}")
             return a
         a = agent_mod.RAPAgent(planner=planner)
         a.setup(f"{conf}+{save_name}")
@@ -186,18 +210,22 @@ def run_raster(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
 
     est = estimate_run([RoadPath(r.waypoints).length for r in routes], max_ticks=cl.max_ticks,
                        tick_s=0.002 if expert else 0.01, plan_s=plan_s, plan_every=agent_mod.PLAN_EVERY)
-    print(est.describe() + (f" (planner call {plan_s * 1000:.0f} ms after warm-up)" if not expert else ""),
+    print(est.describe() + (f" (planner call {plan_s * 1000:.0f} ms after warm-up)" if planner is not None else ""),
           flush=True)
     progress = RunProgress(enabled=bool(cfg.progress))
-    for i, part in enumerate(split_routes(routes, cl.num_parts)):
-        if part:
-            run_routes(part, make, checkpoint=out / "results" / f"part{i}.json", save_path=out / "save",
-                       resume=cfg.resume, settings=settings, on_sim=on_sim, progress=progress)
+    try:
+        for i, part in enumerate(split_routes(routes, cl.num_parts)):
+            if part:
+                run_routes(part, make, checkpoint=out / "results" / f"part{i}.json", save_path=out / "save",
+                           resume=cfg.resume, settings=settings, on_sim=on_sim, progress=progress)
+    finally:
+        if server is not None:
+            server.stop()
     return source
 
 
 def run_carla(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
-    from bench2drive.carla_runner import PartJob, require_roots, run_parts
+    from bench2drive.carla_runner import AGENT_FILE, THIN_AGENT_FILE, PartJob, require_roots, run_parts
 
     cl = cfg.closed_loop
     _, b2d_root = require_roots()
@@ -206,16 +234,23 @@ def run_carla(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
                            towns=list(cl.towns) if cl.towns else None)
     write_routes(routes, out / "routes.xml")
     conf = _agent_config(cfg, out, perturbations)
+    python = cl.leaderboard_python or sys.executable
+    if not cl.bridge and cl.leaderboard_python:
+        print(f"closed_loop.bridge=false: the in-process agent loads eupe-drive and torch in {python}; "
+              "a Python 3.7/3.8 leaderboard needs closed_loop.bridge=true", flush=True)
     jobs = []
     for i, part in enumerate(split_routes(routes, cl.num_parts)):
         if not part:
             continue
         xml = write_routes(part, out / "parts" / f"part{i}.xml")
+        gpu = int(cl.gpus[i % len(cl.gpus)])
+        bridged = {"agent": THIN_AGENT_FILE, "agent_config": out / "bridge" / f"gpu{gpu}.json",
+                   "server_config": conf} if cl.bridge else {"agent": AGENT_FILE, "agent_config": conf}
         jobs.append(PartJob(index=i, routes_xml=xml, checkpoint=out / "results" / f"part{i}.json",
-                            save_path=out / "save", agent_config=conf, gpu=int(cl.gpus[i % len(cl.gpus)]),
+                            save_path=out / "save", gpu=gpu, python=str(python),
                             port=cl.base_port + i * cl.port_step, tm_port=cl.base_tm_port + i * cl.port_step,
                             launch_server=cl.launch_server, server_start_wait=cl.server_start_wait,
-                            max_restarts=cl.max_restarts, timeout=cl.timeout))
+                            max_restarts=cl.max_restarts, timeout=cl.timeout, **bridged))
     for r in run_parts(jobs, ray_address=cl.ray_address):
         print(f"part {r['part']}: return code {r['returncode']} after {r['attempts']} attempt(s)")
     ck = cfg.agent.checkpoint

@@ -172,7 +172,7 @@ def main() -> None:
     keys = ["planner", "corruption", "routes", "ticks", "steps_per_s", "planner_calls", "planner_hz",
             "planner_median_ms", "wall_s_per_route", "note"]
     if rows is not None:
-        write_table("closed_loop", keys, [[r.get(k, "") for k in keys] for r in rows],
+        write_table("closed_loop", keys, [[r.get(k, "") for k in keys] for r in rows], key_columns=2,
                     title=f"Closed-loop speed (CPU, torch threads {args.threads}, images {args.size}, {args.ticks} "
                           f"ticks max per route, random weights)",
                     notes=[f"load average (1 min) at the start: {load:.1f} on {os.cpu_count()} cores",

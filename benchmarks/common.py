@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from eupe.atomic_io import atomic_path
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -47,23 +49,81 @@ def time_call(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1, cu
 
 
 def write_table(name: str, columns: Sequence[str], rows: Sequence[Sequence[object]], *, title: str,
-                notes: Sequence[str] = ()) -> Path:
-    """Print a markdown table and save it as ``results/<name>.md`` and ``.csv``."""
+                notes: Sequence[str] = (), key_columns: int = 1) -> Path:
+    """Print a markdown table and save it as ``results/<name>.md`` and ``.csv``.
+
+    A run that measures only some rows (``--names eupe-t``) merges them into the saved table: rows of the saved
+    table whose first ``key_columns`` values are not measured again are kept (and said to be kept, with the
+    machine and date they were taken on), and so are its notes. A saved table with other columns is replaced."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fmt = [[_fmt(v) for v in row] for row in rows]
+    md, csv_path = RESULTS / f"{name}.md", RESULTS / f"{name}.csv"
+    measured = [list(r) for r in rows]
+    kept, old_notes, origin = _saved_rows(md, csv_path, columns, {_key(r, key_columns) for r in measured},
+                                          key_columns)
+    merged = measured + [r for _, r in kept]
+    order = {k: i for i, (k, _) in enumerate(_saved_order(csv_path, columns, key_columns))}
+    merged.sort(key=lambda r: order.get(_key(r, key_columns), len(order)))  # saved rows keep their place
+    all_notes = list(notes) + [n for n in old_notes if n not in notes and not n.startswith(KEPT_NOTE)]
+    if kept:
+        all_notes.append(f"{KEPT_NOTE} {origin}: {', '.join(' / '.join(k) for k, _ in kept)}")
+    fmt = [[_fmt(_number(v)) for v in row] for row in merged]
     lines = [f"# {title}", "", f"Machine: {machine()}", f"Date: {time.strftime('%Y-%m-%d')}", ""]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r) + " |" for r in fmt]
-    lines += [""] + [f"- {n}" for n in notes]
+    lines += [""] + [f"- {n}" for n in all_notes]
     text = "\n".join(lines) + "\n"
     print(text)
-    md = RESULTS / f"{name}.md"
-    md.write_text(text)
-    with open(RESULTS / f"{name}.csv", "w", newline="") as fh:
+    with atomic_path(md) as tmp:
+        tmp.write_text(text)
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows(merged)
+    print(f"{md}: {len(measured)} rows measured now" + (f", {len(kept)} kept from the saved table" if kept else ""))
     return md
+
+
+KEPT_NOTE = "rows kept from the table of"
+
+
+def _key(row: Sequence[object], n: int) -> tuple[str, ...]:
+    return tuple(str(v) for v in row[:n])
+
+
+def _saved_order(csv_path: Path, columns: Sequence[str], n: int) -> list[tuple[tuple[str, ...], list[str]]]:
+    """(key, row) of the saved CSV when it has the same columns, else nothing."""
+    if not csv_path.is_file():
+        return []
+    with open(csv_path, newline="") as fh:
+        table = list(csv.reader(fh))
+    if not table or table[0] != list(columns):
+        return []
+    return [(_key(r, n), r) for r in table[1:] if r]
+
+
+def _saved_rows(md: Path, csv_path: Path, columns: Sequence[str], measured: set[tuple[str, ...]], n: int
+                ) -> tuple[list[tuple[tuple[str, ...], list[str]]], list[str], str]:
+    """Rows of the saved table not measured now, its notes, and 'DATE on MACHINE' it was taken."""
+    kept = [(k, r) for k, r in _saved_order(csv_path, columns, n) if k not in measured]
+    notes, taken = [], {"Machine": "?", "Date": "?"}
+    if md.is_file() and kept:
+        for line in md.read_text().splitlines():
+            if line.startswith("- "):
+                notes.append(line[2:])
+            for field in taken:
+                if line.startswith(f"{field}: "):
+                    taken[field] = line[len(field) + 2:]
+    return kept, notes, f"{taken['Date']} on {taken['Machine']}"
+
+
+def _number(v: object) -> object:
+    """A saved CSV cell back as a number where it is one (for the markdown formatting)."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def _fmt(v: object) -> str:

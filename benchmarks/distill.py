@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from eupe.atomic_io import atomic_path, atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_SPEEDUP = 3.0
 
@@ -187,7 +189,7 @@ def _write(rows: list[dict], preset: str) -> None:
             keep = [r for r in csv.DictReader(f) if r["preset"] != preset]
     all_rows = keep + rows
     fields = list(rows[0])
-    with open(csv_path, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(all_rows)
@@ -200,7 +202,7 @@ def _write(rows: list[dict], preset: str) -> None:
                  f"{v['student_size']} px, batch {v['batch']}" for k, v in PRESETS.items()), "",
              "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
     lines += ["| " + " | ".join(str(r[k]) for k in fields) + " |" for r in all_rows]
-    (RESULTS / "distill.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / "distill.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     python benchmarks/scoring.py [--data navmini|navsim_dev] [--scenes N]
 
-Targets (issue): scoring a cached scene < 20 ms on one core; caching < 0.5 s per scene. Writes
+Targets (issue): scoring a cached scene < 20 ms on one core; caching < 0.5 s per scene. Also times EPDMS under
+reactive IDM / constant-velocity traffic and the two-stage pipeline on navsim_two_stage_dev. Writes
 benchmarks/results/scoring.md and .csv.
 """
 
@@ -49,12 +50,52 @@ def _cv_poses(cache: MetricCache) -> np.ndarray:
 
 
 def _score_tokens(args):
-    paths, version = args
+    paths, version, *policy = args
     runner = PDMScoreRunner(version)
+    if policy:  # (policy, maps root): simulated traffic
+        from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
+
+        runner = TrafficScoreRunner(policy=policy[0], maps_root=str(policy[1]))
     for p in paths:
         cache = MetricCache.load(p)
         runner.score(cache, _cv_poses(cache))
     return len(paths)
+
+
+def _two_stage_rows() -> list[list[str]]:
+    """Two-stage EPDMS of constant velocity on navsim_two_stage_dev: caching, then scoring with reactive IDM traffic
+    (human filter on stage one) and the scene aggregation, per scored scene."""
+    root = CONFORMANCE.parent / "navsim_two_stage_dev"
+    if not root.is_dir():
+        return [["two-stage EPDMS", "sequential, 1 core", f"not run: {root} not found", "-", "-"]]
+    from navsim_agents.data.devkit_splits import read_devkit_split
+    from navsim_agents.data.synthetic_scenes import TwoStageSceneLoader
+    from navsim_agents.scoring import two_stage as T
+    from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
+
+    split = read_devkit_split(root / "config" / "train_test_split" / "two_stage_dev.yaml")
+    original = SceneLoader(root / "navsim_logs" / split.data_split, None, SceneFilter(**split.scene_filter))
+    loader = TwoStageSceneLoader(original, root / "two_stage_dev" / "synthetic_scene_pickles")
+    tokens = loader.tokens_stage_one + loader.reactive_tokens_stage_two
+    tmp = Path(tempfile.mkdtemp(prefix="two_stage_bench_"))
+    start, cpu = time.perf_counter(), time.process_time()
+    paths = {}
+    for t in tokens:
+        paths[t] = tmp / f"{t}.npz"
+        compute_metric_cache(loader.scene_frames(t), str(root / "maps")).save(paths[t])
+    caching = ((time.perf_counter() - start) / len(tokens), (time.process_time() - cpu) / len(tokens))
+    runners = {s: TrafficScoreRunner(human_penalty_filter=not s, maps_root=str(root / "maps")) for s in (False, True)}
+    start, cpu = time.perf_counter(), time.process_time()
+    rows = {}
+    for t in tokens:
+        rows[t] = T.score_two_stage_token(t, paths[t], lambda t=t: _cv_poses(MetricCache.load(paths[t])),
+                                          runners[loader.is_synthetic(t)])
+    T.aggregate(rows, T.read_mapping(split.reactive_all_mapping, loader.tokens))
+    scoring = ((time.perf_counter() - start) / len(tokens) * 1e3, (time.process_time() - cpu) / len(tokens) * 1e3)
+    return [[f"two-stage metric caching ({len(tokens)} original + synthetic scenes)", "sequential, 1 core",
+             f"{caching[0]:.3f} s/scene", f"{caching[1]:.3f} s/scene", "-"],
+            ["two-stage EPDMS, reactive IDM traffic (score + aggregate)", "sequential, 1 core",
+             f"{scoring[0]:.1f} ms/scene", f"{scoring[1]:.1f} ms/scene", "-"]]
 
 
 def main() -> None:
@@ -86,6 +127,17 @@ def main() -> None:
         cpu_ms = (time.process_time() - cpu) / len(paths) * 1e3
         rows.append([f"scoring a cached scene, {label} (load + simulate + score)", "sequential, 1 core",
                      f"{ms:.1f} ms/scene", f"{cpu_ms:.1f} ms/scene", "< 20 ms/scene"])
+    from navsim_agents.scoring.traffic_agents import CONSTANT_VELOCITY_POLICY, IDM_POLICY
+
+    for policy, label in ((IDM_POLICY, "reactive IDM traffic"), (CONSTANT_VELOCITY_POLICY, "constant-velocity traffic")):
+        _score_tokens((paths[:1], "v2", policy, maps))
+        start, cpu = time.perf_counter(), time.process_time()
+        _score_tokens((paths, "v2", policy, maps))
+        ms = (time.perf_counter() - start) / len(paths) * 1e3
+        cpu_ms = (time.process_time() - cpu) / len(paths) * 1e3
+        rows.append([f"scoring a cached scene, EPDMS, {label} (+ human filter)", "sequential, 1 core",
+                     f"{ms:.1f} ms/scene", f"{cpu_ms:.1f} ms/scene", "-"])
+    rows += _two_stage_rows()
     try:
         import ray
 
@@ -100,7 +152,7 @@ def main() -> None:
     except ImportError:
         rows.append(["scoring a cached scene, EPDMS", "Ray, 2 workers", "not run: ray not installed", "-", "-"])
     load = os.getloadavg()[0]
-    write_table("scoring", ["what", "worker", "wall time", "CPU time", "target"], rows,
+    write_table("scoring", ["what", "worker", "wall time", "CPU time", "target"], rows, key_columns=2,
                 title=f"NAVSIM scorer speed ({name}, {len(tokens)} scenes)",
                 notes=[f"machine load average during the run: {load:.1f} (shared machine; numbers scale with it)",
                        "agent: constant velocity; the cache load from disk is included in the scoring time",

@@ -13,10 +13,11 @@ from typing import Iterator
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A temporary name beside ``path``, unique per process (two ranks may write the same entry at once).
-    The original suffix stays last, because some writers (``np.savez``) append their own otherwise."""
+    """A hidden temporary name beside ``path`` that contains its name, unique per process (two ranks may write
+    the same entry at once). The original suffix stays last, because some writers (``np.savez``) append their
+    own otherwise."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
 
 
 @contextmanager

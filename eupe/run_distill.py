@@ -11,7 +11,11 @@
 
 A run writes ``<output_dir>/checkpoints/last.ckpt`` (resumed automatically when present), CSV logs, and at
 the end ``<output_dir>/student.safetensors`` (``eupe.distill.export`` format, loadable by
-``build_backbone("student", weights=PATH)``).
+``build_backbone("student", weights=PATH)``) with ``config.json``, the configuration that made it.
+
+A finished stage folder is never rewritten by another configuration: a run whose settings differ from the
+folder's ``config.json`` (other than ``distill.max_steps``, which continues the same run) stops before any
+work unless ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from eupe.atomic_io import atomic_write_text
+from eupe.config_errors import ConfigError, exit_on_run_errors
 from eupe.config_tree import hydra_config_path
 from eupe.distill.cache import CachedDistillDataset, CachePlan, CacheWriter, TeacherCache
 from eupe.distill.data import (
@@ -40,9 +46,14 @@ from eupe.distill.data import (
     source_shares,
 )
 from eupe.distill.module import DistillModule
+from eupe.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 CACHE_MODES = ("online", "build", "read")
+RUN_RECORD = "config.json"
+# settings that continue or merely watch the run recorded in a finished folder, not another recipe
+CONTINUATION_KEYS = ("distill.max_steps", "resume", "overwrite", "trainer.progress_bar", "trainer.log_every_n_steps",
+                     "trainer.checkpoint_every_n_steps")
 
 
 def build_dataset(d: DictConfig) -> DistillImageDataset:
@@ -125,6 +136,7 @@ def _precision(cfg: DictConfig) -> str:
 def build_cache(cfg: DictConfig) -> Path:
     """Run the teachers over ``cache.epochs`` epochs of augmented batches and write their features."""
     d = cfg.distill
+    seed_everything(int(d.seed))  # random teachers (no weights) follow the seed: same seed, same cache
     dataset = build_dataset(d)
     module = build_module(d)  # for the per-step size draws and teacher construction
     teachers = module.teachers
@@ -238,21 +250,78 @@ class StudentExport(pl.Callback):
             log.warning("some teachers had RANDOM weights (%s): this student carries no knowledge", sources)
 
 
-@hydra.main(config_path=hydra_config_path(), config_name="run_distill", version_base=None)
-def main(cfg: DictConfig) -> None:
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        out: dict[str, object] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def check_output_folder(cfg: DictConfig) -> None:
+    """ConfigError when ``output_dir`` holds a finished student made by a configuration other than ``cfg``
+    (keys of ``CONTINUATION_KEYS`` aside), unless ``overwrite=true``."""
+    out, export = Path(cfg.output_dir), Path(cfg.export_path)
+    record = out / RUN_RECORD
+    if cfg.overwrite or not export.is_file() or not record.is_file():
+        return
+    try:
+        old = _flat(json.loads(record.read_text()))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{record} (the record of the finished {export.name}) is not valid JSON ({err}); "
+                          "pass overwrite=true to replace the folder's student") from None
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and not k.startswith(CONTINUATION_KEYS))
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"{out} holds a finished {export.name} made by another configuration ({shown}"
+                          f"{' ...' if len(changed) > 5 else ''}); choose another stages_root= or output_dir=, "
+                          "or pass overwrite=true to replace it")
+
+
+def write_run_record(cfg: DictConfig) -> Path:
+    """``<output_dir>/config.json``: the resolved configuration of the run (written atomically)."""
+    return atomic_write_text(Path(cfg.output_dir) / RUN_RECORD,
+                             json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=1))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the settings before any work (ConfigError naming the setting)."""
     if cfg.cache not in CACHE_MODES:
-        raise ValueError(f"cache={cfg.cache!r} unknown; use one of {CACHE_MODES}")
+        raise ConfigError(f"cache={cfg.cache!r} unknown; use one of {', '.join(CACHE_MODES)}")
+    seed = cfg.distill.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} must be a non-negative integer")
+    check_output_folder(cfg)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Build the teacher cache (``cache=build``) or train and export the student; returns what was written."""
+    validate_config(cfg)
     if str(cfg.trainer.strategy) not in STRATEGIES:
         log.warning("trainer.strategy=%s is not one of %s; passing it to Lightning as is", cfg.trainer.strategy,
                     STRATEGIES)
+    if cfg.cache == "build":  # the cache folder records its own settings (manifest.json)
+        return build_cache(cfg)
+    finished = Path(cfg.export_path).is_file()
+    if finished and cfg.overwrite and cfg.resume:
+        log.warning("overwrite=true: %s starts again (its checkpoints are not resumed)", cfg.output_dir)
+        cfg = OmegaConf.merge(cfg, {"resume": False})
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:  # DDP / FSDP re-launch this script per rank: one writer
-        (Path(cfg.output_dir) / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True),
-                                                                     indent=1))
-    if cfg.cache == "build":
-        build_cache(cfg)
-    else:
-        train(cfg)
+    if rank_zero_only.rank == 0 and not finished:  # DDP / FSDP re-launch this script per rank: one writer
+        write_run_record(cfg)  # says what the unfinished folder is being made by
+    export = train(cfg)
+    if rank_zero_only.rank == 0:
+        write_run_record(cfg)  # now the record of the student just exported
+    return export
+
+
+@hydra.main(config_path=hydra_config_path(), config_name="run_distill", version_base=None)
+def main(cfg: DictConfig) -> None:
+    with exit_on_run_errors():
+        run(cfg)
 
 
 if __name__ == "__main__":

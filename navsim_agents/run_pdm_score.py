@@ -84,11 +84,35 @@ def run_sidecar(cfg: DictConfig, agent, rows: list[dict]) -> dict[str, Any]:
         "corruption": {key: corruption.get(key) for key in ("name", "severity", "cameras", "seed")},
         "split": str(cfg.split.data_split),
         "scorer": str(cfg.scorer.name),
+        # the rules a number was computed under: never compare numbers whose rules differ
+        "scoring_rules": {"reference": str(cfg.scorer.rules), "stages": 2 if cfg.scorer.two_stage else 1,
+                          "traffic_agents_policy": str(cfg.scorer.traffic_agents_policy),
+                          "human_penalty_filter": bool(cfg.scorer.human_penalty_filter)},
         "num_tokens": len(rows),
         "num_valid": sum(bool(r.get("valid", False)) for r in rows),
         "seed": int(cfg.seed),
         "run_key": run_key(cfg),
     }
+
+
+def make_runner(cfg: DictConfig, *, human_penalty_filter: bool):
+    """The scorer for `cfg.scorer` under its traffic agents policy (log replay, reactive IDM, constant velocity)."""
+    from navsim_agents.scoring.traffic_agents import LOG_REPLAY_POLICY, TRAFFIC_AGENTS_POLICIES
+
+    policy = str(cfg.scorer.traffic_agents_policy)
+    if policy not in TRAFFIC_AGENTS_POLICIES:
+        raise ValueError(f"scorer.traffic_agents_policy={policy!r} is unknown; use one of {TRAFFIC_AGENTS_POLICIES}")
+    if policy == LOG_REPLAY_POLICY:
+        return PDMScoreRunner(str(cfg.scorer.version), human_penalty_filter=human_penalty_filter)
+    if str(cfg.scorer.version) != "v2":
+        raise ValueError(f"traffic_agents_policy={policy} is a NAVSIM v2 rule: use scorer=epdms or "
+                         "scorer=epdms_two_stage")
+    from navsim_agents.data.splits import resolve_split
+    from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
+
+    maps_root = resolve_split(cfg.split, check_exists=False).maps_root
+    return TrafficScoreRunner(human_penalty_filter=human_penalty_filter,
+                              maps_root=str(maps_root) if maps_root else None, policy=policy)
 
 
 def validate_config(cfg: DictConfig) -> list[str]:
@@ -138,14 +162,28 @@ def _trajectory_fn(agent, loader, token: str, cfg: DictConfig):
 
 
 def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None) -> list[dict]:
-    """Score `tokens` of the configured split (builds missing caches); the unit of work of every worker."""
-    from navsim_agents.data.splits import build_scene_loader, resolve_split
+    """Score `tokens` of the configured split (builds missing caches); the unit of work of every worker.
+
+    Two-stage: original tokens with the human penalty filter, synthetic ones without (navsim `pdm_score` applies it
+    to SceneFrameType.ORIGINAL only); each row keeps its trajectory endpoint and start point for the aggregator."""
+    from navsim_agents.data.splits import build_scene_loader, build_two_stage_loader, resolve_split
+    from navsim_agents.scoring.two_stage import score_two_stage_token
 
     cfg = OmegaConf.create(cfg_container)
     paths = resolve_split(cfg.split)
     agent = agent if agent is not None else _make_agent(cfg)
-    loader = build_scene_loader(cfg.split, agent.get_sensor_config())
-    runner = PDMScoreRunner(cfg.scorer.version, human_penalty_filter=bool(cfg.scorer.human_penalty_filter))
+    human_filter = bool(cfg.scorer.human_penalty_filter)
+    if cfg.scorer.two_stage:
+        loader = build_two_stage_loader(cfg.split, agent.get_sensor_config())
+        frames_of, score = loader.scene_frames, score_two_stage_token
+        runners = {synthetic: make_runner(cfg, human_penalty_filter=human_filter and not synthetic)
+                   for synthetic in (False, True)}
+        runner_for = lambda token: runners[loader.is_synthetic(token)]  # noqa: E731
+    else:
+        loader = build_scene_loader(cfg.split, agent.get_sensor_config())
+        frames_of, score = loader.scene_frames_dicts.__getitem__, E.score_token
+        runner = make_runner(cfg, human_penalty_filter=human_filter)
+        runner_for = lambda token: runner  # noqa: E731
     root = metric_cache_root(cfg, str(cfg.split.data_split))
     rows = []
     for token in tokens:
@@ -153,11 +191,11 @@ def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None)
             row = {"token": token, "valid": False, "_error": f"unknown token {token} (not a scene of this split)"}
             logger.warning("token %s failed: %s", token, row["_error"])
         else:
+            frames = frames_of(token)
             try:
-                frames = loader.scene_frames_dicts[token]
                 cache_path = E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
                                                    force=bool(cfg.force_metric_cache))
-                row = E.score_token(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner)
+                row = score(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner_for(token))
             except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row naming the file
                 row = {"token": token, "valid": False, "_error": f"{type(err).__name__}: {err}"}
                 logger.warning("token %s failed: %s", token, row["_error"])
@@ -168,7 +206,14 @@ def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None)
 
 
 def _all_tokens(cfg: DictConfig, split_tokens: list[str]) -> list[str]:
-    tokens = list(split_tokens)
+    if cfg.scorer.two_stage:  # run_pdm_score.py (two-stage): original tokens, then the reactive synthetic ones
+        from navsim_agents.data.dataclasses import SensorConfig
+        from navsim_agents.data.splits import build_two_stage_loader
+
+        loader = build_two_stage_loader(cfg.split, SensorConfig.build_no_sensors())
+        tokens = loader.tokens_stage_one + loader.reactive_tokens_stage_two
+    else:
+        tokens = list(split_tokens)
     wanted = cfg.split.scene_filter.get("tokens")
     if wanted:  # requested tokens that are not scenes of the split become invalid rows
         present = set(tokens)
@@ -211,9 +256,30 @@ def _run_ray(cfg: DictConfig, container: dict, todo: list[str], on_row) -> None:
             on_row(row)
 
 
+def _finalize_two_stage(cfg: DictConfig, rows: list[dict], tokens: list[str], weights: str, csv_path: Path):
+    """Scene aggregation, the devkit's two-stage CSV, the summary table, and counts for the sidecar; the
+    per-token weights go to `<timestamp>_weights.csv` (the devkit computes but does not write them)."""
+    from navsim_agents.data.splits import two_stage_mapping
+    from navsim_agents.data.synthetic_scenes import SYNTHETIC_TOKEN_LENGTH
+    from navsim_agents.scoring import two_stage as T
+
+    synthetic = [t for t in tokens if len(t) == SYNTHETIC_TOKEN_LENGTH]
+    mapping = T.read_mapping(two_stage_mapping(cfg.split), tokens)
+    aggregation = T.aggregate({r["token"]: r for r in rows}, mapping)
+    df = T.results_dataframe(aggregation, tokens, synthetic)
+    T.weights_dataframe(aggregation, tokens).to_csv(csv_path.with_name(f"{csv_path.stem}_weights.csv"), index=False)
+    info = {"mapping_entries": len(mapping), "entries_left_out": [list(e) for e in aggregation.invalid_entries],
+            "num_stage_one": len(tokens) - len(synthetic), "num_stage_two": len(synthetic)}
+    return df, T.summary_table(df, aggregation, weights), info
+
+
 def run(cfg: DictConfig) -> Path:
     """Score every token of the split; returns the CSV path. Raises ConfigError before any work on a wrong
     setting, and RunFailed (after writing the CSV) when no token could be scored."""
+    if cfg.split.get("devkit_config") and OmegaConf.is_missing(cfg.split, "data_split"):
+        from navsim_agents.data.devkit_splits import read_devkit_split
+
+        cfg.split.data_split = read_devkit_split(cfg.split.devkit_config).data_split
     split_tokens = validate_config(cfg)
     version = str(cfg.scorer.version)
     out_dir = Path(cfg.exp_root) / str(cfg.experiment_name)
@@ -245,17 +311,22 @@ def run(cfg: DictConfig) -> Path:
         score_chunk(container, todo, agent=agent, on_row=on_row)
     bar.close()
     rows = E.order_rows(done_rows.values(), tokens)
-    df = E.finalize(rows, version)
+    weights = getattr(agent, "weights_source", "unknown")
     csv_path = out_dir / f"{datetime.now().strftime('%Y.%m.%d.%H.%M.%S')}.csv"
+    sidecar = run_sidecar(cfg, agent, rows)
+    if cfg.scorer.two_stage:
+        df, table, sidecar["two_stage"] = _finalize_two_stage(cfg, rows, tokens, weights, csv_path)
+    else:
+        df = E.finalize(rows, version)
+        table = E.summary_table(df, version, weights)
     with atomic_path(csv_path) as tmp:
         df.to_csv(tmp)
-    atomic_write_text(csv_path.with_suffix(".json"), json.dumps(run_sidecar(cfg, agent, rows), indent=2) + "\n")
+    atomic_write_text(csv_path.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     partial.unlink(missing_ok=True)
-    weights = getattr(agent, "weights_source", "unknown")
     elapsed = time.perf_counter() - start
     print(f"\n{cfg.scorer.name.upper()} of {agent.name()} on {cfg.split.data_split}, {corruption_label(cfg)}, "
           f"seed {cfg.seed} ({elapsed:.1f} s)")
-    print(E.summary_table(df, version, weights))
+    print(table)
     print(f"results: {csv_path}")
     if not any(r.get("valid") for r in rows):
         raise RunFailed(f"none of the {len(rows)} tokens could be scored ({failure_summary(rows)}); the rows are in "

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from eupe.atomic_io import atomic_path, atomic_write_text
 from eupe.config_errors import RunFailed, exit_on_run_errors
 
 log = logging.getLogger(__name__)
@@ -427,7 +428,7 @@ def write_report(table: pd.DataFrame, summary: pd.DataFrame, matrix: pd.DataFram
     if skipped:
         lines += ["## Skipped files", ""] + [f"- {s}" for s in skipped] + [""]
     path = out / "robustness_report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 
@@ -449,8 +450,9 @@ def build_report(folders: Sequence[Path], *, out: Path | None = None, baseline: 
     ce, _ = corruption_errors(table, baseline)
     matrix, label = retained_matrix(table)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "robustness_table.csv", index=False)
-    summary.to_csv(out / "robustness_summary.csv", index=False)
+    for frame, name in ((table, "robustness_table.csv"), (summary, "robustness_summary.csv")):
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=False)
     metric = table["metric"].iloc[0]
     plot_score_vs_severity(table, out / "score_vs_severity.png", metric)
     plot_heatmap(matrix, out / "heatmap.png", label)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,6 +29,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from eupe.atomic_io import atomic_path, atomic_write_text
+from eupe.config_errors import RunFailed, exit_on_run_errors
 from eupe.config_tree import hydra_config_path
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,18 @@ CACHE_FORMAT_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------ data
+def cache_entry_problem(path: Path) -> str | None:
+    """Why the cached ``.pt`` at ``path`` cannot be used (None when its zip directory reads: an interrupted or
+    emptied write loses the directory at the end of the file, so this finds them without loading tensors)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not archive.namelist():
+                return "empty archive"
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def builder_fingerprint(builders: Sequence[Any]) -> str:
     """A folder name that changes whenever a builder's settings change (so stale caches are never read)."""
     parts = [f"v{CACHE_FORMAT_VERSION}"]
@@ -62,7 +76,10 @@ class CachedFeatureDataset(Dataset):
         self.tokens: list[str] = []
         for token in scene_loader.tokens:
             path = self.cache_dir / f"{token}.pt"
-            if force_cache_computation or not path.is_file():
+            problem = cache_entry_problem(path) if path.is_file() and not force_cache_computation else None
+            if problem:
+                logger.warning("feature cache %s (token %s) cannot be read (%s); rebuilding it", path, token, problem)
+            if force_cache_computation or not path.is_file() or problem:
                 try:
                     self._compute_and_write(token, path)
                 except (ValueError, RuntimeError, OSError, KeyError) as error:
@@ -94,6 +111,11 @@ class CachedFeatureDataset(Dataset):
                 jobs.append("cross_agent")
             for kind in jobs:
                 marker = folder / f"{token}_{kind}.done"
+                damaged = [p for p in sorted(folder.glob(f"{token}_{kind}_*.pt")) if cache_entry_problem(p)]
+                if damaged and marker.is_file():
+                    logger.warning("augmented cache %s cannot be read; rebuilding the %s samples of token %s",
+                                   damaged[0], kind, token)
+                    marker.unlink()
                 if not marker.is_file():
                     try:
                         scene = self._loader.get_scene_from_token(token)
@@ -107,7 +129,8 @@ class CachedFeatureDataset(Dataset):
                             for b in self._features:
                                 features.update(b.compute_features(agent_input, token=targets["token"])
                                                 if _takes_token(b) else b.compute_features(agent_input))
-                            torch.save({"features": features, "targets": targets}, folder / f"{token}_{kind}_{i}.pt")
+                            with atomic_path(folder / f"{token}_{kind}_{i}.pt") as tmp:
+                                torch.save({"features": features, "targets": targets}, tmp)
                     except (ValueError, RuntimeError, OSError, KeyError) as error:
                         self.failed[f"{token}:{kind}"] = f"{type(error).__name__}: {error}"
                         logger.warning("augmented %s sample of %s skipped: %s", kind, token, error)
@@ -134,9 +157,8 @@ class CachedFeatureDataset(Dataset):
         targets: dict[str, Any] = {}
         for b in self._targets:
             targets.update(b.compute_targets(scene))
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # per process: DDP ranks build the same cache
-        torch.save({"features": features, "targets": targets}, tmp)
-        os.replace(tmp, path)  # atomic: an interrupted run never leaves a half-written cache file
+        with atomic_path(path) as tmp:  # per-process temporary file: DDP ranks build the same cache
+            torch.save({"features": features, "targets": targets}, tmp)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -270,8 +292,19 @@ def _loggers(output_dir: Path) -> list:
     return loggers
 
 
+def validate_config(cfg: DictConfig) -> None:
+    """Check the settings before any work (ConfigError naming the setting)."""
+    from navsim_agents import config_checks
+
+    config_checks.check_seed(cfg.seed)
+    config_checks.check_split(cfg.split, need_maps=bool(cfg.score_supervision))
+    if cfg.get("val_split"):
+        config_checks.check_split(cfg.val_split, need_maps=False)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns paths and counts (for scripts and tests)."""
+    validate_config(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -293,10 +326,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                      max_agents_per_scene=aug.max_agents_per_scene)
     if added:
         logger.info("added %d augmented samples (recovery perturbation / cross-agent views)", added)
-    failed_path = output_dir / "failed_tokens.json"
-    failed_path.write_text(json.dumps(train_data.failed, indent=1))
+    failed_path = atomic_write_text(output_dir / "failed_tokens.json", json.dumps(train_data.failed, indent=1))
     if len(train_data) == 0:
-        raise RuntimeError(f"no trainable tokens in split {cfg.split.data_split}; see {failed_path}")
+        raise RunFailed(f"no trainable tokens in split {cfg.split.data_split}; see {failed_path}")
     logger.info("%d training tokens (%d failed, see %s)", len(train_data), len(train_data.failed), failed_path)
 
     val_loader = None
@@ -333,7 +365,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=hydra_config_path(), config_name="run_training", version_base=None)
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    with exit_on_run_errors():
+        result = train(cfg)
+    print(where_it_is(result["last_checkpoint"], list(HydraConfig.get().overrides.task)))
+
+
+# overrides of a training command that decide the model, so the scoring command must repeat them
+MODEL_OVERRIDES = ("backbone", "+backbone", "planner", "+planner", "agent", "+agent")
+
+
+def where_it_is(checkpoint: Path, overrides: Sequence[str]) -> str:
+    """The closing lines of a training run: the checkpoint and the command that scores it (with the training
+    command's overrides that decide the model)."""
+    model = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] in MODEL_OVERRIDES
+             and not o.startswith("agent.checkpoint=")]
+    command = ["python", "-m", "navsim_agents.run_pdm_score", *model, f"agent.checkpoint={Path(checkpoint).resolve()}"]
+    return f"checkpoint: {checkpoint}\nscore it: {' '.join(command)}"
 
 
 if __name__ == "__main__":

@@ -77,3 +77,37 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(
             f"{len(skipped)} conformance tests skipped: data not found at {conformance_path()} "
             "(set EUPE_DRIVE_CONFORMANCE; under CI=true these fail)", yellow=True, bold=True)
+
+
+def csv_row_problems(ours, expected, continuous_tol: float, discrete_tol: float, is_continuous) -> list[str]:
+    """Cells of `expected` (DataFrame indexed by token) that `ours` misses: `valid` must agree, NaN must equal NaN,
+    numbers within `continuous_tol` where `is_continuous(column)` else `discrete_tol`."""
+    problems = []
+    for token, exp_row in expected.iterrows():
+        row = ours.loc[token]
+        if bool(row["valid"]) != bool(exp_row["valid"]):
+            problems.append(f"{token} valid: ours {row['valid']} official {exp_row['valid']}")
+        for col in expected.columns:
+            if col == "valid":
+                continue
+            a, b = float(row[col]), float(exp_row[col])
+            tol = continuous_tol if is_continuous(col) else discrete_tol
+            if np.isnan(a) != np.isnan(b) or (not np.isnan(b) and abs(a - b) > tol):
+                problems.append(f"{token} {col}: ours {a} official {b}")
+    return problems
+
+
+def conformance_agent(name: str, root: Path):
+    """The agents of the conformance sets: `human`, `constant_velocity`, or `trajectory_file` replaying
+    `<root>/trajectories.json`."""
+    from navsim_agents.agents.constant_velocity_agent import ConstantVelocityAgent
+    from navsim_agents.agents.human_agent import HumanAgent
+    from navsim_agents.agents.trajectory_file_agent import TrajectoryFileAgent
+
+    if name == "human":
+        return HumanAgent()
+    if name == "constant_velocity":
+        return ConstantVelocityAgent()
+    agent = TrajectoryFileAgent(str(root / "trajectories.json"))
+    agent.initialize()
+    return agent

@@ -61,3 +61,61 @@ def test_tiny_run_cache_and_resume(tmp_path):
     finally:
         logging.disable(logging.NOTSET)
         torch.set_num_threads(threads)
+
+
+def test_finished_stage_folder_is_not_rewritten_by_another_configuration(tmp_path):
+    import json
+
+    import pytest
+
+    from eupe import run_distill
+    from eupe.config_errors import ConfigError
+
+    logging.disable(logging.WARNING)
+    try:
+        common = [f"stages_root={tmp_path}", "distill.max_steps=2", "distill.batch_size=8",
+                  "distill.data.sources.0.num_images=16"]
+        export = run_distill.run(_cfg(*common))
+        stage = export.parent
+        before = {p.relative_to(stage): p.read_bytes() for p in stage.rglob("*") if p.is_file()}
+        assert json.loads((stage / "config.json").read_text())["distill"]["optim"]["lr"] == 3e-3
+        assert not (stage / ".hydra").exists()
+        other = _cfg(*common, "distill.optim.lr=0.1", "cache=read")  # would also fail at start: no cache
+        with pytest.raises(ConfigError, match=r"holds a finished student.safetensors made by another configuration "
+                                              r"\(cache: 'online' -> 'read', distill.optim.lr: 0.003 -> 0.1\)"):
+            run_distill.run(other)
+        with pytest.raises(SystemExit, match="configuration error"):
+            run_distill.main(other)
+        after = {p.relative_to(stage): p.read_bytes() for p in stage.rglob("*") if p.is_file()}
+        assert after == before
+        # more steps continue the same run; overwrite=true lets another recipe replace the student
+        assert run_distill.run(_cfg(*common[:1], "distill.max_steps=3", *common[2:])) == export
+        run_distill.run(_cfg(*common, "distill.optim.lr=0.1", "overwrite=true"))
+        assert json.loads((stage / "config.json").read_text())["distill"]["optim"]["lr"] == 0.1
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_damaged_teacher_cache_shard_is_named_then_rebuilt_to_the_same_bytes(tmp_path):
+    import pytest
+
+    from eupe import run_distill
+    from eupe.distill.cache import TeacherCache, TeacherCacheError
+
+    logging.disable(logging.WARNING)
+    try:
+        cfg = _cfg(f"stages_root={tmp_path}", "cache=build", "distill.batch_size=8", "cache_shard_rows=8",
+                   "distill.data.sources.0.num_images=32")
+        run_distill.build_cache(cfg)
+        shards = sorted((tmp_path / "cache" / "tiny_cpu").glob("shard-*.safetensors"))
+        assert len(shards) == 4
+        original = {p.name: p.read_bytes() for p in shards}
+        shards[2].write_bytes(original[shards[2].name][:200])
+        with pytest.raises(TeacherCacheError, match=r"shard-00002.safetensors cannot be read .*cache=build again"):
+            TeacherCache(tmp_path / "cache" / "tiny_cpu")
+        torch.rand(5)  # another global RNG state: the rebuilt rows must not depend on it
+        run_distill.build_cache(cfg)
+        assert {p.name: p.read_bytes() for p in shards} == original
+        assert len(TeacherCache(tmp_path / "cache" / "tiny_cpu").shards) == 4
+    finally:
+        logging.disable(logging.NOTSET)

@@ -161,3 +161,24 @@ def test_raster_to_real_training_step(agent):
         float((task + 0.002 * losses["alignment_spatial"] + 0.001 * losses["alignment_domain"]).detach()), rel=1e-5)
     losses["loss"].backward()
     assert agent.planner.domain_classifier.classifier[0].weight.grad is not None
+
+
+def test_checkpoint_of_another_planner_size_or_not_a_checkpoint_is_named(tmp_path):
+    from omegaconf import OmegaConf
+
+    from eupe.config_tree import config_file
+
+    tiny = OmegaConf.to_container(OmegaConf.load(config_file("planner", "tiny")))
+    small = OmegaConf.to_container(OmegaConf.load(config_file("planner", "small")))
+    writer = RAPAgent(backbone=TINY_BACKBONE, planner="tiny")
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": {f"agent.{k}": v for k, v in writer.state_dict().items()}}, path)
+    with pytest.raises(KeyError, match=rf"tiny.ckpt holds a planner of d_model {tiny['d_model']}, d_ffn "
+                                       rf"{tiny['d_ffn']}.*\(planner=tiny\); this run builds d_model "
+                                       rf"{small['d_model']}.*\(planner=small\)"):
+        RAPAgent(backbone=TINY_BACKBONE, planner="small", checkpoint=str(path))
+    assert f"planner: {path};" in RAPAgent(backbone=TINY_BACKBONE, planner="tiny", checkpoint=str(path)).weights_source
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"agent.checkpoint=.*notes.ckpt is not a checkpoint"):
+        RAPAgent(backbone=TINY_BACKBONE, planner="tiny", checkpoint=str(text))

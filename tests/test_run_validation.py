@@ -127,3 +127,10 @@ def test_unreadable_entry_without_its_inputs_is_an_invalid_row_naming_the_file(t
     assert not df.loc[TOKENS[0], "valid"] and df.loc[TOKENS[1], "valid"]
     assert any(f"metric cache {entry} of token {TOKENS[0]} is unusable" in r.getMessage()
                and "could not be rebuilt: FileNotFoundError: map file gone" in r.getMessage() for r in caplog.records)
+
+
+def test_console_summary_names_the_corruption_and_the_seed(tmp_path, capsys):
+    run_pdm_score.run(_cfg(tmp_path, "corruption=fog", "corruption.severity=2", "corruption.cameras=[cam_f0]",
+                           "seed=7"))
+    out = capsys.readouterr().out
+    assert "PDMS of ConstantVelocityAgent on navsim_dev, fog severity 2 on cam_f0, seed 7" in out

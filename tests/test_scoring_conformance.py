@@ -7,11 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import conformance_path
+from conftest import conformance_agent, conformance_path, csv_row_problems
 
-from navsim_agents.agents.constant_velocity_agent import ConstantVelocityAgent
-from navsim_agents.agents.human_agent import HumanAgent
-from navsim_agents.agents.trajectory_file_agent import TrajectoryFileAgent
 from navsim_agents.data.dataclasses import SceneFilter
 from navsim_agents.data.scene_loader import SceneLoader
 from navsim_agents.scoring import evaluate as E
@@ -39,19 +36,9 @@ def setup(tmp_path_factory):
     return loader, caches
 
 
-def _agent(name: str):
-    if name == "human":
-        return HumanAgent()
-    if name == "constant_velocity":
-        return ConstantVelocityAgent()
-    agent = TrajectoryFileAgent(str(ROOT / "trajectories.json"))
-    agent.initialize()
-    return agent
-
-
 def _scores(setup, agent_name: str, version: str) -> pd.DataFrame:
     loader, caches = setup
-    agent = _agent(agent_name)
+    agent = conformance_agent(agent_name, ROOT)
     runner = PDMScoreRunner(version, human_penalty_filter=version == "v2")
 
     def trajectory(token):
@@ -73,17 +60,8 @@ def test_matches_official_rows(setup, agent_name, version, folder):
     expected = expected[~expected["token"].str.startswith("average")].set_index("token")
     ours = ours[~ours["token"].str.startswith("average")].set_index("token")
     assert sorted(ours.index) == sorted(expected.index)
-    problems = []
-    for token, exp_row in expected.iterrows():
-        row = ours.loc[token]
-        assert bool(row["valid"]) == bool(exp_row["valid"]), token
-        for col in expected.columns:
-            if col == "valid":
-                continue
-            a, b = float(row[col]), float(exp_row[col])
-            tol = CONTINUOUS_TOL if col in ("ego_progress", "score") else DISCRETE_TOL
-            if np.isnan(a) != np.isnan(b) or (not np.isnan(b) and abs(a - b) > tol):
-                problems.append(f"{token} {col}: ours {a} official {b}")
+    problems = csv_row_problems(ours, expected, CONTINUOUS_TOL, DISCRETE_TOL,
+                                lambda col: col in ("ego_progress", "score"))
     assert not problems, "\n".join(problems)
 
 

@@ -43,6 +43,7 @@ from bench2drive.sim.dynamics import (
 from bench2drive.sim.monitors import RouteMonitors, box_corners, boxes_overlap
 from bench2drive.sim.sensors import input_data
 from bench2drive.sim.world import CONTROL_LOSS_RADIUS, RoadPath, build_scenario
+from eupe.atomic_io import atomic_write_text
 
 # Bench2Drive's scenario_manager.py raises TickRuntimeError once a route passes 4000 ticks (200 s at 20 Hz); the
 # evaluator records it as "Failed - TickRuntime". Since RouteTimeoutBehavior allows at least 300 s and a
@@ -247,7 +248,7 @@ def run_route(route: Route, agent: Agent, *, record: dict, index: int, save_path
         failure = TICK_RUNTIME
     out_dir = save_path / record["save_name"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metric_info.json").write_text(json.dumps(metric_info, indent=4))
+    atomic_write_text(out_dir / "metric_info.json", json.dumps(metric_info, indent=4))
     compute_route_statistics(record, index=index, events=sim.monitors.events(), route_length=sim.path.length,
                              duration_game=sim.time, duration_system=time.time() - t_start,
                              timed_out=timed_out and not failure, failure_message=failure)

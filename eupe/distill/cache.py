@@ -12,12 +12,14 @@ Layout of a cache directory (safe formats only: JSON + safetensors, never pickle
 Rows of one shard share each teacher's grid (a shard is closed when a teacher's resolution changes, as in
 stage 3). The image of a row is rebuilt from (index, aug) by ``DistillImageDataset.get``, so the student
 sees exactly the image the teacher saw. Training batches are drawn within one shard (``CachePlan``).
-A build that stops part-way resumes after its last complete shard.
+A build that stops part-way resumes after its last complete shard; a shard that cannot be read (truncated,
+emptied) is named, and the next build rewrites it and the shards after it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from eupe.atomic_io import atomic_path, atomic_write_text
 from eupe.distill.data import AugmentConfig, DistillImageDataset
 
+log = logging.getLogger(__name__)
 CACHE_FORMAT = "eupe-teacher-cache"
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -39,10 +43,20 @@ class TeacherCacheError(ValueError):
     """A cache directory is missing, corrupt, or does not match the run that reads it."""
 
 
+def shard_problem(path: Path, rows: int) -> str | None:
+    """Why the shard at ``path`` (``rows`` rows in the manifest) cannot be read; None when it can."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = f.get_slice("index").get_shape()[0]
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        return f"{type(err).__name__}: {err}"
+    return None if found == rows else f"{found} rows, the manifest says {rows}"
+
+
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 class CacheWriter:
@@ -65,15 +79,30 @@ class CacheWriter:
         if existing.is_file():
             old = json.loads(existing.read_text())
             same = {k: old.get(k) for k in ("teachers", "image_size", "seed", "augment", "num_samples")}
-            if same != {k: self.manifest[k] for k in same}:
+            if same != json.loads(json.dumps({k: self.manifest[k] for k in same})):  # tuples read back as lists
                 raise TeacherCacheError(f"cache {self.root} was built with other settings ({same}); "
                                         "remove it or choose another cache.dir")
             self.manifest["shards"] = old["shards"]
             self.manifest["positions_done"] = int(old.get("positions_done", 0))
+            self._drop_damaged_shards()
         self._buf: list[dict[str, Any]] = []
         self._grid: dict[str, list[int]] | None = None
         self._size: dict[str, int] | None = None
         self._position = self.positions_done
+
+    def _drop_damaged_shards(self) -> None:
+        """Forget the first unreadable shard and those after it, so the build resumes where it began."""
+        shards = self.manifest["shards"]
+        for i, shard in enumerate(shards):
+            problem = shard_problem(self.root / shard["file"], int(shard["rows"]))
+            if problem is None:
+                continue
+            # manifests written before shards recorded their end position resume from the start
+            start = int(shards[i - 1].get("position_end", 0)) if i else 0
+            log.warning("teacher cache shard %s cannot be read (%s); rebuilding from batch %d", self.root / shard["file"],
+                        problem, start)
+            self.manifest.update(shards=shards[:i] if start else [], positions_done=start, complete=False)
+            return
 
     @property
     def rows_done(self) -> int:
@@ -115,10 +144,10 @@ class CacheWriter:
         for key in self._buf[0]:
             if "/" in key:
                 tensors[key] = torch.stack([r[key] for r in self._buf]).contiguous()
-        tmp = self.root / (name + ".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(self.root / name)
-        self.manifest["shards"].append({"file": name, "rows": len(self._buf), "grid": self._grid, "size": self._size})
+        with atomic_path(self.root / name) as tmp:
+            save_file(tensors, str(tmp))
+        self.manifest["shards"].append({"file": name, "rows": len(self._buf), "grid": self._grid, "size": self._size,
+                                        "position_end": self._position})
         self.manifest["positions_done"] = self._position
         _write_json(self.root / MANIFEST, self.manifest)
         self._buf = []
@@ -150,8 +179,11 @@ class TeacherCache:
             raise TeacherCacheError(f"cache {self.root} is incomplete; finish it with eupe/run_distill.py cache=build")
         self.shards = self.manifest["shards"]
         for s in self.shards:
-            if not (self.root / s["file"]).is_file():
-                raise TeacherCacheError(f"cache shard {self.root / s['file']} is missing")
+            problem = shard_problem(self.root / s["file"], int(s["rows"]))
+            if problem:
+                raise TeacherCacheError(f"cache shard {self.root / s['file']} cannot be read ({problem}); run "
+                                        "eupe/run_distill.py cache=build again: it rebuilds that shard and the ones "
+                                        "after it")
         self._handles: dict[int, Any] = {}
 
     @property

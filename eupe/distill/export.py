@@ -36,6 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from eupe.atomic_io import atomic_path
 from eupe.models import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT_NAME = "eupe-student"
@@ -108,9 +109,8 @@ def save_student(
             # safetensors refuses shared / non-contiguous storage: store independent contiguous copies
             tensors[prefix + key] = value.detach().to("cpu").contiguous().clone()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: meta_json})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: meta_json})
     return path
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eupe.config_tree import config_file
+from eupe.config_tree import config_dir, config_file
 from navsim_agents.agents.rap_features import (
     CAMERA_NAMES,
     RAP_IMAGE_SCALE,
@@ -116,6 +116,34 @@ def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
     cfg.pop("_target_", None)
     seed = cfg.pop("seed", None)
     return planner_module.build_planner(backbone, cfg, seed=seed)
+
+
+# the sizes that tell planner configs apart (configs/planner/*.yaml) and that a checkpoint's shapes reveal
+PLANNER_SIZE_FIELDS = ("d_model", "d_ffn", "num_bev_layers", "num_proposals", "num_poses")
+
+
+def planner_size_in(state: Mapping[str, torch.Tensor]) -> dict[str, int] | None:
+    """The `PLANNER_SIZE_FIELDS` of the planner stored in one of our checkpoints (None when it holds none)."""
+    from rap_backbone import checkpoints
+
+    try:
+        cfg = checkpoints.infer_own_config(state, checkpoints.find_planner_prefix(state))
+    except (KeyError, ValueError):
+        return None
+    return {k: getattr(cfg, k) for k in PLANNER_SIZE_FIELDS}
+
+
+def _sizes(sizes: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sizes.items())
+
+
+def _planner_groups_of(sizes: Mapping[str, int]) -> str:
+    """``planner=<name>`` of the configs/planner/*.yaml with these sizes, or a note that none has them."""
+    from omegaconf import OmegaConf
+
+    names = [p.stem for p in sorted((config_dir() / "planner").glob("*.yaml"))
+             if all(OmegaConf.load(p).get(k) == v for k, v in sizes.items())]
+    return " or ".join(f"planner={n}" for n in names) if names else "no configs/planner/*.yaml has these sizes"
 
 
 class RAPAgent(_AgentBase):
@@ -328,15 +356,27 @@ class RAPAgent(_AgentBase):
         if not path.is_file():
             raise FileNotFoundError(f"agent.checkpoint={path} does not exist; pass a .ckpt written by "
                                     "run_training.py or RAP's released checkpoint")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
         from rap_backbone import checkpoints
 
+        try:
+            state = checkpoints.read_checkpoint_state(path)
+        except ValueError as err:
+            raise ValueError(f"agent.checkpoint={path} is not a checkpoint: {err}") from None
         if any(k.startswith(checkpoints.RAP_PREFIX) for k in state):
             self.planner = checkpoints.load_rap_checkpoint(path, backbone_config=self._checkpoint_backbone_config)
         else:
             own = {k.removeprefix("agent."): v for k, v in state.items() if k.startswith("agent.")} or dict(state)
-            missing, unexpected = self.load_state_dict(own, strict=False)
+            held = planner_size_in(own)
+            mine = {k: getattr(self.planner.config, k) for k in PLANNER_SIZE_FIELDS}
+            if held is not None and held != mine:
+                raise KeyError(f"agent.checkpoint={path} holds a planner of {_sizes(held)} "
+                               f"({_planner_groups_of(held)}); this run builds {_sizes(mine)} "
+                               f"({_planner_groups_of(mine)}): pass the planner the checkpoint was trained with")
+            try:
+                missing, unexpected = self.load_state_dict(own, strict=False)
+            except RuntimeError as err:  # shape mismatches (e.g. another backbone width)
+                raise KeyError(f"checkpoint {path} does not match this agent ({str(err).splitlines()[-1].strip()}); "
+                               "check that backbone= and planner= match the run that wrote it") from None
             backbone_keys = {f"planner.backbone.{k}" for k in self.planner.backbone.state_dict()}
             missing = [k for k in missing if k not in backbone_keys]
             if missing or unexpected:

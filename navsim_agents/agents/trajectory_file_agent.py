@@ -63,7 +63,8 @@ class TrajectoryFileAgent(AbstractAgent):
             self.initialize()
         if token not in self._trajectories:
             raise KeyError(f"token {token} not in trajectory file {self._path}")
-        poses = np.asarray(self._trajectories[token], dtype=np.float64)
+        poses = np.asarray(self._trajectories[token])
+        poses = poses if poses.dtype in (np.float32, np.float64) else poses.astype(np.float64)
         n = self._trajectory_sampling.num_poses
         if poses.ndim != 2 or poses.shape != (n, 3):
             raise ValueError(f"token {token}: trajectory must be {n} poses of [x, y, heading], got {poses.shape}")

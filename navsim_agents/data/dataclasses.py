@@ -658,8 +658,8 @@ class SceneFilter:
     log_names: Optional[List[str]] = None
     tokens: Optional[List[str]] = None
 
-    # navsim v2 two-stage fields, accepted so that devkit scene-filter yamls load; synthetic (stage-two)
-    # scenes are not read by this loader
+    # navsim v2 two-stage fields; synthetic (stage-two) scenes are read by
+    # navsim_agents.data.synthetic_scenes.TwoStageSceneLoader
     include_synthetic_scenes: bool = False
     all_mapping: Optional[Dict[Any, Any]] = None
     synthetic_scene_tokens: Optional[List[str]] = None
@@ -667,12 +667,6 @@ class SceneFilter:
     non_reactive_synthetic_initial_tokens: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
-        if self.include_synthetic_scenes:
-            warnings.warn(
-                "SceneFilter.include_synthetic_scenes=True: synthetic two-stage scenes are not supported by this "
-                "SceneLoader; only the original scenes are loaded",
-                stacklevel=2,
-            )
         if self.frame_interval is None:
             self.frame_interval = self.num_frames
         if self.num_history_frames < 1:

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any, List, Mapping, NamedTuple, Optional
 
 from navsim_agents.data.dataclasses import SceneFilter, SensorConfig
+from navsim_agents.data.devkit_splits import read_devkit_split
 from navsim_agents.data.maps import DEFAULT_MAP_VERSION
 
-__all__ = ["SplitPaths", "resolve_split", "build_scene_loader", "read_name_list"]
+__all__ = ["SplitPaths", "resolve_split", "build_scene_loader", "build_two_stage_loader", "two_stage_mapping",
+           "read_name_list"]
 
 # keys of a scene_filter node that are Hydra instructions, not SceneFilter fields
 _HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_")
@@ -85,8 +87,33 @@ def read_name_list(path: os.PathLike | str, key: str) -> List[str]:
     return [str(item) for item in content]
 
 
+# split.subset of the embedded world's two-stage split (navsim_agents.data.navmini_two_stage)
+TWO_STAGE_SUBSET = "two_stage"
+
+
+def _two_stage_world(split: Mapping[str, Any]) -> Path:
+    from navsim_agents.data.navmini_two_stage import (
+        ensure_navmini_two_stage,  # lazy: generation code is heavy
+    )
+
+    return Path(ensure_navmini_two_stage(split.get("data_root") or None))
+
+
+def _devkit_config(split: Mapping[str, Any]) -> Optional[str]:
+    """``split.devkit_config``; for the embedded two-stage split, the yaml generated with it."""
+    if split.get("devkit_config"):
+        return str(split["devkit_config"])
+    if split.get("synthetic") and split.get("subset") == TWO_STAGE_SUBSET:
+        from navsim_agents.data.navmini_two_stage import split_yaml
+
+        return str(split_yaml(_two_stage_world(split)))
+    return None
+
+
 def _scene_filter(split: Mapping[str, Any], synthetic_logs: Optional[List[str]]) -> SceneFilter:
     node = dict(split.get("scene_filter") or {})
+    if _devkit_config(split):  # the devkit's own split definition decides the scenes
+        node = {k: v for k, v in node.items() if k in _HYDRA_KEYS} | read_devkit_split(_devkit_config(split)).scene_filter
     unknown = set(node) - set(_SCENE_FILTER_FIELDS) - set(_HYDRA_KEYS)
     if unknown:
         raise ValueError(f"unknown scene_filter keys {sorted(unknown)}; allowed: {list(_SCENE_FILTER_FIELDS)}")
@@ -112,6 +139,8 @@ def resolve_split(split_cfg: Mapping[str, Any], *, check_exists: bool = True) ->
     """
     split = dict(_plain(split_cfg))
     data_split = split.get("data_split")
+    if _devkit_config(split) and (not data_split or str(data_split) == "???"):
+        data_split = read_devkit_split(_devkit_config(split)).data_split
     if not data_split or str(data_split) == "???":
         raise ValueError("split.data_split is not set: pass the folder name under navsim_logs/, e.g. "
                          "split=custom split.data_split=mini")
@@ -122,12 +151,16 @@ def resolve_split(split_cfg: Mapping[str, Any], *, check_exists: bool = True) ->
     if synthetic:
         from navsim_agents.data import synthetic as synthetic_world  # lazy: generation code is heavy
 
-        root = Path(synthetic_world.ensure_navmini(split.get("data_root") or None))
         subset = split.get("subset")
-        if subset is not None:
+        if subset == TWO_STAGE_SUBSET:
+            root = _two_stage_world(split)
+        else:
+            root = Path(synthetic_world.ensure_navmini(split.get("data_root") or None))
+        if subset not in (None, TWO_STAGE_SUBSET):
             lists = {"test": "NAVMINI_TEST_LOGS", "train": "NAVMINI_TRAIN_LOGS"}
             if subset not in lists:
-                raise ValueError(f"split.subset must be one of {sorted(lists)} or null, got {subset!r}")
+                raise ValueError(f"split.subset must be one of {sorted(lists) + [TWO_STAGE_SUBSET]} or null, "
+                                 f"got {subset!r}")
             synthetic_logs = list(getattr(synthetic_world, lists[subset]))
         maps_root: Optional[Path] = Path(split.get("maps_root") or root / "maps")
     else:
@@ -176,3 +209,36 @@ def build_scene_loader(
         map_version=paths.map_version,
         **loader_kwargs,
     )
+
+
+def _synthetic_dirs(split: Mapping[str, Any], paths: SplitPaths) -> tuple[Path, Path]:
+    """Synthetic scene pickles and their sensor blobs: ``split.synthetic_scenes_path`` /
+    ``split.synthetic_sensor_path``, by default ``<data root>/<data_split>/synthetic_scene_pickles`` and
+    ``<data root>/sensor_blobs/<data_split>`` (the devkit's download layout, default_dataset_paths.yaml)."""
+    root = paths.data_path.parent.parent
+    data_split = paths.data_path.name
+    scenes = split.get("synthetic_scenes_path") or root / data_split / "synthetic_scene_pickles"
+    sensors = split.get("synthetic_sensor_path") or root / "sensor_blobs" / data_split
+    return Path(scenes).expanduser(), Path(sensors).expanduser()
+
+
+def build_two_stage_loader(split_cfg: Mapping[str, Any], sensor_config: Optional[SensorConfig] = None):
+    """A ``TwoStageSceneLoader``: the split's original scenes plus the synthetic scenes that belong to them."""
+    from navsim_agents.data.synthetic_scenes import TwoStageSceneLoader
+
+    split = dict(_plain(split_cfg))
+    paths = resolve_split(split)
+    scenes, sensors = _synthetic_dirs(split, paths)
+    return TwoStageSceneLoader(build_scene_loader(split, sensor_config), scenes, sensors)
+
+
+def two_stage_mapping(split_cfg: Mapping[str, Any]) -> List[Any]:
+    """The split's ``reactive_all_mapping`` (from ``split.devkit_config``, else ``split.reactive_all_mapping``)."""
+    split = dict(_plain(split_cfg))
+    if _devkit_config(split):
+        return read_devkit_split(_devkit_config(split)).reactive_all_mapping
+    mapping = split.get("reactive_all_mapping")
+    if not mapping:
+        raise ValueError("a two-stage scorer needs the split's reactive_all_mapping: set split.devkit_config to the "
+                         "devkit's train_test_split/<name>_two_stage.yaml")
+    return list(mapping)

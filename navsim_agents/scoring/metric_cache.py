@@ -32,10 +32,14 @@ from navsim_agents.scoring.pdm_closed import (
 from navsim_agents.scoring.scorer import CenterlinePath
 from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
 
-CACHE_FORMAT_VERSION = 4  # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix
+# 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix; 5: current tracks and the
+# unfiltered log replay of non-vehicles for reactive traffic, map location of the cache
+CACHE_FORMAT_VERSION = 5
 # what a truncated, emptied or overwritten .npz raises when read
 CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 NUM_HISTORY_FRAMES = 4
+# the object type navsim's reactive IDM policy simulates (TrackedObjectType.VEHICLE); others are log replay
+REACTIVE_TYPE_NAME = "vehicle"
 NUM_FUTURE_FRAMES = 10
 
 
@@ -141,6 +145,18 @@ class MetricCache:
     def drivable(self) -> DrivableMap:
         polys = _wkb_unpack(self.arrays["drivable_wkb"], self.arrays["drivable_offsets"])
         return DrivableMap(self.meta["drivable_tokens"], self.meta["drivable_kinds"], polys)
+
+    def red_light_steps(self, version: str) -> list[tuple[list[str], list]]:
+        """(tokens, polygons) of the red on-route lane connectors at each 0.1 s step (the devkit's
+        `_occupancy_maps_tl`)."""
+        red_tokens = self.meta.get(f"red_{version}_tokens", [])
+        n_steps = int(self.meta[f"obs_{version}_steps"])
+        if not red_tokens:
+            return [([], []) for _ in range(n_steps)]
+        polys = _wkb_unpack(self.arrays[f"red_{version}_wkb"], self.arrays[f"red_{version}_offsets"])
+        mask = self.arrays[f"red_{version}_mask"]
+        return [([t for j, t in enumerate(red_tokens) if mask[k, j]], [p for j, p in enumerate(polys) if mask[k, j]])
+                for k in range(n_steps)]
 
     def observation(self, version: str) -> Observation:
         a = self.arrays
@@ -258,6 +274,7 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
     route = build_route_context(map_api, current["roadblock_ids"], ego[:3])
     tracks_now = frame_tracks(current, ego)
     meta = {"token": current["token"], "log_name": current["log_name"], "map_name": map_name,
+            "map_root": str(map_root or ""), "map_version": map_version,
             "timestamp_us": int(current["timestamp"]), "route_lane_ids": route.route_lane_ids,
             "drivable_tokens": route.drivable.tokens, "drivable_kinds": route.drivable.kinds}
     arrays = {"ego_state": ego, "centerline": route.centerline.poses}
@@ -273,6 +290,12 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
                           np.asarray(ego[2]), PACIFICA.length, PACIFICA.width)[:4]
     ego_poly = shapely.Polygon(ego_ring)
     touching = {t.token for t in steps[0] if shapely.Polygon(_track_ring(t)).intersects(ego_poly)}
+    # reactive traffic (navsim AbstractTrafficAgentsPolicy.simulate_environment): every current track at t0 and
+    # the log replay of the objects the policy does not simulate; nothing is filtered there
+    meta["current_tracks"] = [[t.token, t.type_name] for t in tracks_now]
+    arrays["current_tracks"] = np.array([[t.x, t.y, t.heading, t.length, t.width, t.vx, t.vy] for t in tracks_now],
+                                        dtype=np.float64).reshape(-1, 7)
+    _pack_observation([[t for t in s if t.type_name != REACTIVE_TYPE_NAME] for s in steps], "replay", meta, arrays)
     steps = [[t for t in s if t.token not in touching] for s in steps]
     _pack_observation(steps, "v2", meta, arrays)
     red_tokens: list[str] = []

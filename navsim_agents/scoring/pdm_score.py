@@ -89,22 +89,28 @@ class PDMScoreRunner:
             row = {c: float(res[c][0]) for c in V1_COLUMNS}
             row["score"] = float(res["score"][0])
             return row, simulated[0]
-        row = {c: float(res[c][0]) for c in V2_FILTERED}
-        weighted = res["weighted"][:, 0].copy()
-        if self.scorer.config.human_penalty_filter:
-            failed = [c for c in cache.meta["human_failed_v2"] if c in row]
-            for c in failed:
-                row[c] = 1.0
-            if failed:
-                weighted[:4] = [row["ego_progress"], row["time_to_collision_within_bound"], row["lane_keeping"],
-                                row["history_comfort"]]
-        row["_multi"] = (row["no_at_fault_collisions"] * row["drivable_area_compliance"]
-                         * row["driving_direction_compliance"] * row["traffic_light_compliance"])
-        row["_weighted"] = weighted
-        row["_weights"] = res["weights"]
-        row["two_frame_extended_comfort"] = float("nan")
-        row["score"] = final_v2_score(row)
-        return row, simulated[0]
+        failed = cache.meta["human_failed_v2"] if self.scorer.config.human_penalty_filter else []
+        return v2_row(res, 0, failed), simulated[0]
+
+
+def v2_row(res: dict, index: int, human_failed: list[str]) -> dict:
+    """Row values of proposal `index` of a v2 scorer result, the metrics the human fails set to 1 (navsim
+    `pdm_score` human penalty filter, then the products and weighted terms recomputed)."""
+    row = {c: float(res[c][index]) for c in V2_FILTERED}
+    weighted = res["weighted"][:, index].copy()
+    failed = [c for c in human_failed if c in row]
+    for c in failed:
+        row[c] = 1.0
+    if failed:
+        weighted[:4] = [row["ego_progress"], row["time_to_collision_within_bound"], row["lane_keeping"],
+                        row["history_comfort"]]
+    row["_multi"] = (row["no_at_fault_collisions"] * row["drivable_area_compliance"]
+                     * row["driving_direction_compliance"] * row["traffic_light_compliance"])
+    row["_weighted"] = weighted
+    row["_weights"] = res["weights"]
+    row["two_frame_extended_comfort"] = float("nan")
+    row["score"] = final_v2_score(row)
+    return row
 
 
 def precompute_reference_terms(cache: MetricCache) -> None:

@@ -1,0 +1,463 @@
+"""navsim's traffic agents policies beyond log replay: reactive IDM vehicles (`navsim_IDM_traffic_agents`, the
+two-stage default) and constant-velocity vehicles (`constant_velocity_traffic_agents`).
+
+Constant velocity (`traffic_agents_policies/constant_velocity_traffic_agents.py`): every current vehicle moves on
+with its velocity and heading.
+
+Follows navsim main 0a380a9 `traffic_agents_policies/navsim_IDM_traffic_agents.py`,
+`planning/simulation/observation/navsim_idm_agents.py` and `navsim_idm/{navsim_idm_agents_builder,
+navsim_idm_agent_manager}.py` over nuplan-devkit v1.2 `simulation/observation/idm/{idm_agent, idm_agent_manager,
+idm_policy, idm_agents_builder, utils}.py`, `simulation/path/{interpolated_path, utils}.py` and
+`occupancy_map/strtree_occupancy_map.py`:
+
+- Vehicles of the current frame are snapped to the lane (or, in an intersection, the lane connector) whose baseline
+  heading is closest (`get_starting_segment`); those more than 3 m off it, or whose snapped box meets the ego or an
+  earlier agent, are not simulated.
+- Every 0.1 s each agent looks along its path to go for the nearest object (ego, other agents) meeting the path
+  buffered by half its width, and moves by one forward-Euler IDM step; its occupancy becomes its footprint
+  stretched by speed x headway.
+- Unsimulated vehicles come back as static objects when parked off the lanes or more than 3 m off a lane.
+- Everything else (pedestrians, bicycles, static objects) is the log replay.
+
+Devkit behaviour reproduced on purpose (see the conformance README):
+- The metric cache has no `traffic_light_status`, so agents never extend their route: each keeps its starting
+  lane and stops at its end (`plan_route` is never called).
+- The ego used by the agents at step k is the simulated state k-1, as a box whose CENTER is the simulated rear axle
+  (`build_ego_state_from_simulated_ego_states` passes the rear-axle pose to `CarFootprint(center=...)`).
+- Nearest-object search skips ids that are substrings of the agent's id (`_get_other_geometries`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import shapely
+from shapely.geometry import LineString
+from shapely.geometry.base import CAP_STYLE
+from shapely.ops import nearest_points, unary_union
+from shapely.strtree import STRtree
+
+from navsim_agents.data.maps import SemanticMapLayer, get_maps_api, resolve_maps_root
+from navsim_agents.scoring.constants import PACIFICA
+from navsim_agents.scoring.constants import StateIndex as S
+from navsim_agents.scoring.geometry import normalize_angle
+from navsim_agents.scoring.metric_cache import REACTIVE_TYPE_NAME, MetricCache
+from navsim_agents.scoring.pdm_closed import Track
+from navsim_agents.scoring.world import Observation, OccupancyMap, TrackInfo
+
+# navsim config/common/traffic_agents_policy/navsim_IDM_traffic_agents.yaml
+IDM_TARGET_VELOCITY = 10.0  # [m/s], used when the lane has no speed limit
+IDM_MIN_GAP_TO_LEAD_AGENT = 1.0  # [m]
+IDM_HEADWAY_TIME = 1.5  # [s]
+IDM_ACCEL_MAX = 1.0  # [m/s^2]
+IDM_DECEL_MAX = 2.0  # [m/s^2]
+IDM_RADIUS = 100.0  # [m] agents farther from the ego are dropped
+IDM_SNAP_THRESHOLD = 3.0  # [m] largest distance from the lane baseline an agent is snapped over
+# navsim_idm_agents.py: `tspan = 0.1`, parked vehicles are slower than 0.1 m/s
+IDM_STEP_S = 0.1
+PARKED_SPEED_THRESHOLD = 0.1
+# nuplan idm_policy.py `acceleration_exponent = 4`
+IDM_ACCELERATION_EXPONENT = 4
+# navsim_idm_agent_manager.py `simplify_occupancy_map_geometries(tolerance=1e-5)`
+OCCUPANCY_SIMPLIFY_TOLERANCE = 1e-5
+
+EGO_ID = "ego"
+
+# navsim config/common/traffic_agents_policy/*.yaml names (log replay is the metric cache's own observation)
+LOG_REPLAY_POLICY = "log_replay_traffic_agents"
+IDM_POLICY = "navsim_IDM_traffic_agents"
+CONSTANT_VELOCITY_POLICY = "constant_velocity_traffic_agents"
+TRAFFIC_AGENTS_POLICIES = (LOG_REPLAY_POLICY, IDM_POLICY, CONSTANT_VELOCITY_POLICY)
+
+
+class InterpolatedPath:
+    """nuplan `create_path_from_se2` + `InterpolatedPath`: progress = cumulative xy distance (points repeating the
+    previous progress dropped), x / y linear in progress, heading unwrapped then linear."""
+
+    def __init__(self, discrete_path: np.ndarray):
+        path = np.asarray(discrete_path, dtype=np.float64)
+        progress = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(path[:, 0]), np.diff(path[:, 1])))])
+        keep = np.append(~np.isclose(np.diff(progress), 0.0), True)
+        self.points = path[keep]
+        self.progress = progress[keep]
+        if len(self.points) < 2:
+            raise ValueError("a path needs at least 2 distinct points")
+        self._heading = np.unwrap(self.points[:, 2])
+
+    @property
+    def start(self) -> float:
+        return float(self.progress[0])
+
+    @property
+    def end(self) -> float:
+        return float(self.progress[-1])
+
+    def states_at(self, progress) -> np.ndarray:
+        """[..., 3] x, y, heading at `progress` (within the path)."""
+        p = np.asarray(progress, dtype=np.float64)
+        if p.ndim == 0:  # one state: avoid three array interpolations
+            i = int(np.clip(np.searchsorted(self.progress, p, side="right") - 1, 0, len(self.progress) - 2))
+            f = (p - self.progress[i]) / (self.progress[i + 1] - self.progress[i])
+            a, b = self.points[i], self.points[i + 1]
+            h = self._heading[i] + f * (self._heading[i + 1] - self._heading[i])
+            return np.array([a[0] + f * (b[0] - a[0]), a[1] + f * (b[1] - a[1]), float(normalize_angle(h))])
+        x = np.interp(p, self.progress, self.points[:, 0])
+        y = np.interp(p, self.progress, self.points[:, 1])
+        h = normalize_angle(np.interp(p, self.progress, self._heading))
+        return np.stack([x, y, h], axis=-1)
+
+    def clamp(self, progress: float) -> float:
+        return max(self.start, min(progress, self.end))
+
+    def xy_from(self, progress: float) -> np.ndarray:
+        """nuplan `trim_path_up_to_progress`: the state at `progress`, then every sampled point beyond it."""
+        after = np.nonzero(self.progress > progress)[0]
+        if after.size == 0:
+            return self.points[-2:, :2]
+        return np.vstack([self.states_at(progress)[None, :2], self.points[after[0]:, :2]])
+
+    def xy_between(self, start: float, end: float) -> np.ndarray:
+        """nuplan `trim_path`: states at `start` and `end` around the sampled points strictly between them."""
+        front = np.nonzero(self.progress > start)[0]
+        if front.size == 0:
+            return self.points[-2:, :2]
+        tail = np.nonzero(self.progress < end)[0]
+        if tail.size == 0:
+            return self.points[:2, :2]
+        ends = self.states_at([start, end])[:, :2]
+        return np.vstack([ends[:1], self.points[front[0]: tail[-1] + 1, :2], ends[1:]])
+
+
+def _box_polygon(x: float, y: float, heading: float, length: float, width: float):
+    """Corners FL, RL, RR, FR (nuplan `OrientedBox.geometry`)."""
+    c, s = math.cos(heading), math.sin(heading)
+    hl, hw = length / 2.0, width / 2.0
+    return shapely.Polygon([(x + hl * c - hw * s, y + hl * s + hw * c), (x - hl * c - hw * s, y - hl * s + hw * c),
+                            (x - hl * c + hw * s, y - hl * s - hw * c), (x + hl * c + hw * s, y + hl * s - hw * c)])
+
+
+@dataclass
+class IDMAgent:
+    """One IDM vehicle on its starting lane (nuplan `IDMAgent` without route planning)."""
+
+    token: str
+    length: float
+    width: float
+    path: InterpolatedPath
+    progress: float
+    velocity: float
+    target_velocity: float
+    speed_limit: Optional[float]
+
+    def pose(self) -> np.ndarray:
+        progress = self.path.clamp(self.progress)
+        if getattr(self, "_pose_at", None) != progress:  # the pose is asked for several times per step
+            self._pose_at, self._pose, self._polygon = progress, self.path.states_at(progress), None
+        return self._pose
+
+    def polygon(self):
+        pose = self.pose()
+        if self._polygon is None:
+            self._polygon = _box_polygon(pose[0], pose[1], pose[2], self.length, self.width)
+        return self._polygon
+
+    def progress_to_go(self) -> float:
+        return self.path.end - self.progress
+
+    def propagate(self, lead_distance: float, lead_velocity: float, lead_length_rear: float, dt: float) -> None:
+        """One forward-Euler step of the IDM (nuplan `IDMPolicy.solve_forward_euler_idm_policy`), the agent at
+        progress 0 and the lead `lead_distance` ahead."""
+        if self.speed_limit is not None and self.speed_limit > 0.0:
+            self.target_velocity = self.speed_limit
+        v = self.velocity
+        s_star = (IDM_MIN_GAP_TO_LEAD_AGENT + v * IDM_HEADWAY_TIME
+                  + v * (v - lead_velocity) / (2 * np.sqrt(IDM_ACCEL_MAX * IDM_DECEL_MAX)))
+        s_alpha = max(lead_distance - lead_length_rear, IDM_MIN_GAP_TO_LEAD_AGENT)
+        accel = IDM_ACCEL_MAX * (1 - (v / self.target_velocity) ** IDM_ACCELERATION_EXPONENT - (s_star / s_alpha) ** 2)
+        self.progress += dt * v
+        self.velocity = max(v + dt * min(max(-IDM_DECEL_MAX, accel), IDM_ACCEL_MAX), 0.0)
+
+    def projected_footprint(self):
+        """The box united with the path ahead over length / 2 + speed x headway, buffered by half the width."""
+        start = self.path.clamp(self.progress - self.length / 2)
+        end = self.path.clamp(self.progress + self.length / 2 + self.velocity * IDM_HEADWAY_TIME)
+        line = LineString(self.path.xy_between(start, end))
+        return unary_union([line.buffer(self.width / 2, cap_style=CAP_STYLE.flat), self.polygon()])
+
+
+class _OccupancyMap:
+    """nuplan `STRTreeOccupancyMap`: id -> geometry in insertion order, queries through a fresh STR-tree."""
+
+    def __init__(self, geometries: Optional[Dict[str, object]] = None):
+        self.geometries: Dict[str, object] = dict(geometries or {})
+
+    def intersects(self, geometry) -> "_OccupancyMap":
+        ids, geoms = list(self.geometries), list(self.geometries.values())
+        tree = STRtree(geoms)
+        return _OccupancyMap({ids[i]: geoms[i] for i in tree.query(geometry) if geoms[i].intersects(geometry)})
+
+    def nearest_to(self, geometry_id: str) -> Tuple[str, float]:
+        """(id, distance) of the nearest other geometry; ids contained in `geometry_id` are skipped as in nuplan."""
+        others = {k: g for k, g in self.geometries.items() if k not in geometry_id}
+        ids, geoms = list(others), list(others.values())
+        index = int(STRtree(geoms).nearest(self.geometries[geometry_id]))
+        p1, p2 = nearest_points(self.geometries[geometry_id], geoms[index])
+        return ids[index], float(p1.distance(p2))
+
+    def simplify(self) -> None:
+        for k, g in self.geometries.items():
+            self.geometries[k] = g.simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
+
+
+def _track_polygon(track: Track):
+    return _box_polygon(track.x, track.y, track.heading, track.length, track.width)
+
+
+def current_tracks(cache: MetricCache) -> List[Track]:
+    """Every object of the current frame (global boxes; velocities of agents)."""
+    return [Track(str(tok), str(kind), *map(float, row))
+            for (tok, kind), row in zip(cache.meta["current_tracks"], cache.arrays["current_tracks"], strict=True)]
+
+
+def starting_segment(map_api, x: float, y: float, heading: float):
+    """nuplan `get_starting_segment`: (lane or connector with the closest baseline heading, progress) or (None,
+    None). Heading differences are not wrapped, as in nuplan."""
+    if map_api.is_in_layer((x, y), SemanticMapLayer.LANE):
+        layer = SemanticMapLayer.LANE
+    elif map_api.is_in_layer((x, y), SemanticMapLayer.INTERSECTION):
+        layer = SemanticMapLayer.LANE_CONNECTOR
+    else:
+        return None, None
+    segments = map_api.get_all_map_objects((x, y), layer)
+    if not segments:
+        return None, None
+    diffs = [seg.baseline_path.get_nearest_pose_from_position((x, y))[2] - heading for seg in segments]
+    best = segments[int(np.argmin(np.abs(diffs)))]
+    return best, best.baseline_path.get_nearest_arc_length_from_position((x, y))
+
+
+def _ego_box(state: np.ndarray):
+    """The ego as the IDM agents see it: Pacifica box centred at the simulated rear axle (devkit quirk)."""
+    return _box_polygon(state[S.X], state[S.Y], state[S.HEADING], PACIFICA.length, PACIFICA.width)
+
+
+def _true_ego_box(state: np.ndarray):
+    center = state[:2] + PACIFICA.rear_axle_to_center * np.array([np.cos(state[S.HEADING]), np.sin(state[S.HEADING])])
+    return _box_polygon(center[0], center[1], state[S.HEADING], PACIFICA.length, PACIFICA.width)
+
+
+def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api) -> Tuple[Dict[str, IDMAgent],
+                                                                                            _OccupancyMap]:
+    """navsim `build_idm_agents_on_map_rails` (no open-loop detection types)."""
+    init = _OccupancyMap({EGO_ID: _true_ego_box(ego_state)})
+    occupancy = _OccupancyMap()
+    agents: Dict[str, IDMAgent] = {}
+    for v in vehicles:
+        if v.token in agents:
+            continue
+        segment, progress = starting_segment(map_api, v.x, v.y, v.heading)
+        if segment is None:
+            continue
+        sx, sy, sh = segment.baseline_path.get_nearest_pose_from_position((v.x, v.y))
+        if np.hypot(sx - v.x, sy - v.y) > IDM_SNAP_THRESHOLD:
+            continue
+        box = _box_polygon(sx, sy, sh, v.length, v.width)
+        if init.intersects(box).geometries:
+            continue
+        init.geometries[v.token] = box
+        occupancy.geometries[v.token] = box
+        speed = float(np.hypot(v.vx, v.vy))
+        if np.isnan(speed):
+            speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
+        limit = segment.speed_limit_mps
+        agents[v.token] = IDMAgent(v.token, v.length, v.width, InterpolatedPath(segment.baseline_path.discrete_path),
+                                   float(progress), speed, limit or IDM_TARGET_VELOCITY, limit)
+    return agents, occupancy
+
+
+def _propagate(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state: np.ndarray) -> None:
+    """navsim `NavsimIDMAgentManager.propagate_agents` without traffic lights or open-loop detections."""
+    occupancy.geometries[EGO_ID] = _ego_box(ego_state)
+    ego_xy = ego_state[:2]  # the box centre the agents see
+    far = [t for t, a in agents.items() if np.hypot(*(a.pose()[:2] - ego_xy)) > IDM_RADIUS]
+    for token in far:
+        occupancy.geometries.pop(token)
+        agents.pop(token)
+    for token, agent in agents.items():
+        path_to_go = LineString(agent.path.xy_from(agent.path.clamp(agent.progress)))
+        occupancy.simplify()
+        hits = occupancy.intersects(path_to_go.buffer(agent.width / 2, cap_style=CAP_STYLE.flat))
+        if token not in hits.geometries:
+            raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
+        if len(hits.geometries) > 1:
+            nearest, distance = hits.nearest_to(token)
+            heading = agent.pose()[2]
+            if EGO_ID in nearest:
+                lead_speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
+                relative = ego_state[S.HEADING] - heading
+            elif nearest in agents:
+                lead_speed = agents[nearest].velocity
+                relative = agents[nearest].pose()[2] - heading
+            else:
+                lead_speed, relative = 0.0, 0.0
+            lead_velocity = lead_speed * float(np.cos(normalize_angle(relative)))
+            agent.propagate(distance, lead_velocity, 0.0, IDM_STEP_S)
+        else:
+            agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
+        occupancy.geometries[token] = agent.projected_footprint()
+
+
+@dataclass
+class SimulatedObject:
+    token: str
+    polygon: object
+
+
+class _ParkedCandidate:
+    """An unsimulated current vehicle and what decides whether it is kept as a parked (static) object."""
+
+    def __init__(self, track: Track, map_api):
+        self.track = track
+        self.polygon = _track_polygon(track)
+        self.stationary = float(np.hypot(track.vx, track.vy)) < PARKED_SPEED_THRESHOLD
+        self.in_lanes = (map_api.is_in_layer((track.x, track.y), SemanticMapLayer.LANE)
+                         or map_api.is_in_layer((track.x, track.y), SemanticMapLayer.INTERSECTION))
+        segment, _ = starting_segment(map_api, track.x, track.y, track.heading)
+        self.lateral_deviation = None
+        if segment is not None:
+            sx, sy, _ = segment.baseline_path.get_nearest_pose_from_position((track.x, track.y))
+            self.lateral_deviation = float(np.hypot(sx - track.x, sy - track.y))
+
+
+def _observe(agents: Dict[str, IDMAgent], candidates: Dict[str, _ParkedCandidate]) -> List[SimulatedObject]:
+    """navsim `NavsimIDMAgents.get_observation`: active agents, then unsimulated vehicles kept as parked."""
+    out = [SimulatedObject(t, a.polygon()) for t, a in agents.items()]
+    for token, c in candidates.items():
+        if token in agents:
+            continue
+        collides = any(c.polygon.intersects(o.polygon) for o in out)
+        if collides:
+            continue
+        if c.stationary and not c.in_lanes:
+            out.append(SimulatedObject(token, c.polygon))
+        elif c.lateral_deviation is not None and c.lateral_deviation > IDM_SNAP_THRESHOLD:
+            out.append(SimulatedObject(token, c.polygon))
+    return out
+
+
+def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api) -> List[List[SimulatedObject]]:
+    """Vehicles at each of the `len(ego_states) - 1` future 0.1 s steps, reacting to the ego `ego_states` [T,11]."""
+    tracks = current_tracks(cache)
+    vehicles = [t for t in tracks if t.type_name == REACTIVE_TYPE_NAME]
+    agents, occupancy = build_agents(vehicles, cache.ego_state, map_api)
+    # every current vehicle: agents dropped out of range later come back through the parked-vehicle rule
+    candidates = {v.token: _ParkedCandidate(v, map_api) for v in vehicles}
+    frames = []
+    for step in range(1, len(ego_states)):
+        _propagate(agents, occupancy, ego_states[step - 1])  # the devkit's one-step lag
+        frames.append(_observe(agents, candidates))
+    return frames
+
+
+def simulate_constant_velocity(cache: MetricCache, num_steps: int) -> List[List[SimulatedObject]]:
+    """Every current vehicle moved by its velocity at each 0.1 s step, heading kept."""
+    frames = []
+    vehicles = [t for t in current_tracks(cache) if t.type_name == REACTIVE_TYPE_NAME]
+    for step in range(1, num_steps + 1):
+        dt = step * IDM_STEP_S
+        frames.append([SimulatedObject(v.token, _box_polygon(v.x + v.vx * dt, v.y + v.vy * dt, v.heading, v.length,
+                                                             v.width)) for v in vehicles])
+    return frames
+
+
+
+
+def traffic_observation(cache: MetricCache, ego_states: np.ndarray, map_api, policy: str = IDM_POLICY) -> Observation:
+    """The scorer's observation under a vehicle policy: every current object at t0, then the simulated vehicles
+    with the log replay of all other objects, plus the red lights of the metric cache (navsim
+    `AbstractTrafficAgentsPolicy.simulate_environment` + `PDMObservation.update_detections_tracks`, nothing
+    marked as collided)."""
+    tracks = current_tracks(cache)
+    replay = cache.observation("replay")
+    red = cache.red_light_steps("v2")
+    if policy == IDM_POLICY:
+        simulated = simulate_vehicles(cache, ego_states, map_api)
+    elif policy == CONSTANT_VELOCITY_POLICY:
+        simulated = simulate_constant_velocity(cache, len(ego_states) - 1)
+    else:
+        raise ValueError(f"unknown traffic agents policy {policy!r}; use {IDM_POLICY} or {CONSTANT_VELOCITY_POLICY}")
+    unique: Dict[str, TrackInfo] = {}
+    for t in tracks:
+        unique.setdefault(t.token, TrackInfo(t.is_agent, t.heading, float(np.hypot(t.vx, t.vy))))
+    maps = [OccupancyMap([t.token for t in tracks] + red[0][0], [_track_polygon(t) for t in tracks] + red[0][1])]
+    for k, objects in enumerate(simulated, start=1):
+        occ = replay[k]
+        for token in occ.tokens:
+            unique.setdefault(token, replay.unique[token])
+        maps.append(OccupancyMap([o.token for o in objects] + list(occ.tokens) + red[k][0],
+                                 [o.polygon for o in objects] + list(occ.polygons) + red[k][1]))
+    return Observation(maps, unique, [], stride=1)
+
+
+def cache_map_api(cache: MetricCache, maps_root: Optional[str] = None):
+    """The map of a metric cache (`maps_root` overrides the root stored in it, as navsim `map_root_override`)."""
+    root, version = resolve_maps_root(maps_root or cache.meta.get("map_root") or None,
+                                      cache.meta.get("map_version") or None)
+    return get_maps_api(root, version, cache.meta["map_name"])
+
+
+class TrafficScoreRunner:
+    """EPDMS (v2) of agent trajectories under a simulated vehicle policy (navsim `pdm_score` with a traffic agents
+    policy): PDM-Closed and the agent scored in one batch against the traffic that reacts to the agent; the human
+    penalty filter scores the human future against the traffic that reacts to it."""
+
+    version = "v2"
+
+    def __init__(self, *, human_penalty_filter: bool = True, maps_root: Optional[str] = None,
+                 policy: str = IDM_POLICY):
+        from navsim_agents.scoring.scorer import PDMScorer, ScorerConfig
+
+        if policy not in (IDM_POLICY, CONSTANT_VELOCITY_POLICY):
+            raise ValueError(f"unknown vehicle policy {policy!r}; use {IDM_POLICY} or {CONSTANT_VELOCITY_POLICY}")
+        self.scorer = PDMScorer(ScorerConfig(version="v2", human_penalty_filter=human_penalty_filter))
+        self.maps_root = maps_root
+        self.policy = policy
+        self._human_failed: Dict[Tuple[str, int], List[str]] = {}
+
+    def human_failed(self, cache: MetricCache, map_api) -> List[str]:
+        """Metrics the logged human future fails under the traffic reacting to it (agent-independent: kept per
+        token for the runner's lifetime, e.g. over the proposals of a training run)."""
+        key = (cache.token, cache.meta["timestamp_us"])
+        if key not in self._human_failed:
+            self._human_failed[key] = self._human_failed_uncached(cache, map_api)
+        return self._human_failed[key]
+
+    def _human_failed_uncached(self, cache: MetricCache, map_api) -> List[str]:
+        from navsim_agents.scoring.pdm_score import V2_FILTERED, agent_reference
+        from navsim_agents.scoring.scorer import PDMScorer, ScorerConfig
+        from navsim_agents.scoring.simulator import simulate_proposals
+
+        human = simulate_proposals(agent_reference(cache, cache.arrays["human_future_poses"])[None], cache.ego_state)
+        res = PDMScorer(ScorerConfig(version="v2")).score(human, traffic_observation(cache, human[0], map_api,
+                                                                                     self.policy),
+                                                          cache.centerline(), cache.meta["route_lane_ids"],
+                                                          cache.drivable(), None)
+        return [c for c in V2_FILTERED if res[c][0] == 0]
+
+    def score(self, cache: MetricCache, relative_poses) -> Tuple[dict, np.ndarray]:
+        """Row values (as `PDMScoreRunner.score`, v2) and the agent's simulated states."""
+        from navsim_agents.scoring.pdm_score import agent_reference, check_poses, reference_states, v2_row
+        from navsim_agents.scoring.simulator import simulate_proposals
+
+        poses = check_poses(relative_poses)
+        refs = np.stack([reference_states(cache.arrays["pdm_poses_v2"]), agent_reference(cache, poses)])
+        simulated = simulate_proposals(refs, cache.ego_state)
+        map_api = cache_map_api(cache, self.maps_root)
+        observation = traffic_observation(cache, simulated[1], map_api, self.policy)
+        res = self.scorer.score(simulated, observation, cache.centerline(), cache.meta["route_lane_ids"],
+                                cache.drivable(), cache.arrays["human_past_states"])
+        failed = self.human_failed(cache, map_api) if self.scorer.config.human_penalty_filter else []
+        return v2_row(res, 1, failed), simulated[1]

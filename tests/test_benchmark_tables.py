@@ -1,0 +1,51 @@
+"""benchmarks/common.write_table: a partial benchmark merges its rows into the saved table."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import common  # noqa: E402
+
+COLUMNS = ["backbone", "ms", "note"]
+
+
+@pytest.fixture()
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "machine", lambda: "test machine")
+    return tmp_path
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def test_partial_run_keeps_the_other_rows_and_their_notes(results):
+    common.write_table("t", COLUMNS, [["eupe-t", 10.0, ""], ["eupe-s", 20.0, ""], ["dinov3-h", 500.0, "slow"]],
+                       title="T", notes=["device: cpu"])
+    common.write_table("t", COLUMNS, [["eupe-s", 25.0, "again"]], title="T", notes=["device: cpu", "rerun"])
+    assert _csv_rows(results / "t.csv") == [COLUMNS, ["eupe-t", "10.0", ""], ["eupe-s", "25.0", "again"],
+                                            ["dinov3-h", "500.0", "slow"]]
+    md = (results / "t.md").read_text()
+    assert "| eupe-t | 10 |  |" in md and "| eupe-s | 25 | again |" in md and "| dinov3-h | 500 | slow |" in md
+    assert "- device: cpu" in md and "- rerun" in md
+    assert "rows kept from the table of" in md and "on test machine: eupe-t, dinov3-h" in md
+    # a full rerun replaces every row and drops the note about kept rows
+    common.write_table("t", COLUMNS, [["eupe-t", 11.0, ""], ["eupe-s", 21.0, ""], ["dinov3-h", 501.0, ""]],
+                       title="T", notes=["device: cpu"])
+    assert "rows kept" not in (results / "t.md").read_text()
+    assert [r[1] for r in _csv_rows(results / "t.csv")[1:]] == ["11.0", "21.0", "501.0"]
+
+
+def test_rows_are_told_apart_by_key_columns_and_other_columns_replace(results):
+    cols = ["what", "worker", "time"]
+    common.write_table("s", cols, [["score", "sequential", 1.0], ["score", "ray", 2.0]], title="S", key_columns=2)
+    common.write_table("s", cols, [["score", "ray", 3.0]], title="S", key_columns=2)
+    assert _csv_rows(results / "s.csv")[1:] == [["score", "sequential", "1.0"], ["score", "ray", "3.0"]]
+    common.write_table("s", ["what", "time"], [["score", 4.0]], title="S")  # new layout: nothing to merge
+    assert _csv_rows(results / "s.csv") == [["what", "time"], ["score", "4.0"]]

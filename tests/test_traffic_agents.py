@@ -1,0 +1,91 @@
+"""Traffic agents policies on hand-built cases: the IDM step, lane-end stop, paths, constant velocity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from navsim_agents.scoring import traffic_agents as TA
+from navsim_agents.scoring.metric_cache import MetricCache
+
+
+def _straight_path(length: float = 30.0, step: float = 1.0) -> TA.InterpolatedPath:
+    x = np.arange(0.0, length + step / 2, step)
+    return TA.InterpolatedPath(np.column_stack([x, np.zeros_like(x), np.zeros_like(x)]))
+
+
+def _agent(path, progress=0.0, velocity=5.0, limit=None):
+    return TA.IDMAgent("a", 4.8, 2.0, path, progress, velocity, limit or TA.IDM_TARGET_VELOCITY, limit)
+
+
+def test_idm_step_follows_the_forward_euler_idm():
+    # nuplan IDMPolicy: s* = s0 + v T + v (v - v_lead) / (2 sqrt(a b)); dv/dt = a (1 - (v/v0)^4 - (s*/s)^2)
+    agent = _agent(_straight_path(200.0), velocity=5.0)
+    agent.propagate(100.0, 0.0, 2.4, 0.1)
+    s_star = 1.0 + 5.0 * 1.5 + 5.0 * 5.0 / (2 * math.sqrt(1.0 * 2.0))
+    accel = 1.0 * (1 - (5.0 / 10.0) ** 4 - (s_star / (100.0 - 2.4)) ** 2)
+    assert agent.progress == pytest.approx(0.5, rel=1e-12)
+    assert agent.velocity == pytest.approx(5.0 + 0.1 * accel, rel=1e-12)
+
+
+def test_idm_braking_is_clipped_and_speed_never_negative():
+    agent = _agent(_straight_path(), velocity=0.1)
+    agent.propagate(0.5, 0.0, 0.0, 0.1)  # a lead closer than the minimum gap: the gap counts as s0 = 1 m
+    s_star = 1.0 + 0.1 * 1.5 + 0.1 * 0.1 / (2 * math.sqrt(2.0))
+    assert agent.velocity == pytest.approx(0.1 + 0.1 * (1 - 1e-8 - s_star**2), rel=1e-12)
+    # at 0.5 m/s behind a standing lead the IDM asks 1 - (0.05)^4 - (1.838/1)^2 = -2.38 m/s^2: clipped to -2; over
+    # 0.5 s that would reverse, so the speed stops at 0
+    slow = _agent(_straight_path(), velocity=0.5)
+    slow.propagate(0.0, 0.0, 0.0, 0.5)
+    assert slow.velocity == 0.0 and slow.progress == pytest.approx(0.25, rel=1e-12)
+    fast = _agent(_straight_path(), velocity=8.0)
+    fast.propagate(3.0, 0.0, 0.0, 0.1)
+    assert fast.velocity == pytest.approx(8.0 - 0.1 * TA.IDM_DECEL_MAX, rel=1e-12)
+
+
+def test_lane_speed_limit_replaces_the_target_velocity():
+    agent = _agent(_straight_path(200.0), velocity=5.0, limit=5.0)
+    agent.propagate(1e6, 0.0, 0.0, 0.1)  # free road at the limit: (v/v0)^4 = 1, only the (tiny) gap term
+    assert agent.velocity < 5.0 and agent.velocity == pytest.approx(5.0, abs=1e-3)
+
+
+def test_agent_without_route_extension_stops_at_the_end_of_its_lane():
+    """No traffic-light data, no route planning (devkit quirk): the lane end acts as a standing lead."""
+    path = _straight_path(40.0)
+    agent = _agent(path, progress=5.0, velocity=8.0)
+    for _ in range(400):
+        agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, 0.1)
+    assert agent.velocity == pytest.approx(0.0, abs=1e-3)
+    assert agent.progress < path.end and path.end - agent.progress < agent.length / 2 + 1.0 + 0.5
+
+
+def test_path_drops_repeated_points_and_interpolates_heading_across_pi():
+    pts = np.array([[0.0, 0.0, math.pi - 0.1], [0.0, 0.0, math.pi - 0.1], [-1.0, 0.0, -math.pi + 0.1]])
+    path = TA.InterpolatedPath(pts)
+    assert len(path.points) == 2 and path.end == pytest.approx(1.0)
+    mid = path.states_at(0.5)
+    assert mid[0] == pytest.approx(-0.5) and abs(abs(mid[2]) - math.pi) < 1e-12
+
+
+def test_trimmed_paths_follow_nuplan():
+    path = _straight_path(10.0)
+    np.testing.assert_allclose(path.xy_from(2.5)[:3, 0], [2.5, 3.0, 4.0])
+    np.testing.assert_allclose(path.xy_from(10.0)[:, 0], [9.0, 10.0])  # past the last point: the last two
+    np.testing.assert_allclose(path.xy_between(2.5, 4.5)[:, 0], [2.5, 3.0, 4.0, 4.5])
+
+
+def test_constant_velocity_vehicles_keep_heading_and_velocity():
+    meta = {"current_tracks": [["car", "vehicle"], ["ped", "pedestrian"]]}
+    arrays = {"current_tracks": np.array([[10.0, 5.0, 0.3, 4.0, 2.0, 2.0, -1.0],
+                                          [0.0, 0.0, 0.0, 0.5, 0.5, 1.0, 0.0]])}
+    frames = TA.simulate_constant_velocity(MetricCache(meta, arrays), 40)
+    assert len(frames) == 40 and all(len(f) == 1 and f[0].token == "car" for f in frames)
+    centroid = frames[9][0].polygon.centroid  # 1 s
+    assert (centroid.x, centroid.y) == pytest.approx((12.0, 4.0), abs=1e-9)
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="unknown vehicle policy"):
+        TA.TrafficScoreRunner(policy="teleport")
