@@ -11,6 +11,7 @@ import csv
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from eupe.atomic_io import atomic_write_text
+from navsim_agents.scoring.two_stage import AGGREGATE_TOKENS as TWO_STAGE_AGGREGATES
 from study.cells import Cell
 
 # Published rows, shown beside ours and never mixed in.
@@ -30,9 +32,10 @@ REFERENCE_ROWS = [
 ]
 ABILITIES = ("Merging", "Overtaking", "Emergency_Brake", "Give_Way", "Traffic_Signs")
 # the aggregate rows of the scorer's CSV: navsim_agents.scoring.evaluate.results_dataframe (one-stage: no prefix
-# on the metric names) and the two-stage CSV's per-stage rows (metric names prefixed 'stage_one/', ...)
+# on the metric names) and the two-stage CSV's per-stage rows (metric names prefixed 'stage_one/', 'stage_two/',
+# 'combined/')
 ONE_STAGE_AGGREGATES = ("average", "average_all_frames")
-TWO_STAGE_PREFIX = "extended_pdm_score_"
+TWO_STAGE_PREFIX = os.path.commonprefix(TWO_STAGE_AGGREGATES)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -43,10 +46,9 @@ def _score_numbers(cell: Cell, rec: dict, root: Path) -> tuple[list[dict], dict]
     csv_path = cell.folder / rec["outputs"]["csv"]
     df = pd.read_csv(csv_path)
     tokens = df["token"].astype(str)
-    agg = df[tokens.isin(ONE_STAGE_AGGREGATES) | tokens.str.startswith(TWO_STAGE_PREFIX)]
+    agg = df[tokens.isin(ONE_STAGE_AGGREGATES + TWO_STAGE_AGGREGATES)]
     if agg.empty:
-        raise ValueError(f"{csv_path} has no aggregate row ({' / '.join(ONE_STAGE_AGGREGATES)} or "
-                         f"{TWO_STAGE_PREFIX}*)")
+        raise ValueError(f"{csv_path} has no aggregate row ({' / '.join(ONE_STAGE_AGGREGATES + TWO_STAGE_AGGREGATES)})")
     out = []
     for _, row in agg.iterrows():
         token = str(row["token"])

@@ -10,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from eupe.config_errors import ConfigError
+from navsim_agents.data import navmini_two_stage
+from navsim_agents.scoring.two_stage import AGGREGATE_TOKENS as TWO_STAGE_AGGREGATES
 from study import run_study
 from study.report import ONE_STAGE_AGGREGATES
 
@@ -17,9 +19,23 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAILING = "eupe-s/closed_loop_lat200ms"
 
 
-def _cfg(root: Path, *overrides: str):
+def _cfg(root: Path, *overrides: str, two_stage_root: Path | None = None):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose("run_study", overrides=["study=micro", f"exp_root={root}", "progress=false", *overrides])
+        cfg = compose("run_study", overrides=["study=micro", f"exp_root={root}", "progress=false", *overrides])
+    if two_stage_root is not None:  # the two-stage cell on a one-log world
+        with open_dict(cfg):
+            cfg.study.score_two_stage = {"split": "navmini_two_stage", "scorer": "epdms_two_stage",
+                                         "overrides": ["agent.image_scale=0.05", f"split.data_root={two_stage_root}"]}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def two_stage_world(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("two_stage")
+    root = base / f"{navmini_two_stage.SPLIT_NAME}-v{navmini_two_stage.VERSION}"
+    navmini_two_stage.generate_two_stage_world(root, num_logs=1, image_size=(192, 108))
+    (root / navmini_two_stage.MARKER).write_text("{}\n")
+    return base
 
 
 def _cell_mtimes(study_dir: Path) -> dict:
@@ -36,14 +52,18 @@ def _read_back(study_dir: Path, row: pd.Series) -> float:
         return {"DS": m["corrected"]["driving_score"], "SR": m["corrected"]["success_rate"],
                 "DS_official_220": m["driving_score"]}[row["metric"]]
     table = pd.read_csv(src)
-    if "token" in table:  # the scorer's CSV: the aggregate row
+    if "token" in table and "/" in row["metric"]:  # the two-stage CSV: stage_one/score -> row ..._stage_one
+        stage, column = row["metric"].split("/")
+        token = next(t for t in TWO_STAGE_AGGREGATES if t.endswith(stage))
+        return float(table.loc[table["token"] == token, column].iloc[0])
+    if "token" in table:  # the one-stage scorer's CSV: the aggregate row
         return float(table.loc[table["token"].isin(ONE_STAGE_AGGREGATES), row["metric"]].iloc[0])
     if row["metric"] == "train_steps":
         return float(table["step"].max() + 1)
     return float(table[row["metric"].replace("train_", "train/", 1)].dropna().iloc[-1])
 
 
-def test_micro_study_report_resume_failure_and_one_changed_cell(tmp_path, monkeypatch, capsys):
+def test_micro_study_report_resume_failure_and_one_changed_cell(tmp_path, two_stage_world, monkeypatch, capsys):
     from bench2drive import run_closed_loop
 
     real_run = run_closed_loop.run
@@ -54,13 +74,13 @@ def test_micro_study_report_resume_failure_and_one_changed_cell(tmp_path, monkey
         return real_run(cfg)
 
     monkeypatch.setattr(run_closed_loop, "run", crashing)
-    first = run_study.run_study(_cfg(tmp_path))
+    first = run_study.run_study(_cfg(tmp_path, two_stage_root=two_stage_world))
     study_dir = tmp_path / "study_micro"
     jobs = {f"{c.plan.backbone}/{c.plan.job}" for c in first["cells"]}
-    assert len(first["cells"]) == 12 and len(first["ran"]) == 12
+    assert len(first["cells"]) == 14 and len(first["ran"]) == 14
     assert [f"{c.plan.backbone}/{c.plan.job}" for c in first["failed"]] == [FAILING]
     status = pd.read_csv(study_dir / "status.csv")
-    assert (status["status"] == "finished").sum() == 11
+    assert (status["status"] == "finished").sum() == 13
     assert "simulator crashed on purpose" in (study_dir / "report.md").read_text()
     assert "RANDOM WEIGHTS" in (study_dir / "report.md").read_text()
     assert (study_dir / "report.html").read_text().count("data:image/png;base64,") == 3
@@ -81,19 +101,22 @@ def test_micro_study_report_resume_failure_and_one_changed_cell(tmp_path, monkey
     for bb in ("eupe-t", "eupe-s"):
         pdms = measured[(measured["backbone"] == bb) & (measured["job"] == "score_v1") & (measured["metric"] == "score")]
         assert summary.loc[bb, "PDMS"] == pytest.approx(pdms["value"].iloc[0], rel=1e-12)
+        epdms = measured[(measured["backbone"] == bb) & (measured["job"] == "score_v2_two_stage")
+                         & (measured["metric"] == "combined/score")]
+        assert summary.loc[bb, "EPDMS two-stage"] == pytest.approx(epdms["value"].iloc[0], rel=1e-12)
     assert pd.isna(summary.loc["eupe-s", "DS lat200ms"]) and pd.notna(summary.loc["eupe-t", "DS lat200ms"])
 
     monkeypatch.setattr(run_closed_loop, "run", real_run)
-    second = run_study.run_study(_cfg(tmp_path))  # only the failed cell runs again
+    second = run_study.run_study(_cfg(tmp_path, two_stage_root=two_stage_world))  # only the failed cell runs again
     assert [f"{c.plan.backbone}/{c.plan.job}" for c in second["ran"]] == [FAILING] and not second["failed"]
 
     before = _cell_mtimes(study_dir)
-    again = run_study.run_study(_cfg(tmp_path))  # nothing left: a no-op
+    again = run_study.run_study(_cfg(tmp_path, two_stage_root=two_stage_world))  # nothing left: a no-op
     assert again["ran"] == [] and _cell_mtimes(study_dir) == before
 
     old_key = next(c.key for c in again["cells"] if c.plan.job == "score_v1" and c.plan.backbone == "eupe-t")
     capsys.readouterr()
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, two_stage_root=two_stage_world)
     with open_dict(cfg):
         cfg.study.cell_overrides["eupe-t/score_v1"] = ["split.scene_filter.max_scenes=1"]
     changed = run_study.run_study(cfg)
