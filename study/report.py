@@ -19,6 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from eupe.atomic_io import atomic_write_text
+from eupe.config_errors import ConfigError
 from navsim_agents.scoring.two_stage import AGGREGATE_TOKENS as TWO_STAGE_AGGREGATES
 from study.cells import Cell
 
@@ -143,7 +144,15 @@ def _retained(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _reference_tables() -> dict[str, pd.DataFrame]:
+def check_latency_profile(profile: str) -> None:
+    """``study.latency_profile`` is a row of bench2drive/latency_profiles.csv (ConfigError naming the known ones)."""
+    tables = _reference_tables()
+    if "latency" in tables and not (tables["latency"][0]["profile"] == profile).any():
+        raise ConfigError(f"study.latency_profile={profile!r} is not a profile of {tables['latency'][1]}; known: "
+                          f"{sorted(set(tables['latency'][0]['profile']))}")
+
+
+def _reference_tables() -> dict[str, tuple[pd.DataFrame, str]]:
     """Backbone params / GFLOPs (benchmarks/backbones.py table, when this is a checkout) and the latency
     profiles that ship with bench2drive."""
     from bench2drive import robustness
@@ -168,11 +177,10 @@ def _fmt(v: Any, digits: int = 3) -> str:
         else str(v)
 
 
-def _summary(df: pd.DataFrame, backbones: list[str], cfg: DictConfig, tables: dict) -> tuple[pd.DataFrame,
+def _summary(df: pd.DataFrame, backbones: list[str], tables: dict) -> tuple[pd.DataFrame,
                                                                                              list[dict]]:
     """One row per backbone (the table a paper prints); extra numbers it takes from benchmark tables."""
     rows, extra = [], []
-    profile = str(cfg.study.latency_profile)
     for bb in backbones:
         row: dict[str, Any] = {"backbone": bb}
         if "backbones" in tables:
@@ -183,13 +191,14 @@ def _summary(df: pd.DataFrame, backbones: list[str], cfg: DictConfig, tables: di
                     row[col] = float(hit[col].iloc[0])
                     extra.append({"backbone": bb, "job": "benchmark", "kind": "table", "metric": col,
                                   "value": row[col], "source": src})
-        if "latency" in tables:
+        if "latency" in tables:  # every measured profile of the backbone (GPU rows once a GPU run wrote them)
             t, src = tables["latency"]
-            hit = t[(t["backbone"] == bb) & (t["profile"] == profile)]
-            if len(hit):
-                row[f"latency ms ({profile})"] = float(hit["latency_ms"].iloc[0])
-                extra.append({"backbone": bb, "job": "benchmark", "kind": "table", "metric": f"latency_ms_{profile}",
-                              "value": row[f"latency ms ({profile})"], "source": src})
+            for _, hit in t[t["backbone"] == bb].iterrows():
+                row[f"latency ms ({hit['profile']})"] = float(hit["latency_ms"])
+                extra.append({"backbone": bb, "job": "benchmark", "kind": "table",
+                              "metric": f"latency_ms_{hit['profile']}", "value": float(hit["latency_ms"]),
+                              "source": src})
+
         for label, job, metric in (("PDMS", "score_v1", "score"),
                                    ("EPDMS two-stage", "score_v2_two_stage", "combined/score"),
                                    ("EPDMS stage one", "score_v2_two_stage", "stage_one/score"),
@@ -293,7 +302,7 @@ def write_report(cells: list[Cell], root: Path, cfg: DictConfig) -> dict[str, Pa
     df, status, weights = collect(cells, root)
     backbones = list(dict.fromkeys(c.plan.backbone for c in cells))
     tables = _reference_tables()
-    summary, extra = _summary(df, backbones, cfg, tables)
+    summary, extra = _summary(df, backbones, tables)
     every = pd.concat([df, pd.DataFrame(extra)], ignore_index=True) if extra else df
     paths = {"md": root / "report.md", "html": root / "report.html", "csv": root / "report.csv",
              "status": root / "status.csv"}

@@ -40,31 +40,32 @@ def _backbones(cfg: DictConfig) -> tuple[list[str], list[str]]:
 def _validate_cell(cell: Cell, checked_splits: dict) -> None:
     """The entry point's own up-front checks on the cell's config (split data, corruption, latency, ...)."""
     cfg = OmegaConf.create(cell.config)
-    where = f"cell {cell.plan.backbone}/{cell.plan.job}"
     try:
-        if cell.plan.kind in ("train", "score"):
+        if cell.plan.kind == "train":
             split_key = OmegaConf.to_yaml(cfg.split)
             if split_key not in checked_splits:
                 from navsim_agents import config_checks
 
                 checked_splits[split_key] = config_checks.check_split(cfg.split)
-        if cell.plan.kind == "score":
-            from navsim_agents import config_checks
+        elif cell.plan.kind == "score":
+            from navsim_agents.run_pdm_score import validate_config
 
-            config_checks.check_corruption(cfg.corruption)
-            config_checks.check_worker(cfg.worker)
-        elif cell.plan.kind == "closed_loop":
+            validate_config(cfg)
+        else:
             from bench2drive.run_closed_loop import validate
 
             validate(cfg)
     except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
+        raise ConfigError(f"cell {cell.plan.backbone}/{cell.plan.job}: {err}") from None
 
 
 def prepare(cfg: DictConfig) -> list[Cell]:
     """Plan and resolve every cell of the study, check the cells this run works on (``only_backbones``);
     ConfigError before any work on a wrong setting."""
+    from study.report import check_latency_profile
+
     every, mine = _backbones(cfg)
+    check_latency_profile(str(cfg.study.latency_profile))
     plans = plan_cells(cfg.study, every, int(cfg.seed))
     check_cell_overrides(cfg.study, plans)
     cells = resolve_cells(plans, Path(cfg.study_dir), str(cfg.worker.name))

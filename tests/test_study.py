@@ -136,6 +136,7 @@ def test_micro_study_report_resume_failure_and_one_changed_cell(tmp_path, two_st
     ("only_backbones=[dinov3-h]", r"only_backbones=\['dinov3-h'\] are not in study.backbones"),
     ("+study.cell_overrides.score_v9=['seed=1']", r"study.cell_overrides names no planned cell: \['score_v9'\]"),
     ("study.score.split=navtest", "cell eupe-t/score_v1: split test"),
+    ("study.latency_profile=h100", "study.latency_profile='h100' is not a profile of bench2drive/latency_profiles.csv"),
     ("study.corruptions=[{name: fogg, severities: [3]}]", "cell eupe-t/score_v1_fogg_s3"),
 ])
 def test_bad_input_is_named_before_any_work(tmp_path, monkeypatch, override, message):
