@@ -177,8 +177,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
         else str(v)
 
 
-def _summary(df: pd.DataFrame, backbones: list[str], tables: dict) -> tuple[pd.DataFrame,
-                                                                                             list[dict]]:
+def _summary(df: pd.DataFrame, backbones: list[str], tables: dict) -> tuple[pd.DataFrame, list[dict]]:
     """One row per backbone (the table a paper prints); extra numbers it takes from benchmark tables."""
     rows, extra = [], []
     for bb in backbones:
