@@ -192,8 +192,9 @@ def _summary(df: pd.DataFrame, backbones: list[str], tables: dict) -> tuple[pd.D
                                   "value": row[col], "source": src})
         if "latency" in tables:  # every measured profile of the backbone (GPU rows once a GPU run wrote them)
             t, src = tables["latency"]
-            for _, hit in t[t["backbone"] == bb].iterrows():
-                row[f"latency ms ({hit['profile']})"] = float(hit["latency_ms"])
+            for _, hit in t[t["backbone"] == bb].iterrows():  # as measured: that row's planner and image size
+                row[f"latency ms ({hit['profile']}, {hit['planner_config']} planner, {hit['image']})"] = \
+                    float(hit["latency_ms"])
                 extra.append({"backbone": bb, "job": "benchmark", "kind": "table",
                               "metric": f"latency_ms_{hit['profile']}", "value": float(hit["latency_ms"]),
                               "source": src})
@@ -228,14 +229,14 @@ def _plots(df: pd.DataFrame, summary: pd.DataFrame, out: Path, profile: str) -> 
     import matplotlib.pyplot as plt
 
     paths = []
-    lat_col = f"latency ms ({profile})"
+    lat_col = next((c for c in summary.columns if c.startswith(f"latency ms ({profile},")), None)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, score in zip(axes, ("PDMS", "DS"), strict=True):
         for _, r in summary.iterrows():
-            if lat_col in summary and pd.notna(r.get(lat_col)) and pd.notna(r.get(score)):
+            if lat_col is not None and pd.notna(r.get(lat_col)) and pd.notna(r.get(score)):
                 ax.scatter(r[lat_col], r[score])
                 ax.annotate(r["backbone"], (r[lat_col], r[score]))
-        ax.set_xlabel(f"planner latency ms ({profile})")
+        ax.set_xlabel(lat_col or f"latency ms ({profile}): no row for these backbones")
         ax.set_ylabel(score)
         ax.set_title(f"efficiency frontier: {score} vs latency")
     fig.tight_layout()
@@ -313,7 +314,8 @@ def write_report(cells: list[Cell], root: Path, cfg: DictConfig) -> dict[str, Pa
     md = [f"# Study {cfg.study.name}: RAP with each backbone", "",
           f"{len(status) - len(failed)} of {len(status)} cells finished; every number below is read from the "
           "cell's own output file (report.csv names it). PDMS / EPDMS and their sub-scores are on the devkit CSV's 0-1 "
-          "scale, DS on 0-100, latency in ms.", "", "## Weights", *_weights_lines(weights, backbones), "",
+          "scale, DS on 0-100, latency in ms; retained = corrupted / clean of the same backbone, left out where the "
+          "clean score is 0.", "", "## Weights", *_weights_lines(weights, backbones), "",
           "## Ours", _md_table(summary), "## Published reference rows (not ours, not mixed in)", _md_table(ref),
           "## Cells not finished", _md_table(failed[["backbone", "job", "status", "error", "folder"]]),
           "## Plots", *[f"![{p.stem}]({p.name})" for p in plots], ""]
