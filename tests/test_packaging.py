@@ -16,7 +16,7 @@ import pytest
 from eupe import config_tree
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ("eupe", "rap_backbone", "navsim_agents", "bench2drive")
+LAYERS = ("eupe", "rap_backbone", "navsim_agents", "bench2drive", "study")
 PRIMARY_CONFIGS = sorted(p.stem for p in config_tree.CHECKOUT_CONFIG_DIR.glob("run_*.yaml"))
 
 
