@@ -266,7 +266,7 @@ def test_traffic_drives_with_pdm_closed_idm():
     batch_idm_policy.py: a 1.5, b 3.0, s0 1.0 m, T 1.5 s, exponent 10), where neither clip acts; on a free
     road a * (1 - (v / v0)^10)."""
     from navsim_agents.data.synthetic_traffic import Path, Traffic
-    from navsim_agents.scoring.idm import pdm_idm_step
+    from navsim_agents.idm import pdm_idm_step
 
     town = _town()
     lane = next(ln for ln in town.lanes.values() if not ln.is_connector and ln.length > 100.0)

@@ -22,7 +22,7 @@ from bench2drive.sim.scenarios import (
     OppositeFlow,
     RoadPath,
 )
-from navsim_agents.scoring.idm import EMBEDDED_CLOSED_LOOP, idm_acceleration
+from navsim_agents.idm import EMBEDDED_CLOSED_LOOP, idm_acceleration
 
 PHYSICS_HZ = 20.0  # leaderboard_evaluator.py frame_rate
 MAX_STEER_DEG = 70.0  # vehicle.lincoln.mkz_2020 front-wheel max steer angle: steer = 1 maps to it

@@ -5,7 +5,7 @@ Building blocks, reusable by a closed-loop simulator:
 
 - ``Path(town, segments)``: a drivable path along lane ids with arc-length queries (``pose_at``) and the
   lane occupied at any arc length (``lane_at``); ``Path.along(town, lane_ids)``, ``Path.with_lane_change``.
-- speeds from the Intelligent Driver Model with PDM-Closed's parameters (``navsim_agents.scoring.idm``).
+- speeds from the Intelligent Driver Model with PDM-Closed's parameters (``navsim_agents.idm``).
 - ``SignalPlan``: protected-phase traffic lights per signalised intersection (``state(inter, approach, t)``).
 - ``Traffic(town, rng)``: the world state; ``step()`` advances all agents by ``DT``; vehicles yield at
   lights, unsignalised intersections (first come, first served), and crosswalks with pedestrians.
@@ -22,18 +22,19 @@ import numpy as np
 import shapely
 
 from navsim_agents.data.synthetic_town import LANE_WIDTH, TownMap, arc_length, polyline_headings
-from navsim_agents.scoring.constants import MAX_ABS_LAT_ACCEL
-from navsim_agents.scoring.idm import PDM_CLOSED, idm_acceleration
+from navsim_agents.idm import PDM_CLOSED, idm_acceleration
 from rap_backbone.nuplan_rig import PACIFICA
 
 DT = 0.1  # simulation step (s); logs are sampled every 5 steps (2 Hz)
-# IDM: the textbook form with PDM-Closed's parameters (scoring/idm.py); only the emergency brake limit is the
+# IDM: the textbook form with PDM-Closed's parameters (navsim_agents/idm.py); only the emergency brake limit is the
 # generator's own (PDM-Closed clips at its decel_max, which would let a traffic vehicle that another cuts in front
 # of fail to stop)
 MAX_BRAKE = 8.0
 # drivers slow down before curves so that v^2 * curvature stays at half NAVSIM's lateral-acceleration comfort
-# bound (pdm_comfort_metrics.py), a relaxed urban turn (about 4 m/s through the town's 6.75 m right turns)
-CURVE_LAT_ACCEL = 0.5 * MAX_ABS_LAT_ACCEL
+# bound (pdm_comfort_metrics.py: 4.89 m/s^2, scoring.constants.MAX_ABS_LAT_ACCEL, which the world generator may
+# not import: the scoring package sits above data; tests/test_synthetic.py checks the two agree), a relaxed urban
+# turn (about 4 m/s through the town's 6.75 m right turns)
+CURVE_LAT_ACCEL = 0.5 * 4.89
 # deceleration drivers plan with towards a lower speed limit or a curve, and how far ahead they look for curves
 ANTICIPATION_DECEL = 1.0
 CURVE_LOOKAHEAD = 90.0

@@ -98,7 +98,7 @@ AGENT_BEHIND_ANGLE_DEG = 150.0
 # PDM-Closed; navsim `metric_caching/metric_cache_processor.py`.
 IDM_SPEED_LIMIT_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 IDM_FALLBACK_TARGET_VELOCITY = 15.0
-# (its IDM parameters: navsim_agents.scoring.idm.PDM_CLOSED)
+# (its IDM parameters: navsim_agents.idm.PDM_CLOSED)
 PDM_LATERAL_OFFSETS = (-1.0, 1.0)
 PDM_MAP_RADIUS = 100.0
 PDM_TRAJECTORY_NUM_POSES = 50
