@@ -27,7 +27,7 @@ from bench2drive.results import (
     ResultsFileError,
     check_record,
     load_results,
-    non_numeric_scores,
+    non_numeric_fields,
 )
 from bench2drive.routes import OFFICIAL_ROUTE_COUNT, Route, read_routes
 from bench2drive.sim.scenarios import synthetic_junction_completion
@@ -77,7 +77,7 @@ def load_records(results_dir: str | Path) -> list[dict]:
             if missing:
                 raise _fail(f"{path}: record {rd.get('route_id', '?')} lacks {missing}; the run crashed before "
                             f"the leaderboard finished this record: resume that part to fill it")
-            bad = non_numeric_scores(rd)
+            bad = non_numeric_fields(rd)
             if bad:
                 raise _fail(f"{path}: record {rd.get('route_id', '?')} has non-numeric {bad}; the leaderboard "
                             f"writes numbers there: rerun that route (resume skips finished ones) or fix the file")

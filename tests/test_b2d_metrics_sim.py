@@ -91,6 +91,16 @@ def test_non_numeric_score_is_a_named_error_not_a_type_error(tmp_path):
         metrics.evaluate(d, tmp_path / "mi")
 
 
+@pytest.mark.parametrize("section, key, value", [("meta", "route_length", "long"), ("meta", "duration_game", None),
+                                                ("scores", "score_penalty", True)])
+def test_non_numeric_meta_or_score_field_is_a_named_error(tmp_path, section, key, value):
+    rec = _record(3, "Accident", 100.0, "Completed")
+    rec[section][key] = value
+    d = _write(tmp_path, [rec])
+    with pytest.raises(ResultsFileError, match=rf"record RouteScenario_3_rep0 has non-numeric.*{section}.{key}"):
+        metrics.evaluate(d, tmp_path / "mi")
+
+
 def test_missing_metric_info_folder_says_what_it_leaves_out(tmp_path):
     d = _write(tmp_path, [_record(1, "Accident", 100.0, "Completed"), _record(2, "Accident", 50.0, "Completed")])
     m = metrics.evaluate(d, tmp_path / "no_such_folder")
