@@ -16,6 +16,7 @@ import math
 import os
 from collections import deque
 from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
@@ -24,6 +25,7 @@ from bench2drive import geo, pid, rig
 from bench2drive.robustness import TICK_S, ActionDelay, Perturbations
 from eupe.atomic_io import atomic_write_text
 from navsim_agents.agents.rap_features import preprocess_image
+from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE
 
 try:  # the leaderboard is importable only inside a Bench2Drive checkout (BENCH2DRIVE_ROOT on PYTHONPATH)
     from leaderboard.autoagents.autonomous_agent import AutonomousAgent, Track  # type: ignore
@@ -40,7 +42,9 @@ HISTORY = 4  # ego-status frames at 2 Hz (NAVSIM num_history_frames)
 # NAVSIM driving command one-hot [left, straight, right, unknown] from the route's RoadOption
 COMMAND_INDEX = {geo.ROAD_OPTION["LEFT"]: 0, geo.ROAD_OPTION["STRAIGHT"]: 1, geo.ROAD_OPTION["LANEFOLLOW"]: 1,
                  geo.ROAD_OPTION["RIGHT"]: 2}
-DEFAULTS = {"rig": "rap4", "image_width": 768, "image_height": 432, "planner": "rap", "backbone": {"name": "eupe-t"},
+# image_width / image_height None: the planner size's image_scale of nuPlan's 1920x1080 (small: 384x216,
+# rap_paper: RAP's 768x432)
+DEFAULTS = {"rig": "rap4", "image_width": None, "image_height": None, "planner": "rap", "backbone": {"name": "eupe-t"},
             "planner_config": "small", "checkpoint": None, "device": "cpu", "max_speed_for_throttle": None,
             "save_metric_info": True, "torch_threads": None, "seed": 0,
             # closed-loop robustness (bench2drive/robustness.py): what the agent receives and when plans act
@@ -49,7 +53,7 @@ PLANNERS = ("rap", "constant_velocity", "expert")  # expert: the embedded simula
 
 
 def get_entry_point() -> str:
-    return "RAPAgent"
+    return "RAPLeaderboardAgent"
 
 
 class VehicleControlLite:
@@ -108,14 +112,14 @@ def build_planner(cfg: dict):
 
         seed_everything(int(cfg["seed"]))  # random weights (no checkpoint) follow the run's seed
         try:
-            from navsim_agents.agents.rap_agent import RAPAgent as NavsimRAPAgent
+            from navsim_agents.agents.rap_agent import RAPAgent
         except ImportError as exc:
             raise ImportError("the RAP agent (navsim_agents.agents.rap_agent) is not importable; install "
                               "eupe-drive fully or set planner: constant_velocity in the agent config") from exc
         backbone = cfg["backbone"]
         if isinstance(backbone, str):
             backbone = {"name": backbone}
-        navsim_agent = NavsimRAPAgent(backbone=backbone, planner=cfg["planner_config"], checkpoint=cfg["checkpoint"])
+        navsim_agent = RAPAgent(backbone=backbone, planner=cfg["planner_config"], checkpoint=cfg["checkpoint"])
         source = navsim_agent.weights_source
         print(f"closed-loop RAP planner weights: {source}", flush=True)
         return TorchPlanner(navsim_agent.planner, device=cfg["device"], source=source)
@@ -143,7 +147,21 @@ def load_agent_config(path_to_conf_file: str) -> tuple[dict, str | None]:
         if unknown:
             raise KeyError(f"agent config {p}: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
         cfg.update(loaded)
+    cfg["image_width"], cfg["image_height"] = image_size(cfg)
     return cfg, save_name
+
+
+def image_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """(width, height) of the camera images: the agent config's, a null one from the planner size's image_scale
+    of nuPlan's 1920x1080."""
+    width, height = cfg["image_width"], cfg["image_height"]
+    if width is None or height is None:
+        from navsim_agents.agents.rap_agent import load_planner_profile
+
+        scale = load_planner_profile(cfg["planner_config"]).image_scale
+        width = width or int(NUPLAN_IMAGE_SIZE[0] * scale)
+        height = height or int(NUPLAN_IMAGE_SIZE[1] * scale)
+    return int(width), int(height)
 
 
 def sensor_list(cams: list[rig.CameraSpec]) -> list[dict]:
@@ -165,7 +183,7 @@ def localize(input_data: dict, gps_to_local) -> tuple[np.ndarray, float, float, 
     return xy, yaw, float(input_data["SPEED"][1]["speed"]), acc
 
 
-class RAPAgent(AutonomousAgent):
+class RAPLeaderboardAgent(AutonomousAgent):
     """Bench2Drive leaderboard agent around the RAP planner."""
 
     def __init__(self, carla_host=None, carla_port=None, debug=False, *, planner=None):

@@ -21,40 +21,18 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.signal import savgol_filter
 
+from bench2drive.abilities import ABILITIES, junction_completion_from_flags
 from bench2drive.results import (
     FAILURE_MESSAGES,
     ResultsFileError,
     check_record,
     load_results,
-    non_numeric_scores,
+    non_numeric_fields,
 )
 from bench2drive.routes import OFFICIAL_ROUTE_COUNT, Route, read_routes
+from bench2drive.sim.scenarios import synthetic_junction_completion
 from eupe.atomic_io import atomic_write_text
 
-# tools/ability_benchmark.py Ability (Traffic_Signs repeats some names there; membership is what counts)
-ABILITIES = {
-    "Overtaking": ("Accident", "AccidentTwoWays", "ConstructionObstacle", "ConstructionObstacleTwoWays",
-                   "HazardAtSideLaneTwoWays", "HazardAtSideLane", "ParkedObstacleTwoWays", "ParkedObstacle",
-                   "VehicleOpensDoorTwoWays"),
-    "Merging": ("CrossingBicycleFlow", "EnterActorFlow", "HighwayExit", "InterurbanActorFlow", "HighwayCutIn",
-                "InterurbanAdvancedActorFlow", "MergerIntoSlowTrafficV2", "MergerIntoSlowTraffic",
-                "NonSignalizedJunctionLeftTurn", "NonSignalizedJunctionRightTurn",
-                "NonSignalizedJunctionLeftTurnEnterFlow", "ParkingExit", "SequentialLaneChange",
-                "SignalizedJunctionLeftTurn", "SignalizedJunctionRightTurn", "SignalizedJunctionLeftTurnEnterFlow"),
-    "Emergency_Brake": ("BlockedIntersection", "DynamicObjectCrossing", "HardBreakRoute",
-                        "OppositeVehicleTakingPriority", "OppositeVehicleRunningRedLight", "ParkingCutIn",
-                        "PedestrianCrossing", "ParkingCrossingPedestrian", "StaticCutIn", "VehicleTurningRoute",
-                        "VehicleTurningRoutePedestrian", "ControlLoss"),
-    "Give_Way": ("InvadingTurn", "YieldToEmergencyVehicle"),
-    "Traffic_Signs": ("BlockedIntersection", "OppositeVehicleTakingPriority", "OppositeVehicleRunningRedLight",
-                      "PedestrianCrossing", "VehicleTurningRoute", "VehicleTurningRoutePedestrian", "EnterActorFlow",
-                      "CrossingBicycleFlow", "NonSignalizedJunctionLeftTurn", "NonSignalizedJunctionRightTurn",
-                      "NonSignalizedJunctionLeftTurnEnterFlow", "SignalizedJunctionLeftTurn",
-                      "SignalizedJunctionRightTurn", "SignalizedJunctionLeftTurnEnterFlow", "T_Junction",
-                      "VanillaNonSignalizedTurn", "VanillaSignalizedTurnEncounterGreenLight",
-                      "VanillaSignalizedTurnEncounterRedLight", "VanillaNonSignalizedTurnEncounterStopsign"),
-}
-JUNCTION_EXTRA_WAYPOINTS = 8  # ability_benchmark.py: completion must pass (first junction index + 8) / len
 # efficiency_smoothness_benchmark.py nuPlan comfort bounds
 MAX_ABS_MAG_JERK = 8.37  # m/s^3
 MAX_ABS_LAT_ACCEL = 4.89  # m/s^2
@@ -99,7 +77,7 @@ def load_records(results_dir: str | Path) -> list[dict]:
             if missing:
                 raise _fail(f"{path}: record {rd.get('route_id', '?')} lacks {missing}; the run crashed before "
                             f"the leaderboard finished this record: resume that part to fill it")
-            bad = non_numeric_scores(rd)
+            bad = non_numeric_fields(rd)
             if bad:
                 raise _fail(f"{path}: record {rd.get('route_id', '?')} has non-numeric {bad}; the leaderboard "
                             f"writes numbers there: rerun that route (resume skips finished ones) or fix the file")
@@ -180,14 +158,6 @@ def abilities(records: Sequence[dict], routes: Sequence[Route] | None = None, *,
     vals = [v for v in res.values() if not math.isnan(v)]
     res["mean"] = sum(vals) / len(vals) if vals else float("nan")
     return {**res, "counts": stat, "crashed": crashed, "traffic_signs_partial_credit": partial}
-
-
-def junction_completion_from_flags(is_junction: np.ndarray) -> float:
-    """(index of first junction waypoint, 1-based, + 8) / number of waypoints on the 1 m route."""
-    flags = np.asarray(is_junction, dtype=bool)
-    if not flags.any():
-        raise ValueError("No junction found in route")  # ability_benchmark.py raises the same
-    return float(int(np.argmax(flags)) + 1 + JUNCTION_EXTRA_WAYPOINTS) / len(flags)
 
 
 def carla_junction_completion(carla_root: str | Path) -> Callable[[Route], float]:
@@ -480,8 +450,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     jc = None
     routes = read_routes(a.routes, allow_unknown=True) if a.routes else None
     if routes and all(r.town.startswith("Synthetic") for r in routes):
-        from bench2drive.sim.world import synthetic_junction_completion
-
         jc = synthetic_junction_completion
     elif a.carla_root:
         jc = carla_junction_completion(a.carla_root)

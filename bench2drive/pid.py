@@ -20,8 +20,6 @@ BRAKE_SPEED = 0.4  # m/s: desired speed below this brakes
 BRAKE_RATIO = 1.1  # brake when speed / desired_speed exceeds this
 CLIP_DELTA = 0.25  # m/s: speed error fed to the speed PID is clipped to [0, this]
 AIM_DIST = 4.0  # m: steering aims at the waypoint pair whose midpoint is nearest this distance
-ANGLE_THRESH = 0.3
-DIST_THRESH = 10
 WAYPOINT_HZ = 2.0  # waypoints are 0.5 s apart: |delta| * 2 is a speed
 SMALL_ANGLE = 0.03  # below this the route target's angle is used instead (team_code/pid_controller.py)
 # Post-processing of the UniAD/VAD b2d agents (team_code/uniad_b2d_agent.py run_step)

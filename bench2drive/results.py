@@ -255,11 +255,23 @@ def check_record(record: dict) -> list[str]:
     return missing
 
 
-def non_numeric_scores(record: dict) -> dict[str, object]:
-    """The ``scores`` entries of a complete record that are not numbers (name -> value found)."""
+# the numeric fields of a record that the metrics and the global statistics compute with
+NUMERIC_META_FIELDS = ("route_length", "duration_game", "duration_system")
+
+
+def non_numeric_fields(record: dict) -> dict[str, object]:
+    """The ``scores`` entries and numeric ``meta`` entries of a complete record that are not numbers.
+
+    Returns ``{"scores.score_route": value found, "meta.route_length": ...}``; empty when all are numbers.
+    """
+    def bad(v: object) -> bool:
+        return isinstance(v, bool) or not isinstance(v, (int, float))
+
     scores = record.get("scores") or {}
-    return {f"scores.{k}": v for k, v in scores.items()
-            if isinstance(v, bool) or not isinstance(v, (int, float))}
+    meta = record.get("meta") or {}
+    found = {f"scores.{k}": v for k, v in scores.items() if bad(v)}
+    found.update({f"meta.{k}": meta[k] for k in NUMERIC_META_FIELDS if k in meta and bad(meta[k])})
+    return found
 
 
 def resume_index(data: dict, route_names: Sequence[str]) -> int | None:

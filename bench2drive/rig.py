@@ -11,9 +11,11 @@ Frames:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
+
+from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE
 
 # Bench2DriveZoo team_code/uniad_b2d_agent.py sensors(): (id, x, y, z, yaw, fov), 1600x900, roll = pitch = 0
 B2D_SIX_CAMERAS = (
@@ -36,7 +38,6 @@ RAP_FOUR_CAMERAS = (
     ("CAM_L0", 1.24, -0.12, 1.48, -54.9, NUPLAN_FOV),
     ("CAM_R0", 1.23, 0.16, 1.49, 55.5, NUPLAN_FOV),
 )
-NUPLAN_IMAGE_SIZE = (1920, 1080)
 REAR_AXLE_TO_CENTER = 0.39  # m, RAP navsim/agents/pad/b2d_config.py
 # Non-camera sensors of the b2d agents (team_code/uniad_b2d_agent.py)
 IMU_TICK, GNSS_TICK, SPEED_HZ = 0.05, 0.01, 20
@@ -136,6 +137,3 @@ def project(points: np.ndarray, l2i: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return hom[:, :2] / np.where(np.abs(depth) < 1e-9, 1e-9, depth)[:, None], depth
 
 
-def scale_rig(rig: list[CameraSpec], factor: float) -> list[CameraSpec]:
-    """The same rig with images resized by ``factor`` (intrinsics follow from width and fov)."""
-    return [replace(c, width=max(1, round(c.width * factor)), height=max(1, round(c.height * factor))) for c in rig]

@@ -35,6 +35,9 @@ from bench2drive.routes import filter_routes, read_routes, split_routes, write_r
 from eupe.atomic_io import atomic_write_text
 from eupe.config_errors import ConfigError, exit_on_run_errors
 from eupe.config_tree import config_dir, hydra_config_path
+from rap_backbone.planner_config import planner_profile, register_planner_schema
+
+register_planner_schema()  # configs/planner/*.yaml extend planner/schema, also when run as a script
 
 SIMULATORS = ("raster", "carla")
 
@@ -59,7 +62,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.agent.rig not in RIGS:
         raise ConfigError(f"agent.rig={cfg.agent.rig!r} is unknown; choose one of {', '.join(RIGS)}")
     if cl.simulator == "raster" and cl.scenario_types:
-        from bench2drive.sim.world import SUPPORTED
+        from bench2drive.sim.scenarios import SUPPORTED
 
         bad = sorted(set(cl.scenario_types) - set(SUPPORTED))
         if bad:
@@ -75,8 +78,13 @@ def planner_name(planner_config) -> str:
         return planner_config
     plain = OmegaConf.to_container(planner_config, resolve=True) if isinstance(planner_config, DictConfig) \
         else dict(planner_config)
+    try:
+        mine = planner_profile(plain)
+    except (KeyError, ValueError, TypeError):
+        return "custom"
+    # the yamls state only what their size changes: compare them composed over the schema's defaults
     for path in sorted((config_dir() / "planner").glob("*.yaml")):
-        if OmegaConf.to_container(OmegaConf.load(path), resolve=True) == plain:
+        if planner_profile(OmegaConf.to_container(OmegaConf.load(path), resolve=True)) == mine:
             return path.stem
     return "custom"
 
@@ -111,7 +119,7 @@ def cell_description(cfg: DictConfig, perturbations: Perturbations) -> dict:
     return {"simulator": cfg.closed_loop.simulator, "planner": cfg.agent.planner, "backbone": backbone,
             "backbone_weights": OmegaConf.select(cfg, "backbone.weights", default=None),
             "planner_config": planner_name(cfg.agent.planner_config), "checkpoint": cfg.agent.checkpoint,
-            "image": [cfg.agent.image_width, cfg.agent.image_height], "rig": cfg.agent.rig,
+            "image": list(agent_mod.image_size(OmegaConf.to_container(cfg.agent, resolve=True))), "rig": cfg.agent.rig,
             "corruption": perturbations.corruption.name, "severity": perturbations.corruption.severity,
             "sensor_fault": perturbations.fault.name, "fault_severity": perturbations.fault.severity,
             "latency": lat.mode, "latency_ms": None if lat.live else lat.ms, "latency_profile": lat.profile,
@@ -133,7 +141,7 @@ def _warm_up_seconds(planner, cfg: DictConfig) -> float:
 
     import numpy as np
 
-    a = agent_mod.RAPAgent(planner=planner)
+    a = agent_mod.RAPLeaderboardAgent(planner=planner)
     a.setup(str(Path(cfg.output_dir) / "agent.yaml"))
     data = {c.id: (0, np.zeros((c.height, c.width, 4), np.uint8)) for c in a.rig}
     feats = a.build_features(data, np.zeros(2), 0.0, 0.0, np.zeros(2), 4)
@@ -146,8 +154,8 @@ def _warm_up_seconds(planner, cfg: DictConfig) -> float:
 def run_raster(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
     from bench2drive.rig import build_rig
     from bench2drive.sim.expert import ExpertAgent
-    from bench2drive.sim.simulator import SimSettings, run_routes
-    from bench2drive.sim.world import SUPPORTED, synthetic_routes
+    from bench2drive.sim.route_runner import SimSettings, run_routes
+    from bench2drive.sim.scenarios import SUPPORTED, synthetic_routes
 
     cl = cfg.closed_loop
     if cl.routes:
@@ -195,7 +203,7 @@ def run_raster(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
             a = BridgeAgent()
             a.setup(f"{client}+{save_name}")
             return a
-        a = agent_mod.RAPAgent(planner=planner)
+        a = agent_mod.RAPLeaderboardAgent(planner=planner)
         a.setup(f"{conf}+{save_name}")
         return a
 
@@ -206,7 +214,7 @@ def run_raster(cfg: DictConfig, out: Path, perturbations: Perturbations) -> str:
     cams = build_rig(agent_cfg["rig"], width=agent_cfg["image_width"], height=agent_cfg["image_height"])
     settings = SimSettings(rig=[] if expert else cams, max_ticks=cl.max_ticks, render=cl.render and not expert,
                            renderer=cl.renderer, seed=cl.seed)
-    from bench2drive.sim.world import RoadPath
+    from bench2drive.sim.scenarios import RoadPath
 
     est = estimate_run([RoadPath(r.waypoints).length for r in routes], max_ticks=cl.max_ticks,
                        tick_s=0.002 if expert else 0.01, plan_s=plan_s, plan_every=agent_mod.PLAN_EVERY)
@@ -281,7 +289,7 @@ def run(cfg: DictConfig) -> dict:
         weights = run_carla(cfg, out, perturbations)
     jc = None
     if cfg.closed_loop.simulator == "raster":
-        from bench2drive.sim.world import synthetic_junction_completion
+        from bench2drive.sim.scenarios import synthetic_junction_completion
 
         jc = synthetic_junction_completion
     else:

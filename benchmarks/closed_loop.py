@@ -38,8 +38,8 @@ from bench2drive import agent as agent_mod  # noqa: E402
 from bench2drive.rig import build_rig  # noqa: E402
 from bench2drive.robustness import LATENCY_PROFILES  # noqa: E402
 from bench2drive.sim.expert import ScriptedExpert  # noqa: E402
-from bench2drive.sim.simulator import SimSettings, run_routes  # noqa: E402
-from bench2drive.sim.world import synthetic_routes  # noqa: E402
+from bench2drive.sim.route_runner import SimSettings, run_routes  # noqa: E402
+from bench2drive.sim.scenarios import synthetic_routes  # noqa: E402
 
 PROFILE_COLUMNS = ["profile", "backbone", "planner_config", "image", "latency_ms", "where", "how", "date"]
 
@@ -69,7 +69,7 @@ def _agent_yaml(tmp: Path, w: int, h: int, args) -> Path:
 
 
 def _warm_up(planner, conf: Path) -> None:
-    a = agent_mod.RAPAgent(planner=planner)
+    a = agent_mod.RAPLeaderboardAgent(planner=planner)
     a.setup(str(conf))
     data = {c.id: (0, np.zeros((c.height, c.width, 4), np.uint8)) for c in a.rig}
     planner(a.build_features(data, np.zeros(2), 0.0, 0.0, np.zeros(2), 4))
@@ -90,7 +90,7 @@ def bench(name: str, make_planner, args, routes) -> tuple[dict, Timed | None]:
     def make(save_name):
         if timed is None:
             return ex
-        a = agent_mod.RAPAgent(planner=timed)
+        a = agent_mod.RAPLeaderboardAgent(planner=timed)
         a.setup(f"{conf}+{save_name}")
         return a
 
@@ -184,7 +184,7 @@ def main() -> None:
     for bb in args.profile_only:  # each row is merged as soon as it is measured
         cfg = dict(agent_mod.DEFAULTS, planner="rap", backbone={"name": bb}, planner_config=args.planner_config)
         planner = agent_mod.build_planner(cfg)
-        a = agent_mod.RAPAgent(planner=planner)
+        a = agent_mod.RAPLeaderboardAgent(planner=planner)
         a.setup(str(_agent_yaml(Path(tempfile.mkdtemp()), w, h, args)))
         data = {c.id: (0, np.zeros((c.height, c.width, 4), np.uint8)) for c in a.rig}
         row = profile_row(bb, planner, a.build_features(data, np.zeros(2), 0.0, 0.0, np.zeros(2), 4), args, load,

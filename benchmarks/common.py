@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -46,6 +47,18 @@ def time_call(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1, cu
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def in_process(target: Callable[..., None], *args: object) -> dict:
+    """Run ``target(*args, queue)`` in a fresh spawned process (its own peak memory, its own thread settings)
+    and return what it put on the queue."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
 
 
 def write_table(name: str, columns: Sequence[str], rows: Sequence[Sequence[object]], *, title: str,

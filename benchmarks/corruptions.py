@@ -29,11 +29,8 @@ RAP_INPUT = (448, 768)  # spec rap.md: 1920x1080 x0.4 padded to a multiple of 32
 
 def backbone_ms(name: str, device: str, repeats: int) -> dict[str, float]:
     """Median forward ms of ``name`` at RAP's input and at 1920x1088 (NaN when it cannot be built)."""
-    try:
-        from rap_backbone.backbones import build_backbone
-    except ImportError as err:
-        print(f"no backbone registry ({err}); corruption timings only")
-        return {}
+    from rap_backbone.backbones import build_backbone
+
     backbone = build_backbone(name).to(device).eval()
     out = {}
     for label, (h, w) in (("RAP input 768x448", RAP_INPUT), ("full 1920x1088", (1088, 1920))):

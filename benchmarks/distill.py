@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import multiprocessing as mp
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +25,9 @@ import torch
 
 from eupe.atomic_io import atomic_path, atomic_write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, in_process  # noqa: E402
+
 TARGET_SPEEDUP = 3.0
 
 PRESETS = {
@@ -134,16 +136,6 @@ def _run(mode: str, p: dict, cache_dir: str, queue) -> None:
                "peak_kind": "GPU allocated" if dev.type == "cuda" else "process RSS"})
 
 
-def _in_process(target, *args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, q))
-    proc.start()
-    out = q.get()
-    proc.join()
-    return out
-
-
 def _cache_worker(p, root, q):
     torch.set_num_threads(p["threads"])
     logging.disable(logging.WARNING)
@@ -161,9 +153,9 @@ def main() -> None:
     if p["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("preset gpu needs a CUDA device")
     with tempfile.TemporaryDirectory() as tmp:
-        build_s_per_img = _in_process(_cache_worker, p, tmp)
-        online = _in_process(_run, "online", p, tmp)
-        cached = _in_process(_run, "cache", p, tmp)
+        build_s_per_img = in_process(_cache_worker, p, tmp)
+        online = in_process(_run, "online", p, tmp)
+        cached = in_process(_run, "cache", p, tmp)
     speedup = cached["images_per_s"] / online["images_per_s"]
     device = torch.cuda.get_device_name(0) if p["device"] == "cuda" else f"CPU ({p['threads']} thread)"
     rows = [{"preset": args.preset, "device": device, "mode": r["mode"], "batch": p["batch"],

@@ -31,6 +31,7 @@ from common import machine, time_call, write_table  # noqa: E402
 
 from rap_backbone.backbones import build_backbone  # noqa: E402
 from rap_backbone.planner import PlannerConfig, RAPPlanner  # noqa: E402
+from rap_backbone.planner_config import planner_profile  # noqa: E402
 
 NAMES = ["eupe-t", "eupe-s", "eupe-b", "eupe-convnext-t", "eupe-convnext-s", "eupe-convnext-b",
          "dinov3-s", "dinov3-b", "dinov3-l", "dinov3-h"]
@@ -42,9 +43,7 @@ PAD = 32
 
 
 def planner_config(name: str) -> PlannerConfig:
-    values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))
-    values.pop("seed", None)
-    return PlannerConfig.from_dict(values)
+    return planner_profile(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))).planner_config()
 
 
 def frame(scale: float, device: str) -> dict[str, torch.Tensor]:

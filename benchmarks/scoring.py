@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_table  # noqa: E402
 from navsim_agents.data.dataclasses import SceneFilter  # noqa: E402
 from navsim_agents.data.scene_loader import SceneLoader  # noqa: E402
-from navsim_agents.scoring.metric_cache import MetricCache, compute_metric_cache  # noqa: E402
+from navsim_agents.scoring.metric_cache import compute_metric_cache  # noqa: E402
+from navsim_agents.scoring.metric_cache_file import MetricCache  # noqa: E402
 from navsim_agents.scoring.pdm_score import PDMScoreRunner  # noqa: E402
 
 CONFORMANCE = Path(os.environ.get("EUPE_DRIVE_CONFORMANCE", Path(__file__).resolve().parents[2] / "shared" /

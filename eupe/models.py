@@ -21,14 +21,13 @@ import timm
 import torch
 from torch import nn
 
+from eupe.student_checkpoint import is_student_checkpoint, load_student_state_dict, load_student_tensors
+
 log = logging.getLogger(__name__)
 
 # EUPE's released checkpoints carry distillation-only heads (facebookresearch/EUPE, hub/backbones.py loads
 # with strict=False); they are not part of the encoder.
 TRAINING_ONLY_PREFIXES = ("projectors.",)
-# Input normalisation of EUPE and DINOv3 (ImageNet statistics, 0..1 scale; timm eva.py _dinov3_cfg).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class ModelSpec:
     """One short name: the timm architecture, its pretrained tag (if any) and extra constructor settings."""
 
     arch: str
-    family: str  # "vit" or "convnext"
+    family: str  # "vit", "convnext" or "tinyvit" (hierarchical: a stride-32 last stage, like ConvNeXt)
     tag: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -49,6 +48,12 @@ class ModelSpec:
 # ViT-G proxy of EUPE stage 1 (~1.9B): PE-core-G's width/depth (1536 x 50, MLP 8960) on the DINOv3 ViT
 # (4 registers, RoPE, layer scale), the student the EUPE paper scales up to before scaling down.
 _PROXY_G = dict(embed_dim=1536, depth=50, num_heads=24, mlp_ratio=8960 / 1536, swiglu_mlp=False)
+
+# Edge students below EUPE's smallest encoder (ViT-T, 5.5M): EUPE ViT-T's own architecture (timm
+# vit_tiny_patch16_dinov3_qkvb: patch 16, 12 blocks, 4 registers, RoPE, layer scale) at a smaller width.
+# Parameters = 144 C^2 + 944 C (12 blocks of 12 C^2 + 14 C, patch embedding 768 C + C, CLS + 4 registers 5 C,
+# final norm 2 C): 1.42M at C = 96, 2.48M at C = 128 (C = 192 gives EUPE ViT-T's 5.49M).
+EDGE_VIT_WIDTHS = {"edge-vit-96": (96, 2), "edge-vit-128": (128, 2)}  # name -> (embed_dim, heads of 48 / 64)
 
 MODELS: dict[str, ModelSpec] = {
     "eupe-t": ModelSpec("vit_tiny_patch16_dinov3_qkvb", "vit", "eupe_lvd1689m", description="EUPE ViT-T/16"),
@@ -63,6 +68,14 @@ MODELS: dict[str, ModelSpec] = {
     "dinov3-h": ModelSpec("vit_huge_plus_patch16_dinov3", "vit", "lvd1689m",
                           description="DINOv3 ViT-H+/16 (RAP's backbone)"),
     "dinov3-7b": ModelSpec("vit_7b_patch16_dinov3", "vit", "lvd1689m", description="DINOv3 ViT-7B/16"),
+    # Edge students (no published weights for the ViTs: distil them with distill=stage4_edge).
+    **{name: ModelSpec("vit_tiny_patch16_dinov3_qkvb", "vit", kwargs=dict(embed_dim=dim, num_heads=heads),
+                       description=f"edge ViT/16, width {dim} (EUPE ViT-T below its width)")
+       for name, (dim, heads) in EDGE_VIT_WIDTHS.items()},
+    # TinyViT-5M (microsoft/Cream TinyViT, timm tiny_vit_5m_224): windowed attention pads the windows, so it
+    # runs at RAP's non-square inputs; its IN-22k-distilled weights serve as a starting point.
+    "edge-tinyvit-5m": ModelSpec("tiny_vit_5m_224", "tinyvit", "dist_in22k_ft_in1k",
+                                 description="TinyViT-5M (stride 32)"),
     # Proxy students of the recipe's stage 1; timm has no weights for them, so they have no tag.
     "proxy-l": ModelSpec("vit_large_patch16_dinov3_qkvb", "vit", description="EUPE proxy ViT-L/16 (~300M)"),
     "proxy-h": ModelSpec("vit_huge_plus_patch16_dinov3_qkvb", "vit", description="EUPE proxy ViT-H+/16 (~840M)"),
@@ -176,6 +189,9 @@ def _timm_filter(family: str):
     """timm's own checkpoint filter for a family (FAIR DINOv3/EUPE layout -> timm layout)."""
     if family == "vit":
         from timm.models.eva import checkpoint_filter_fn
+    elif family == "tinyvit":
+        # resizes the attention-bias tables when the file's windows differ from the model's
+        from timm.models.tiny_vit import checkpoint_filter_fn
     else:
         from timm.models.convnext import checkpoint_filter_fn
     return checkpoint_filter_fn
@@ -187,8 +203,6 @@ def load_weights(model: nn.Module, path: str | Path, *, family: str) -> None:
     Training-only keys (``projectors.*``) are skipped and listed once; a missing, unexpected or mis-shaped key
     raises :class:`WeightsError` naming the keys and the file.
     """
-    from eupe.distill.export import is_student_checkpoint, load_student_state_dict
-
     # A student written by our distillation keeps timm's own layout under a "student." prefix.
     state = load_student_state_dict(path) if is_student_checkpoint(path) else read_state_dict(path)
     skipped = sorted(k for k in state if k.startswith(TRAINING_ONLY_PREFIXES))
@@ -230,3 +244,43 @@ def _head(items: list[str], n: int = 8) -> str:
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (shared tensors counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# --- students written by eupe.distill (format: eupe.student_checkpoint) ----------------------------------
+def student_factory(model_name: str) -> str:
+    """Short EUPE / DINOv3 / edge names go through ``eupe.create_model``; anything else is a timm name."""
+    if model_name.startswith(("eupe-", "dinov3-", "edge-")):
+        return "eupe"
+    return "timm"
+
+
+def build_student_model(model_name: str, timm_kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Build an untrained student ``model_name`` (timm name or eupe short name) with ``timm_kwargs``."""
+    kwargs = dict(timm_kwargs or {})
+    if student_factory(model_name) == "eupe":
+        return create_model(model_name, weights=None, **kwargs)
+    import timm
+
+    if not timm.is_model(model_name):
+        raise ValueError(f"student model {model_name!r} is not a timm model name nor an eupe short name "
+                         f"(eupe-t/s/b, eupe-convnext-t/s/b, dinov3-*, edge-*); see timm.list_models()")
+    return timm.create_model(model_name, pretrained=False, **kwargs)
+
+
+def load_student(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the student recorded in ``path`` and load its weights strictly.
+
+    Returns ``(model, meta)``: ``model`` is the timm model in eval mode; ``meta`` is the checkpoint's JSON
+    metadata plus ``normalizer`` (name -> tensor), ``path`` and ``weights_source`` (the file path).
+    """
+    groups, meta = load_student_tensors(path)
+    model = build_student_model(meta["model_name"], meta.get("timm_kwargs"))
+    missing, unexpected = model.load_state_dict(groups["student"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"student checkpoint {path} does not fit {meta['model_name']} {meta.get('timm_kwargs')}: "
+                         f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+    model.to(map_location).eval()
+    meta = dict(meta, normalizer=groups["normalizer"], path=str(path), weights_source=str(path))
+    if groups["heads"]:
+        meta["heads"] = groups["heads"]
+    return model, meta

@@ -21,9 +21,11 @@ work unless ``overwrite=true``.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import hydra
 import numpy as np
@@ -54,6 +56,15 @@ RUN_RECORD = "config.json"
 # settings that continue or merely watch the run recorded in a finished folder, not another recipe
 CONTINUATION_KEYS = ("distill.max_steps", "resume", "overwrite", "trainer.progress_bar", "trainer.log_every_n_steps",
                      "trainer.checkpoint_every_n_steps")
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import the modules that register teachers / data sources of higher layers (``plugins`` in the config)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ImportError(f"plugins: cannot import {name!r} ({err}); fix the name or remove it from plugins") from err
 
 
 def build_dataset(d: DictConfig) -> DistillImageDataset:
@@ -136,6 +147,7 @@ def _precision(cfg: DictConfig) -> str:
 def build_cache(cfg: DictConfig) -> Path:
     """Run the teachers over ``cache.epochs`` epochs of augmented batches and write their features."""
     d = cfg.distill
+    import_plugins(cfg.plugins)
     seed_everything(int(d.seed))  # random teachers (no weights) follow the seed: same seed, same cache
     dataset = build_dataset(d)
     module = build_module(d)  # for the per-step size draws and teacher construction
@@ -174,6 +186,7 @@ def build_training(cfg: DictConfig) -> tuple[DistillModule, DistillDataModule]:
     The datamodule holds only picklable parts (``functools.partial`` plan factories, not closures), because
     ``ddp_spawn`` pickles it into each worker."""
     d = cfg.distill
+    import_plugins(cfg.plugins)
     dataset = build_dataset(d)
     bs, seed = int(d.batch_size), int(d.seed)
     if cfg.cache == "read":

@@ -5,8 +5,10 @@ frozen, under ``no_grad`` and, on GPU, bf16 autocast. A teacher can be placed on
 which shards a multi-teacher set over the GPUs of one process.
 
 Registry names (``teacher_names()``): PE-core / PE-lang / PE-spatial, DINOv3 of any size, SigLIP / SigLIP2,
-SAM, RADIO, EUPE encoders, the EUPE proxy (a stage-1 student checkpoint, see ``eupe.distill.export``), the RAP
-3D encoder (``rap-3d``, from a RAP / our planner checkpoint), and ``timm:<any timm model name>``.
+SAM, RADIO, EUPE encoders, the EUPE proxy (a stage-1 student checkpoint, see ``eupe.distill.export``), and
+``timm:<any timm model name>``. Teachers defined by higher layers join the registry with :func:`register_teacher`
+when their module is imported (the RAP 3D encoder ``rap-3d``: ``rap_backbone.teacher``); ``run_distill.py``
+imports the modules its ``plugins`` list names.
 
     >>> t = build_teacher("dinov3-b", weights="hub")
     >>> out = t(images01)          # images in [0,1], any size: resized to the teacher's resolution
@@ -18,14 +20,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD
+from eupe.models import create_model, load_student
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class TeacherSpec:
     img_size: int
     kwargs: dict[str, Any] = field(default_factory=dict)
     hub_tag: str | None = None  # timm pretrained tag used with weights="hub" (None: timm's default tag)
-    factory: str = "timm"  # "timm" | "eupe" (eupe.create_model short name) | "student" | "rap"
+    factory: str = "timm"  # "timm" | "eupe" (eupe.create_model short name) | "student" | a registered builder
     description: str = ""
 
 
@@ -79,10 +82,21 @@ TEACHERS: dict[str, TeacherSpec] = {
     "eupe-b": TeacherSpec("eupe-b", 256, factory="eupe", description="EUPE ViT-B/16"),
     "eupe-proxy": TeacherSpec("student", 256, factory="student",
                               description="EUPE proxy: a stage-1 student checkpoint (weights=PATH)"),
-    "rap-3d": TeacherSpec("rap", 256, factory="rap",
-                          description="RAP 3D encoder: RAP backbone + Raster-to-Real projector (weights=PATH)"),
 }
 TIMM_PREFIX = "timm:"
+# Builders of registered teachers: (name, weights, img_size, timm/constructor kwargs, precision) -> Teacher
+TeacherBuilder = Callable[[str, "str | Path | None", int, dict[str, Any], str], "Teacher"]
+_BUILDERS: dict[str, TeacherBuilder] = {}
+
+
+def register_teacher(name: str, spec: TeacherSpec, builder: TeacherBuilder) -> None:
+    """Add a teacher defined outside ``eupe`` (a higher layer) under ``name``; ``builder`` builds it.
+
+    Registering the same name again replaces it (a module imported twice under test runners).
+    """
+    TEACHERS[name] = spec
+    _BUILDERS[name] = builder
+
 # auto: bf16 autocast on CUDA (the issue's "teachers run in bf16 on GPU") or inside a caller's bf16 autocast.
 TEACHER_PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -103,7 +117,9 @@ def get_teacher_spec(name: str) -> TeacherSpec:
     try:
         return TEACHERS[name]
     except KeyError:
-        raise KeyError(f"unknown teacher {name!r}; known teachers: {', '.join(teacher_names())}") from None
+        raise KeyError(f"unknown teacher {name!r}; known teachers: {', '.join(teacher_names())} (a teacher of "
+                       "another package registers when its module is imported: add that module to "
+                       "run_distill's plugins)") from None
 
 
 @dataclass
@@ -240,21 +256,17 @@ def build_teacher(name: str, *, weights: str | Path | None = None, img_size: int
         **kwargs: timm constructor overrides (e.g. ``embed_dim``, ``depth`` for a small random teacher).
     """
     spec = get_teacher_spec(name)
-    if spec.factory == "rap":
-        teacher = _build_rap_teacher(name, weights, img_size or spec.img_size, kwargs, precision)
+    if name in _BUILDERS:
+        teacher = _BUILDERS[name](name, weights, img_size or spec.img_size, kwargs, precision)
         return teacher.to(device) if device is not None else teacher
     if spec.factory == "student":
         if weights is None:
             raise ValueError(f"teacher {name}: needs weights=PATH to a student checkpoint (eupe/run_distill.py)")
-        from eupe.distill.export import load_student
-
         model, meta = load_student(weights)
         mean, std = tuple(meta["mean"]), tuple(meta["std"])
         size = img_size or meta.get("img_size") or spec.img_size
         source = str(weights)
     elif spec.factory == "eupe":
-        from eupe.models import create_model
-
         model = create_model(spec.arch, weights=weights, **kwargs)
         cfg = model.pretrained_cfg
         mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
@@ -265,62 +277,8 @@ def build_teacher(name: str, *, weights: str | Path | None = None, img_size: int
             kwargs = dict(kwargs, img_size=img_size)  # build fixed-grid models (SAM, SigLIP) at that size
         model, source = _load_timm(spec, name, weights, kwargs)
         cfg = model.pretrained_cfg
-        mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        mean, std = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
         size = img_size or spec.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
     teacher = Teacher(name=name, model=model, img_size=size, mean=mean, std=std, weights_source=source,
                       precision=precision)
     return teacher.to(device) if device is not None else teacher
-
-
-# --- RAP 3D encoder ---------------------------------------------------------------------------------------
-def _build_rap_teacher(name: str, weights: str | Path | None, img_size: int, kwargs: dict[str, Any],
-                       precision: str = "auto") -> Teacher:
-    """RAP's image backbone followed by its Raster-to-Real projection (the planner's image neck).
-
-    ``weights``: RAP's released checkpoint (``agent._rap_model.*``, loaded by ``load_rap_checkpoint``; pass
-    ``backbone_config=`` the transformers config of the DINOv3 inside when it is not RAP's ViT-H+/16) or one
-    written by our RAP agent (``load_planner_checkpoint``; ``kwargs["backbone"]`` names the backbone it was
-    trained with, default ``dinov3-h``, and ``kwargs["backbone_kwargs"]`` its timm overrides). The features
-    are the neck output per patch, the space RAP aligns real and rasterized camera features in (the camera /
-    level embeddings RAP adds are constant offsets, removed by the feature normaliser anyway); the summary
-    is their mean. Real or rasterized camera images are both valid input.
-    """
-    if weights is None:
-        raise ValueError(f"teacher {name}: needs weights=PATH to a RAP or eupe-drive planner checkpoint")
-    try:
-        from rap_backbone import checkpoints as ck
-    except ImportError as err:
-        raise ImportError(f"teacher {name}: rap_backbone.checkpoints is unavailable ({err})") from err
-    kwargs = dict(kwargs)
-    backbone_name = kwargs.pop("backbone", "dinov3-h")
-    backbone_kwargs = dict(kwargs.pop("backbone_kwargs", {}) or {})
-    state = ck.read_checkpoint_state(weights)
-    try:
-        if any(k.startswith(ck.RAP_PREFIX) for k in state):
-            planner = ck.load_rap_checkpoint(weights, **kwargs)
-        else:
-            from rap_backbone.backbones import build_backbone
-
-            backbone = build_backbone(backbone_name, **backbone_kwargs)
-            planner = ck.load_planner_checkpoint(weights, backbone, **kwargs)
-    except ck.CheckpointKeyError as err:
-        raise ValueError(f"teacher {name}: checkpoint {weights} does not fit: {err}") from err
-    del state
-    backbone = planner.backbone
-    encoder = _RapEncoder(backbone, planner.neck)
-    return Teacher(name=name, model=encoder, img_size=img_size, mean=tuple(backbone.mean), std=tuple(backbone.std),
-                   weights_source=str(weights), encode=_encode_rap, precision=precision)
-
-
-class _RapEncoder(nn.Module):
-    def __init__(self, backbone: nn.Module, neck: nn.Module) -> None:
-        super().__init__()
-        self.backbone, self.neck = backbone, neck
-
-
-def _encode_rap(model: _RapEncoder, x: torch.Tensor) -> TeacherOutput:
-    _, patch_map = model.backbone(x, normalized=True)
-    projected = model.neck(patch_map.to(next(model.neck.parameters()).dtype))
-    tokens = projected.flatten(2).transpose(1, 2)
-    return TeacherOutput(summary=tokens.mean(1), patch=tokens,
-                         grid=(int(projected.shape[-2]), int(projected.shape[-1])))

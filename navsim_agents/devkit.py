@@ -90,10 +90,10 @@ def make_devkit_agent_class(modules: dict[str, ModuleType] | None = None) -> typ
 
         def get_sensor_config(self) -> Any:
             from navsim_agents.agents.rap_agent import CURRENT_FRAME_INDEX
-            from navsim_agents.agents.rap_features import CAMERA_NAMES
+            from rap_backbone.nuplan_rig import CAMERA_NAMES, RAP_CAMERA_NAMES
 
-            cams = {f"cam_{n}": [] for n in ("f0", "l0", "l1", "l2", "r0", "r1", "r2", "b0")}
-            for name in CAMERA_NAMES:
+            cams = {name: [] for name in CAMERA_NAMES}
+            for name in RAP_CAMERA_NAMES:
                 cams[name] = [CURRENT_FRAME_INDEX]
             return devkit_dc.SensorConfig(**cams, lidar_pc=[])
 

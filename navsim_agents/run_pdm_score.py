@@ -18,7 +18,6 @@ same CSV whether run sequentially or over Ray, fresh or resumed. The settings ar
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import time
@@ -36,6 +35,9 @@ from eupe.seeding import derive_seed, seed_everything
 from navsim_agents import config_checks
 from navsim_agents.scoring import evaluate as E
 from navsim_agents.scoring.pdm_score import PDMScoreRunner
+from rap_backbone.planner_config import register_planner_schema
+
+register_planner_schema()  # configs/planner/*.yaml extend planner/schema, also when run as a script
 
 logger = logging.getLogger("run_pdm_score")
 
@@ -149,13 +151,11 @@ def _trajectory_fn(agent, loader, token: str, cfg: DictConfig):
         seed_everything(derive_seed(int(cfg.seed), "token", token))  # same draws whatever worker or order
         agent_input = loader.get_agent_input_from_token(token)
         if cfg.corruption.name != "none":
-            from rap_backbone.corruptions import apply_to_agent_input  # lazy: image code is heavy
+            from navsim_agents.data.scene_raster import corrupt_agent_input  # lazy: image code is heavy
 
-            extra = {}
             # synthetic scenes are raster renders: fog gets true depth and calibration drift a true re-render
-            if cfg.split.get("synthetic", False) and "scene" in inspect.signature(apply_to_agent_input).parameters:
-                extra["scene"] = loader.get_scene_from_token(token)
-            agent_input = apply_to_agent_input(agent_input, cfg.corruption, seed_key=token, **extra)
+            scene = loader.get_scene_from_token(token) if cfg.split.get("synthetic", False) else None
+            agent_input = corrupt_agent_input(agent_input, cfg.corruption, seed_key=token, scene=scene)
         if getattr(agent, "requires_scene", False):
             return agent.compute_trajectory(agent_input, loader.get_scene_from_token(token))
         return agent.compute_trajectory(agent_input)

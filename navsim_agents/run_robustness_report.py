@@ -48,15 +48,10 @@ import pandas as pd
 
 from eupe.atomic_io import atomic_path, atomic_write_text
 from eupe.config_errors import RunFailed, exit_on_run_errors
+from navsim_agents.scoring.constants import V1_COLUMNS, V2_COLUMNS
 
 log = logging.getLogger(__name__)
 
-# Columns of the devkit's CSVs (navsim v1.1 run_pdm_score.py, v2 run_pdm_score_one_stage.py).
-PDMS_V1_METRICS = ("no_at_fault_collisions", "drivable_area_compliance", "ego_progress",
-                   "time_to_collision_within_bound", "comfort", "driving_direction_compliance")
-EPDMS_V2_METRICS = ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
-                    "traffic_light_compliance", "ego_progress", "time_to_collision_within_bound", "lane_keeping",
-                    "history_comfort", "two_frame_extended_comfort")
 AGGREGATE_TOKENS = ("average", "average_all_frames")  # the devkit's final aggregate row
 SIDECAR_NAMES = ("run_info.json", "run_meta.json", "metadata.json")
 CLEAN = "none"
@@ -163,9 +158,9 @@ def read_score_csv(path: Path) -> tuple[str, dict[str, float], int, int]:
     if "token" not in frame.columns or "score" not in frame.columns:
         raise ValueError(f"{path}: not a NAVSIM score CSV (needs 'token' and 'score' columns)")
     if "comfort" in frame.columns:
-        metric, columns = "PDMS", PDMS_V1_METRICS
+        metric, columns = "PDMS", V1_COLUMNS
     elif "history_comfort" in frame.columns or "lane_keeping" in frame.columns:
-        metric, columns = "EPDMS", EPDMS_V2_METRICS
+        metric, columns = "EPDMS", V2_COLUMNS
     else:
         raise ValueError(f"{path}: neither PDMS v1 ('comfort') nor EPDMS v2 ('history_comfort') columns")
     columns = [c for c in (*columns, "score") if c in frame.columns]

@@ -32,6 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from eupe.atomic_io import atomic_path, atomic_write_text
 from eupe.config_errors import RunFailed, exit_on_run_errors
 from eupe.config_tree import hydra_config_path
+from navsim_agents.data.splits import build_scene_loader
+from rap_backbone.planner_config import register_planner_schema
+
+register_planner_schema()  # configs/planner/*.yaml extend planner/schema, also when run as a script
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +94,10 @@ class CachedFeatureDataset(Dataset):
 
     def add_augmented(self, *, perturb_fraction: float, cross_agent_fraction: float, seed: int,
                       max_agents_per_scene: int | None = None) -> int:
-        """RAP's augmentations as dataset options (``rap_backbone.alignment``): a recovery-perturbed copy of
+        """RAP's augmentations as dataset options (``navsim_agents.agents.rap_augment``): a recovery-perturbed copy of
         ``perturb_fraction`` of the tokens and ``cross_agent_fraction`` of the cross-agent samples, re-rendered
         with the rasterizer and cached like the rest. Returns the number of samples added."""
-        from rap_backbone.alignment import cross_agent_samples, perturbed_sample
+        from navsim_agents.agents.rap_augment import cross_agent_samples, perturbed_sample
 
         if perturb_fraction <= 0 and cross_agent_fraction <= 0:
             return 0
@@ -179,13 +183,6 @@ def _takes_token(builder: Any) -> bool:
     return "token" in inspect.signature(builder.compute_features).parameters
 
 
-def build_scene_loader(split: Mapping[str, Any], sensor_config: Any) -> Any:
-    """SceneLoader for a ``split`` config node (``navsim_agents.data.splits``: data root, maps, scene filter)."""
-    from navsim_agents.data.splits import build_scene_loader as build
-
-    return build(split, sensor_config)
-
-
 def collate(batch: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     """Stack tensors; keep strings (tokens) as lists."""
     def merge(dicts: list[dict]) -> dict:
@@ -200,44 +197,18 @@ def collate(batch: list[tuple[dict, dict]]) -> tuple[dict, dict]:
 
 # ------------------------------------------------------------------------------------------- lightning
 class AgentLightningModule(pl.LightningModule):
-    """Step logic only: forward, the agent's loss, logging. The Trainer owns the loop."""
+    """Step logic only, as NAVSIM's ``AgentLightningModule``: the agent's forward and loss, logging. The Trainer
+    owns the loop; an agent's own training logic comes as the callbacks of ``agent.get_training_callbacks()``."""
 
-    def __init__(self, agent: torch.nn.Module, *, total_epochs: int, memo_backbone_features: bool = False):
+    def __init__(self, agent: torch.nn.Module):
         super().__init__()
         self.agent = agent
-        self.total_epochs = max(1, int(total_epochs))
-        self._memo: dict[str, torch.Tensor] | None = None
-        if memo_backbone_features:
-            planner = getattr(agent, "planner", None)
-            if planner is None or not planner.backbone_is_deterministic:
-                raise ValueError("memo_backbone_features=true needs a frozen backbone without LoRA or GridMask "
-                                 "(backbone.freeze=true, planner.lora_rank=0, planner.grid_mask_prob=0)")
-            self._memo = {}
-
-    def _with_memoized_backbone(self, features: dict, targets: dict) -> dict:
-        """Add ``backbone_patch`` from a per-token memo: a frozen backbone gives the same features for the same
-        cached images every epoch, so it runs once per token (kept in memory, in the backbone's dtype)."""
-        if self._memo is None or "rendered_camera_feature" in features:
-            return features
-        tokens = list(targets["token"])
-        missing = [i for i, t in enumerate(tokens) if t not in self._memo]
-        if missing:
-            with torch.no_grad():
-                patches = self.agent.planner.backbone_patch(features["camera_feature"][missing])
-            for i, patch in zip(missing, patches, strict=True):
-                self._memo[tokens[i]] = patch
-        return dict(features, backbone_patch=torch.stack([self._memo[t] for t in tokens]))
 
     def _step(self, batch: tuple[dict, dict], prefix: str) -> torch.Tensor:
         features, targets = batch
-        if prefix == "train":
-            features = self._with_memoized_backbone(features, targets)
-        # RAP: progress = (epoch + 1) / epochs drives the DANN lambda
-        self.agent.training_progress = min(1.0, (self.current_epoch + 1) / self.total_epochs)
-        if hasattr(self.agent, "training_losses"):
-            losses = self.agent.training_losses(features, targets)
-        else:
-            losses = self.agent.compute_loss(features, targets, self.agent.forward(features))
+        losses = self.agent.compute_loss(features, targets, self.agent.forward(features))
+        if isinstance(losses, torch.Tensor):  # NAVSIM agents return the loss alone
+            losses = {"loss": losses}
         bs = targets["trajectory"].shape[0]
         for k, v in losses.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1:
@@ -350,8 +321,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer_cfg["precision"] = _precision(trainer_cfg.get("precision"))
     trainer_cfg["strategy"] = _strategy(trainer_cfg.get("strategy"), trainer_cfg.get("devices"),
                                         trainer_cfg.get("num_nodes"))
-    module = AgentLightningModule(agent, total_epochs=trainer_cfg.get("max_epochs") or 1,
-                                  memo_backbone_features=bool(cfg.get("memo_backbone_features", False)))
+    module = AgentLightningModule(agent)
     trainer = pl.Trainer(**trainer_cfg, callbacks=[checkpoint_cb, *agent.get_training_callbacks()],
                          logger=_loggers(output_dir), default_root_dir=str(output_dir))
     last = ckpt_dir / "last.ckpt"

@@ -19,7 +19,8 @@ the same corruption; this is what makes the degradation grow monotonically.
 Spatial sizes (blur radii, streak lengths) are given for ImageNet-C's 224-pixel images and scaled by the short
 side of the image, so a corruption looks the same at 1920x1080 as on a 64x96 test image.
 
-Gallery: ``python -m rap_backbone.corruptions show [--image PATH] [--out FILE.png]``.
+Gallery: ``python -m rap_backbone.corruptions show [--image PATH] [--out FILE.png]`` (a drawn road scene by
+default; ``python -m navsim_agents.corruption_gallery show`` uses the synthetic world's cameras).
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from rap_backbone.nuplan_rig import CAMERA_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,6 @@ NAVSIM_FRAME_INTERVAL_S = 0.5  # navsim: 2 Hz history frames (navsim/common/data
 DROP_PROBABILITY = (0.2, 0.4, 0.6, 0.8, 1.0)  # per camera and scene
 DRIFT_ANGLE_DEG = (0.5, 1.0, 2.0, 3.0, 5.0)
 
-# Camera fields of navsim's Cameras dataclass (navsim/common/dataclasses.py).
-CAMERA_NAMES = ("cam_f0", "cam_l0", "cam_l1", "cam_l2", "cam_r0", "cam_r1", "cam_r2", "cam_b0")
 MAX_SEVERITY = 5
 
 
@@ -682,8 +682,7 @@ RASTER_CORRUPTIONS = ("fog", "calibration_drift")  # the ones that use a scene's
 
 
 def apply_to_agent_input(agent_input: Any, cfg_corruption: Any, seed_key: str = "", *,
-                         depth_fn: DepthFn | None = None, rerender_fn: RerenderFn | None = None,
-                         scene: Any = None) -> Any:
+                         depth_fn: DepthFn | None = None, rerender_fn: RerenderFn | None = None) -> Any:
     """A copy of a NAVSIM ``AgentInput`` whose camera images are corrupted.
 
     Args:
@@ -693,9 +692,8 @@ def apply_to_agent_input(agent_input: Any, cfg_corruption: Any, seed_key: str = 
             ``(seed, seed_key, camera)`` and so are the same for every history frame of the scene.
         depth_fn: optional ``depth_fn(camera_name, frame_index) -> HxW depth | None`` (depth-aware fog).
         rerender_fn: optional ``rerender_fn(camera_name, frame_index, R) -> image`` (calibration drift on
-            synthetic scenes rendered from the drifted pose).
-        scene: optional NAVSIM ``Scene`` of a *synthetic* split (images are raster renders): fog and calibration
-            drift then use :func:`raster_hooks` (true depth, true re-render) unless hooks are given.
+            synthetic scenes rendered from the drifted pose). ``navsim_agents.data.scene_raster`` builds both
+            from a NAVSIM scene.
 
     Returns:
         a new ``AgentInput``; corrupted cameras are new ``Camera`` objects with a new ``image`` and the *same*
@@ -706,12 +704,6 @@ def apply_to_agent_input(agent_input: Any, cfg_corruption: Any, seed_key: str = 
     frames = list(agent_input.cameras)
     if not cfg.active:
         return _replace(agent_input, cameras=frames)
-    if scene is not None and cfg.name in RASTER_CORRUPTIONS and depth_fn is None and rerender_fn is None:
-        depth_fn, rerender_fn = raster_hooks(scene, agent_input)
-        if cfg.name == "fog":
-            rerender_fn = None
-        else:
-            depth_fn = None
     new_frames = list(frames)
     for cam_name in cfg.cameras:
         clean = [getattr(f, cam_name, None) for f in frames]
@@ -732,53 +724,6 @@ def apply_to_agent_input(agent_input: Any, cfg_corruption: Any, seed_key: str = 
             history.append(image)
             new_frames[i] = _replace(new_frames[i], **{cam_name: _replace(camera, image=out)})
     return _replace(agent_input, cameras=new_frames)
-
-
-def raster_hooks(scene: Any, agent_input: Any, *, radius: float = 200.0) -> tuple[DepthFn, RerenderFn]:
-    """``(depth_fn, rerender_fn)`` for :func:`apply_to_agent_input` from a NAVSIM ``Scene`` and the RAP rasterizer.
-
-    Frame ``i`` of ``agent_input`` is ``scene.frames[i]`` (global ego pose, boxes in its ego frame, map from
-    ``scene.map_api`` or none when it is ``None``); cameras use the calibration and image size of
-    ``agent_input``. ``depth_fn`` gives the rasterizer's per-pixel depth (boxes, ground plane, ``inf`` above the
-    horizon) for depth-aware fog; ``rerender_fn(camera, i, R)`` renders the frame again from the camera rotated
-    by ``R`` (``X_drifted = R @ X_nominal``, i.e. ``sensor2lidar_rotation @ R.T``): a true calibration drift for
-    synthetic scenes whose images are raster renders (navmini). Traffic lights are not drawn.
-    """
-    from rap_backbone import raster  # noqa: PLC0415  (only needed with a scene)
-
-    prims_cache: dict[int, Any] = {}
-    depth_cache: dict[tuple[str, int], np.ndarray] = {}
-
-    def render(name: str, i: int, rotation: np.ndarray | None, with_depth: bool) -> Any:
-        frame = scene.frames[i]
-        camera = getattr(agent_input.cameras[i], name)
-        if camera.image is None or camera.intrinsics is None:
-            raise ValueError(f"raster_hooks: {name} of frame {i} has no image / calibration to render with")
-        pose = np.asarray(frame.ego_status.ego_pose, dtype=np.float64)
-        if i not in prims_cache:
-            prims_cache[i] = (raster.primitives_from_map_api(scene.map_api, pose[:2], radius)
-                              if scene.map_api is not None else raster.MapPrimitives())
-        s2l = np.asarray(camera.sensor2lidar_rotation, dtype=np.float64)
-        if rotation is not None:
-            s2l = s2l @ np.asarray(rotation, dtype=np.float64).T
-        h, w = np.asarray(camera.image).shape[:2]
-        model = raster.CameraModel(name, np.asarray(camera.intrinsics, dtype=np.float64), s2l,
-                                   np.asarray(camera.sensor2lidar_translation, dtype=np.float64), width=w, height=h)
-        ann = frame.annotations
-        boxes = None if ann is None or len(ann.boxes) == 0 else np.asarray(ann.boxes, dtype=np.float64)
-        out = raster.render_cameras([model], ego_pose=pose[:3], map_primitives=prims_cache[i], boxes=boxes,
-                                    boxes_in_ego_frame=True, return_depth=with_depth)
-        return (out[0][name], out[1][name]) if with_depth else out[name]
-
-    def depth_fn(name: str, i: int) -> np.ndarray:
-        if (name, i) not in depth_cache:
-            depth_cache[(name, i)] = render(name, i, None, True)[1]
-        return depth_cache[(name, i)]
-
-    def rerender_fn(name: str, i: int, rotation: np.ndarray) -> np.ndarray:
-        return render(name, i, rotation, False)
-
-    return depth_fn, rerender_fn
 
 
 # ---- gallery ---------------------------------------------------------------------------------------------
@@ -849,58 +794,13 @@ def procedural_road_scene(width: int = 960, height: int = 540, *, ego_forward_m:
     return _to_uint8(img), depth, k
 
 
-def _synthetic_camera_image(*, generate: bool) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, str] | None:
-    """CAM_F0 of a navmini frame with its 3 history frames and intrinsics (``None`` if navmini is not there).
-
-    navmini is generated first only when ``generate``.
-    """
-    from navsim_agents.data import synthetic  # noqa: PLC0415  (optional, another module)
-
-    if generate:
-        root = Path(synthetic.ensure_navmini())
-    else:
-        root = Path(synthetic.default_cache_root()) / f"navmini-v{synthetic.VERSION}"
-        if not (root / synthetic.MARKER).is_file():
-            return None
-    logs = sorted((root / "navsim_logs").rglob("*.pkl"))
-    if not logs:
-        return None
-    log_path = logs[len(logs) // 2]
-    with open(log_path, "rb") as handle:  # our own generated OpenScene-style log
-        frames = pickle.load(handle)
-    i = max(3, len(frames) // 2)
-    blobs = root / "sensor_blobs" / log_path.parent.name
-    images = []
-    for frame in frames[i - 3:i + 1]:
-        bgr = cv2.imread(str(blobs / frame["cams"]["CAM_F0"]["data_path"]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            return None
-        images.append(bgr[..., ::-1].copy())
-    k = np.asarray(frames[i]["cams"]["CAM_F0"]["cam_intrinsic"], dtype=np.float64)
-    return images[-1], images[:-1], k, f"synthetic world: {log_path.stem} frame {i} CAM_F0"
+GalleryImage = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None", "list[np.ndarray] | None", str]
+"""(image, depth, intrinsics, history, description) of the gallery's camera image."""
 
 
-def _default_gallery_image(source: str = "auto") -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None,
-                                                          list[np.ndarray] | None, str]:
-    """(image, depth, intrinsics, history, description) for the gallery.
-
-    ``source``: "synthetic" (navmini, generated if needed), "procedural" (drawn road scene with depth and
-    history), or "auto" (navmini when it is already generated, else the drawn scene).
-    """
-    if source in ("auto", "synthetic"):
-        try:
-            found = _synthetic_camera_image(generate=source == "synthetic")
-        except (ImportError, AttributeError, OSError, KeyError, pickle.UnpicklingError) as err:
-            if source == "synthetic":
-                raise RuntimeError(f"the synthetic world is not available for the gallery: {err}") from err
-            found = None
-        if found is not None:
-            image, history, k, desc = found
-            return image, None, k, history, desc
-        if source == "synthetic":
-            raise RuntimeError("the synthetic world has no camera images; regenerate it (ensure_navmini)")
+def procedural_gallery_image() -> GalleryImage:
+    """The drawn road scene with its depth and three history frames (ego at 10 m/s, 2 Hz)."""
     image, depth, k = procedural_road_scene()
-    # the drawn scene can render real history: ego at 10 m/s, 2 Hz
     history = [procedural_road_scene(ego_forward_m=-5.0 * j)[0] for j in (3, 2, 1)]
     return image, depth, k, history, "procedural road scene (depth-aware fog)"
 
@@ -935,15 +835,18 @@ def gallery(image: np.ndarray, *, depth: np.ndarray | None = None, intrinsics: n
     return grid
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rap_backbone.corruptions",
-                                     description="Driving corruptions: gallery and list.")
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m rap_backbone.corruptions",
+         sources: Mapping[str, Callable[[], GalleryImage]] | None = None) -> None:
+    """The gallery / list CLI. ``sources``: named default images for ``show`` (the first is the default);
+    ``navsim_agents.corruption_gallery`` adds the synthetic world's camera images."""
+    sources = dict(sources or {"procedural": procedural_gallery_image})
+    parser = argparse.ArgumentParser(prog=prog, description="Driving corruptions: gallery and list.")
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="write a PNG grid of every corruption x severity on one camera image")
-    show.add_argument("--image", type=Path, help="camera image (default: synthetic world or a drawn road scene)")
+    show.add_argument("--image", type=Path, help="camera image (default: the --source image)")
     show.add_argument("--out", type=Path, default=Path("corruptions_gallery.png"))
-    show.add_argument("--source", choices=("auto", "synthetic", "procedural"), default="auto",
-                      help="default image: navmini if generated (auto), navmini generating it, or a drawn scene")
+    show.add_argument("--source", choices=list(sources), default=next(iter(sources)),
+                      help="default image when no --image is given")
     show.add_argument("--seed", type=int, default=0)
     show.add_argument("--thumb-width", type=int, default=320)
     show.add_argument("--names", nargs="*", help="subset of corruptions (default: all)")
@@ -960,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise FileNotFoundError(f"cannot read image {args.image}: give a JPEG/PNG camera image")
         image, source = bgr[..., ::-1].copy(), str(args.image)
     else:
-        image, depth, k, history, source = _default_gallery_image(args.source)
+        image, depth, k, history, source = sources[args.source]()
     grid = gallery(image, depth=depth, intrinsics=k, history=history, names=args.names,
                    thumb_width=args.thumb_width, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)

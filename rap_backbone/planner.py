@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from eupe.models import IMAGENET_MEAN, IMAGENET_STD
 from rap_backbone.alignment import DomainClassifier
 from rap_backbone.deform_attn import multi_scale_deformable_attention, sample_value_maps, value_maps
+from rap_backbone.nuplan_rig import RAP_CAMERA_NAMES
+from rap_backbone.planner_config import PlannerConfig
 
-# navsim_config.py RAPConfig
-CAMERA_ORDER = ("cam_b0", "cam_f0", "cam_l0", "cam_r0")
 EGO_STATUS_DIM = 11  # pose (3) | velocity (2) | acceleration (2) | driving command one-hot (4)
 NUM_SUB_SCORES = 6  # scorer.py: score_num; the last one is the final PDM score
 # encoder.py: "eps = 1e-5" for the depth test of projected reference points
@@ -49,75 +48,6 @@ COLLISION_OUTPUTS = (2 * 40 * 9, 2, 9)
 AREA_OUTPUTS = 5 * 2
 # grid_mask.py GridMask(True, True, rotate=1, offset=False, ratio=0.5, mode=1, prob=0.7)
 GRID_MASK_RATIO = 0.5
-REFERENCE_POINT_MODES = ("paired", "grid")
-
-
-@dataclass
-class PlannerConfig:
-    """Sizes and geometry of the RAP planner (defaults: RAP's navsim_config.py, the paper size).
-
-    ``reference_points``: ``paired`` pairs footprint corner k with pillar height k (anchor k = corner k % 4
-    at height k % P), as in RAP's released code and checkpoint (RAP issue #10); ``grid`` is the full
-    corner x height product of the earlier commit.
-    """
-
-    d_model: int = 1280  # tf_d_model
-    d_ffn: int = 1024  # tf_d_ffn (refiner FFN and every MLP head's hidden width)
-    num_heads: int = 8  # TSA / SCA heads (mmcv defaults; RAP's tf_num_head is 8 too)
-    num_bev_layers: int = 2
-    num_refinements: int = 4  # ref_num
-    num_proposals: int = 64
-    num_poses: int = 8
-    num_cameras: int = 4
-    num_points_in_pillar: int = 4
-    tsa_num_points: int = 4  # TemporalSelfAttention default num_points
-    point_cloud_range: tuple[float, ...] = (-32.0, -32.0, -2.0, 32.0, 32.0, 6.0)
-    lidar_height: float = 0.0
-    half_length: float = 2.588 + 0.25  # navsim_config.py: "small buffer for safety"
-    half_width: float = 1.1485 + 0.1
-    rear_axle_to_center: float = 1.461
-    reference_points: str = "paired"
-    dropout: float = 0.0
-    agent_pred: bool = True  # collision head (training only)
-    area_pred: bool = True  # area head (training only)
-    grid_mask_prob: float = 0.7  # GridMask on the camera images in training; 0 disables
-    lora_rank: int = 0  # >0: LoRA adapters on the backbone's attention qkv / proj layers
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("qkv", "proj")
-
-    def __post_init__(self) -> None:
-        self.point_cloud_range = tuple(float(v) for v in self.point_cloud_range)
-        self.lora_targets = tuple(self.lora_targets)
-        if self.reference_points not in REFERENCE_POINT_MODES:
-            raise ValueError(f"planner.reference_points={self.reference_points!r}; use one of "
-                             f"{', '.join(REFERENCE_POINT_MODES)}")
-        if self.d_model % self.num_heads or self.d_model % 2:
-            raise ValueError(f"planner.d_model={self.d_model} must be even and divisible by num_heads="
-                             f"{self.num_heads}")
-        if len(self.point_cloud_range) != 6:
-            raise ValueError("planner.point_cloud_range needs 6 values (x0, y0, z0, x1, y1, z1)")
-
-    @property
-    def num_queries(self) -> int:
-        return self.num_proposals * self.num_poses
-
-    @property
-    def num_anchors(self) -> int:
-        """3D reference points per query: 4 footprint corners x pillar heights (16 slots in both modes)."""
-        return 4 * self.num_points_in_pillar
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "PlannerConfig":
-        """Build from a mapping (e.g. a Hydra ``planner`` node); unknown keys are an error naming them."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise KeyError(f"unknown planner config keys {unknown}; known: {sorted(names)}")
-        return cls(**{k: (tuple(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v)
-                      for k, v in values.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -551,10 +481,10 @@ class RAPPlanner(nn.Module):
         self.scorer = Scorer(cfg)
         self.domain_classifier = DomainClassifier(d_in=d, hidden=DOMAIN_HIDDEN)
         self._grid_rng = np.random.default_rng(seed)
-        mean, std = tuple(getattr(backbone, "mean", IMAGENET_MEAN)), tuple(getattr(backbone, "std", IMAGENET_STD))
-        self._renormalize = not (np.allclose(mean, IMAGENET_MEAN) and np.allclose(std, IMAGENET_STD))
-        self.register_buffer("_in_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_in_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = tuple(getattr(backbone, "mean", IMAGENET_DEFAULT_MEAN)), tuple(getattr(backbone, "std", IMAGENET_DEFAULT_STD))
+        self._renormalize = not (np.allclose(mean, IMAGENET_DEFAULT_MEAN) and np.allclose(std, IMAGENET_DEFAULT_STD))
+        self.register_buffer("_in_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_in_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
     def weights_source(self) -> str:
@@ -603,7 +533,7 @@ class RAPPlanner(nn.Module):
         b, n = cams.shape[:2]
         if n != cfg.num_cameras:
             raise ValueError(f"camera_feature has {n} cameras; the planner expects {cfg.num_cameras} "
-                             f"in the order {list(CAMERA_ORDER)}")
+                             f"in the order {list(RAP_CAMERA_NAMES)}")
         if ego.shape[-1] != EGO_STATUS_DIM:
             raise ValueError(f"ego_status last dim is {ego.shape[-1]}; expected {EGO_STATUS_DIM}")
         _, projected = self.encode_images(cams, features.get("backbone_patch"))
@@ -638,7 +568,9 @@ def _require(features: Mapping[str, torch.Tensor], key: str, ndim: int) -> torch
     if not torch.is_tensor(value) or value.ndim != ndim:
         shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
         raise ValueError(f"planner input {key!r} must be a {ndim}-d tensor, got {shape}")
-    if value.is_floating_point() and value.device.type != "meta" and not torch.isfinite(value).all():
+    # an exported program cannot branch on values: the check stays with the eager planner
+    if (value.is_floating_point() and value.device.type != "meta" and not torch.compiler.is_exporting()
+            and not torch.isfinite(value).all()):
         raise ValueError(f"planner input {key!r} contains NaN or inf")
     return value
 
@@ -656,5 +588,5 @@ def build_planner(backbone: nn.Module | str, config: PlannerConfig | Mapping[str
     return RAPPlanner(backbone, config, seed=seed)
 
 
-__all__ = ["CAMERA_ORDER", "PlannerConfig", "RAPPlanner", "build_planner", "project_reference_points",
+__all__ = ["PlannerConfig", "RAPPlanner", "build_planner", "project_reference_points",
            "reference_points_3d", "footprint_corners", "apply_lora", "merge_lora", "LoRALinear", "grid_mask"]

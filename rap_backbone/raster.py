@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
+
+from rap_backbone.nuplan_rig import NUPLAN_IMAGE_SIZE, OPENSCENE_CAMERA_KEYS
 
 # --- constants from vita-epfl/RAP process_data/helpers/renderer.py -------------------------------
 RAP_DEPTH_MAX = 120.0  # ScenarioRenderer(depth_max=120.0)
@@ -60,7 +62,6 @@ BOX_FACE_COLORS = np.array(
 # process_data/helpers/renderer.py (``camera_params``) and nuplan_cameras_utils.py; the same
 # focal length / principal point (1545, 960, 560) are in the navsim_dev conformance pickles.
 NUPLAN_INTRINSICS = np.array([[1545.0, 0.0, 960.0], [0.0, 1545.0, 560.0], [0.0, 0.0, 1.0]])
-NUPLAN_IMAGE_SIZE = (1920, 1080)  # (width, height)
 NUPLAN_CAMERA_EXTRINSICS = {
     "CAM_F0": (
         [[-0.00785972, -0.02271912, 0.99971099], [-0.99994262, 0.00745516, -0.00769211],
@@ -103,8 +104,6 @@ NUPLAN_CAMERA_EXTRINSICS = {
         [-0.47463312, 0.02368552, 1.4341838],
     ),
 }
-NUPLAN_CAMERA_NAMES = ("CAM_F0", "CAM_L0", "CAM_L1", "CAM_L2", "CAM_R0", "CAM_R1", "CAM_R2", "CAM_B0")
-RAP_CAMERA_NAMES = ("CAM_F0", "CAM_L0", "CAM_R0", "CAM_B0")
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ class CameraModel:
                            width, height, self.distortion)
 
 
-def default_camera_rig(names: Sequence[str] = NUPLAN_CAMERA_NAMES,
+def default_camera_rig(names: Sequence[str] = OPENSCENE_CAMERA_KEYS,
                        image_size: tuple[int, int] = NUPLAN_IMAGE_SIZE) -> list[CameraModel]:
     """nuPlan-like cameras (see ``NUPLAN_CAMERA_EXTRINSICS``) for ``names``, at ``image_size``
     (width, height; intrinsics scaled from 1920x1080). Distortion is zero: renders are pinhole."""
@@ -546,44 +545,3 @@ def densify(polyline: np.ndarray, step: float = 2.0) -> np.ndarray:
     idx = np.repeat(np.arange(len(seg)), n)
     out = pts[idx] + t[:, None] * (pts[idx + 1] - pts[idx])
     return np.concatenate([out, pts[-1:]])
-
-
-def primitives_from_map_api(map_api, center_xy: Sequence[float], radius: float = 200.0) -> MapPrimitives:
-    """Map primitives around ``center_xy`` (global) from a nuPlan-style map API, as RAP's
-    ``extract_map_features``: lane and lane-connector polygon outlines, crosswalk polygons, and the
-    boundary of the union of roadblock and intersection polygons as road boundaries.
-
-    ``map_api`` needs ``get_proximal_map_objects(point, radius, layers)`` returning objects with a
-    shapely ``polygon`` attribute, and a ``SemanticMapLayer``-like enum reachable from
-    ``navsim_agents.data.maps``.
-    """
-    import shapely
-    from shapely.geometry import Point
-
-    from navsim_agents.data import maps as maps_module
-
-    layer = maps_module.SemanticMapLayer
-    wanted = [layer.LANE, layer.LANE_CONNECTOR, layer.CROSSWALK, layer.INTERSECTION, layer.ROADBLOCK]
-    objs = map_api.get_proximal_map_objects(Point(*center_xy[:2]), radius, wanted)
-
-    def outline(poly):
-        geoms = getattr(poly, "geoms", [poly])
-        big = max(geoms, key=lambda g: g.area)
-        return np.asarray(big.exterior.coords)[:, :2]
-
-    prims = MapPrimitives()
-    for lay in (layer.LANE, layer.LANE_CONNECTOR):
-        prims.lanes.extend(outline(o.polygon) for o in objs.get(lay, []))
-    prims.crosswalks.extend(outline(o.polygon)[:-1] for o in objs.get(layer.CROSSWALK, []))
-    areas = [o.polygon for o in objs.get(layer.ROADBLOCK, [])] + [o.polygon for o in objs.get(layer.INTERSECTION, [])]
-    if areas:
-        union = shapely.union_all(areas)
-        bnd = union.boundary
-        for g in getattr(bnd, "geoms", [bnd]):
-            prims.boundaries.append(densify(np.asarray(g.coords)[:, :2]))
-    return prims
-
-
-def images_to_bgr(images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """RGB images to OpenCV's BGR order (for ``cv2.imwrite``)."""
-    return {k: np.ascontiguousarray(v[:, :, ::-1]) for k, v in images.items()}

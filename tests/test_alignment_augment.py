@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import assert_close_to_scale
 
+from navsim_agents.agents.rap_augment import cross_agent_samples, perturbed_sample
 from navsim_agents.data.dataclasses import (
     Annotations,
     Camera,
@@ -17,13 +18,7 @@ from navsim_agents.data.dataclasses import (
     Scene,
     SceneMetadata,
 )
-from rap_backbone.alignment import (
-    cross_agent_samples,
-    perturbed_global_pose,
-    perturbed_sample,
-    sample_ego_perturbation,
-    se2_relative,
-)
+from rap_backbone.alignment import perturbed_global_pose, sample_ego_perturbation, se2_relative
 
 DT = 0.5
 K = np.array([[100.0, 0, 64], [0, 100.0, 32], [0, 0, 1]])
@@ -121,7 +116,7 @@ def test_traffic_lights_sit_8m_into_their_connector():
 
     from shapely.geometry import LineString
 
-    from rap_backbone.alignment import traffic_light_positions
+    from navsim_agents.data.scene_raster import traffic_light_positions
 
     lines = {"c1": LineString([(0, 0), (20, 0)]), "c2": LineString([(5, 5), (5, 8)])}  # c2 shorter than 8 m
 

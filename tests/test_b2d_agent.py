@@ -5,8 +5,8 @@ import pytest
 
 from bench2drive import agent as agent_mod
 from bench2drive import geo
-from bench2drive.sim.simulator import SimSettings, global_plan, run_routes
-from bench2drive.sim.world import RoadPath, synthetic_routes
+from bench2drive.sim.route_runner import SimSettings, global_plan, run_routes
+from bench2drive.sim.scenarios import RoadPath, synthetic_routes
 
 
 def _conf(tmp_path):
@@ -16,7 +16,7 @@ def _conf(tmp_path):
 
 
 def test_run_step_returns_vehicle_control(tmp_path):
-    a = agent_mod.RAPAgent()
+    a = agent_mod.RAPLeaderboardAgent()
     a.setup(_conf(tmp_path) + "+route0")
     assert {s["id"] for s in a.sensors()} >= {"CAM_F0", "CAM_B0", "IMU", "GPS", "SPEED"}
     path = RoadPath(np.array([[0.0, 0.0], [100.0, 0.0]]))
@@ -45,9 +45,9 @@ def test_agent_bad_config(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("planer: rap\n")
     with pytest.raises(KeyError, match="unknown keys"):
-        agent_mod.RAPAgent().setup(str(p))
+        agent_mod.RAPLeaderboardAgent().setup(str(p))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        agent_mod.RAPAgent().setup(str(tmp_path / "none.yaml"))
+        agent_mod.RAPLeaderboardAgent().setup(str(tmp_path / "none.yaml"))
 
 
 def test_agent_drives_in_simulator(tmp_path):
@@ -55,7 +55,7 @@ def test_agent_drives_in_simulator(tmp_path):
     conf = _conf(tmp_path)
 
     def make(name):
-        a = agent_mod.RAPAgent()
+        a = agent_mod.RAPLeaderboardAgent()
         a.setup(conf + "+" + name)
         return a
 
@@ -88,9 +88,9 @@ def test_carla_runner_needs_roots(monkeypatch, tmp_path):
 
 
 def test_agent_geo_reference_keeps_metric_scale(tmp_path):
-    from bench2drive.sim.simulator import Location, Rotation, Transform
+    from bench2drive.sim.route_runner import Location, Rotation, Transform
 
-    a = agent_mod.RAPAgent()
+    a = agent_mod.RAPLeaderboardAgent()
     a.setup(_conf(tmp_path))
     xy = np.array([[100.0, 50.0], [300.0, -20.0]])
     ll = geo.local_to_gnss(xy, 42.0, 2.0)  # a town geo-referenced at (42, 2)
@@ -107,12 +107,12 @@ def test_agent_geo_reference_keeps_metric_scale(tmp_path):
 
 def test_agent_localizes_the_simulated_ego(tmp_path):
     from bench2drive.sim.dynamics import EgoState
-    from bench2drive.sim.simulator import ClosedLoopSim, SimSettings
+    from bench2drive.sim.route_runner import ClosedLoopSim, SimSettings
 
     route = synthetic_routes(["HardBreakRoute"], length=60.0)[0]  # starts at the origin
     sim = ClosedLoopSim(route, SimSettings(render=False))
     sim.ego = EgoState(x=12.0, y=1.5, yaw=0.3, speed=4.0)
-    a = agent_mod.RAPAgent()
+    a = agent_mod.RAPLeaderboardAgent()
     a.setup(_conf(tmp_path))
     a.set_global_plan(*global_plan(sim.path, None))
     a._init_route()

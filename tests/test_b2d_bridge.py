@@ -15,8 +15,8 @@ from bench2drive import agent as agent_mod
 from bench2drive import geo, metrics
 from bench2drive import leaderboard_agent as thin
 from bench2drive.planner_server import PlannerServer
-from bench2drive.sim.simulator import SimSettings, global_plan, run_routes
-from bench2drive.sim.world import RoadPath, synthetic_routes
+from bench2drive.sim.route_runner import SimSettings, global_plan, run_routes
+from bench2drive.sim.scenarios import RoadPath, synthetic_routes
 
 THIN_SOURCE = Path(thin.__file__)
 InProcessAgent = getattr(agent_mod, agent_mod.get_entry_point())  # the class the evaluator loads from agent.py

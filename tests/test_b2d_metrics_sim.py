@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from bench2drive import metrics
+from bench2drive import abilities, metrics
 from bench2drive.results import ResultsFileError, new_route_record
 from bench2drive.sim.expert import ScriptedExpert
-from bench2drive.sim.simulator import SimSettings, run_routes
-from bench2drive.sim.world import synthetic_routes
+from bench2drive.sim.route_runner import SimSettings, run_routes
+from bench2drive.sim.scenarios import synthetic_routes
 
 
 def _record(rid, scenario, score, status, **infr):
@@ -68,7 +68,7 @@ def test_metrics_by_hand(tmp_path):
     c = m["corrected"]
     assert c["denominator"] == 4 and c["driving_score"] == pytest.approx(290 / 4)
     assert c["smoothness"] == pytest.approx((1 + 0 + 1 + 1) / 4)  # 1 deg/s is comfortable
-    assert metrics.junction_completion_from_flags(np.array([0, 0, 1, 1] + [0] * 16)) == pytest.approx((3 + 8) / 20)
+    assert abilities.junction_completion_from_flags(np.array([0, 0, 1, 1] + [0] * 16)) == pytest.approx((3 + 8) / 20)
 
 
 def test_metrics_bad_input(tmp_path):
@@ -88,6 +88,16 @@ def test_non_numeric_score_is_a_named_error_not_a_type_error(tmp_path):
     d = _write(tmp_path, [rec])
     with pytest.raises(ResultsFileError, match=r"part0.json: record RouteScenario_7_rep0 has non-numeric.*"
                                                r"scores.score_composed.*n/a"):
+        metrics.evaluate(d, tmp_path / "mi")
+
+
+@pytest.mark.parametrize("section, key, value", [("meta", "route_length", "long"), ("meta", "duration_game", None),
+                                                ("scores", "score_penalty", True)])
+def test_non_numeric_meta_or_score_field_is_a_named_error(tmp_path, section, key, value):
+    rec = _record(3, "Accident", 100.0, "Completed")
+    rec[section][key] = value
+    d = _write(tmp_path, [rec])
+    with pytest.raises(ResultsFileError, match=rf"record RouteScenario_3_rep0 has non-numeric.*{section}.{key}"):
         metrics.evaluate(d, tmp_path / "mi")
 
 
@@ -148,7 +158,7 @@ def test_sim_resume_runs_only_the_rest(tmp_path):
 
 def test_metrics_cli_crashed_routes_and_partial_credit(tmp_path):
     from bench2drive.routes import write_routes
-    from bench2drive.sim.world import RoadPath, synthetic_junction_completion
+    from bench2drive.sim.scenarios import RoadPath, synthetic_junction_completion
 
     routes = synthetic_routes(["VanillaSignalizedTurnEncounterRedLight", "HardBreakRoute"])
     xml = write_routes(routes, tmp_path / "routes.xml")

@@ -8,8 +8,8 @@ import pytest
 from bench2drive import agent as agent_mod
 from bench2drive import geo, robustness
 from bench2drive.robustness import ActionDelay, Perturbations, latency_ticks
-from bench2drive.sim.simulator import SimSettings, global_plan, run_routes
-from bench2drive.sim.world import RoadPath, synthetic_routes
+from bench2drive.sim.route_runner import SimSettings, global_plan, run_routes
+from bench2drive.sim.scenarios import RoadPath, synthetic_routes
 from navsim_agents.agents.rap_features import preprocess_image
 from rap_backbone.corruptions import corrupt, make_rng
 
@@ -38,7 +38,7 @@ class Capture:
 def _agent(tmp_path, planner, extra: str = "", save_name: str = "RouteScenario_7_rep0_Town01_X_0_12_02_13_00_00"):
     p = tmp_path / "agent.yaml"
     p.write_text(f"rig: rap4\nimage_width: {W}\nimage_height: {H}\nplanner: constant_velocity\nseed: 3\n{extra}")
-    a = agent_mod.RAPAgent(planner=planner)
+    a = agent_mod.RAPLeaderboardAgent(planner=planner)
     a.setup(f"{p}+{save_name}")
     a.set_global_plan(*global_plan(RoadPath(np.array([[0.0, 0.0], [200.0, 0.0]])), None))
     return a

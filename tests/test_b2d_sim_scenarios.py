@@ -9,8 +9,8 @@ import pytest
 from bench2drive.results import PENALTY_VALUE
 from bench2drive.routes import BENCH2DRIVE_SCENARIOS
 from bench2drive.sim.expert import ScriptedExpert
-from bench2drive.sim.simulator import ClosedLoopSim, SimSettings, run_routes
-from bench2drive.sim.world import (
+from bench2drive.sim.route_runner import ClosedLoopSim, SimSettings, run_routes
+from bench2drive.sim.scenarios import (
     NOT_BUILT,
     SCENARIO_TIMEOUT,
     SUPPORTED,

@@ -179,3 +179,19 @@ def test_gallery_cli_writes_a_png(tmp_path):
     C.main(["show", "--image", str(src), "--out", str(out), "--thumb-width", "32", "--names", "fog", "frame_delay"])
     grid = cv2.imread(str(out))
     assert grid is not None and grid.shape[0] > 2 * 18 and grid.shape[1] > 6 * 32
+
+
+def test_navsim_gallery_adds_the_synthetic_world_as_a_source(tmp_path, monkeypatch):
+    import cv2
+
+    from navsim_agents import corruption_gallery
+    from navsim_agents.data import synthetic
+
+    monkeypatch.setattr(synthetic, "default_cache_root", lambda: tmp_path / "no-world")
+    assert corruption_gallery.synthetic_gallery_image(generate=False) is None  # navmini not generated here
+    out = tmp_path / "grid.png"
+    corruption_gallery.main(["show", "--out", str(out), "--thumb-width", "32", "--names", "fog"])  # auto
+    grid = cv2.imread(str(out))
+    assert grid is not None and grid.shape[1] == 150 + 6 * 32  # label column + severities 0..5
+    with pytest.raises(SystemExit):  # rap_backbone's own CLI knows no synthetic world
+        C.main(["show", "--source", "synthetic", "--out", str(out)])

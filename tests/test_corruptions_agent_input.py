@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from navsim_agents.data import dataclasses as dc
+from navsim_agents.data import scene_raster
 from rap_backbone import corruptions as C
-
-dc = pytest.importorskip("navsim_agents.data.dataclasses", reason="NAVSIM dataclasses not importable")
 
 H, W = 48, 80
 K = np.array([[60.0, 0, 39.5], [0, 60.0, 23.5], [0, 0, 1]], np.float32)
@@ -142,7 +142,6 @@ def test_raster_rerender_of_a_drift_matches_the_homography():
     """A pure camera rotation is a homography whatever the depth: the re-render and the warp agree."""
     from types import SimpleNamespace
 
-    pytest.importorskip("rap_backbone.raster", reason="rasterizer not importable")
     h, w = 72, 128
     k = np.array([[90.0, 0, (w - 1) / 2], [0, 90.0, (h - 1) / 2], [0, 0, 1]])
     front = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], np.float64)  # camera z forward = ego x, y down = -z
@@ -153,7 +152,7 @@ def test_raster_rerender_of_a_drift_matches_the_homography():
     boxes = np.array([[14.0, 1.0, 0.8, 4.0, 2.0, 1.6, 0.3]])
     frame = SimpleNamespace(ego_status=SimpleNamespace(ego_pose=np.zeros(3)),
                             annotations=SimpleNamespace(boxes=boxes))
-    depth_fn, rerender_fn = C.raster_hooks(SimpleNamespace(map_api=None, frames=[frame]), agent_input)
+    depth_fn, rerender_fn = scene_raster.raster_hooks(SimpleNamespace(map_api=None, frames=[frame]), agent_input)
     nominal = rerender_fn("cam_f0", 0, np.eye(3))
     assert nominal.max() > 0  # the box is in view
     depth = depth_fn("cam_f0", 0)
@@ -174,7 +173,6 @@ def test_raster_rerender_of_a_drift_matches_the_homography():
 def test_scene_argument_uses_the_rasterizer_for_drift_and_fog():
     from types import SimpleNamespace
 
-    pytest.importorskip("rap_backbone.raster", reason="rasterizer not importable")
     h, w = 36, 64
     k = np.array([[45.0, 0, (w - 1) / 2], [0, 45.0, (h - 1) / 2], [0, 0, 1]])
     front = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], np.float64)
@@ -185,11 +183,11 @@ def test_scene_argument_uses_the_rasterizer_for_drift_and_fog():
     frame = SimpleNamespace(ego_status=SimpleNamespace(ego_pose=np.zeros(3)),
                             annotations=SimpleNamespace(boxes=np.array([[12.0, 0.0, 0.8, 4.0, 2.0, 1.6, 0.0]])))
     scene = SimpleNamespace(map_api=None, frames=[frame])
-    drift = C.apply_to_agent_input(agent_input, cfg("calibration_drift"), seed_key="t", scene=scene)
-    depth_fn, rerender_fn = C.raster_hooks(scene, agent_input)
+    drift = scene_raster.corrupt_agent_input(agent_input, cfg("calibration_drift"), seed_key="t", scene=scene)
+    depth_fn, rerender_fn = scene_raster.raster_hooks(scene, agent_input)
     expected = rerender_fn("cam_f0", 0, C.drift_rotation(3, C.make_rng(0, "t", "cam_f0")))
     np.testing.assert_array_equal(drift.cameras[0].cam_f0.image, expected)  # a re-render, not a warp of 77s
-    fog = C.apply_to_agent_input(agent_input, cfg("fog"), seed_key="t", scene=scene)
+    fog = scene_raster.corrupt_agent_input(agent_input, cfg("fog"), seed_key="t", scene=scene)
     np.testing.assert_array_equal(
         fog.cameras[0].cam_f0.image,
         C.corrupt(cam.image, "fog", 3, rng=C.make_rng(0, "t", "cam_f0"), depth=depth_fn("cam_f0", 0), intrinsics=k))

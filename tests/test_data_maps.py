@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import shapely
 from conftest import conformance_path
 from shapely.geometry import LineString, box
 
 from navsim_agents.data.maps import (
-    PDMPath,
     SemanticMapLayer,
     StopLineType,
     clear_maps_cache,
@@ -226,61 +224,23 @@ def test_lane_graph(hand_map):
     assert nuplan_map.get_map_object("999", SemanticMapLayer.LANE) is None
 
 
-def test_route_centerline_straight_and_turn(hand_map):
-    nuplan_map, _ = hand_map
-    # ego on lane 102 heading east; route 10 -> 20 -> 30: lanes 102, 202, 302 = 100 + 20 + 100 m
-    centerline = nuplan_map.route_centerline(["10", "20", "30"], (10.0, 1.75, 0.0))
-    assert isinstance(centerline, PDMPath)
-    assert centerline.length == pytest.approx(220.0)
-    assert centerline.project((150.0, 2.75)) == pytest.approx(150.0)
-    np.testing.assert_allclose(centerline.project(np.array([[10.0, 0.0], [230.0, 1.75]])), [10.0, 220.0])
-    np.testing.assert_allclose(centerline.interpolate([150.0]), [[150.0, 1.75, 0.0]], atol=1e-9)
-    # ego on lane 101: the left lanes 101, 201, 301
-    centerline = nuplan_map.route_centerline(["10", "20", "30"], (10.0, 5.25, 0.0))
-    assert centerline.project((150.0, 5.25)) == pytest.approx(150.0)
-    assert centerline.linestring.distance(shapely.Point(150, 5.25)) == pytest.approx(0.0)
-    # right turn 10 -> 21 -> 40 from lane 102: 100 + 7 + 100 m; (105.25, -50) is 100 + 7 + 50 m along
-    centerline = nuplan_map.route_centerline(["10", "21", "40"], (10.0, 1.75, 0.0))
-    assert centerline.length == pytest.approx(207.0)
-    assert centerline.project((106.0, -50.0)) == pytest.approx(157.0)
-    pose = centerline.interpolate(157.0)
-    np.testing.assert_allclose(pose, [105.25, -50.0, -np.pi / 2], atol=1e-9)
-    # repeated ids are dropped, unknown ids skipped
-    assert [b.id for b in nuplan_map.roadblocks_on_route(["10", "10", "20", "777", "30"])] == ["10", "20", "30"]
-
-
-def test_route_correction_prepends_missing_start(hand_map):
-    nuplan_map, _ = hand_map
-    # the route starts at the connector but the ego is still on roadblock 10: a backward search prepends 10
-    centerline = nuplan_map.route_centerline(["20", "30"], (50.0, 1.75, 0.0))
-    assert centerline.length == pytest.approx(220.0)
-    assert centerline.project((50.0, 1.75)) == pytest.approx(50.0)
-
-
-def test_pdm_path_substring_and_headings():
-    path = PDMPath(np.array([[0, 0, 0], [10, 0, 0], [10, 10, np.pi / 2]], dtype=float))
-    assert path.length == pytest.approx(20.0)
-    np.testing.assert_allclose(path.progress, [0, 10, 20])
-    # halfway along the second leg; heading linearly interpolated between the vertices
-    np.testing.assert_allclose(path.interpolate(15.0), [10, 5, np.pi / 4])
-    np.testing.assert_allclose(path.interpolate([-1.0, 99.0])[:, :2], [[1e-5, 0], [10, 10]], atol=1e-9)
-    # one vertex inside [5, 15]: falls back to shapely's substring (5, 0) -> (10, 0) -> (10, 5)
-    assert path.substring(5.0, 15.0).length == pytest.approx(10.0)
-    assert path.substring(0.0, 10.0).equals(LineString([(0, 0), (10, 0)]))
-
-
-def test_conformance_map_and_route():
+def conformance_scenes():
+    """(token, scene) of the navsim_dev conformance set with its nuPlan map; skips the test when it is absent."""
     root = conformance_path("navsim_dev")
     if not (root / "maps" / "nuplan-maps-v1.0.json").is_file():
         pytest.skip(f"conformance set navsim_dev not found at {root}")
-    from navsim_agents.data.dataclasses import SceneFilter, convert_relative_to_absolute_se2_array
+    from navsim_agents.data.dataclasses import SceneFilter
     from navsim_agents.data.scene_loader import SceneLoader
 
     tokens = json.loads((root / "scene_tokens.json").read_text())
     loader = SceneLoader(root / "navsim_logs" / "navsim_dev", None, SceneFilter(4, 10, 1, tokens=tokens),
                          map_root=root / "maps", map_version="nuplan-maps-v1.0")
     for token in loader.tokens:
-        scene = loader.get_scene_from_token(token)
+        yield token, loader.get_scene_from_token(token)
+
+
+def test_conformance_ego_stands_on_its_route():
+    for token, scene in conformance_scenes():
         current = scene.frames[3]
         pose = current.ego_status.ego_pose
         # the ego stands in a roadblock (or connector) of its own route
@@ -288,8 +248,3 @@ def test_conformance_map_and_route():
         containing = {b.id for layer in (SemanticMapLayer.ROADBLOCK, SemanticMapLayer.ROADBLOCK_CONNECTOR)
                       for b in scene.map_api.get_all_map_objects(pose[:2], layer)}
         assert containing & route, token
-        # the logged future of this set drives along the lane centres of the route
-        centerline = scene.map_api.route_centerline(current.roadblock_ids, pose)
-        future = convert_relative_to_absolute_se2_array(pose, scene.get_future_trajectory().poses)
-        distances = shapely.distance(centerline.linestring, shapely.points(future[:, :2]))
-        assert distances.max() < 0.05, token

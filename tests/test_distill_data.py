@@ -29,7 +29,7 @@ from eupe.distill.data import (
     slot_counts,
     source_shares,
 )
-from eupe.distill.export import read_student_meta
+from eupe.student_checkpoint import read_student_meta
 from eupe.teachers import build_teacher, get_teacher_spec, teacher_names
 
 
@@ -167,20 +167,23 @@ def test_build_source_errors(tmp_path):
 
 
 def test_synthetic_world_source(tmp_path):
-    from eupe.distill.data import NavsimCameraSource
+    import navsim_agents.data.camera_source  # noqa: F401  (registers the navsim and synthetic source types)
     from navsim_agents.data import synthetic
 
     # a tiny world in the navmini layout (the default one takes about a minute to generate)
     root = synthetic.generate_world(tmp_path / "world", num_train_logs=1, num_test_logs=1, frames_per_log=14,
                                     image_size=(96, 54), warmup_s=3)
-    src = NavsimCameraSource(root / "navsim_logs" / "navmini", root / "sensor_blobs" / "navmini",
-                             cameras=("cam_f0",), log_names=synthetic.NAVMINI_TRAIN_LOGS[:1])
+    src = build_source([{"type": "navsim", "data_path": str(root / "navsim_logs" / "navmini"),
+                         "sensor_blobs_path": str(root / "sensor_blobs" / "navmini"), "cameras": ["cam_f0"],
+                         "log_names": synthetic.NAVMINI_TRAIN_LOGS[:1]}])
     img = src.load(0)
     # 14 frames hold exactly one 4 + 10 frame NAVSIM window, so one camera image per scene
     assert img.shape == (54, 96, 3) and len(src) == 1
 
 
 def test_teacher_registry_and_errors(tmp_path):
+    import rap_backbone.teacher  # noqa: F401  (a higher layer registers rap-3d)
+
     names = teacher_names()
     for n in ("pe-core-g", "pe-lang-g", "pe-spatial-l", "dinov3-h", "dinov3-7b", "siglip2-b", "sam-b", "radio-b",
               "eupe-proxy", "rap-3d"):
@@ -219,11 +222,9 @@ def test_teacher_output_grids_and_frozen():
 
 @pytest.mark.numerics
 def test_rap_3d_teacher_from_our_planner_checkpoint(tmp_path):
-    try:
-        from rap_backbone.backbones import build_backbone
-        from rap_backbone.planner import PlannerConfig, RAPPlanner
-    except ImportError:
-        pytest.skip("rap_backbone planner / backbones not available yet")
+    import rap_backbone.teacher  # noqa: F401  (registers rap-3d)
+    from rap_backbone.backbones import build_backbone
+    from rap_backbone.planner import PlannerConfig, RAPPlanner
     backbone = build_backbone("eupe-t", depth=1)
     planner = RAPPlanner(backbone, PlannerConfig(d_model=32, d_ffn=64, num_proposals=16, grid_mask_prob=0.0)).eval()
     ckpt = tmp_path / "planner.ckpt"
@@ -254,3 +255,10 @@ def test_student_meta_rejects_foreign_files(tmp_path):
         read_student_meta(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
         read_student_meta(tmp_path / "absent.safetensors")
+
+
+def test_navsim_source_names_an_unknown_camera(tmp_path):
+    from navsim_agents.data.camera_source import NavsimCameraSource
+
+    with pytest.raises(KeyError, match="cam_x9"):
+        NavsimCameraSource(tmp_path, tmp_path, cameras=["cam_f0", "cam_x9"])

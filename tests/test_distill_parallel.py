@@ -23,7 +23,8 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from eupe.distill.export import load_student, load_student_tensors
+from eupe.models import load_student
+from eupe.student_checkpoint import load_student_tensors
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # tiny_cpu with 4 steps of a 16-image global batch over 64 images: one epoch, every image seen once

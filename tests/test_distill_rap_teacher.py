@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import assert_close_to_scale, conformance_path
 
+import rap_backbone.teacher  # noqa: F401  (registers rap-3d with eupe.teachers)
 from eupe.teachers import build_teacher
 from rap_backbone.checkpoints import load_rap_checkpoint
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from eupe.distill.export import load_student, read_student_meta
+from eupe.models import load_student
+from eupe.student_checkpoint import read_student_meta
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -16,8 +16,9 @@ from eupe.distill.data import (
     ShuffledPlan,
     collate_samples,
 )
-from eupe.distill.export import load_student, read_student_meta
 from eupe.distill.module import DistillModule
+from eupe.models import load_student
+from eupe.student_checkpoint import read_student_meta
 from eupe.teachers import encode_timm
 
 # Two teachers of different widths (48 / 64) and patch grids (4x4 at 32 px / 3x3 at 48 px); the student
@@ -183,8 +184,9 @@ def test_export_loads_with_same_features(tmp_path):
         ref = encode_timm(module.student, xn)
         got = encode_timm(model, xn)
     assert torch.equal(ref.summary, got.summary) and torch.equal(ref.patch, got.patch)
-    backbones = pytest.importorskip("rap_backbone.backbones")
-    bb = backbones.build_backbone("student", weights=str(path))
+    from rap_backbone.backbones import build_backbone
+
+    bb = build_backbone("student", weights=str(path))
     assert bb.weights_source == str(path) and bb.stride == 8 and bb.embed_dim == 32
     with torch.no_grad():
         summary, patch = bb(x)

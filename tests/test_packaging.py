@@ -16,7 +16,7 @@ import pytest
 from eupe import config_tree
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ("eupe", "rap_backbone", "navsim_agents", "bench2drive")
+LAYERS = ("eupe", "rap_backbone", "navsim_agents", "bench2drive", "study")
 PRIMARY_CONFIGS = sorted(p.stem for p in config_tree.CHECKOUT_CONFIG_DIR.glob("run_*.yaml"))
 
 
@@ -118,6 +118,7 @@ def test_the_wheel_ships_the_config_tree(installed_wheel, tmp_path):
         "from hydra import compose, initialize_config_module\n"
         "for pkg in ('eupe', 'navsim_agents', 'bench2drive', 'eupe_drive_configs'):\n"
         "    print(importlib.util.find_spec(pkg).origin)\n"
+        "import navsim_agents  # registers planner/schema, which configs/planner/*.yaml extend\n"
         "with initialize_config_module('eupe_drive_configs', version_base=None):\n"
         f"    for name in {PRIMARY_CONFIGS!r}:\n"
         "        print(name, len(compose(name)))\n")

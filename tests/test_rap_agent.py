@@ -152,7 +152,9 @@ def test_raster_to_real_training_step(agent):
     features["camera_valid"] = torch.tensor([True, False, True])
     agent.train()
     agent.training_progress = 0.5
-    losses = agent.training_losses(features, targets)
+    predictions = agent.forward(features)
+    assert predictions["trajectory"].shape[0] == 5  # raster views of all 3, real views of the 2 valid ones
+    losses = agent.compute_loss(features, targets, predictions)
     # 3 raster + 2 real samples; the loss adds 0.002 * spatial + 0.001 * domain to the task loss
     assert float(losses["alignment_spatial"].detach()) > 0
     assert float(losses["alignment_lambda"]) == pytest.approx(2 / (1 + math.exp(-5)) - 1)

@@ -8,8 +8,8 @@ from shapely.geometry import Polygon
 
 from navsim_agents.agents.rap_scoring import key_agent_targets, rap_progress_and_score
 from navsim_agents.scoring.geometry import box_coords
+from navsim_agents.scoring.observation import Observation, OccupancyMap, TrackInfo
 from navsim_agents.scoring.scorer import ScorerConfig
-from navsim_agents.scoring.world import Observation, OccupancyMap, TrackInfo
 
 
 def test_rap_progress_is_normalised_per_proposal_against_pdm_closed():

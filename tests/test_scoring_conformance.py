@@ -77,7 +77,8 @@ def test_route_context_uses_the_corrected_route_of_the_data_layer_map():
     """navsim's PDM-Closed corrects the route at the first iteration: a route missing its roadblock connector gets
     it back (BFS between consecutive roadblocks), so the centerline equals the one of the complete route."""
     from navsim_agents.data.maps import get_maps_api
-    from navsim_agents.scoring.metric_cache import frame_ego_state, load_log, scene_frames
+    from navsim_agents.data.scene_loader import load_log
+    from navsim_agents.scoring.metric_cache import frame_ego_state, scene_frames
     from navsim_agents.scoring.pdm_closed import build_route_context
 
     log = next(p for p in sorted((ROOT / "navsim_logs" / "navsim_dev").glob("*.pkl")) if "00121_00147" in p.name)

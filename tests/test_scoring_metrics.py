@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon, box
 
-from navsim_agents.scoring import world as M
-from navsim_agents.scoring.constants import PACIFICA, STATE_SIZE
+from navsim_agents.scoring import observation as M
+from navsim_agents.scoring.constants import STATE_SIZE
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import box_coords
+from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
 from navsim_agents.scoring.scorer import CenterlinePath, PDMScorer, ScorerConfig
-from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
+from rap_backbone.nuplan_rig import PACIFICA
 
 T = np.arange(41) * 0.1
 R2C = PACIFICA.rear_axle_to_center

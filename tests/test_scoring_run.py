@@ -174,15 +174,15 @@ def test_corrupted_synthetic_scenes_pass_the_scene(monkeypatch, synthetic):
 
     from omegaconf import OmegaConf
 
-    import rap_backbone.corruptions as corruptions
+    import navsim_agents.data.scene_raster as scene_raster
 
     seen = {}
 
-    def fake_apply(agent_input, cfg_corruption, seed_key="", *, depth_fn=None, rerender_fn=None, scene=None):
+    def fake_apply(agent_input, cfg_corruption, seed_key="", *, scene=None):
         seen.update(seed_key=seed_key, scene=scene)
         return agent_input
 
-    monkeypatch.setattr(corruptions, "apply_to_agent_input", fake_apply)
+    monkeypatch.setattr(scene_raster, "corrupt_agent_input", fake_apply)
     cfg = OmegaConf.create({"corruption": {"name": "fog", "severity": 2, "cameras": "all", "seed": 0},
                             "split": {"synthetic": synthetic}, "seed": 0})
     loader = SimpleNamespace(get_agent_input_from_token=lambda t: "input", get_scene_from_token=lambda t: f"scene {t}")
@@ -192,7 +192,9 @@ def test_corrupted_synthetic_scenes_pass_the_scene(monkeypatch, synthetic):
 
 
 def test_stale_metric_cache_formats_are_rebuilt(tmp_path):
-    from navsim_agents.scoring.metric_cache import CACHE_FORMAT_VERSION, MetricCache, load_log, scene_frames
+    from navsim_agents.data.scene_loader import load_log
+    from navsim_agents.scoring.metric_cache import scene_frames
+    from navsim_agents.scoring.metric_cache_file import CACHE_FORMAT_VERSION, MetricCache
 
     log = next(p for p in sorted((ROOT / "navsim_logs" / "navsim_dev").glob("*.pkl")) if "00121_00147" in p.name)
     frames = scene_frames(load_log(log), TOKENS[0])

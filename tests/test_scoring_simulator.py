@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from navsim_agents.scoring.comfort import ego_is_comfortable
-from navsim_agents.scoring.constants import LQR_JERK_PENALTY, PACIFICA, STATE_SIZE
+from navsim_agents.scoring.constants import LQR_JERK_PENALTY, STATE_SIZE
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.pdm_score import interpolate_poses
-from navsim_agents.scoring.simulator import (
+from navsim_agents.scoring.pdm_simulator import (
     BatchKinematicBicycleModel,
     jerk_penalty_matrix,
     simulate_proposals,
     velocity_curvature_profiles,
 )
+from rap_backbone.nuplan_rig import PACIFICA
 
 
 def _fit_circle(points: np.ndarray) -> tuple[np.ndarray, float]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from navsim_agents.scoring import traffic_agents as TA
-from navsim_agents.scoring.metric_cache import MetricCache
+from navsim_agents.scoring.metric_cache_file import MetricCache
 
 
 def _straight_path(length: float = 30.0, step: float = 1.0) -> TA.InterpolatedPath:
@@ -42,7 +42,7 @@ def test_idm_braking_is_clipped_and_speed_never_negative():
     assert slow.velocity == 0.0 and slow.progress == pytest.approx(0.25, rel=1e-12)
     fast = _agent(_straight_path(), velocity=8.0)
     fast.propagate(3.0, 0.0, 0.0, 0.1)
-    assert fast.velocity == pytest.approx(8.0 - 0.1 * TA.IDM_DECEL_MAX, rel=1e-12)
+    assert fast.velocity == pytest.approx(8.0 - 0.1 * 2.0, rel=1e-12)  # navsim yaml decel_max 2.0
 
 
 def test_lane_speed_limit_replaces_the_target_velocity():

@@ -77,33 +77,57 @@ def test_training_lowers_loss_and_l2_then_resumes(tmp_path):
 def test_memoized_backbone_features_give_the_same_losses_and_run_the_backbone_once_per_token(tmp_path):
     from hydra.utils import instantiate
 
+    from navsim_agents.agents.rap_callbacks import BackboneFeatureMemo
     from navsim_agents.run_training import AgentLightningModule
 
-    cfg = _cfg(tmp_path, steps=1)
+    cfg = _cfg(tmp_path, steps=1, **{"agent.memo_backbone_features": "true"})
     torch.manual_seed(0)
     agent = instantiate(cfg.agent, _convert_="partial")
     b = 2
-    features = {"camera_feature": torch.randn(b, 4, 3, 64, 96), "lidar2img": torch.eye(4).repeat(b, 4, 1, 1),
-                "img_shape": torch.tensor([64.0, 96.0, 3.0]).repeat(b, 4, 1), "ego_status": torch.randn(b, 4, 11)}
-    targets = {"token": ["a", "b"], "trajectory": torch.randn(b, 8, 3)}
+
+    def batch():
+        features = {"camera_feature": torch.randn(b, 4, 3, 64, 96, generator=torch.Generator().manual_seed(2)),
+                    "lidar2img": torch.eye(4).repeat(b, 4, 1, 1),
+                    "img_shape": torch.tensor([64.0, 96.0, 3.0]).repeat(b, 4, 1),
+                    "ego_status": torch.randn(b, 4, 11, generator=torch.Generator().manual_seed(3))}
+        return features, {"token": ["a", "b"], "trajectory": torch.ones(b, 8, 3)}
+
     calls = []
     agent.planner.backbone.register_forward_hook(lambda *_: calls.append(1))
-    plain = AgentLightningModule(agent, total_epochs=1)
-    memo = AgentLightningModule(agent, total_epochs=1, memo_backbone_features=True)
-    for module in (plain, memo):
-        module.log = lambda *a, **k: None  # no trainer attached
+    module = AgentLightningModule(agent)
+    module.log = lambda *a, **k: None  # no trainer attached
+    memo = [c for c in agent.get_training_callbacks() if isinstance(c, BackboneFeatureMemo)]
+    assert len(memo) == 1  # agent.memo_backbone_features=true asks the agent for it
     agent.train()
     torch.manual_seed(1)
-    expected = plain._step((features, targets), "train")
+    expected = module._step(batch(), "train")
     assert len(calls) == 1
     for _ in range(3):
+        features, targets = batch()
+        memo[0].on_train_batch_start(None, module, (features, targets), 0)
+        assert "backbone_patch" in features
         torch.manual_seed(1)
-        got = memo._step((features, targets), "train")
-        assert torch.allclose(got, expected, atol=1e-6)
+        got = module._step((features, targets), "train")
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
     assert len(calls) == 2  # once for the memo's first step, never again
     agent.planner.backbone.model.blocks[0].attn.qkv.weight.requires_grad_(True)  # no longer frozen
     with pytest.raises(ValueError, match="frozen backbone"):
-        AgentLightningModule(agent, total_epochs=1, memo_backbone_features=True)
+        agent.get_training_callbacks()
+
+
+def test_training_progress_follows_the_epoch_for_the_dann_lambda(tmp_path):
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from navsim_agents.agents.rap_callbacks import TrainingProgress
+
+    agent = instantiate(_cfg(tmp_path, steps=1).agent, _convert_="partial")
+    progress = [c for c in agent.get_training_callbacks() if isinstance(c, TrainingProgress)]
+    assert len(progress) == 1
+    for epoch, max_epochs, expected in ((0, 4, 0.25), (2, 4, 0.75), (3, 4, 1.0), (6, 4, 1.0), (0, -1, 1.0)):
+        progress[0].on_train_epoch_start(SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs), None)
+        assert agent.training_progress == pytest.approx(expected)
 
 
 @pytest.mark.slow
@@ -166,7 +190,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     cmd = [sys.executable, str(script), "planner=tiny", "planner.num_refinements=2", "planner.num_bev_layers=1",
            "+backbone.overrides.depth=1", "agent.image_scale=0.05", "split.scene_filter.max_scenes=8",
            "dataloader.batch_size=2", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
-           "trainer.enable_progress_bar=false", "memo_backbone_features=true", f"output_dir={tmp_path}"]
+           "trainer.enable_progress_bar=false", "agent.memo_backbone_features=true", f"output_dir={tmp_path}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from navsim_agents.scoring import two_stage as T
-from navsim_agents.scoring.pdm_score import V2_COLUMNS
+from navsim_agents.scoring.constants import V2_COLUMNS
 
 
 def test_weights_from_known_distances():

@@ -15,7 +15,7 @@ from navsim_agents.data.scene_loader import SceneLoader
 from navsim_agents.data.synthetic_scenes import TwoStageSceneLoader
 from navsim_agents.scoring import evaluate as E
 from navsim_agents.scoring import two_stage as T
-from navsim_agents.scoring.pdm_score import V2_COLUMNS
+from navsim_agents.scoring.constants import V2_COLUMNS
 from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
 
 ROOT = conformance_path("navsim_two_stage_dev")

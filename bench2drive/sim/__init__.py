@@ -1,11 +1,11 @@
 """Embedded closed-loop simulator for Bench2Drive agents (no CARLA server needed).
 
-world.py (road geometry, actors, synthetic routes per scenario type), dynamics.py (ego bicycle model, IDM
+scenarios.py (road geometry, actors, synthetic routes per scenario type), dynamics.py (ego bicycle model, IDM
 traffic, scenario adversaries, opposite-lane flows and ActorFlows), monitors.py (the leaderboard's criteria, the scenario's
 life and ScenarioTimeoutTest), sensors.py (leaderboard input_data, cameras from the RAP rasterizer), expert.py
-(scripted controllers), simulator.py (route runner writing the leaderboard's results JSON).
+(scripted controllers), route_runner.py (route runner writing the leaderboard's results JSON).
 
-Scenario types built (36 of Bench2Drive's 44, ``world.SUPPORTED``; abilities from tools/ability_benchmark.py):
+Scenario types built (36 of Bench2Drive's 44, ``scenarios.SUPPORTED``; abilities from tools/ability_benchmark.py):
 
 - Overtaking (9 of 9): ParkedObstacle, Accident, ConstructionObstacle, HazardAtSideLane on a road with a
   same-direction passing lane; ParkedObstacleTwoWays, AccidentTwoWays, ConstructionObstacleTwoWays,
@@ -31,14 +31,14 @@ Scenario types built (36 of Bench2Drive's 44, ``world.SUPPORTED``; abilities fro
   the flow's lane for a gap its crossing (or its merge, up to the scenario's end) fits in; a dense flow may
   offer none within the 4000-tick cap (SignalizedJunctionLeftTurn: 2 of seeds 0-39 end in TickRuntime).
 
-Not built (8, ``world.NOT_BUILT`` gives each reason): the ramp scenarios (EnterActorFlow, HighwayCutIn,
+Not built (8, ``scenarios.NOT_BUILT`` gives each reason): the ramp scenarios (EnterActorFlow, HighwayCutIn,
 HighwayExit, MergerIntoSlowTraffic, MergerIntoSlowTrafficV2) need on/off-ramp geometry; CrossingBicycleFlow
 needs a bicycle lane through a large junction (a left turn of about 20 m radius in bench2drive220.xml; the
 synthetic junction's turn ends before the lane), InterurbanAdvancedActorFlow a two-flow interurban junction;
 SequentialLaneChange needs a route that changes lanes (the renderer draws the road around the
 route).
 
-Timeouts as the leaderboard has them: the scenarios holding a ScenarioTimeout (``world.TIMEOUT_SCENARIOS``,
+Timeouts as the leaderboard has them: the scenarios holding a ScenarioTimeout (``scenarios.TIMEOUT_SCENARIOS``,
 240 s) switch ActorBlockedTest off while it runs and record one SCENARIO_TIMEOUT (penalty 0.7) when it fires;
 RouteTimeoutBehavior allows 300 s plus the route's length at 10% of the speed limit; Bench2Drive's
 scenario_manager.py stops a route after 4000 ticks (200 s) as "Failed - TickRuntime", so under that cap

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench2drive.sim.world import (
+from bench2drive.sim.scenarios import (
     EGO_LENGTH,
     EGO_WHEELBASE,
     EGO_WIDTH,
@@ -22,6 +22,7 @@ from bench2drive.sim.world import (
     OppositeFlow,
     RoadPath,
 )
+from navsim_agents.idm import EMBEDDED_CLOSED_LOOP, idm_acceleration
 
 PHYSICS_HZ = 20.0  # leaderboard_evaluator.py frame_rate
 MAX_STEER_DEG = 70.0  # vehicle.lincoln.mkz_2020 front-wheel max steer angle: steer = 1 maps to it
@@ -29,8 +30,6 @@ ENGINE_ACCEL = 3.6  # m/s^2 at full throttle from rest (MKZ: 0-100 km/h in about
 TOP_SPEED = 50.0  # m/s: engine force fades to 0 here
 BRAKE_DECEL = 8.0  # m/s^2 at full brake
 ROLLING_DECEL = 0.15  # m/s^2 with the pedals released
-# IDM (Treiber et al.) for the background / scenario vehicles
-IDM_A, IDM_B, IDM_S0, IDM_T, IDM_DELTA = 1.5, 2.0, 2.0, 1.2, 4.0
 
 
 @dataclass
@@ -81,11 +80,7 @@ def step_ego(ego: EgoState, steer: float, throttle: float, brake: float, dt: flo
 
 def idm_accel(v: float, v_des: float, gap: float, v_lead: float) -> float:
     """IDM acceleration for speed v, desired speed, bumper gap and leader speed (gap=inf: free road)."""
-    free = 1.0 - (v / max(v_des, 0.1)) ** IDM_DELTA
-    if not math.isfinite(gap):
-        return IDM_A * free
-    s_star = IDM_S0 + v * IDM_T + v * (v - v_lead) / (2 * math.sqrt(IDM_A * IDM_B))
-    return IDM_A * (free - (max(s_star, 0.0) / max(gap, 0.1)) ** 2)
+    return idm_acceleration(v, v_des, gap, v_lead, EMBEDDED_CLOSED_LOOP)
 
 
 def _leader_gap(me: Actor, heading: np.ndarray, others: list[tuple[np.ndarray, float, float]],

@@ -21,7 +21,7 @@ from bench2drive.sim.dynamics import (
     opposite_flow_source,
 )
 from bench2drive.sim.monitors import box_corners
-from bench2drive.sim.world import CAR_LENGTH, CAR_WIDTH, EGO_WHEELBASE, LANE_WIDTH, ActorFlow
+from bench2drive.sim.scenarios import CAR_LENGTH, CAR_WIDTH, EGO_WHEELBASE, LANE_WIDTH, ActorFlow
 
 GIVE_WAY_SHIFT = 0.6  # m to the right of the lane centre while oncoming cars invade the lane
 PASS_CLEARANCE = 12.0  # m past the last obstacle before the ego returns to its lane

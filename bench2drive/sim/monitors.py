@@ -13,7 +13,7 @@ import numpy as np
 
 from bench2drive.results import TrafficEvent
 from bench2drive.sim.dynamics import EgoState
-from bench2drive.sim.world import LANE_WIDTH, Actor, RoadPath, SimScenario
+from bench2drive.sim.scenarios import LANE_WIDTH, Actor, RoadPath, SimScenario
 
 COMPLETION_WINDOW, COMPLETION_DISTANCE, COMPLETION_PERCENTAGE = 2, 10.0, 99  # RouteCompletionTest
 COLLISION_RADIUS, COLLISION_MAX_ID_TIME, COLLISION_EPSILON = 5.0, 5.0, 0.1  # CollisionTest

@@ -23,7 +23,7 @@ from bench2drive.rig import (
     planner_to_carla_vehicle,
 )
 from bench2drive.sim.dynamics import EgoState
-from bench2drive.sim.world import LANE_WIDTH, Actor, RoadPath
+from bench2drive.sim.scenarios import LANE_WIDTH, Actor, RoadPath
 
 GRAVITY = 9.81
 SKY, GROUND, LANE, VEHICLE, WALKER, STATIC = ((235, 206, 135), (90, 90, 90), (255, 255, 255), (40, 40, 200),

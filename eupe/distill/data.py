@@ -4,8 +4,9 @@ Sources (each a list of items that decode to an RGB uint8 image):
 - ``ImageFolderSource``: every image file under a directory (recursive).
 - ``TarShardSource``: WebDataset-style ``.tar`` shards read with the standard ``tarfile`` module; members are
   indexed once and then read by byte offset.
-- ``NavsimCameraSource``: camera images of NAVSIM scenes selected by our scene loader (driving domain).
-- ``synthetic_source()``: the rasterized camera images of the embedded synthetic world (navmini).
+- ``ProceduralSource``: drawn images for smoke runs.
+- any type a higher layer registers with :func:`register_source` (``navsim_agents.data.camera_source``: the
+  camera images of NAVSIM scenes, ``navsim``, and of the embedded synthetic world, ``synthetic``).
 
 Augmentations are drawn as parameters (``AugParams``: crop box in relative coordinates + horizontal flip)
 from a generator seeded by (seed, epoch, sample index), so the teacher-feature cache can store them and a
@@ -19,7 +20,7 @@ import math
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -117,60 +118,6 @@ class TarShardSource:
         return decode_image(data, what=self.describe(i))
 
 
-class NavsimCameraSource:
-    """Camera images of the current frame of each NAVSIM scene selected by our ``SceneLoader``.
-
-    Args:
-        data_path: ``navsim_logs/<split>``; sensor_blobs_path: ``sensor_blobs/<split>``.
-        cameras: nuPlan camera names to use (``cam_f0``, ``cam_l0``, ...).
-        log_names: optional scene-filter log names; other scene-filter fields keep NAVSIM's defaults.
-    """
-
-    def __init__(self, data_path: str | Path, sensor_blobs_path: str | Path, *,
-                 cameras: Sequence[str] = ("cam_f0",), log_names: Sequence[str] | None = None) -> None:
-        from navsim_agents.data.dataclasses import SceneFilter
-        from navsim_agents.data.scene_loader import SceneLoader
-
-        scene_filter = SceneFilter(log_names=list(log_names)) if log_names else SceneFilter()
-        loader = SceneLoader(Path(data_path), Path(sensor_blobs_path), scene_filter, on_corrupt_log="skip")
-        self.blobs = Path(sensor_blobs_path)
-        current = scene_filter.num_history_frames - 1
-        self.files: list[Path] = []
-        for token in loader.tokens:
-            frame = loader.scene_frames_dicts[token][current]
-            for cam in cameras:
-                cams = frame.get("cams", {})
-                entry = cams.get(cam.upper(), cams.get(cam))  # OpenScene pickles name cameras CAM_F0, ...
-                if entry is not None and entry.get("data_path"):
-                    self.files.append(self.blobs / entry["data_path"])
-        if not self.files:
-            raise ValueError(f"no {list(cameras)} images in the NAVSIM scenes of {data_path}")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def describe(self, i: int) -> str:
-        return str(self.files[i])
-
-    def load(self, i: int) -> np.ndarray:
-        try:
-            data = self.files[i].read_bytes()
-        except OSError as err:
-            raise ValueError(f"unreadable camera image {self.files[i]}: {err}") from err
-        return decode_image(data, what=str(self.files[i]))
-
-
-def synthetic_source(*, root: str | Path | None = None, cameras: Sequence[str] = ("cam_f0",),
-                     train_logs: bool = True) -> NavsimCameraSource:
-    """Rasterized camera images of the embedded synthetic world (generated on first use)."""
-    from navsim_agents.data import synthetic
-
-    data_root = synthetic.ensure_navmini(root)
-    logs = synthetic.NAVMINI_TRAIN_LOGS if train_logs else synthetic.NAVMINI_TEST_LOGS
-    return NavsimCameraSource(data_root / "navsim_logs" / "navmini", data_root / "sensor_blobs" / "navmini",
-                              cameras=cameras, log_names=logs)
-
-
 class ProceduralSource:
     """Deterministic procedural images (smooth colour fields + rectangles) for smoke runs, tests and benchmarks.
 
@@ -220,8 +167,22 @@ class ConcatSource:
         return s.load(j)
 
 
+SourceFactory = Callable[..., Any]
+"""``factory(**config fields) -> source`` (``__len__``, ``describe(i)``, ``load(i) -> RGB uint8``)."""
+_SOURCE_FACTORIES: dict[str, SourceFactory] = {}
+
+
+def register_source(kind: str, factory: SourceFactory) -> None:
+    """Make ``{type: kind, ...}`` data-source configs build ``factory(**other fields)`` (a higher layer's data)."""
+    _SOURCE_FACTORIES[kind] = factory
+
+
+def source_types() -> list[str]:
+    return ["folder", "tar", "procedural", *sorted(_SOURCE_FACTORIES)]
+
+
 def build_source(specs: Sequence[dict[str, Any]]) -> ConcatSource:
-    """Build sources from config dicts ``{type: folder|tar|navsim|synthetic, ...}``."""
+    """Build sources from config dicts ``{type: folder|tar|procedural|<registered>, ...}``."""
     out = []
     for spec in specs:
         spec = dict(spec)
@@ -231,15 +192,14 @@ def build_source(specs: Sequence[dict[str, Any]]) -> ConcatSource:
             out.append(ImageFolderSource(spec["root"]))
         elif kind == "tar":
             out.append(TarShardSource(spec["shards"]))
-        elif kind == "navsim":
-            out.append(NavsimCameraSource(spec["data_path"], spec["sensor_blobs_path"],
-                                          cameras=spec.get("cameras", ("cam_f0",)), log_names=spec.get("log_names")))
         elif kind == "procedural":
             out.append(ProceduralSource(spec["num_images"], size=spec.get("size", 64), seed=spec.get("seed", 0)))
-        elif kind == "synthetic":
-            out.append(synthetic_source(root=spec.get("root"), cameras=spec.get("cameras", ("cam_f0",))))
+        elif kind in _SOURCE_FACTORIES:
+            out.append(_SOURCE_FACTORIES[kind](**spec))
         else:
-            raise ValueError(f"unknown data source type {kind!r}; use folder, tar, navsim, synthetic or procedural")
+            raise ValueError(f"unknown data source type {kind!r}; known: {', '.join(source_types())} (a source of "
+                             "another package registers when its module is imported: add that module to "
+                             "run_distill's plugins)")
     return ConcatSource(out)
 
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Hidden width of the adaptor MLPs per stage (EUPE paper: 1536 in stage 1, 3072 in stages 2-3).
-HEAD_HIDDEN_STAGE1 = 1536
-HEAD_HIDDEN_STAGE23 = 3072
-
 
 class AdaptorMLP(nn.Module):
     """Linear (no bias) -> LayerNorm -> GELU -> Linear (no bias), applied on the last dimension."""

@@ -20,15 +20,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from eupe.distill.export import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_student_model,
-    load_student_tensors,
-    save_student,
-)
+from eupe.distill.export import save_student
 from eupe.distill.heads import build_heads, head_key
 from eupe.distill.losses import (
     PATCH_COS_WEIGHT,
@@ -38,6 +33,8 @@ from eupe.distill.losses import (
     tokens_to_grid,
 )
 from eupe.distill.normalizer import EUPE_NORMALIZER_WARMUP_ITERS, FeatureNormalizer
+from eupe.models import build_student_model
+from eupe.student_checkpoint import load_student_tensors
 from eupe.teachers import Teacher, TeacherOutput, build_teacher, encode_timm
 
 log = logging.getLogger(__name__)
@@ -109,7 +106,7 @@ class DistillModule(pl.LightningModule):
                  warmup_steps: int = 0, max_steps: int = 1000, min_lr_ratio: float = 0.0,
                  patch_cos_weight: float = PATCH_COS_WEIGHT, patch_smooth_l1_weight: float = PATCH_SMOOTH_L1_WEIGHT,
                  ema_decay: float = 0.0, grad_checkpointing: bool = False, init_from: str | None = None,
-                 student_mean: tuple[float, ...] = IMAGENET_MEAN, student_std: tuple[float, ...] = IMAGENET_STD,
+                 student_mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN, student_std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
                  recipe: dict[str, Any] | None = None, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -18,16 +18,17 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from eupe.config_tree import config_dir, config_file
+from navsim_agents.agents.abstract_agent import AbstractAgent
+from navsim_agents.agents.rap_callbacks import BackboneFeatureMemo, TrainingProgress
 from navsim_agents.agents.rap_features import (
-    CAMERA_NAMES,
-    RAP_IMAGE_SCALE,
     RAPFeatureBuilder,
     RAPTargetBuilder,
 )
@@ -40,11 +41,8 @@ from navsim_agents.agents.rap_loss import (
     trajectory_loss,
 )
 from rap_backbone.alignment import AlignmentConfig, alignment_losses
-
-try:  # the house AbstractAgent (NAVSIM's API); a plain Module keeps this file importable on its own
-    from navsim_agents.agents.abstract_agent import AbstractAgent as _AgentBase
-except ImportError:  # pragma: no cover - only while the agents package is incomplete
-    _AgentBase = nn.Module
+from rap_backbone.nuplan_rig import RAP_CAMERA_NAMES
+from rap_backbone.planner_config import RAP_IMAGE_SCALE, PlannerGroupConfig, planner_profile
 
 logger = logging.getLogger(__name__)
 
@@ -81,17 +79,13 @@ def warmup_cosine_factor(epoch: int, *, warmup_epochs: int, epochs: int, lr: flo
 
 
 def _to_plain(cfg: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
     return cfg
 
 
 def build_backbone_from_config(backbone: Any) -> nn.Module:
-    """A Backbone module, or the ``backbone`` config group (name, weights, freeze, overrides) -> Backbone."""
+    """A Backbone module, or the ``backbone`` config group (name, weights, freeze, runtime, overrides) -> Backbone."""
     if isinstance(backbone, nn.Module):
         return backbone
     from rap_backbone.backbones import build_backbone
@@ -99,7 +93,16 @@ def build_backbone_from_config(backbone: Any) -> nn.Module:
     cfg = dict(_to_plain(backbone))
     overrides = dict(cfg.pop("overrides", None) or {})
     name = cfg.pop("name")
-    return build_backbone(name, weights=cfg.pop("weights", None), freeze=cfg.pop("freeze", True), **overrides)
+    return build_backbone(name, weights=cfg.pop("weights", None), freeze=cfg.pop("freeze", True),
+                          runtime=cfg.pop("runtime", "torch"), **overrides)
+
+
+def load_planner_profile(planner: Any) -> PlannerGroupConfig:
+    """The ``planner`` config group (a node, a mapping, or a name in configs/planner/ when the primary config
+    has no planner group) over the schema's defaults."""
+    if isinstance(planner, str):
+        planner = OmegaConf.load(config_file("planner", planner))
+    return planner_profile(_to_plain(planner))
 
 
 def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
@@ -108,14 +111,8 @@ def build_planner_from_config(planner: Any, backbone: nn.Module) -> nn.Module:
         return planner
     from rap_backbone import planner as planner_module
 
-    if isinstance(planner, str):  # a name in configs/planner/ (when the primary config has no planner group)
-        from omegaconf import OmegaConf
-
-        planner = OmegaConf.load(config_file("planner", planner))
-    cfg = dict(_to_plain(planner) or {})
-    cfg.pop("_target_", None)
-    seed = cfg.pop("seed", None)
-    return planner_module.build_planner(backbone, cfg, seed=seed)
+    profile = load_planner_profile(planner)
+    return planner_module.build_planner(backbone, profile.planner_config(), seed=profile.seed)
 
 
 # the sizes that tell planner configs apart (configs/planner/*.yaml) and that a checkpoint's shapes reveal
@@ -139,14 +136,13 @@ def _sizes(sizes: Mapping[str, int]) -> str:
 
 def _planner_groups_of(sizes: Mapping[str, int]) -> str:
     """``planner=<name>`` of the configs/planner/*.yaml with these sizes, or a note that none has them."""
-    from omegaconf import OmegaConf
-
+    # the yamls state only what their size changes: read each composed over the schema's defaults
     names = [p.stem for p in sorted((config_dir() / "planner").glob("*.yaml"))
-             if all(OmegaConf.load(p).get(k) == v for k, v in sizes.items())]
+             if all(getattr(load_planner_profile(p.stem), k) == v for k, v in sizes.items())]
     return " or ".join(f"planner={n}" for n in names) if names else "no configs/planner/*.yaml has these sizes"
 
 
-class RAPAgent(_AgentBase):
+class RAPAgent(AbstractAgent):
     """RAP planner with a swappable backbone, behind NAVSIM's agent API."""
 
     requires_scene = False
@@ -157,7 +153,7 @@ class RAPAgent(_AgentBase):
         backbone: Any,
         planner: Any,
         trajectory_sampling: Any = None,
-        image_scale: float = RAP_IMAGE_SCALE,
+        image_scale: Optional[float] = None,
         missing_camera: str = "error",
         checkpoint: Optional[str] = None,
         checkpoint_backbone_config: Optional[str] = None,
@@ -169,10 +165,13 @@ class RAPAgent(_AgentBase):
         loss_weights: Optional[Mapping[str, float]] = None,
         alignment: Optional[Mapping[str, float]] = None,
         proposal_scorer: Optional[ProposalScorer] = None,
+        memo_backbone_features: bool = False,
     ):
         nn.Module.__init__(self)
         self._trajectory_sampling = trajectory_sampling
         self._num_poses = int(getattr(trajectory_sampling, "num_poses", None) or 8)
+        if image_scale is None:  # the scale the planner size is meant for (planner/*.yaml image_scale)
+            image_scale = RAP_IMAGE_SCALE if isinstance(planner, nn.Module) else load_planner_profile(planner).image_scale
         self._image_scale = float(image_scale)
         self._missing_camera = missing_camera
         self._checkpoint_path = checkpoint
@@ -182,7 +181,8 @@ class RAPAgent(_AgentBase):
         self.loss_weights = RAPLossWeights(**dict(_to_plain(loss_weights) or {}))
         self.alignment = AlignmentConfig(**dict(_to_plain(alignment) or {}))
         self.proposal_scorer = proposal_scorer
-        self.training_progress = 0.0  # set by the training loop (epoch fraction of the run), drives DANN lambda
+        self.training_progress = 0.0  # epoch fraction of the run (TrainingProgress callback), drives DANN lambda
+        self._memo_backbone_features = bool(memo_backbone_features)
 
         backbone_module = build_backbone_from_config(backbone)
         self.planner = build_planner_from_config(planner, backbone_module)
@@ -214,7 +214,7 @@ class RAPAgent(_AgentBase):
         from navsim_agents.data.dataclasses import SensorConfig
 
         cams = {f"cam_{n}": [] for n in ("f0", "l0", "l1", "l2", "r0", "r1", "r2", "b0")}
-        for name in CAMERA_NAMES:
+        for name in RAP_CAMERA_NAMES:
             cams[name] = [CURRENT_FRAME_INDEX]
         return SensorConfig(**cams, lidar_pc=[])
 
@@ -225,7 +225,17 @@ class RAPAgent(_AgentBase):
         return [self._target_builder]
 
     def forward(self, features: Mapping[str, torch.Tensor], targets: Any = None) -> dict[str, torch.Tensor]:
-        """RAP's feature dict (batched) -> the planner's output dict."""
+        """RAP's feature dict (batched) -> the planner's output dict.
+
+        Training batches with ``rendered_camera_feature`` and ``camera_valid`` (samples that have rasterized views
+        and, where ``camera_valid``, real views) follow RAP's Raster-to-Real step: the planner runs on
+        ``[rendered views of all B | real views of the valid ones]``; :meth:`compute_loss` adds the alignment.
+        """
+        if "rendered_camera_feature" in features:
+            real_idx = _real_index(features)
+            raster = {k: v for k, v in features.items() if k not in ("rendered_camera_feature", "camera_valid")}
+            raster["camera_feature"] = features["rendered_camera_feature"]
+            features = {k: torch.cat([raster[k], features[k][real_idx]]) for k in raster}
         return self.planner(dict(features))
 
     def compute_trajectory(self, agent_input: Any) -> Any:
@@ -245,7 +255,26 @@ class RAPAgent(_AgentBase):
     # ---------------------------------------------------------------- losses
     def compute_loss(self, features: Mapping[str, torch.Tensor], targets: Mapping[str, Any],
                      predictions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """RAP losses; returns a dict with ``loss`` and its terms (all scalars)."""
+        """RAP losses; returns a dict with ``loss`` and its terms (all scalars).
+
+        For a Raster-to-Real batch (see :meth:`forward`) the task loss covers the raster and the real samples
+        and the alignment terms (``alignment_spatial``, ``alignment_domain``, ``alignment_lambda``) are added.
+        """
+        if "rendered_camera_feature" not in features:
+            return self._task_losses(targets, predictions)
+        real_idx = _real_index(features)
+        n_raster = int(features["camera_valid"].shape[0])
+        both_targets = {k: (torch.cat([v, v[real_idx]]) if isinstance(v, torch.Tensor)
+                            else list(v) + [v[i] for i in real_idx.tolist()]) for k, v in targets.items()}
+        losses = self._task_losses(both_targets, predictions)
+        align = self.alignment_loss(predictions["projected"], n_raster=n_raster, real_index=real_idx)
+        losses["loss"] = losses["loss"] + align["loss"]
+        losses.update(alignment_spatial=align["spatial"], alignment_domain=align["domain"],
+                      alignment_lambda=align["lambda"])
+        return losses
+
+    def _task_losses(self, targets: Mapping[str, Any], predictions: Mapping[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
         w = self.loss_weights
         target_traj = targets["trajectory"].to(predictions["proposals"].dtype)
         score_mask = targets.get("score_mask")
@@ -296,33 +325,6 @@ class RAPAgent(_AgentBase):
             out["pred_area_loss"] = area_loss(area.reshape(score_mask.shape[0], -1)[idx].float(), gt)
         return out
 
-    def training_losses(self, features: Mapping[str, torch.Tensor], targets: Mapping[str, Any]
-                        ) -> dict[str, torch.Tensor]:
-        """Forward + losses of one training batch.
-
-        Batches with ``rendered_camera_feature`` and ``camera_valid`` (samples that have rasterized views and,
-        where ``camera_valid``, real views) follow RAP's Raster-to-Real step: the model runs on
-        ``[rendered views of all B | real views of the valid ones]``, the task loss covers both, and the
-        alignment terms (``spatial``, ``domain``) are added.
-        """
-        if "rendered_camera_feature" not in features:
-            return self.compute_loss(features, targets, self.forward(features))
-        valid = features["camera_valid"].bool().reshape(-1)
-        real_idx = torch.nonzero(valid).squeeze(-1)
-        n_raster = int(valid.shape[0])
-        raster = {k: v for k, v in features.items() if k not in ("rendered_camera_feature", "camera_valid")}
-        raster["camera_feature"] = features["rendered_camera_feature"]
-        both = {k: torch.cat([raster[k], features[k][real_idx]]) for k in raster}
-        both_targets = {k: (torch.cat([v, v[real_idx]]) if isinstance(v, torch.Tensor)
-                            else list(v) + [v[i] for i in real_idx.tolist()]) for k, v in targets.items()}
-        predictions = self.forward(both)
-        losses = self.compute_loss(both, both_targets, predictions)
-        align = self.alignment_loss(predictions["projected"], n_raster=n_raster, real_index=real_idx)
-        losses["loss"] = losses["loss"] + align["loss"]
-        losses.update(alignment_spatial=align["spatial"], alignment_domain=align["domain"],
-                      alignment_lambda=align["lambda"])
-        return losses
-
     def alignment_loss(self, projected: torch.Tensor, *, n_raster: int, real_index: torch.Tensor
                        ) -> dict[str, torch.Tensor]:
         """Raster-to-Real terms on the planner's projected camera features (see rap_backbone.alignment)."""
@@ -341,7 +343,11 @@ class RAPAgent(_AgentBase):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def get_training_callbacks(self) -> list:
-        return []
+        """The DANN progress of the run and, with ``memo_backbone_features``, the backbone-feature memo."""
+        callbacks: list = [TrainingProgress(self)]
+        if self._memo_backbone_features:
+            callbacks.append(BackboneFeatureMemo(self))
+        return callbacks
 
     # ---------------------------------------------------------------- checkpoints
     def load_checkpoint(self, path: str | Path) -> None:
@@ -387,6 +393,11 @@ class RAPAgent(_AgentBase):
         self._loaded_from = str(path)
 
 
+def _real_index(features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Indices of the samples of a Raster-to-Real batch that also have real views."""
+    return torch.nonzero(features["camera_valid"].bool().reshape(-1)).squeeze(-1)
+
+
 class _WarmupCosine:
     """Picklable LambdaLR factor (Lightning checkpoints the scheduler state)."""
 
@@ -396,6 +407,3 @@ class _WarmupCosine:
     def __call__(self, epoch: int) -> float:
         return warmup_cosine_factor(epoch, warmup_epochs=self.warmup_epochs, epochs=self.epochs, lr=self.lr,
                                     min_lr=self.min_lr)
-
-
-FeatureFn = Callable[[Any], Mapping[str, torch.Tensor]]

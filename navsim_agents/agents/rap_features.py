@@ -16,14 +16,16 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-# rap_features.py / bev_feature_build.py: cameras in this order, back camera first
-CAMERA_NAMES = ("cam_b0", "cam_f0", "cam_l0", "cam_r0")
-# bev_feature_build.py: NormalizeMultiviewImage(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
-IMAGENET_MEAN_255 = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-IMAGENET_STD_255 = np.array([58.395, 57.12, 57.375], dtype=np.float32)
-# bev_feature_build.py: RandomScaleImageMultiViewImage(scales=[0.4]), PadMultiViewImage(size_divisor=32)
-RAP_IMAGE_SCALE = 0.4
+from rap_backbone.nuplan_rig import RAP_CAMERA_NAMES
+from rap_backbone.planner_config import RAP_IMAGE_SCALE
+
+# bev_feature_build.py: NormalizeMultiviewImage(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]),
+# timm's ImageNet statistics on the 0..255 scale
+IMAGENET_MEAN_255 = (np.array(IMAGENET_DEFAULT_MEAN) * 255).astype(np.float32)
+IMAGENET_STD_255 = (np.array(IMAGENET_DEFAULT_STD) * 255).astype(np.float32)
+# bev_feature_build.py: PadMultiViewImage(size_divisor=32); the resize scale is planner_config.RAP_IMAGE_SCALE
 RAP_PAD_DIVISOR = 32
 EGO_STATUS_DIM = 11  # pose 3 | velocity 2 | acceleration 2 | driving command 4
 
@@ -98,7 +100,7 @@ class RAPFeatureBuilder:
     """
 
     def __init__(self, *, image_scale: float = RAP_IMAGE_SCALE, missing_camera: str = "error",
-                 cameras: Sequence[str] = CAMERA_NAMES, pad_divisor: int = RAP_PAD_DIVISOR):
+                 cameras: Sequence[str] = RAP_CAMERA_NAMES, pad_divisor: int = RAP_PAD_DIVISOR):
         if missing_camera not in ("error", "zeros"):
             raise ValueError(f"missing_camera must be 'error' or 'zeros', got {missing_camera!r}")
         self.image_scale = float(image_scale)

@@ -39,7 +39,7 @@ class MetricCacheProposalScorer:
         self._max_cached = max_cached
 
     def _cache(self, token: str) -> Any:
-        from navsim_agents.scoring.metric_cache import MetricCache
+        from navsim_agents.scoring.metric_cache_file import MetricCache
 
         if token not in self._caches:
             if token not in self.cache_files:
@@ -55,7 +55,7 @@ class MetricCacheProposalScorer:
         corners ``[N,40,2,4,2]`` (ego frame) and their validity ``[N,40,2]`` (agent 0: at-fault collision,
         agent 1: TTC)."""
         from navsim_agents.scoring.pdm_score import agent_reference
-        from navsim_agents.scoring.simulator import simulate_proposals
+        from navsim_agents.scoring.pdm_simulator import simulate_proposals
 
         cache = self._cache(token)
         refs = np.stack([agent_reference(cache, p) for p in np.asarray(proposals, dtype=np.float64)])

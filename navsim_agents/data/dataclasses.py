@@ -24,13 +24,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
+from rap_backbone.nuplan_rig import CAMERA_NAMES
+
 # navsim/common/dataclasses.py: the 2 Hz spacing of NAVSIM frames and trajectories.
 NAVSIM_INTERVAL_LENGTH: float = 0.5
 # nuplan/planning/simulation/trajectory/trajectory_sampling.py: tolerance of the sampling consistency checks.
 _PROXIMITY_ABS_TOL = 1e-10
 
 # Camera identifiers in the order of the devkit's ``Cameras`` fields; log keys are their upper-case form.
-CAMERA_NAMES: Tuple[str, ...] = ("cam_f0", "cam_l0", "cam_l1", "cam_l2", "cam_r0", "cam_r1", "cam_r2", "cam_b0")
 SENSOR_NAMES: Tuple[str, ...] = CAMERA_NAMES + ("lidar_pc",)
 
 
@@ -73,6 +74,11 @@ def quaternion_yaw(quaternion_wxyz: npt.ArrayLike) -> npt.NDArray[np.float64]:
     w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
     # pyquaternion's yaw_pitch_roll (intrinsic z-y'-x'' Tait-Bryan angles)
     return np.arctan2(2.0 * (w * z - x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def yaw_quaternion(yaw: float) -> npt.NDArray[np.float64]:
+    """The (w, x, y, z) quaternion of a rotation by ``yaw`` about z (flat ground); ``quaternion_yaw`` inverts it."""
+    return np.array([math.cos(yaw / 2.0), 0.0, 0.0, math.sin(yaw / 2.0)])
 
 
 def convert_absolute_to_relative_se2_array(

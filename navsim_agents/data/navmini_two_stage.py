@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from navsim_agents.data import synthetic as world
+from navsim_agents.data.dataclasses import quaternion_yaw
 from navsim_agents.data.synthetic_scenes import SYNTHETIC_TOKEN_LENGTH
 
 VERSION = 2  # bump whenever the generated content changes
@@ -56,8 +57,7 @@ def _token(*parts) -> str:
 
 def _shifted_pose(frame: dict, dl: float, dy: float) -> np.ndarray:
     x, y = frame["ego2global_translation"][:2]
-    w, _, _, z = frame["ego2global_rotation"]
-    h = math.atan2(2 * w * z, 1 - 2 * z * z)
+    h = float(quaternion_yaw(frame["ego2global_rotation"]))
     return np.array([x + dl * math.cos(h) - dy * math.sin(h), y + dl * math.sin(h) + dy * math.cos(h), h])
 
 

@@ -28,6 +28,7 @@ from navsim_agents.data.dataclasses import (
     SceneLoadError,
     SensorConfig,
 )
+from rap_backbone.nuplan_rig import OPENSCENE_CAMERA_KEYS
 
 __all__ = ["SceneLoader", "SceneLoadError", "filter_scenes", "load_log", "validate_frame", "LOG_FRAME_KEYS"]
 
@@ -58,7 +59,6 @@ LOG_FRAME_KEYS = (
     "ego2global_translation", "ego2global_rotation", "ego2global", "lidar2ego", "lidar2global",
     "ego_dynamic_state", "traffic_lights", "driving_command", "sample_prev", "sample_next", "cams", "anns",
 )
-CAMERA_KEYS = ("CAM_F0", "CAM_L0", "CAM_L1", "CAM_L2", "CAM_R0", "CAM_R1", "CAM_R2", "CAM_B0")
 CAMERA_ENTRY_SHAPES = {"sensor2lidar_rotation": (3, 3), "sensor2lidar_translation": (3,), "cam_intrinsic": (3, 3)}
 ANNOTATION_KEYS = ("gt_boxes", "gt_names", "gt_velocity_3d", "instance_tokens", "track_tokens")
 # OpenScene box classes
@@ -129,7 +129,7 @@ def validate_frame(frame: Dict[str, Any], *, require_annotations: bool = True, a
             problems.append("lidar2global != ego2global @ lidar2ego")
     cams = frame.get("cams", {})
     if isinstance(cams, dict):
-        for camera in CAMERA_KEYS:
+        for camera in OPENSCENE_CAMERA_KEYS:
             entry = cams.get(camera)
             if not entry:
                 problems.append(f"cams.{camera} missing")

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
+
+from navsim_agents.data.scene_loader import load_log
+from rap_backbone.nuplan_rig import PACIFICA
 
 HISTORY_FRAMES = 4  # NAVSIM: 4 history frames (incl. the current one) and 10 future frames at 2 Hz
 FUTURE_FRAMES = 10
@@ -46,8 +48,7 @@ def find_frames(logs_dir: Path, token: str) -> tuple[list[dict], int]:
     if not logs_dir.is_dir():
         raise FileNotFoundError(f"no log directory {logs_dir}")
     for pkl in sorted(logs_dir.glob("*.pkl")):
-        with open(pkl, "rb") as handle:
-            frames = pickle.load(handle)
+        frames = load_log(pkl)
         for k, frame in enumerate(frames):
             if frame["token"] == token:
                 return frames, k
@@ -115,7 +116,7 @@ def render_scene_png(frames: list[dict], index: int, sensor_root: Path, maps_roo
         ax.add_patch(MplPolygon(local @ np.array([[c, -s], [s, c]]).T + [x, y], closed=True,
                                 facecolor=BOX_COLORS.get(str(name), "tab:gray"), alpha=0.8))
     # ego footprint (nuPlan Pacifica) and trajectories in the current ego frame
-    ego = np.array([[4.049, 1.1485], [4.049, -1.1485], [-1.127, -1.1485], [-1.127, 1.1485]])
+    ego = np.array(PACIFICA.footprint())
     ax.add_patch(MplPolygon(ego, closed=True, facecolor="tab:green", alpha=0.9))
     poses = np.array([np.asarray(f["ego2global"])[:2, 3] for f in frames])
     hist = _to_ego(poses[max(0, index - HISTORY_FRAMES + 1): index + 1], e2g)

@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any, List, Mapping, NamedTuple, Optional
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from navsim_agents.data.dataclasses import SceneFilter, SensorConfig
 from navsim_agents.data.devkit_splits import read_devkit_split
 from navsim_agents.data.maps import DEFAULT_MAP_VERSION
@@ -51,13 +53,8 @@ class SplitPaths(NamedTuple):
 
 def _plain(node: Any) -> Any:
     """OmegaConf node -> plain Python containers (resolving interpolations); other values unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(node, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(node, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra-core
-        pass
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
     return node
 
 

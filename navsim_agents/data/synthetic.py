@@ -36,7 +36,9 @@ import cv2
 import numpy as np
 import shapely
 
+from navsim_agents.data.dataclasses import yaw_quaternion
 from navsim_agents.data.synthetic_town import (
+    CROSSWALK_SPAN,
     LANE_WIDTH,
     MAP_VERSION_NAME,
     TownMap,
@@ -45,16 +47,17 @@ from navsim_agents.data.synthetic_town import (
 )
 from navsim_agents.data.synthetic_traffic import (
     DT,
-    EGO_FRONT,
     Expert,
     Path,
     Traffic,
     footprint,
     footprints,
 )
-from rap_backbone.raster import NUPLAN_CAMERA_NAMES, RAP_CAMERA_NAMES, default_camera_rig, render_cameras
+from rap_backbone.nuplan_rig import OPENSCENE_CAMERA_KEYS, PACIFICA, RAP_CAMERA_NAMES, openscene_camera_key
+from rap_backbone.raster import default_camera_rig, render_cameras
 
-VERSION = 2  # bump whenever the generated content changes
+VERSION = 3  # bump whenever the generated content changes (3: the expert drives like a human, see DESIGN notes)
+RENDERED_CAMERAS = tuple(map(openscene_camera_key, RAP_CAMERA_NAMES))  # images exist for these only
 SPLIT = "navmini"
 MAP_LOCATION = "us-pa-pittsburgh-hazelwood"
 NUM_TRAIN_LOGS = 24
@@ -65,6 +68,7 @@ FRAME_US = 500_000
 WARMUP_S = 12.0
 ANNOTATION_RADIUS = 100.0
 RENDER_RADIUS = 150.0
+PED_CLEAR_AHEAD = 120.0  # m of the ego's path (about what it drives in a log) whose crosswalks start empty
 TRAFFIC_LIGHT_ALONG = 8.0  # RAP set_light_position: the light sits ~8 m into its lane connector
 SCENARIOS = ("follow", "red_light", "left_turn", "right_turn", "lane_change", "ped_yield", "stopped_vehicle",
              "unsignalised", "cones")
@@ -84,10 +88,6 @@ NAVMINI_TEST_LOGS = [log_name("test", i) for i in range(NUM_TEST_LOGS)]
 
 def _token(*parts) -> str:
     return hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()[:16]
-
-
-def _quat_wxyz(yaw: float) -> np.ndarray:
-    return np.array([math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)])
 
 
 # -------------------------------------------------------------------------------------------------
@@ -146,8 +146,8 @@ def _setup_scenario(kind: str, town: TownMap, traffic: Traffic, rng: np.random.G
     # distance of the ego's front to the stop line: turns happen inside the 10 s log
     dist = {"follow": 45.0, "red_light": 45.0, "lane_change": 85.0, "stopped_vehicle": 75.0,
             "cones": 75.0}.get(kind, float(rng.uniform(15.0, 28.0)))
-    s_front = max(in_lane.length - dist, 5.0 + EGO_FRONT)
-    s_rear = s_front - EGO_FRONT
+    s_front = max(in_lane.length - dist, 5.0 + PACIFICA.front_length)
+    s_rear = s_front - PACIFICA.front_length
     v0 = float(rng.uniform(7.0, 10.0))
     route = [exit_lane.id, conn] + tail
     if start_idx != lane_idx:
@@ -167,10 +167,21 @@ def _setup_scenario(kind: str, town: TownMap, traffic: Traffic, rng: np.random.G
         # turns and through scenes should happen inside the log: the ego's approach turns green now
         traffic.signals.offsets[inter.id] = traffic.signals.offset_green(approach, traffic.t, 0.0)
     else:
-        # unsignalised: the ego's approach has the right of way next (first come, first served)
+        # unsignalised: the ego's approach has the right of way next (first come, first served); vehicles of
+        # other approaches still inside the intersection are cleared, as the ego would otherwise wait for them
+        for a in list(traffic.vehicles()):
+            if any(iid == inter.id and appr != approach and a.rear() < s1 and a.front() > s0 - 0.5
+                   for iid, appr, s0, s1 in a.connector_spans):
+                del traffic.agents[a.id]
         traffic.owner[inter.id] = approach
         traffic.owner_since[inter.id] = traffic.t
     expert = Expert(traffic, path, 0.0, v0)
+    if kind != "ped_yield":
+        # pedestrians already crossing the ego's way would make it wait out the scenario (as vehicles in its
+        # corridor would, see _clear_around); ones that step out later are part of the traffic
+        crossed = {c.crosswalk for c in expert.agent.crossings if c.s_in < PED_CLEAR_AHEAD}
+        for other in [p for p in traffic.agents.values() if p.kind == "pedestrian" and p.crosswalk in crossed]:
+            del traffic.agents[other.id]
     if kind == "follow":
         lead_path = Path.along(town, route, s_rear + 20.0)
         traffic.add_vehicle(lead_path, 2.5, v0 * 0.9, v0_scale=0.8)
@@ -180,8 +191,11 @@ def _setup_scenario(kind: str, town: TownMap, traffic: Traffic, rng: np.random.G
                   and cid != _entry_crosswalk(town, inter, approach))
         for other in [p for p in traffic.agents.values() if p.kind == "pedestrian" and p.crosswalk == cw]:
             del traffic.agents[other.id]
-        reverse = bool(rng.random() < 0.5)
-        start = town.crosswalks[cw].ends[1 if reverse else 0]
+        # the pedestrian steps off the kerb nearest to the ego's lane, so the ego meets it there and yields
+        crossing = next(c for c in expert.agent.crossings if c.crosswalk == cw)
+        ends = town.crosswalks[cw].ends
+        reverse = (crossing.u_lo + crossing.u_hi) / 2 > np.linalg.norm(ends[1] - ends[0]) / 2
+        start = ends[1 if reverse else 0]
         for other in [p for p in traffic.agents.values() if p.kind == "pedestrian"
                       and np.hypot(*(p.pose()[:2] - start)) < 2.0]:
             del traffic.agents[other.id]
@@ -209,7 +223,7 @@ def _entry_crosswalk(town: TownMap, inter, approach: str) -> int:
     arm = {"E": np.array([1.0, 0.0]), "N": np.array([0.0, 1.0]), "W": np.array([-1.0, 0.0]),
            "S": np.array([0.0, -1.0])}[approach]
     return min(inter.crosswalks, key=lambda cid: np.linalg.norm(
-        np.asarray(town.crosswalks[cid].polygon.centroid.coords[0]) - (c + 9.5 * arm)))
+        np.asarray(town.crosswalks[cid].polygon.centroid.coords[0]) - (c + np.mean(CROSSWALK_SPAN) * arm)))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -326,7 +340,7 @@ def _frame_dicts(name: str, seed: int, snaps: list[_Snapshot], path: Path, town:
         e2g[:3, :3] = [[math.cos(h), -math.sin(h), 0.0], [math.sin(h), math.cos(h), 0.0], [0.0, 0.0, 1.0]]
         e2g[:3, 3] = [x, y, 0.0]
         l2e = np.eye(4)  # nuPlan camera extrinsics are ego-relative: the "lidar" frame is the ego frame
-        quat = _quat_wxyz(h)
+        quat = yaw_quaternion(h)
         ego_dyn = [float(v), 0.0, float(acc), float(v * yaw_rate)]
         can_bus = np.array([x, y, 0.0, *quat, acc, v * yaw_rate, 0.0, v, 0.0, 0.0, 0.0, 0.0, yaw_rate, 0.0, 0.0])
         rot_inv = e2g[:2, :2].T
@@ -417,7 +431,7 @@ def _generate_log(args) -> tuple[str, dict]:
     log_seed = int(hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()[:8], 16)
     snaps, path, attempt = simulate_log(town, kind, log_seed, frames_per_log, warmup_s=warmup_s)
     # the pickles list all 8 nuPlan cameras, as OpenScene; images exist for ``cameras`` only
-    frames = _frame_dicts(name, seed, snaps, path, town, default_camera_rig(NUPLAN_CAMERA_NAMES, image_size))
+    frames = _frame_dicts(name, seed, snaps, path, town, default_camera_rig(OPENSCENE_CAMERA_KEYS, image_size))
     rig = default_camera_rig(cameras, image_size)
     with open(root / "navsim_logs" / SPLIT / f"{name}.pkl", "wb") as handle:
         pickle.dump(frames, handle, protocol=4)
@@ -428,7 +442,7 @@ def _generate_log(args) -> tuple[str, dict]:
 
 def generate_world(root, *, seed: int = 0, num_train_logs: int = NUM_TRAIN_LOGS, num_test_logs: int = NUM_TEST_LOGS,
                    frames_per_log: int = FRAMES_PER_LOG, image_size: tuple[int, int] = (1920, 1080),
-                   cameras=RAP_CAMERA_NAMES, render: bool = True, progress: bool = False,
+                   cameras=RENDERED_CAMERAS, render: bool = True, progress: bool = False,
                    workers: int | None = None, raster_config=None, warmup_s: float = WARMUP_S) -> FsPath:
     """Write a complete navmini data set under ``root`` (maps, logs, images) and return ``root``.
 
@@ -456,9 +470,9 @@ def generate_world(root, *, seed: int = 0, num_train_logs: int = NUM_TRAIN_LOGS,
     blobs = root / "sensor_blobs" / SPLIT
     logs_dir.mkdir(parents=True, exist_ok=True)
     blobs.mkdir(parents=True, exist_ok=True)
-    unknown = [c for c in cameras if c not in NUPLAN_CAMERA_NAMES]
+    unknown = [c for c in cameras if c not in OPENSCENE_CAMERA_KEYS]
     if unknown:
-        raise KeyError(f"unknown cameras {unknown}; known: {list(NUPLAN_CAMERA_NAMES)}")
+        raise KeyError(f"unknown cameras {unknown}; known: {list(OPENSCENE_CAMERA_KEYS)}")
     jobs = [("train", i) for i in range(num_train_logs)] + [("test", i) for i in range(num_test_logs)]
     args = [(root, seed, split, i, frames_per_log, tuple(image_size), tuple(cameras), render, raster_config,
              warmup_s) for split, i in jobs]

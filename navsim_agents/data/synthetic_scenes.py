@@ -16,7 +16,6 @@ those ``initial_token`` s (even when unrelated to the loaded original scenes), o
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,14 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from navsim_agents.data.dataclasses import AgentInput, Scene, SceneFilter, SceneLoadError, SensorConfig
+from navsim_agents.data.dataclasses import (
+    AgentInput,
+    Scene,
+    SceneFilter,
+    SceneLoadError,
+    SensorConfig,
+    yaw_quaternion,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +43,6 @@ SYNTHETIC_TOKEN_LENGTH = 17
 # Scene.save_to_disk camera field names -> OpenScene `cams` keys
 _CAMERA_KEYS = {"cam_f0": "CAM_F0", "cam_l0": "CAM_L0", "cam_l1": "CAM_L1", "cam_l2": "CAM_L2",
                 "cam_r0": "CAM_R0", "cam_r1": "CAM_R1", "cam_r2": "CAM_R2", "cam_b0": "CAM_B0"}
-
-
-def _yaw_quaternion(heading: float) -> List[float]:
-    """(w, x, y, z) of a rotation by `heading` about z."""
-    return [math.cos(heading / 2.0), 0.0, 0.0, math.sin(heading / 2.0)]
 
 
 def frame_dict_from_scene_frame(frame: Dict[str, Any], metadata: Dict[str, Any]) -> Dict[str, Any]:
@@ -63,7 +64,7 @@ def frame_dict_from_scene_frame(frame: Dict[str, Any], metadata: Dict[str, Any])
         "roadblock_ids": list(frame["roadblock_ids"]),
         "traffic_lights": list(frame["traffic_lights"]),
         "ego2global_translation": np.array([pose[0], pose[1], 0.0]),
-        "ego2global_rotation": np.array(_yaw_quaternion(float(pose[2]))),
+        "ego2global_rotation": yaw_quaternion(float(pose[2])),
         "ego_dynamic_state": np.concatenate([np.asarray(status["ego_velocity"], dtype=np.float32),
                                              np.asarray(status["ego_acceleration"], dtype=np.float32)]),
         "driving_command": np.asarray(status["driving_command"]),

@@ -1,7 +1,7 @@
 """The synthetic town of the ``navmini`` split: geometry, lane graph and its nuPlan GeoPackage.
 
-``build_town()`` lays out a 2 x 2 grid of two-way roads with two lanes per direction (3.5 m lanes), four
-intersections (two signalised, two unsignalised) with a lane connector for every legal turn (straight
+``build_town()`` lays out a 2 x 2 grid of two-way roads with two lanes per direction (3.5 m lanes) and a 1 m
+shoulder, four 36 m intersections (two signalised, two unsignalised) with a lane connector for every legal turn (straight
 lane-to-lane, left from the leftmost lane, right from the rightmost lane), a crosswalk on every arm, sidewalks,
 a carpark and per-road speed limits. ``write_map_gpkg`` writes it with the layers and columns of a nuPlan map
 (read from nuplan-devkit ``nuplan/common/maps/nuplan_map/*.py`` and the navsim_dev conformance maps).
@@ -22,9 +22,16 @@ from shapely.geometry import LineString, Polygon, box
 
 LANE_WIDTH = 3.5
 LANES_PER_DIRECTION = 2
-ROAD_HALF_WIDTH = LANE_WIDTH * LANES_PER_DIRECTION
-BOX_HALF = 12.0  # intersection half size: lanes end here, crosswalks lie inside
-CROSSWALK_SPAN = (7.5, 11.5)  # distance from the intersection centre along the arm
+# a paved shoulder beside the outer lane (part of the roadblock, as the gutter and parking strip of real roads):
+# a car leaving a tight right turn (radius 6.75 m) swings over the lane edge when the scorer's LQR tracker
+# follows its 2 Hz poses, and would otherwise leave the drivable area at once
+SHOULDER = 1.0
+ROAD_HALF_WIDTH = LANE_WIDTH * LANES_PER_DIRECTION + SHOULDER
+# intersection half size: lanes end here, crosswalks lie inside. 18 m gives the right turn from the kerb lane a
+# 12.75 m radius (9 m at the Bezier's apex): with 12 m (6.75 m) the scorer's LQR tracker, following a human's 2 Hz
+# poses through the turn at walking pace, still swung out of the exit lane
+BOX_HALF = 18.0
+CROSSWALK_SPAN = (BOX_HALF - 4.5, BOX_HALF - 0.5)  # distance from the intersection centre along the arm
 SIDEWALK = (ROAD_HALF_WIDTH, ROAD_HALF_WIDTH + 3.0)
 GRID = (0.0, 170.0)  # intersection coordinates along both axes (local)
 OUTER = 130.0  # length of the roads beyond the outer intersections

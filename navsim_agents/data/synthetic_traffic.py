@@ -5,7 +5,7 @@ Building blocks, reusable by a closed-loop simulator:
 
 - ``Path(town, segments)``: a drivable path along lane ids with arc-length queries (``pose_at``) and the
   lane occupied at any arc length (``lane_at``); ``Path.along(town, lane_ids)``, ``Path.with_lane_change``.
-- ``idm_acceleration(v, v0, gap, dv)``: the Intelligent Driver Model (vectorised).
+- speeds from the Intelligent Driver Model with PDM-Closed's parameters (``navsim_agents.idm``).
 - ``SignalPlan``: protected-phase traffic lights per signalised intersection (``state(inter, approach, t)``).
 - ``Traffic(town, rng)``: the world state; ``step()`` advances all agents by ``DT``; vehicles yield at
   lights, unsignalised intersections (first come, first served), and crosswalks with pedestrians.
@@ -16,47 +16,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import shapely
 
 from navsim_agents.data.synthetic_town import LANE_WIDTH, TownMap, arc_length, polyline_headings
+from navsim_agents.idm import PDM_CLOSED, idm_acceleration
+from rap_backbone.nuplan_rig import PACIFICA
 
 DT = 0.1  # simulation step (s); logs are sampled every 5 steps (2 Hz)
-# nuPlan vehicle_parameters.py (Chrysler Pacifica), as NAVSIM's scorer uses
-EGO_WIDTH = 1.1485 * 2
-EGO_FRONT = 4.049
-EGO_REAR = 1.127
-EGO_WHEEL_BASE = 3.089
-EGO_HEIGHT = 1.777
-# IDM parameters (Treiber et al.; headway and gaps as PDM-Closed's BatchIDMPolicy)
-IDM_ACCEL = 1.5
-IDM_DECEL = 3.0
-IDM_HEADWAY = 1.5
-IDM_MIN_GAP = 2.0
+# IDM: the textbook form with PDM-Closed's parameters (navsim_agents/idm.py); only the emergency brake limit is the
+# generator's own (PDM-Closed clips at its decel_max, which would let a traffic vehicle that another cuts in front
+# of fail to stop)
 MAX_BRAKE = 8.0
+# drivers slow down before curves so that v^2 * curvature stays at half NAVSIM's lateral-acceleration comfort
+# bound (pdm_comfort_metrics.py: 4.89 m/s^2, scoring.constants.MAX_ABS_LAT_ACCEL, which the world generator may
+# not import: the scoring package sits above data; tests/test_synthetic.py checks the two agree), a relaxed urban
+# turn (about 4 m/s through the town's 6.75 m right turns)
+CURVE_LAT_ACCEL = 0.5 * 4.89
+# deceleration drivers plan with towards a lower speed limit or a curve, and how far ahead they look for curves
+ANTICIPATION_DECEL = 1.0
+CURVE_LOOKAHEAD = 90.0
+# drivers let a pedestrian pass their lane with this much room, and go first only if they are across the
+# crosswalk this long before the pedestrian reaches their lane
+PED_CLEARANCE = 1.0
+PED_TIME_MARGIN = 2.0
+TRACKING_LENGTH = 5.0  # m of travel over which the expert steers back onto its path
 # light plan: each approach gets its own protected phase
 GREEN, YELLOW, ALL_RED = 7.0, 3.0, 2.0
 PED_SPEED = (1.1, 1.5)
-
-
-def idm_acceleration(v, v0, gap, dv):
-    """IDM acceleration for speed ``v``, desired speed ``v0``, bumper gap ``gap`` (inf if free) and
-    approach rate ``dv = v - v_lead``; arrays broadcast."""
-    v = np.asarray(v, dtype=np.float64)
-    s_star = IDM_MIN_GAP + np.maximum(0.0, v * IDM_HEADWAY + v * dv / (2.0 * math.sqrt(IDM_ACCEL * IDM_DECEL)))
-    free = 1.0 - (v / np.maximum(v0, 0.1)) ** 4
-    inter = np.where(np.isfinite(gap), (s_star / np.maximum(gap, 0.1)) ** 2, 0.0)
-    return np.clip(IDM_ACCEL * (free - inter), -MAX_BRAKE, IDM_ACCEL)
-
-
-def _idm_scalar(v: float, v0: float, gap: float, dv: float) -> float:
-    """``idm_acceleration`` for one vehicle, without NumPy overhead."""
-    s_star = IDM_MIN_GAP + max(0.0, v * IDM_HEADWAY + v * dv / (2.0 * math.sqrt(IDM_ACCEL * IDM_DECEL)))
-    acc = 1.0 - (v / max(v0, 0.1)) ** 4
-    if math.isfinite(gap):
-        acc -= (s_star / max(gap, 0.1)) ** 2
-    return min(max(IDM_ACCEL * acc, -MAX_BRAKE), IDM_ACCEL)
 
 
 @dataclass
@@ -77,6 +66,11 @@ class Path:
         self.length = float(self.s[-1])
         self.segments = segments
         self.change = None  # (start, end, from lane, to lane) of a lane change, see ``with_lane_change``
+        # signed curvature (1/m, left positive) and the squared speed at which a vehicle on the path feels
+        # CURVE_LAT_ACCEL (inf on straights)
+        self.curvature = np.gradient(self.heading, self.s) if len(points) > 2 else np.zeros(len(points))
+        with np.errstate(divide="ignore"):
+            self.curve_speed_sq = CURVE_LAT_ACCEL / np.abs(self.curvature)
 
     @classmethod
     def along(cls, town: TownMap, lane_ids: list[int], start_offset: float = 0.0) -> "Path":
@@ -247,10 +241,23 @@ class Agent:
         return self.s - self.length / 2
 
 
+class Crossing(NamedTuple):
+    """Where a vehicle's path crosses a crosswalk: its path span [s_in, s_out] (crosswalk buffered by 1.2 m)
+    and the span [u_lo, u_hi] of the crossing line (metres from the crosswalk's first end) that the vehicle's
+    box covers on the way."""
+
+    crosswalk: int
+    s_in: float
+    s_out: float
+    u_lo: float
+    u_hi: float
+
+
 def annotate_path(agent: Agent, town: TownMap) -> None:
     """Pre-compute the crosswalk and intersection spans of a vehicle's path."""
     path = agent.path
     line = shapely.LineString(path.points)
+    swept = None
     agent.crossings = []
     for cw in town.crosswalks.values():
         zone = cw.polygon.buffer(1.2)
@@ -259,7 +266,13 @@ def annotate_path(agent: Agent, town: TownMap) -> None:
         inter = line.intersection(zone)
         pts = [p for g in getattr(inter, "geoms", [inter]) for p in np.asarray(g.coords)]
         proj = [line.project(shapely.Point(p)) for p in pts]
-        agent.crossings.append((cw.id, min(proj), max(proj)))
+        if swept is None:
+            swept = line.buffer(agent.width / 2)
+        walk = shapely.LineString(cw.ends)
+        covered = walk.intersection(swept)
+        u = [walk.project(shapely.Point(p)) for g in getattr(covered, "geoms", [covered]) for p in np.asarray(g.coords)]
+        u_lo, u_hi = (min(u), max(u)) if u else (0.0, walk.length)
+        agent.crossings.append(Crossing(cw.id, min(proj), max(proj), u_lo, u_hi))
     agent.connector_spans = []
     for g in path.segments:
         lane = town.lanes[g.lane_id]
@@ -393,7 +406,7 @@ class Traffic:
 
     def committed(self, a: Agent, s_stop: float) -> bool:
         """True if ``a`` cannot stop comfortably before ``s_stop`` (or is past it)."""
-        return s_stop - a.front() < a.v * a.v / (2 * IDM_DECEL) + 0.5
+        return s_stop - a.front() < a.v * a.v / (2 * PDM_CLOSED.decel_max) + 0.5
 
     def may_enter(self, a: Agent, inter_id: int, approach: str, s_stop: float) -> bool:
         inter = self.town.intersections[inter_id]
@@ -419,6 +432,9 @@ class Traffic:
                         since = a.waiting_since if a.waiting_since is not None else self.t
                         waiting.append((since, appr, a, s0))
             cur = self.owner[iid]
+            if cur is not None and occ - {cur}:
+                # the owner's 6 s start when the others have left the intersection: it cannot go before
+                self.owner_since[iid] = self.t
             if cur is None and occ:
                 self.owner[iid] = sorted(occ)[0]
                 self.owner_since[iid] = self.t
@@ -451,13 +467,50 @@ class Traffic:
                 best = min(best, s_stop - a.front())
                 break
         if self._walking is None:
-            self._walking = {p.crosswalk for p in self.agents.values()
-                             if p.kind == "pedestrian" and p.walking and not p.done}
-        walking = self._walking
-        for cw_id, s_in, _ in a.crossings:
-            if cw_id in walking and a.front() <= s_in and s_in - a.front() < 60.0:
-                best = min(best, s_in - a.front())
+            self._walking = {}
+            for p in self.agents.values():
+                if p.kind == "pedestrian" and p.walking and not p.done:
+                    self._walking.setdefault(p.crosswalk, []).append(p)
+        for crossing in a.crossings:
+            if (crossing.crosswalk in self._walking and a.front() <= crossing.s_in
+                    and crossing.s_in - a.front() < 60.0 and self.pedestrian_conflict(a, crossing)):
+                best = min(best, crossing.s_in - a.front())
         return best
+
+    def pedestrian_conflict(self, a: Agent, crossing: Crossing) -> bool:
+        """True if a walking pedestrian on ``crossing`` is in ``a``'s way: inside the span of the crossing line
+        that ``a`` covers (plus PED_CLEARANCE), or heading into it before ``a`` could be across (plus
+        PED_TIME_MARGIN). Pedestrians past that span, or walking away from it, no longer hold ``a`` up."""
+        ends = np.asarray(self.town.crosswalks[crossing.crosswalk].ends, dtype=np.float64)
+        axis = ends[1] - ends[0]
+        axis /= np.linalg.norm(axis)
+        t_clear = None
+        for p in self._walking[crossing.crosswalk]:
+            u = float(np.dot(p.pose()[:2] - ends[0], axis))
+            forward = float(np.dot(p.path.points[-1] - p.path.points[0], axis)) > 0
+            margin = PED_CLEARANCE + p.width / 2
+            lo, hi = crossing.u_lo - margin, crossing.u_hi + margin
+            to_band = lo - u if forward else u - hi
+            if (u > hi if forward else u < lo):
+                continue  # past the vehicle's span
+            if to_band <= 0:
+                return True
+            if t_clear is None:
+                t_clear = self.time_to_reach(a, crossing.s_out + a.length)
+            if t_clear + PED_TIME_MARGIN > to_band / max(p.v0, 0.1):
+                return True
+        return False
+
+    def time_to_reach(self, a: Agent, s: float) -> float:
+        """Seconds until ``a``'s front reaches path arc length ``s``, accelerating at PDM-Closed's accel_max up to the
+        speed its curves and speed limits allow on the way."""
+        d = max(0.0, s - a.front())
+        k0, k1 = np.searchsorted(a.path.s, [a.rear(), s])
+        v_cap = min(math.sqrt(float(np.min(a.path.curve_speed_sq[k0:k1 + 1], initial=np.inf))), a.v0)
+        v_cap = max(v_cap, a.v, 0.1)
+        t_acc = (v_cap - a.v) / PDM_CLOSED.accel_max
+        d_acc = (a.v + v_cap) / 2 * t_acc
+        return t_acc + (d - d_acc) / v_cap if d > d_acc else (math.sqrt(a.v * a.v + 2 * PDM_CLOSED.accel_max * d) - a.v) / PDM_CLOSED.accel_max
 
     def leader(self, a: Agent, idx) -> tuple[float, float]:
         """(bumper gap, lead speed) to the closest vehicle ahead on ``a``'s path (inf if none)."""
@@ -495,6 +548,8 @@ class Traffic:
         return best, v_lead
 
     def desired_speed(self, a: Agent) -> float:
+        """``a``'s desired speed: its own, lowered ahead of slower lanes and of curves so that it can slow down
+        at ANTICIPATION_DECEL."""
         v0 = a.v0
         for g in a.path.segments:
             if g.s1 < a.s or g.s0 > a.s + 40.0:
@@ -502,7 +557,11 @@ class Traffic:
             lane = self.town.lanes[g.lane_id]
             lim = lane.speed_limit * (a.v0 / max(self.town.lanes[a.path.lane_at(a.s)[0]].speed_limit, 0.1))
             d = max(0.0, g.s0 - a.front())
-            v0 = min(v0, math.sqrt(lim * lim + 2 * 1.0 * d))
+            v0 = min(v0, math.sqrt(lim * lim + 2 * ANTICIPATION_DECEL * d))
+        k0, k1 = np.searchsorted(a.path.s, [a.rear(), a.front() + CURVE_LOOKAHEAD])
+        if k1 > k0:
+            ahead = np.maximum(a.path.s[k0:k1] - a.front(), 0.0)
+            v0 = min(v0, math.sqrt(float(np.min(a.path.curve_speed_sq[k0:k1] + 2 * ANTICIPATION_DECEL * ahead))))
         return v0
 
     def vehicle_accel(self, a: Agent, idx) -> float:
@@ -510,7 +569,7 @@ class Traffic:
         stop = self.stop_gap(a)
         if stop < gap:
             gap, v_lead = stop, 0.0
-        return _idm_scalar(a.v, self.desired_speed(a), gap, a.v - v_lead)
+        return idm_acceleration(a.v, self.desired_speed(a), gap, v_lead, PDM_CLOSED, max_brake=MAX_BRAKE)
 
     def pedestrians_step(self) -> None:
         for p in self.agents.values():
@@ -532,7 +591,7 @@ class Traffic:
         zone = cw.polygon.buffer(1.5)
         center = np.asarray(cw.ends).mean(axis=0)
         for a in self.vehicles():
-            for cid, s_in, s_out in a.crossings:
+            for cid, s_in, s_out, _, _ in a.crossings:
                 if cid != cw_id:
                     continue
                 dist = s_in - a.front()
@@ -602,10 +661,12 @@ def footprints(agents: list[Agent]) -> np.ndarray:
 
 
 class Expert:
-    """The ego driver: IDM speed with the traffic rules above, pure-pursuit steering of a kinematic bicycle
-    (rear axle state x, y, heading, v). ``agent`` is its vehicle in the traffic (box centre on the path)."""
+    """The ego driver: IDM speed with the traffic rules above; steering of a kinematic bicycle (rear axle state x,
+    y, heading, v) that follows the path's curvature and corrects lateral and heading errors critically damped
+    over TRACKING_LENGTH of travel (pure pursuit cuts the town's tight corners by metres and overshoots the
+    exit). ``agent`` is its vehicle in the traffic (box centre on the path)."""
 
-    center_offset = (EGO_FRONT - EGO_REAR) / 2  # rear axle -> box centre
+    center_offset = (PACIFICA.front_length - PACIFICA.rear_length) / 2  # rear axle -> box centre
 
     def __init__(self, traffic: Traffic, path: Path, s_rear: float, v: float):
         self.path = path
@@ -615,7 +676,7 @@ class Expert:
         self.accel = 0.0
         self.yaw_rate = 0.0
         self.steer = 0.0
-        agent = Agent(traffic.next_id, "vehicle", EGO_FRONT + EGO_REAR, EGO_WIDTH, EGO_HEIGHT, path=path,
+        agent = Agent(traffic.next_id, "vehicle", PACIFICA.length, PACIFICA.width, PACIFICA.height, path=path,
                       s=s_rear + self.center_offset, v=v, v0=traffic.town.lanes[path.lane_at(s_rear)[0]].speed_limit,
                       is_ego=True)
         annotate_path(agent, traffic.town)
@@ -629,18 +690,20 @@ class Expert:
         a = self.agent
         a.v0 = traffic.town.lanes[self.path.lane_at(self.s_rear)[0]].speed_limit
         self.accel = traffic.vehicle_accel(a, idx)
-        v = self.state[3]
-        look = float(np.clip(0.6 * v + 4.0, 5.0, 15.0))
-        tx, ty, _ = self.path.pose_at(self.s_rear + look)
-        x, y, h, _ = self.state
-        alpha = math.atan2(ty - y, tx - x) - h
-        self.steer = math.atan2(2.0 * EGO_WHEEL_BASE * math.sin(alpha), look)
+        x, y, h, v = self.state
+        px, py, ph = self.path.pose_at(self.s_rear)
+        lateral = -math.sin(ph) * (x - px) + math.cos(ph) * (y - py)
+        heading = math.remainder(h - ph, math.tau)
+        curvature = float(np.interp(self.s_rear + 0.5 * v * DT, self.path.s, self.path.curvature))
+        # e'' + 2 e' / L + e / L^2 = 0 in travelled distance for the lateral error e
+        curvature -= lateral / TRACKING_LENGTH**2 + 2.0 * heading / TRACKING_LENGTH
+        self.steer = math.atan(PACIFICA.wheel_base * curvature)
 
     def advance(self, traffic: Traffic) -> None:
         x, y, h, v = self.state
         v_new = max(0.0, v + self.accel * DT)
         v_mid = 0.5 * (v + v_new)
-        self.yaw_rate = v_mid * math.tan(self.steer) / EGO_WHEEL_BASE
+        self.yaw_rate = v_mid * math.tan(self.steer) / PACIFICA.wheel_base
         h_mid = h + 0.5 * self.yaw_rate * DT
         x += v_mid * math.cos(h_mid) * DT
         y += v_mid * math.sin(h_mid) * DT
@@ -659,5 +722,5 @@ class Expert:
         return np.array([x + self.center_offset * math.cos(h), y + self.center_offset * math.sin(h), h])
 
 
-__all__ = ["DT", "Agent", "Expert", "Path", "Segment", "SignalPlan", "Traffic", "annotate_path", "footprint",
-           "idm_acceleration", "LANE_WIDTH"]
+__all__ = ["DT", "Agent", "Crossing", "Expert", "Path", "Segment", "SignalPlan", "Traffic", "annotate_path", "footprint",
+           "LANE_WIDTH"]

@@ -1,46 +1,13 @@
-"""Constants of the NAVSIM PDM scorer and the nuPlan ego vehicle, named once.
+"""Constants of the NAVSIM PDM scorer, named once (the ego vehicle lives in ``rap_backbone.nuplan_rig``).
 
 Values come from autonomousvision/navsim (v1.1 and v2) and motional/nuplan-devkit; each block names its file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
-
-
-@dataclass(frozen=True)
-class VehicleParameters:
-    """Ego footprint; nuplan `common/actor_state/vehicle_parameters.py::get_pacifica_parameters`."""
-
-    width: float = 1.1485 * 2.0
-    front_length: float = 4.049
-    rear_length: float = 1.127
-    wheel_base: float = 3.089
-    cog_position_from_rear_axle: float = 1.67
-    height: float = 1.777
-
-    @property
-    def length(self) -> float:
-        return self.front_length + self.rear_length
-
-    @property
-    def half_length(self) -> float:
-        return self.length / 2.0
-
-    @property
-    def half_width(self) -> float:
-        return self.width / 2.0
-
-    @property
-    def rear_axle_to_center(self) -> float:
-        # nuplan VehicleParameters.rear_axle_to_center
-        return self.half_length - self.rear_length
-
-
-PACIFICA = VehicleParameters()
 
 
 class StateIndex(IntEnum):
@@ -72,9 +39,17 @@ class BBCoordsIndex(IntEnum):
     CENTER = 4
 
 
+# Metric columns of the score CSVs, in the devkits' order: navsim v1.1 `planning/script/run_pdm_score.py`
+# (PDMResults fields) and v2 `run_pdm_score_one_stage.py`; both end with a "score" column.
+V1_COLUMNS = ("no_at_fault_collisions", "drivable_area_compliance", "ego_progress",
+              "time_to_collision_within_bound", "comfort", "driving_direction_compliance")
+V2_COLUMNS = ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
+              "traffic_light_compliance", "ego_progress", "time_to_collision_within_bound", "lane_keeping",
+              "history_comfort", "two_frame_extended_comfort")
+
+
 # Tracked object types (nuplan `tracked_objects_types.py`); AGENT_TYPES score 0 on an at-fault collision.
 AGENT_TYPE_NAMES = frozenset({"vehicle", "pedestrian", "bicycle", "ego"})
-STATIC_TYPE_NAMES = frozenset({"traffic_cone", "barrier", "czone_sign", "generic_object"})
 
 # Trajectory sampling of the scorer: navsim `config/common/.../proposal_sampling` (num_poses 40, 0.1 s).
 PROPOSAL_NUM_POSES = 40
@@ -123,11 +98,7 @@ AGENT_BEHIND_ANGLE_DEG = 150.0
 # PDM-Closed; navsim `metric_caching/metric_cache_processor.py`.
 IDM_SPEED_LIMIT_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 IDM_FALLBACK_TARGET_VELOCITY = 15.0
-IDM_MIN_GAP_TO_LEAD_AGENT = 1.0
-IDM_HEADWAY_TIME = 1.5
-IDM_ACCEL_MAX = 1.5
-IDM_DECEL_MAX = 3.0
-IDM_ACCELERATION_EXPONENT = 10  # navsim `proposal/batch_idm_policy.py`
+# (its IDM parameters: navsim_agents.idm.PDM_CLOSED)
 PDM_LATERAL_OFFSETS = (-1.0, 1.0)
 PDM_MAP_RADIUS = 100.0
 PDM_TRAJECTORY_NUM_POSES = 50

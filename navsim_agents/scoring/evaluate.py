@@ -14,14 +14,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from navsim_agents.scoring.metric_cache import (
-    MetricCache,
-    MetricCacheError,
-    compute_metric_cache,
-)
+from navsim_agents.scoring.constants import V1_COLUMNS, V2_COLUMNS
+from navsim_agents.scoring.metric_cache import compute_metric_cache
+from navsim_agents.scoring.metric_cache_file import MetricCache, MetricCacheError
 from navsim_agents.scoring.pdm_score import (
-    V1_COLUMNS,
-    V2_COLUMNS,
     PDMScoreRunner,
     extended_comfort,
     final_v2_score,
@@ -35,7 +31,7 @@ TIME_GAP_THRESHOLD = 0.55
 
 def columns_for(version: str) -> list[str]:
     """CSV columns after the unnamed index, in the devkit's order (v1: run_pdm_score.py, v2: one-stage)."""
-    return ["token", "valid"] + (V1_COLUMNS + ["score"] if version == "v1" else V2_COLUMNS + ["score"])
+    return ["token", "valid", *(V1_COLUMNS if version == "v1" else V2_COLUMNS), "score"]
 
 
 def cache_file(cache_root: Path, log_name: str, token: str) -> Path:

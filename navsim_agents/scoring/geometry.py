@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
-from navsim_agents.scoring.constants import PACIFICA, VehicleParameters
 from navsim_agents.scoring.constants import BBCoordsIndex as BB
 from navsim_agents.scoring.constants import StateIndex as S
+from rap_backbone.nuplan_rig import PACIFICA, VehicleParameters
 
 
 def normalize_angle(angle):

@@ -7,46 +7,26 @@ observation without traffic lights; v2: 4 s with red lights and tracks already t
 
 from __future__ import annotations
 
-import json
-import pickle
-import zipfile
-import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 import shapely
 from scipy.interpolate import interp1d
 
-from eupe.atomic_io import atomic_path
+from navsim_agents.data.dataclasses import quaternion_yaw
 from navsim_agents.data.maps import get_maps_api, resolve_maps_root
 from navsim_agents.scoring import constants as C
-from navsim_agents.scoring.constants import PACIFICA
 from navsim_agents.scoring.geometry import absolute_to_relative, box_coords, normalize_angle
+from navsim_agents.scoring.metric_cache_file import REACTIVE_TYPE_NAME, MetricCache, wkb_pack
 from navsim_agents.scoring.pdm_closed import (
     Track,
     build_route_context,
     pdm_closed_trajectories,
     red_light_geometries,
 )
-from navsim_agents.scoring.scorer import CenterlinePath
-from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
+from navsim_agents.scoring.pdm_score import precompute_reference_terms
+from rap_backbone.nuplan_rig import PACIFICA
 
-# 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix; 5: current tracks and the
-# unfiltered log replay of non-vehicles for reactive traffic, map location of the cache
-CACHE_FORMAT_VERSION = 5
-# what a truncated, emptied or overwritten .npz raises when read
-CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 NUM_HISTORY_FRAMES = 4
-# the object type navsim's reactive IDM policy simulates (TrackedObjectType.VEHICLE); others are log replay
-REACTIVE_TYPE_NAME = "vehicle"
 NUM_FUTURE_FRAMES = 10
-
-
-def quaternion_yaw(q) -> float:
-    """Yaw of a (w, x, y, z) quaternion (pyquaternion `yaw_pitch_roll[0]`)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
 def frame_ego_state(frame: dict) -> np.ndarray:
@@ -54,7 +34,7 @@ def frame_ego_state(frame: dict) -> np.ndarray:
     t = frame["ego2global_translation"]
     dyn = np.asarray(frame["ego_dynamic_state"], dtype=np.float32).astype(np.float64)
     state = np.zeros(C.STATE_SIZE)
-    state[:3] = (t[0], t[1], quaternion_yaw(frame["ego2global_rotation"]))
+    state[:3] = (t[0], t[1], float(quaternion_yaw(frame["ego2global_rotation"])))
     state[3:7] = dyn[:4]
     return state
 
@@ -111,123 +91,6 @@ def _track_ring(t: Track) -> np.ndarray:
     return c[:4]
 
 
-def _wkb_pack(geoms) -> tuple[np.ndarray, np.ndarray]:
-    blobs = [shapely.to_wkb(g) for g in geoms]
-    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
-    data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(0, np.uint8)
-    return data, offsets
-
-
-def _wkb_unpack(data: np.ndarray, offsets: np.ndarray) -> list:
-    raw = data.tobytes()
-    return [shapely.from_wkb(raw[offsets[i]:offsets[i + 1]]) for i in range(len(offsets) - 1)]
-
-
-@dataclass
-class MetricCache:
-    """Agent-independent scoring inputs of one token (arrays; see `save` / `load`)."""
-
-    meta: dict
-    arrays: dict = field(default_factory=dict)
-
-    # --- reconstruction helpers ----------------------------------------------------------------------------
-    @property
-    def token(self) -> str:
-        return self.meta["token"]
-
-    @property
-    def ego_state(self) -> np.ndarray:
-        return self.arrays["ego_state"]
-
-    def centerline(self) -> CenterlinePath:
-        return CenterlinePath(self.arrays["centerline"])
-
-    def drivable(self) -> DrivableMap:
-        polys = _wkb_unpack(self.arrays["drivable_wkb"], self.arrays["drivable_offsets"])
-        return DrivableMap(self.meta["drivable_tokens"], self.meta["drivable_kinds"], polys)
-
-    def red_light_steps(self, version: str) -> list[tuple[list[str], list]]:
-        """(tokens, polygons) of the red on-route lane connectors at each 0.1 s step (the devkit's
-        `_occupancy_maps_tl`)."""
-        red_tokens = self.meta.get(f"red_{version}_tokens", [])
-        n_steps = int(self.meta[f"obs_{version}_steps"])
-        if not red_tokens:
-            return [([], []) for _ in range(n_steps)]
-        polys = _wkb_unpack(self.arrays[f"red_{version}_wkb"], self.arrays[f"red_{version}_offsets"])
-        mask = self.arrays[f"red_{version}_mask"]
-        return [([t for j, t in enumerate(red_tokens) if mask[k, j]], [p for j, p in enumerate(polys) if mask[k, j]])
-                for k in range(n_steps)]
-
-    def observation(self, version: str) -> Observation:
-        a = self.arrays
-        tokens = self.meta[f"obs_{version}_tokens"]
-        step, tok, rings = a[f"obs_{version}_step"], a[f"obs_{version}_token"], a[f"obs_{version}_rings"]
-        n_steps = int(self.meta[f"obs_{version}_steps"])
-        closed = np.concatenate([rings, rings[:, :1]], axis=1)
-        polys = shapely.polygons(closed) if len(closed) else np.array([], dtype=object)
-        red_tokens = self.meta.get(f"red_{version}_tokens", [])
-        red_polys = _wkb_unpack(a[f"red_{version}_wkb"], a[f"red_{version}_offsets"]) if red_tokens else []
-        red_mask = a.get(f"red_{version}_mask")
-        maps = []
-        order = np.argsort(step, kind="stable")
-        bounds = np.searchsorted(step[order], np.arange(n_steps + 1))
-        for k in range(n_steps):
-            sel = order[bounds[k]:bounds[k + 1]]
-            toks = [tokens[i] for i in tok[sel]]
-            geoms = list(polys[sel])
-            if red_tokens:
-                for j, rt in enumerate(red_tokens):
-                    if red_mask[k, j]:
-                        toks.append(rt)
-                        geoms.append(red_polys[j])
-            maps.append(OccupancyMap(toks, geoms))
-        info = a[f"obs_{version}_info"]
-        unique = {t: TrackInfo(bool(info[i, 0]), float(info[i, 1]), float(info[i, 2])) for i, t in enumerate(tokens)}
-        return Observation(maps, unique, [], stride=1)
-
-    # --- io ------------------------------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """Write atomically (a per-process temporary file, then a rename: ranks may write the same token)."""
-        meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION)
-        with atomic_path(path) as tmp:
-            np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                                **self.arrays)
-
-    @staticmethod
-    def stored_format_version(path: Path) -> int | None:
-        """Format version written in the cache file at `path` (None when it is absent or unreadable)."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return json.loads(data["meta_json"].tobytes().decode()).get("format_version")
-        except CACHE_READ_ERRORS:
-            return None
-
-    @classmethod
-    def load(cls, path: Path) -> "MetricCache":
-        """Read a cache file; ``FileNotFoundError`` when absent, ``MetricCacheError`` (naming the file) when it
-        cannot be read or was written by another format."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"metric cache file {path} not found; run navsim_agents/run_metric_caching.py")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(data["meta_json"].tobytes().decode())
-                if meta.get("format_version") != CACHE_FORMAT_VERSION:
-                    raise MetricCacheError(f"metric cache {path} has format {meta.get('format_version')}, expected "
-                                           f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
-                arrays = {k: data[k] for k in data.files if k != "meta_json"}
-        except MetricCacheError:
-            raise
-        except CACHE_READ_ERRORS as err:
-            raise MetricCacheError(f"metric cache {path} cannot be read ({type(err).__name__}: {err}); rebuild it "
-                                   "with run_metric_caching.py force=true") from err
-        return cls(meta, arrays)
-
-
-class MetricCacheError(ValueError):
-    """A metric cache file that exists but cannot be used (truncated, corrupt, another format)."""
-
-
 def _pack_observation(steps: list[list[Track]], version: str, meta: dict, arrays: dict) -> None:
     tokens: list[str] = []
     index: dict[str, int] = {}
@@ -278,7 +141,7 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
             "timestamp_us": int(current["timestamp"]), "route_lane_ids": route.route_lane_ids,
             "drivable_tokens": route.drivable.tokens, "drivable_kinds": route.drivable.kinds}
     arrays = {"ego_state": ego, "centerline": route.centerline.poses}
-    arrays["drivable_wkb"], arrays["drivable_offsets"] = _wkb_pack(route.drivable.polygons)
+    arrays["drivable_wkb"], arrays["drivable_offsets"] = wkb_pack(route.drivable.polygons)
     for version, poses in pdm_closed_trajectories(map_api, route, ego, tracks_now, current["traffic_lights"]).items():
         arrays[f"pdm_poses_{version}"] = poses
     per_frame = [frame_tracks(f, s) for f, s in zip(frames[cur:], ego_states[cur:], strict=False)]
@@ -314,7 +177,7 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
         mask_rows.append(row)
     meta["red_v2_tokens"] = red_tokens
     arrays["red_v2_mask"] = np.array([[tk in row for tk in red_tokens] for row in mask_rows], dtype=bool).reshape(len(steps), len(red_tokens))
-    arrays["red_v2_wkb"], arrays["red_v2_offsets"] = _wkb_pack(red_polys)
+    arrays["red_v2_wkb"], arrays["red_v2_offsets"] = wkb_pack(red_polys)
     # human past (-1.5..0 s) sampled at 0.1 s with the devkit's arange(start, end)[:-1]
     past = np.array(ego_states[: cur + 1])
     times = np.array([int(f["timestamp"]) for f in frames[: cur + 1]], dtype=np.int64)
@@ -325,16 +188,8 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
     arrays["human_future_poses"] = absolute_to_relative(fut[0], fut[1:])
     meta["start_time_s"] = int(current["timestamp"]) / 1e6
     cache = MetricCache(meta, arrays)
-    from navsim_agents.scoring.pdm_score import precompute_reference_terms  # scoring imports this module
-
     precompute_reference_terms(cache)
     return cache
-
-
-def load_log(path: Path) -> list[dict]:
-    """Frames of one OpenScene log pickle (the official data format)."""
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
 
 
 def scene_frames(log_frames: list[dict], token: str) -> list[dict]:

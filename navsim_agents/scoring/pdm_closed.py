@@ -2,8 +2,8 @@
 
 Re-implements navsim `pdm_planner/{abstract_pdm_planner,abstract_pdm_closed_planner,pdm_closed_planner}.py`,
 `proposal/{batch_idm_policy,pdm_generator,pdm_proposal}.py` and `observation/{pdm_observation,pdm_object_manager}.py`.
-The map, the route correction (`utils/route_utils.py`), the starting lane, Dijkstra (`utils/graph_search/dijkstra.py`)
-and the centerline path come from `navsim_agents.data.maps`.
+The route correction (`utils/route_utils.py`), the starting lane, Dijkstra (`utils/graph_search/dijkstra.py`)
+and the centerline path are in `navsim_agents.scoring.route`; the map comes from `navsim_agents.data.maps`.
 """
 
 from __future__ import annotations
@@ -15,22 +15,22 @@ import numpy as np
 import shapely
 from shapely.geometry import CAP_STYLE, Point
 
-from navsim_agents.data.maps import (
-    NuPlanMap,
-    SemanticMapLayer,
+from navsim_agents.data.maps import NuPlanMap, SemanticMapLayer
+from navsim_agents.scoring import constants as C
+from navsim_agents.scoring.constants import BBCoordsIndex as BB
+from navsim_agents.scoring.constants import StateIndex as S
+from navsim_agents.scoring.geometry import box_coords, normalize_angle
+from navsim_agents.idm import pdm_idm_step
+from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
+from navsim_agents.scoring.pdm_simulator import simulate_proposals
+from navsim_agents.scoring.route import (
     get_discrete_centerline,
     get_starting_lane,
     load_route_dicts,
     route_roadblock_correction,
 )
-from navsim_agents.scoring import constants as C
-from navsim_agents.scoring.constants import PACIFICA
-from navsim_agents.scoring.constants import BBCoordsIndex as BB
-from navsim_agents.scoring.constants import StateIndex as S
-from navsim_agents.scoring.geometry import box_coords, normalize_angle
 from navsim_agents.scoring.scorer import CenterlinePath, PDMScorer, ScorerConfig
-from navsim_agents.scoring.simulator import simulate_proposals
-from navsim_agents.scoring.world import DrivableMap, Observation, OccupancyMap, TrackInfo
+from rap_backbone.nuplan_rig import PACIFICA
 
 
 @dataclass
@@ -73,7 +73,7 @@ def build_route_context(map_api: NuPlanMap, roadblock_ids, ego_rear: np.ndarray,
 
     Follows navsim `abstract_pdm_planner` / `pdm_closed_planner` at the first iteration: the route roadblocks
     are corrected at the ego pose (`route_utils.route_roadblock_correction`), the starting lane is found on the
-    corrected route's lanes and the centerline is the Dijkstra lane path's baselines (`navsim_agents.data.maps`).
+    corrected route's lanes and the centerline is the Dijkstra lane path's baselines (`scoring.route`).
 
     :param roadblock_ids: the current frame's `roadblock_ids`.
     :param ego_rear: ego rear-axle (x, y, heading) in map coordinates.
@@ -155,16 +155,6 @@ def forecast_observation(tracks: list[Track], ego_rear: np.ndarray, red_tokens, 
     return Observation(maps, unique, collided, stride=C.PDM_OBSERVATION_SAMPLE_RES)
 
 
-def _idm_step(x, v, x_lead, v_lead, l_rear, target_v, dt):
-    s_star = (C.IDM_MIN_GAP_TO_LEAD_AGENT + v * C.IDM_HEADWAY_TIME
-              + v * (v - v_lead) / (2 * np.sqrt(C.IDM_ACCEL_MAX * C.IDM_DECEL_MAX)))
-    s_alpha = np.maximum(x_lead - x - l_rear, C.IDM_MIN_GAP_TO_LEAD_AGENT)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        v_dot = C.IDM_ACCEL_MAX * (1 - (v / target_v) ** C.IDM_ACCELERATION_EXPONENT - (s_star / s_alpha) ** 2)
-    v_dot = np.clip(v_dot, -C.IDM_DECEL_MAX, C.IDM_ACCEL_MAX)
-    return x + dt * v, v + dt * v_dot
-
-
 def generate_proposals(paths: list[CenterlinePath], speed_limit: float | None, ego_state: np.ndarray,
                        observation: Observation, num_poses: int = C.PROPOSAL_NUM_POSES) -> np.ndarray:
     """IDM unroll along each path for every speed-limit fraction: states [P*5, num_poses+1, 11]."""
@@ -213,7 +203,7 @@ def generate_proposals(paths: list[CenterlinePath], speed_limit: float | None, e
                         buffer[0] = path.length
                         buffer[2] = PACIFICA.length / 2
                     lead[k, t] = buffer
-            x[:, t], v[:, t] = _idm_step(x[:, t - 1], v[:, t - 1], lead[:, t, 0], lead[:, t, 1], lead[:, t, 2], target, dt)
+            x[:, t], v[:, t] = pdm_idm_step(x[:, t - 1], v[:, t - 1], lead[:, t, 0], lead[:, t, 1], lead[:, t, 2], target, dt)
             out[sl, t, :3] = path.interpolate(x[:, t])
     return out
 

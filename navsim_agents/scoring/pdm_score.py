@@ -12,16 +12,11 @@ import numpy as np
 from navsim_agents.scoring import constants as C
 from navsim_agents.scoring.comfort import two_frame_extended_comfort
 from navsim_agents.scoring.geometry import principal_value, relative_to_absolute
-from navsim_agents.scoring.metric_cache import MetricCache
+from navsim_agents.scoring.metric_cache_file import MetricCache
+from navsim_agents.scoring.pdm_simulator import simulate_proposals
 from navsim_agents.scoring.scorer import PDMScorer, ScorerConfig
-from navsim_agents.scoring.simulator import simulate_proposals
 
-V1_COLUMNS = ["no_at_fault_collisions", "drivable_area_compliance", "ego_progress",
-              "time_to_collision_within_bound", "comfort", "driving_direction_compliance"]
-V2_COLUMNS = ["no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
-              "traffic_light_compliance", "ego_progress", "time_to_collision_within_bound", "lane_keeping",
-              "history_comfort", "two_frame_extended_comfort"]
-V2_FILTERED = V2_COLUMNS[:-1]
+V2_FILTERED = C.V2_COLUMNS[:-1]  # the human penalty filter leaves out the two-frame comfort
 
 
 class InvalidTrajectory(ValueError):
@@ -52,7 +47,8 @@ def interpolate_poses(initial: np.ndarray, poses: np.ndarray, interval: float = 
     return out
 
 
-def _reference(poses41: np.ndarray) -> np.ndarray:
+def reference_states(poses41: np.ndarray) -> np.ndarray:
+    """Simulator reference states [41, STATE_SIZE] of 41 poses at 0.1 s (pose columns filled, the rest 0)."""
     ref = np.zeros((len(poses41), C.STATE_SIZE))
     ref[:, :3] = poses41
     return ref
@@ -61,7 +57,7 @@ def _reference(poses41: np.ndarray) -> np.ndarray:
 def agent_reference(cache: MetricCache, relative_poses: np.ndarray) -> np.ndarray:
     """Reference states [41,11] of agent poses given in the current rear-axle frame."""
     absolute = relative_to_absolute(cache.ego_state[:3], relative_poses)
-    return _reference(interpolate_poses(cache.ego_state, absolute))
+    return reference_states(interpolate_poses(cache.ego_state, absolute))
 
 
 class PDMScoreRunner:
@@ -86,7 +82,7 @@ class PDMScoreRunner:
                                 cache.meta["route_lane_ids"], cache.drivable(), past,
                                 reference_masked_progress=cache.arrays[f"pdm_masked_progress_{self.version}"])
         if self.version == "v1":
-            row = {c: float(res[c][0]) for c in V1_COLUMNS}
+            row = {c: float(res[c][0]) for c in C.V1_COLUMNS}
             row["score"] = float(res["score"][0])
             return row, simulated[0]
         failed = cache.meta["human_failed_v2"] if self.scorer.config.human_penalty_filter else []
@@ -115,7 +111,7 @@ def v2_row(res: dict, index: int, human_failed: list[str]) -> dict:
 
 def precompute_reference_terms(cache: MetricCache) -> None:
     """Add PDM-Closed's masked progress (v1, v2) and the metrics the human fails (v2) to `cache` in place."""
-    refs = np.stack([_reference(cache.arrays["pdm_poses_v1"]), _reference(cache.arrays["pdm_poses_v2"]),
+    refs = np.stack([reference_states(cache.arrays["pdm_poses_v1"]), reference_states(cache.arrays["pdm_poses_v2"]),
                      agent_reference(cache, cache.arrays["human_future_poses"])])
     simulated = simulate_proposals(refs, cache.ego_state)  # rows are independent: one batch for all three
     centerline, drivable, route = cache.centerline(), cache.drivable(), cache.meta["route_lane_ids"]
@@ -151,6 +147,3 @@ def extended_comfort(current_states: np.ndarray, previous_states: np.ndarray, ga
     times = np.arange(cur.shape[0]) * dt
     return float(two_frame_extended_comfort(cur[None], prev[None], times)[0])
 
-
-# public name of the pose -> reference-state helper (used by training-time proposal scoring)
-reference_states = _reference

@@ -13,14 +13,14 @@ import shapely
 import shapely.ops
 from shapely.geometry import LineString
 
-from navsim_agents.data.maps import PDMPath
 from navsim_agents.scoring import constants as C
-from navsim_agents.scoring import world as W
+from navsim_agents.scoring import observation as obs
 from navsim_agents.scoring.comfort import ego_is_comfortable
 from navsim_agents.scoring.constants import BBCoordsIndex as BB
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import coords_to_polygons, ego_coords
-from navsim_agents.scoring.world import DrivableMap, Observation
+from navsim_agents.scoring.observation import DrivableMap, Observation
+from navsim_agents.scoring.route import PDMPath
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class ScorerConfig:
 
 
 class CenterlinePath(PDMPath):
-    """The route centerline as the scorer and PDM-Closed use it: `navsim_agents.data.maps.PDMPath` (navsim
+    """The route centerline as the scorer and PDM-Closed use it: `navsim_agents.scoring.route.PDMPath` (navsim
     `utils/pdm_path.py`) with the poses it was built from as `poses` [N,3]."""
 
     @property
@@ -172,8 +172,8 @@ class PDMScorer:
     def _areas(self, route_lane_ids) -> None:
         d = self._drivable
         inside = d.points_in_polygons(self._coords).transpose(1, 2, 0, 3)  # B,T,P,5
-        area_idx = d.indices_of([W.ROADBLOCK, W.INTERSECTION, W.CARPARK_AREA])
-        lane_idx = d.indices_of([W.LANE, W.LANE_CONNECTOR])
+        area_idx = d.indices_of([obs.ROADBLOCK, obs.INTERSECTION, obs.CARPARK_AREA])
+        lane_idx = d.indices_of([obs.LANE, obs.LANE_CONNECTOR])
         route = set(str(r) for r in route_lane_ids)
         on_route_idx = [i for i in lane_idx if d.tokens[i] in route]
         corners, center = inside[..., :4], inside[..., 4]
@@ -182,7 +182,7 @@ class PDMScorer:
         nondrivable = (corners[:, :, area_idx].sum(axis=-2) > 0).sum(axis=-1) < 4
         oncoming = center[..., on_route_idx].sum(axis=-1) == 0
         self._multiple, self._nondrivable, self._oncoming = multiple, nondrivable, oncoming
-        self._in_intersection_center = d.in_layer(self._coords[:, :, BB.CENTER], W.INTERSECTION)
+        self._in_intersection_center = d.in_layer(self._coords[:, :, BB.CENTER], obs.INTERSECTION)
 
     def _intersections(self):
         """Yield ``(t, proposal, token, occupancy)`` for every ego polygon touching an object, in time order."""
@@ -251,7 +251,7 @@ class PDMScorer:
         projected = ring[:, :, None] + dxy[:, :, None, None, :] * (future * self.dt)[None, None, :, None, None]
         polygons = shapely.polygons(projected)  # B,T,F
         last = self.num_poses - int(max(future)) if v2 else self.num_poses
-        rear_in_intersection = self._drivable.in_layer(self._states[..., :2], W.INTERSECTION)
+        rear_in_intersection = self._drivable.in_layer(self._states[..., :2], obs.INTERSECTION)
         for t in range(last + 1):
             for f_idx, f in enumerate(future):
                 occ = self._obs[t + f]

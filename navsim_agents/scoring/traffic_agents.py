@@ -41,26 +41,21 @@ from shapely.ops import nearest_points, unary_union
 from shapely.strtree import STRtree
 
 from navsim_agents.data.maps import SemanticMapLayer, get_maps_api, resolve_maps_root
-from navsim_agents.scoring.constants import PACIFICA
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import normalize_angle
-from navsim_agents.scoring.metric_cache import REACTIVE_TYPE_NAME, MetricCache
+from navsim_agents.idm import NAVSIM_IDM_TRAFFIC, pdm_idm_step
+from navsim_agents.scoring.metric_cache_file import REACTIVE_TYPE_NAME, MetricCache
+from navsim_agents.scoring.observation import Observation, OccupancyMap, TrackInfo
 from navsim_agents.scoring.pdm_closed import Track
-from navsim_agents.scoring.world import Observation, OccupancyMap, TrackInfo
+from rap_backbone.nuplan_rig import PACIFICA
 
-# navsim config/common/traffic_agents_policy/navsim_IDM_traffic_agents.yaml
+# navsim config/common/traffic_agents_policy/navsim_IDM_traffic_agents.yaml (its IDM parameters: idm.py)
 IDM_TARGET_VELOCITY = 10.0  # [m/s], used when the lane has no speed limit
-IDM_MIN_GAP_TO_LEAD_AGENT = 1.0  # [m]
-IDM_HEADWAY_TIME = 1.5  # [s]
-IDM_ACCEL_MAX = 1.0  # [m/s^2]
-IDM_DECEL_MAX = 2.0  # [m/s^2]
 IDM_RADIUS = 100.0  # [m] agents farther from the ego are dropped
 IDM_SNAP_THRESHOLD = 3.0  # [m] largest distance from the lane baseline an agent is snapped over
 # navsim_idm_agents.py: `tspan = 0.1`, parked vehicles are slower than 0.1 m/s
 IDM_STEP_S = 0.1
 PARKED_SPEED_THRESHOLD = 0.1
-# nuplan idm_policy.py `acceleration_exponent = 4`
-IDM_ACCELERATION_EXPONENT = 4
 # navsim_idm_agent_manager.py `simplify_occupancy_map_geometries(tolerance=1e-5)`
 OCCUPANCY_SIMPLIFY_TOLERANCE = 1e-5
 
@@ -178,18 +173,15 @@ class IDMAgent:
         progress 0 and the lead `lead_distance` ahead."""
         if self.speed_limit is not None and self.speed_limit > 0.0:
             self.target_velocity = self.speed_limit
-        v = self.velocity
-        s_star = (IDM_MIN_GAP_TO_LEAD_AGENT + v * IDM_HEADWAY_TIME
-                  + v * (v - lead_velocity) / (2 * np.sqrt(IDM_ACCEL_MAX * IDM_DECEL_MAX)))
-        s_alpha = max(lead_distance - lead_length_rear, IDM_MIN_GAP_TO_LEAD_AGENT)
-        accel = IDM_ACCEL_MAX * (1 - (v / self.target_velocity) ** IDM_ACCELERATION_EXPONENT - (s_star / s_alpha) ** 2)
-        self.progress += dt * v
-        self.velocity = max(v + dt * min(max(-IDM_DECEL_MAX, accel), IDM_ACCEL_MAX), 0.0)
+        moved, velocity = pdm_idm_step(0.0, self.velocity, lead_distance, lead_velocity, lead_length_rear,
+                                       self.target_velocity, dt, NAVSIM_IDM_TRAFFIC)
+        self.progress += float(moved)
+        self.velocity = max(float(velocity), 0.0)
 
     def projected_footprint(self):
         """The box united with the path ahead over length / 2 + speed x headway, buffered by half the width."""
         start = self.path.clamp(self.progress - self.length / 2)
-        end = self.path.clamp(self.progress + self.length / 2 + self.velocity * IDM_HEADWAY_TIME)
+        end = self.path.clamp(self.progress + self.length / 2 + self.velocity * NAVSIM_IDM_TRAFFIC.headway_time)
         line = LineString(self.path.xy_between(start, end))
         return unary_union([line.buffer(self.width / 2, cap_style=CAP_STYLE.flat), self.polygon()])
 
@@ -450,8 +442,8 @@ class TrafficScoreRunner:
 
     def _human_failed_uncached(self, cache: MetricCache, map_api) -> List[str]:
         from navsim_agents.scoring.pdm_score import V2_FILTERED, agent_reference
+        from navsim_agents.scoring.pdm_simulator import simulate_proposals
         from navsim_agents.scoring.scorer import PDMScorer, ScorerConfig
-        from navsim_agents.scoring.simulator import simulate_proposals
 
         human = simulate_proposals(agent_reference(cache, cache.arrays["human_future_poses"])[None], cache.ego_state)
         res = PDMScorer(ScorerConfig(version="v2")).score(human, traffic_observation(cache, human[0], map_api,
@@ -464,7 +456,7 @@ class TrafficScoreRunner:
     def score(self, cache: MetricCache, relative_poses) -> Tuple[dict, np.ndarray]:
         """Row values (as `PDMScoreRunner.score`, v2) and the agent's simulated states."""
         from navsim_agents.scoring.pdm_score import agent_reference, check_poses, reference_states, v2_row
-        from navsim_agents.scoring.simulator import simulate_proposals
+        from navsim_agents.scoring.pdm_simulator import simulate_proposals
 
         poses = check_poses(relative_poses)
         refs = np.stack([reference_states(cache.arrays["pdm_poses_v2"]), agent_reference(cache, poses)])

@@ -25,10 +25,10 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from navsim_agents.scoring.constants import PROPOSAL_INTERVAL
+from navsim_agents.scoring.constants import PROPOSAL_INTERVAL, V2_COLUMNS
 from navsim_agents.scoring.geometry import relative_to_absolute
-from navsim_agents.scoring.metric_cache import MetricCache
-from navsim_agents.scoring.pdm_score import V2_COLUMNS, PDMScoreRunner, extended_comfort, final_v2_score
+from navsim_agents.scoring.metric_cache_file import MetricCache
+from navsim_agents.scoring.pdm_score import PDMScoreRunner, extended_comfort, final_v2_score
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ SIGMA_SQUARED = 0.1
 # scene_aggregator.py `_compute_two_frame_comfort`: assert 0 < observation_interval < 0.55
 MAX_PAIR_INTERVAL_S = 0.55
 
-SCORE_COLUMNS = V2_COLUMNS + ["score"]
+SCORE_COLUMNS = [*V2_COLUMNS, "score"]
 STAGE_ONE_COLUMNS = [f"{c}_stage_one" for c in V2_COLUMNS]
 STAGE_TWO_COLUMNS = [f"{c}_stage_two" for c in V2_COLUMNS]
 CSV_COLUMNS = ["token", "valid"] + STAGE_ONE_COLUMNS + STAGE_TWO_COLUMNS + ["score"]

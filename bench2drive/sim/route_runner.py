@@ -41,8 +41,8 @@ from bench2drive.sim.dynamics import (
     step_opposite_flow,
 )
 from bench2drive.sim.monitors import RouteMonitors, box_corners, boxes_overlap
+from bench2drive.sim.scenarios import CONTROL_LOSS_RADIUS, RoadPath, build_scenario
 from bench2drive.sim.sensors import input_data
-from bench2drive.sim.world import CONTROL_LOSS_RADIUS, RoadPath, build_scenario
 from eupe.atomic_io import atomic_write_text
 
 # Bench2Drive's scenario_manager.py raises TickRuntimeError once a route passes 4000 ticks (200 s at 20 Hz); the

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bench2drive.abilities import ABILITIES, junction_completion_from_flags
 from bench2drive.routes import Route, Scenario
 
 LANE_WIDTH = 3.5  # m
@@ -229,7 +230,7 @@ class SimScenario:
 # route lane, an opposite-direction lane to its left and a parking lane to its right), 'turn' (a right turn at
 # a junction, one lane), 'left' (a left turn at a junction across the opposite lane of the approach road, one
 # lane each way) or 'cross' (straight through a junction crossed by a perpendicular road, one lane). Their
-# abilities are the ones tools/ability_benchmark.py lists (bench2drive.metrics.ABILITIES).
+# abilities are the ones tools/ability_benchmark.py lists (bench2drive.abilities.ABILITIES).
 SUPPORTED = {
     # Overtaking
     "ParkedObstacle": "straight",
@@ -329,8 +330,6 @@ def _route_points(kind: str, length: float) -> np.ndarray:
 
 def scenario_abilities(scenario_type: str) -> list[str]:
     """The Bench2Drive abilities (tools/ability_benchmark.py) a scenario type counts for."""
-    from bench2drive.metrics import ABILITIES
-
     return [a for a, names in ABILITIES.items() if scenario_type in names]
 
 
@@ -364,8 +363,6 @@ def junction_span(route: Route) -> tuple[float, float] | None:
 
 def synthetic_junction_completion(route: Route) -> float:
     """ability_benchmark.py's (first junction index + 1 + 8) / len on the 1 m route of a synthetic route."""
-    from bench2drive.metrics import junction_completion_from_flags
-
     path = RoadPath(route.waypoints)
     span = junction_span(route)
     if span is None:

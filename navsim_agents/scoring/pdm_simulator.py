@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from navsim_agents.scoring import constants as C
-from navsim_agents.scoring.constants import PACIFICA, VehicleParameters
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import normalize_angle, principal_value
+from rap_backbone.nuplan_rig import PACIFICA, VehicleParameters
 
 # numpy < 2 cut singular values below 1e-15 * s_max in pinv (the devkit's numpy); numpy 2 defaults to
 # max(M, N) * eps, which could drop the tiny initial-curvature direction (penalty 1e-10) of the fits.

@@ -1,0 +1,109 @@
+"""Export the selected backbone as ONNX / a torch.export program and quantise it to int8.
+
+    python -m navsim_agents.run_export backbone=edge-vit-128 out_dir=exports
+
+Writes ``<out_dir>/<name>.onnx``, ``<name>.pt2``, ``<name>.int8.onnx`` and ``<name>.export.json`` (largest
+difference to the eager encoder at each ``verify_hw`` size, int8 feature cosine on held-out embedded-world
+images, file sizes). The files run back through ``backbone.runtime=onnxruntime backbone.weights=FILE``.
+
+It lives here, not in ``eupe``, because it builds backbones (``rap_backbone``) and reads the embedded world
+(``navsim_agents``); the machinery is ``eupe.export``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from eupe.config_tree import hydra_config_path
+from eupe.export import (
+    OnnxEncoder,
+    export_onnx,
+    export_program,
+    feature_cosine,
+    load_program,
+    quantize_int8,
+    trace,
+)
+from navsim_agents.data.camera_source import synthetic_source
+from rap_backbone.backbones import build_backbone_from_config, export_view
+
+log = logging.getLogger("run_export")
+FORMATS = ("onnx", "program")
+
+
+def world_images(cameras: list[str], hw: tuple[int, int], count: int, *, train_logs: bool) -> torch.Tensor:
+    """``count`` camera images of the embedded world (cycling over ``cameras``), resized to ``hw``, RGB in [0,1]."""
+    source = synthetic_source(cameras=tuple(cameras), train_logs=train_logs)
+    if len(source) == 0:
+        raise RuntimeError("the embedded world has no camera images; delete its cache folder to regenerate it")
+    step = max(1, len(source) // count)
+    images = [cv2.resize(source.load((i * step) % len(source)), (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+              for i in range(count)]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def max_differences(ours: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    return {name: float((a - b).abs().max()) for name, a, b in zip(("summary", "patch"), ours, ref, strict=False)}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    unknown = sorted(set(cfg.formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown export formats {unknown}; use {list(FORMATS)}")
+    if cfg.int8.enabled and "onnx" not in cfg.formats:
+        raise ValueError("int8.enabled needs the onnx format: add onnx to formats or set int8.enabled=false")
+    backbone = build_backbone_from_config(cfg.backbone)
+    module, info = export_view(backbone, tuple(cfg.sample_hw))
+    out = Path(cfg.out_dir)
+    stem = info.name.replace(":", "-")
+    report: dict[str, Any] = {"encoder": info.name, "weights": info.weights_source, "files": {}, "max_abs_diff": {},
+                              "sample_hw": list(cfg.sample_hw)}
+    program = trace(module, info, sample_hw=tuple(cfg.sample_hw))
+    runners = {}
+    if "program" in cfg.formats:
+        path = export_program(module, info, out / f"{stem}.pt2", program=program)
+        runners["program"] = load_program(path, expect_name=info.name)[0]
+        report["files"]["program"] = str(path)
+    if "onnx" in cfg.formats:
+        path = export_onnx(module, info, out / f"{stem}.onnx", program=program)
+        runners["onnx"] = OnnxEncoder(path, expect_name=info.name)
+        report["files"]["onnx"] = str(path)
+    gen = torch.Generator().manual_seed(0)
+    for hw in [info.fixed_hw] if info.fixed_hw else cfg.verify_hw:
+        x = torch.randn(2, 3, *hw, generator=gen)
+        with torch.no_grad():
+            ref = module(x)
+            for fmt, runner in runners.items():
+                report["max_abs_diff"][f"{fmt}@{hw[0]}x{hw[1]}"] = max_differences(runner(x), ref)
+    if cfg.int8.enabled:
+        hw = tuple(cfg.int8.image_hw)
+        calib = backbone.normalize(world_images(cfg.int8.cameras, hw, cfg.int8.calibration_images, train_logs=True))
+        held = backbone.normalize(world_images(cfg.int8.cameras, hw, cfg.int8.held_out_images, train_logs=False))
+        path = quantize_int8(report["files"]["onnx"], out / f"{stem}.int8.onnx",
+                             list(torch.split(calib, cfg.int8.batch_size)))
+        int8 = OnnxEncoder(path, expect_name=info.name)
+        with torch.no_grad():
+            report["int8_cosine_held_out"] = feature_cosine(int8(held), module(held))
+        report["files"]["int8"] = str(path)
+    report["megabytes"] = {k: Path(v).stat().st_size / 2**20 for k, v in report["files"].items()}
+    (out / f"{stem}.export.json").write_text(json.dumps(report, indent=1))
+    log.info("%s", json.dumps(report, indent=1))
+    return report
+
+
+@hydra.main(config_path=hydra_config_path(), config_name="run_export", version_base=None)
+def main(cfg: DictConfig) -> None:
+    log.info("export config:\n%s", OmegaConf.to_yaml(cfg))
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

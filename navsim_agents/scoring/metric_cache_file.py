@@ -1,0 +1,150 @@
+"""``MetricCache``: the agent-independent scoring inputs of one token, and its versioned ``.npz`` file.
+
+One `.npz` per token (arrays only, loaded with `allow_pickle=False`) + JSON metadata inside it. The builder
+(``navsim_agents.scoring.metric_cache``) fills it from OpenScene logs and the map; scoring
+(``navsim_agents.scoring.pdm_score``) reads it. Both import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from eupe.atomic_io import atomic_path
+from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
+from navsim_agents.scoring.scorer import CenterlinePath
+
+# 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix; 5: current tracks and the
+# unfiltered log replay of non-vehicles for reactive traffic, map location of the cache; 6: ego heading from
+# pyquaternion's yaw (the x*y sign of formats 4-5 was flipped)
+CACHE_FORMAT_VERSION = 6
+# what a truncated, emptied or overwritten .npz raises when read
+CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+# the object type navsim's reactive IDM policy simulates (TrackedObjectType.VEHICLE); the cache's "replay"
+# observation holds the others, which stay log replay
+REACTIVE_TYPE_NAME = "vehicle"
+
+
+class MetricCacheError(ValueError):
+    """A metric cache file that exists but cannot be used (truncated, corrupt, another format)."""
+
+
+def wkb_pack(geoms) -> tuple[np.ndarray, np.ndarray]:
+    """Geometries as one WKB byte array + offsets (npz-safe, no pickles)."""
+    blobs = [shapely.to_wkb(g) for g in geoms]
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(0, np.uint8)
+    return data, offsets
+
+
+def wkb_unpack(data: np.ndarray, offsets: np.ndarray) -> list:
+    """Inverse of :func:`wkb_pack`."""
+    raw = data.tobytes()
+    return [shapely.from_wkb(raw[offsets[i]:offsets[i + 1]]) for i in range(len(offsets) - 1)]
+
+
+@dataclass
+class MetricCache:
+    """Agent-independent scoring inputs of one token (arrays; see `save` / `load`)."""
+
+    meta: dict
+    arrays: dict = field(default_factory=dict)
+
+    # --- reconstruction helpers ----------------------------------------------------------------------------
+    @property
+    def token(self) -> str:
+        return self.meta["token"]
+
+    @property
+    def ego_state(self) -> np.ndarray:
+        return self.arrays["ego_state"]
+
+    def centerline(self) -> CenterlinePath:
+        return CenterlinePath(self.arrays["centerline"])
+
+    def drivable(self) -> DrivableMap:
+        polys = wkb_unpack(self.arrays["drivable_wkb"], self.arrays["drivable_offsets"])
+        return DrivableMap(self.meta["drivable_tokens"], self.meta["drivable_kinds"], polys)
+
+    def red_light_steps(self, version: str) -> list[tuple[list[str], list]]:
+        """(tokens, polygons) of the red on-route lane connectors at each 0.1 s step (the devkit's
+        `_occupancy_maps_tl`)."""
+        red_tokens = self.meta.get(f"red_{version}_tokens", [])
+        n_steps = int(self.meta[f"obs_{version}_steps"])
+        if not red_tokens:
+            return [([], []) for _ in range(n_steps)]
+        polys = wkb_unpack(self.arrays[f"red_{version}_wkb"], self.arrays[f"red_{version}_offsets"])
+        mask = self.arrays[f"red_{version}_mask"]
+        return [([t for j, t in enumerate(red_tokens) if mask[k, j]], [p for j, p in enumerate(polys) if mask[k, j]])
+                for k in range(n_steps)]
+
+    def observation(self, version: str) -> Observation:
+        a = self.arrays
+        tokens = self.meta[f"obs_{version}_tokens"]
+        step, tok, rings = a[f"obs_{version}_step"], a[f"obs_{version}_token"], a[f"obs_{version}_rings"]
+        n_steps = int(self.meta[f"obs_{version}_steps"])
+        closed = np.concatenate([rings, rings[:, :1]], axis=1)
+        polys = shapely.polygons(closed) if len(closed) else np.array([], dtype=object)
+        red_tokens = self.meta.get(f"red_{version}_tokens", [])
+        red_polys = wkb_unpack(a[f"red_{version}_wkb"], a[f"red_{version}_offsets"]) if red_tokens else []
+        red_mask = a.get(f"red_{version}_mask")
+        maps = []
+        order = np.argsort(step, kind="stable")
+        bounds = np.searchsorted(step[order], np.arange(n_steps + 1))
+        for k in range(n_steps):
+            sel = order[bounds[k]:bounds[k + 1]]
+            toks = [tokens[i] for i in tok[sel]]
+            geoms = list(polys[sel])
+            if red_tokens:
+                for j, rt in enumerate(red_tokens):
+                    if red_mask[k, j]:
+                        toks.append(rt)
+                        geoms.append(red_polys[j])
+            maps.append(OccupancyMap(toks, geoms))
+        info = a[f"obs_{version}_info"]
+        unique = {t: TrackInfo(bool(info[i, 0]), float(info[i, 1]), float(info[i, 2])) for i, t in enumerate(tokens)}
+        return Observation(maps, unique, [], stride=1)
+
+    # --- io ------------------------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write atomically (a per-process temporary file, then a rename: ranks may write the same token)."""
+        meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION)
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                                **self.arrays)
+
+    @staticmethod
+    def stored_format_version(path: Path) -> int | None:
+        """Format version written in the cache file at `path` (None when it is absent or unreadable)."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return json.loads(data["meta_json"].tobytes().decode()).get("format_version")
+        except CACHE_READ_ERRORS:
+            return None
+
+    @classmethod
+    def load(cls, path: Path) -> "MetricCache":
+        """Read a cache file; ``FileNotFoundError`` when absent, ``MetricCacheError`` (naming the file) when it
+        cannot be read or was written by another format."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"metric cache file {path} not found; run navsim_agents/run_metric_caching.py")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(data["meta_json"].tobytes().decode())
+                if meta.get("format_version") != CACHE_FORMAT_VERSION:
+                    raise MetricCacheError(f"metric cache {path} has format {meta.get('format_version')}, expected "
+                                           f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
+                arrays = {k: data[k] for k in data.files if k != "meta_json"}
+        except MetricCacheError:
+            raise
+        except CACHE_READ_ERRORS as err:
+            raise MetricCacheError(f"metric cache {path} cannot be read ({type(err).__name__}: {err}); rebuild it "
+                                   "with run_metric_caching.py force=true") from err
+        return cls(meta, arrays)

@@ -1,0 +1,42 @@
+"""IDM: PDM-Closed's batch step (navsim batch_idm_policy.py) and the textbook form, on values worked out by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from navsim_agents.idm import EMBEDDED_CLOSED_LOOP, PDM_CLOSED, idm_acceleration, pdm_idm_step
+
+
+def test_pdm_closed_parameters_are_navsims():
+    assert (PDM_CLOSED.min_gap, PDM_CLOSED.headway_time, PDM_CLOSED.accel_max, PDM_CLOSED.decel_max,
+            PDM_CLOSED.exponent) == (1.0, 1.5, 1.5, 3.0, 10)
+
+
+def test_pdm_step_by_hand():
+    # columns: (a) at rest, leader 2 m ahead: s* = s0 = 1, (1 / 2)^2 = 0.25 -> 1.5 * 0.75 = 1.125 m/s^2
+    # (b) at rest, leader 0.5 m ahead: the gap is floored at s0 = 1 -> (1 / 1)^2 = 1 -> 0
+    # (c) 10 m/s onto a stopped leader 10 m ahead: s* = 1 + 15 + 100 / (2 sqrt 4.5) = 39.6 -> clipped to -3
+    x = np.zeros(3)
+    v = np.array([0.0, 0.0, 10.0])
+    x_lead = np.array([4.0, 2.5, 12.0])
+    l_rear = np.full(3, 2.0)
+    target = np.full(3, 15.0)
+    x1, v1 = pdm_idm_step(x, v, x_lead, np.zeros(3), l_rear, target, 0.1)
+    np.testing.assert_allclose(v1, [0.1125, 0.0, 9.7], rtol=1e-12)
+    np.testing.assert_allclose(x1, [0.0, 0.0, 1.0], rtol=1e-12)
+
+
+def test_textbook_idm_by_hand():
+    p = EMBEDDED_CLOSED_LOOP  # a 1.5, b 2.0, s0 2, T 1.2, delta 4
+    # free road at half the desired speed: 1.5 (1 - 0.5^4) = 1.40625
+    assert idm_acceleration(10.0, 20.0, math.inf, 0.0, p) == pytest.approx(1.40625, rel=1e-12)
+    # same speed as the leader 20 m ahead: s* = 2 + 12 = 14, (14 / 20)^2 = 0.49
+    assert idm_acceleration(10.0, 20.0, 20.0, 10.0, p) == pytest.approx(1.5 * (0.9375 - 0.49), rel=1e-12)
+    # a faster leader: the dynamic part (12 - 100 / (2 sqrt 3) < 0) counts as 0, s* = s0 = 2
+    assert idm_acceleration(10.0, 20.0, 20.0, 20.0, p) == pytest.approx(1.5 * (0.9375 - 0.01), rel=1e-12)
+    # closing in fast: s* = 2 + 18 = 20 over a 3 m gap -> far below -8, clipped by the braking limit
+    assert idm_acceleration(15.0, 15.0, 3.0, 15.0, p, max_brake=8.0) == -8.0
+    # arrays broadcast, a zero desired speed brakes instead of dividing by zero
+    out = idm_acceleration(np.array([0.0, 1.0]), np.array([0.0, 0.0]), np.array([math.inf, math.inf]), 0.0, p)
+    assert out[0] == pytest.approx(1.5) and out[1] == pytest.approx(1.5 * (1 - (1 / 0.1) ** 4))
