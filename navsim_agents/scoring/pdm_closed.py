@@ -16,11 +16,11 @@ import shapely
 from shapely.geometry import CAP_STYLE, Point
 
 from navsim_agents.data.maps import NuPlanMap, SemanticMapLayer
+from navsim_agents.idm import pdm_idm_step
 from navsim_agents.scoring import constants as C
 from navsim_agents.scoring.constants import BBCoordsIndex as BB
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import box_coords, normalize_angle
-from navsim_agents.idm import pdm_idm_step
 from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
 from navsim_agents.scoring.pdm_simulator import simulate_proposals
 from navsim_agents.scoring.route import (

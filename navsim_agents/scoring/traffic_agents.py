@@ -41,9 +41,9 @@ from shapely.ops import nearest_points, unary_union
 from shapely.strtree import STRtree
 
 from navsim_agents.data.maps import SemanticMapLayer, get_maps_api, resolve_maps_root
+from navsim_agents.idm import NAVSIM_IDM_TRAFFIC, pdm_idm_step
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import normalize_angle
-from navsim_agents.idm import NAVSIM_IDM_TRAFFIC, pdm_idm_step
 from navsim_agents.scoring.metric_cache_file import REACTIVE_TYPE_NAME, MetricCache
 from navsim_agents.scoring.observation import Observation, OccupancyMap, TrackInfo
 from navsim_agents.scoring.pdm_closed import Track
