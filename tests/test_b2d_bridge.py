@@ -102,12 +102,14 @@ def test_two_clients_batched_equal_in_process(tmp_path, rap_planner):
         rng = np.random.default_rng(k)
         inputs[k] = [_tick_data(rng, cams, x=0.2 * t * (k + 1), speed=2.0 + 2 * k) for t in range(ticks)]
     got, errors = {}, []
+    connected = threading.Barrier(2)  # both sessions past hello before either calls: the batch expects two
 
     def drive(k):
         try:
             a = thin.BridgeAgent()
             a.setup(f"{client}+route{k}")
             a.set_global_plan(*global_plan(path, None))
+            connected.wait(timeout=120)
             got[k] = [a.run_step(d, 0.05 * t) for t, d in enumerate(inputs[k])]
             a.destroy()
         except Exception as exc:  # surfaced in the main thread
