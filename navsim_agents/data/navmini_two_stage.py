@@ -125,7 +125,7 @@ def _render(scene: dict, log_frames: list[dict], current: int, town, light_xy, r
 
 
 def generate_two_stage_world(root, *, num_logs: int = NUM_LOGS, image_size: tuple[int, int] = (1920, 1080),
-                             cameras: Sequence[str] = world.RAP_CAMERA_NAMES, render: bool = True,
+                             cameras: Sequence[str] = world.RENDERED_CAMERAS, render: bool = True,
                              perturbations=PERTURBATIONS, progress: bool = False) -> Path:
     """Write the two-stage data set under ``root`` (original logs of ``num_logs`` test scenarios, synthetic scenes,
     images, the split yamls) and return ``root``."""
