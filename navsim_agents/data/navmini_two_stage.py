@@ -21,12 +21,8 @@ The traffic-light colour of a non-red light is not in the logs (only ``is_red``)
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import pickle
-import shutil
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -180,27 +176,13 @@ def split_yaml(root) -> Path:
 
 
 def ensure_navmini_two_stage(root=None, *, progress: bool = True) -> Path:
-    """The navmini_two_stage data root, generated on first use under ``$EUPE_DRIVE_CACHE`` (as ``ensure_navmini``:
-    written into a temporary sibling and renamed into place once complete)."""
+    """The navmini_two_stage data root, generated on first use under ``$EUPE_DRIVE_CACHE``
+    (``synthetic.generate_once``)."""
     base = Path(root) if root is not None else world.default_cache_root()
-    target = base / f"{SPLIT_NAME}-v{VERSION}"
-    if (target / MARKER).is_file():
-        return target
-    base.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp = base / f".{SPLIT_NAME}-v{VERSION}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    t0 = time.time()
-    if progress:
-        print(f"navmini_two_stage: generating into {target} (first use, a few minutes)", flush=True)
-    generate_two_stage_world(tmp, progress=progress)
-    (tmp / MARKER).write_text(json.dumps({"version": VERSION, "seconds": round(time.time() - t0, 1)}) + "\n")
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / MARKER).is_file():
-            raise
-    return target
+
+    def generate(tmp: Path) -> dict:
+        generate_two_stage_world(tmp, progress=progress)
+        return {"version": VERSION}
+
+    return world.generate_once(base / f"{SPLIT_NAME}-v{VERSION}", MARKER, generate, label="navmini_two_stage",
+                               note="a few minutes", progress=progress)

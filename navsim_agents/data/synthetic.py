@@ -506,41 +506,52 @@ def default_cache_root() -> FsPath:
     return FsPath(env).expanduser() if env else FsPath.home() / ".cache" / "eupe_drive"
 
 
-def ensure_navmini(root=None, *, progress: bool = True) -> FsPath:
-    """The navmini data root (``OPENSCENE_DATA_ROOT``-style; maps under ``<root>/maps``), generated on first use.
+def generate_once(target: FsPath, marker: str, generate, *, label: str, note: str, progress: bool = True) -> FsPath:
+    """``target``, built by ``generate(tmp) -> dict`` on first use.
 
-    Generation writes into a temporary sibling folder and renames it into place after a completion marker is
-    written, so an interrupted run leaves no half-written data set behind; a folder without the marker is
-    deleted and rebuilt.
+    Generation writes into a temporary sibling folder and renames it into place after the completion ``marker``
+    (the returned dict plus the build time, as JSON) is written, so an interrupted run leaves no half-written data
+    set behind; a folder without the marker is deleted and rebuilt; when another process finishes first, its
+    copy is kept.
     """
-    base = FsPath(root) if root is not None else default_cache_root()
-    target = base / f"navmini-v{VERSION}"
-    if (target / MARKER).is_file():
+    target = FsPath(target)
+    if (target / marker).is_file():
         return target
-    base.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         if progress:
-            print(f"navmini: {target} is incomplete (no {MARKER}); rebuilding", flush=True)
+            print(f"{label}: {target} is incomplete (no {marker}); rebuilding", flush=True)
         shutil.rmtree(target)
-    tmp = base / f".navmini-v{VERSION}.tmp-{os.getpid()}"
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     t0 = time.time()
     if progress:
-        print(f"navmini: generating the synthetic split into {target} (first use, about a minute)", flush=True)
-    generate_world(tmp, seed=0, progress=progress)
-    with open(tmp / MARKER, "w") as handle:
-        json.dump({"version": VERSION, "seed": 0, "seconds": round(time.time() - t0, 1),
-                   "train_logs": NAVMINI_TRAIN_LOGS, "test_logs": NAVMINI_TEST_LOGS,
-                   "map_version": MAP_VERSION_NAME, "map_location": MAP_LOCATION}, handle, indent=1)
+        print(f"{label}: generating into {target} (first use, {note})", flush=True)
+    info = generate(tmp)
+    with open(tmp / marker, "w") as handle:
+        json.dump({**info, "seconds": round(time.time() - t0, 1)}, handle, indent=1)
     try:
         os.rename(tmp, target)
     except OSError:
-        # another process finished first: keep its copy
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / MARKER).is_file():
+        if not (target / marker).is_file():
             raise
     return target
+
+
+def ensure_navmini(root=None, *, progress: bool = True) -> FsPath:
+    """The navmini data root (``OPENSCENE_DATA_ROOT``-style; maps under ``<root>/maps``), generated on first use
+    (``generate_once``)."""
+    base = FsPath(root) if root is not None else default_cache_root()
+
+    def generate(tmp: FsPath) -> dict:
+        generate_world(tmp, seed=0, progress=progress)
+        return {"version": VERSION, "seed": 0, "train_logs": NAVMINI_TRAIN_LOGS, "test_logs": NAVMINI_TEST_LOGS,
+                "map_version": MAP_VERSION_NAME, "map_location": MAP_LOCATION}
+
+    return generate_once(base / f"navmini-v{VERSION}", MARKER, generate, label="navmini", note="about a minute",
+                         progress=progress)
 
 
 __all__ = [
