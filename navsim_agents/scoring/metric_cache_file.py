@@ -17,7 +17,7 @@ import numpy as np
 import shapely
 
 from eupe.atomic_io import atomic_path
-from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
+from navsim_agents.scoring.observation import DrivableMap, FlatOccupancy, Observation, TrackInfo, ring_bounds
 from navsim_agents.scoring.scorer import CenterlinePath
 
 # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix; 5: current tracks and the
@@ -46,7 +46,8 @@ def wkb_pack(geoms) -> tuple[np.ndarray, np.ndarray]:
 def wkb_unpack(data: np.ndarray, offsets: np.ndarray) -> list:
     """Inverse of :func:`wkb_pack`."""
     raw = data.tobytes()
-    return [shapely.from_wkb(raw[offsets[i]:offsets[i + 1]]) for i in range(len(offsets) - 1)]
+    blobs = np.array([raw[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)], dtype=object)
+    return list(shapely.from_wkb(blobs)) if len(blobs) else []
 
 
 @dataclass
@@ -85,31 +86,35 @@ class MetricCache:
                 for k in range(n_steps)]
 
     def observation(self, version: str) -> Observation:
+        """The observation of `version` ("v1", "v2", "replay"): per 0.1 s step the tracks in their first-sight
+        order, then the step's red lights; polygons are built only where the scorer needs them."""
         a = self.arrays
         tokens = self.meta[f"obs_{version}_tokens"]
         step, tok, rings = a[f"obs_{version}_step"], a[f"obs_{version}_token"], a[f"obs_{version}_rings"]
         n_steps = int(self.meta[f"obs_{version}_steps"])
-        closed = np.concatenate([rings, rings[:, :1]], axis=1)
-        polys = shapely.polygons(closed) if len(closed) else np.array([], dtype=object)
         red_tokens = self.meta.get(f"red_{version}_tokens", [])
-        red_polys = wkb_unpack(a[f"red_{version}_wkb"], a[f"red_{version}_offsets"]) if red_tokens else []
-        red_mask = a.get(f"red_{version}_mask")
-        maps = []
-        order = np.argsort(step, kind="stable")
-        bounds = np.searchsorted(step[order], np.arange(n_steps + 1))
-        for k in range(n_steps):
-            sel = order[bounds[k]:bounds[k + 1]]
-            toks = [tokens[i] for i in tok[sel]]
-            geoms = list(polys[sel])
-            if red_tokens:
-                for j, rt in enumerate(red_tokens):
-                    if red_mask[k, j]:
-                        toks.append(rt)
-                        geoms.append(red_polys[j])
-            maps.append(OccupancyMap(toks, geoms))
+        red_steps, red_ids = (np.nonzero(a[f"red_{version}_mask"]) if red_tokens
+                              else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        # rows by step; within a step the tracks (stable) before the red lights
+        map_index = np.concatenate([step.astype(np.int64), red_steps])
+        kind = np.concatenate([np.zeros(len(step), np.int64), np.ones(len(red_steps), np.int64)])
+        order = np.lexsort((np.arange(len(map_index)), kind, map_index))
+        all_tokens = [tokens[i] for i in tok] + [red_tokens[j] for j in red_ids]
+        polygons = np.full(len(map_index), None, dtype=object)
+        bounds = np.zeros((len(map_index), 4))
+        bounds[:len(step)] = ring_bounds(rings)
+        all_rings = np.zeros((len(map_index), 4, 2))
+        all_rings[:len(step)] = rings
+        if len(red_ids):
+            red_polys = np.array(wkb_unpack(a[f"red_{version}_wkb"], a[f"red_{version}_offsets"]) + [None],
+                                 dtype=object)[:-1]
+            polygons[len(step):] = red_polys[red_ids]
+            bounds[len(step):] = shapely.bounds(red_polys)[red_ids]
+        flat = FlatOccupancy(map_index[order], [all_tokens[i] for i in order], bounds[order], n_steps,
+                             polygons=polygons[order], rings=all_rings[order])
         info = a[f"obs_{version}_info"]
         unique = {t: TrackInfo(bool(info[i, 0]), float(info[i, 1]), float(info[i, 2])) for i, t in enumerate(tokens)}
-        return Observation(maps, unique, [], stride=1)
+        return Observation(None, unique, [], stride=1, flat=flat)
 
     # --- io ------------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
