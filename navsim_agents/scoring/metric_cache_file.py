@@ -1,6 +1,7 @@
 """``MetricCache``: the agent-independent scoring inputs of one token, and its versioned ``.npz`` file.
 
-One `.npz` per token (arrays only, loaded with `allow_pickle=False`) + JSON metadata inside it. The builder
+One `.npz` per token (loaded with `allow_pickle=False`): JSON metadata and one uncompressed member holding every
+array's bytes, laid out as the metadata says. The builder
 (``navsim_agents.scoring.metric_cache``) fills it from OpenScene logs and the map; scoring
 (``navsim_agents.scoring.pdm_score``) reads it. Both import this module.
 """
@@ -22,8 +23,12 @@ from navsim_agents.scoring.scorer import CenterlinePath
 
 # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix; 5: current tracks and the
 # unfiltered log replay of non-vehicles for reactive traffic, map location of the cache; 6: ego heading from
-# pyquaternion's yaw (the x*y sign of formats 4-5 was flipped)
-CACHE_FORMAT_VERSION = 6
+# pyquaternion's yaw (the x*y sign of formats 4-5 was flipped); 7: every array in one uncompressed member (one read
+# instead of a zip member, a header parse and a decompression per array)
+CACHE_FORMAT_VERSION = 7
+# the members of the .npz: JSON metadata (with the layout of the arrays) and the arrays' bytes, 8-byte aligned
+META_MEMBER, DATA_MEMBER, LAYOUT_KEY = "meta_json", "data", "array_layout"
+_ALIGN = 8
 # what a truncated, emptied or overwritten .npz raises when read
 CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 # the object type navsim's reactive IDM policy simulates (TrackedObjectType.VEHICLE); the cache's "replay"
@@ -119,17 +124,25 @@ class MetricCache:
     # --- io ------------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         """Write atomically (a per-process temporary file, then a rename: ranks may write the same token)."""
-        meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION)
+        layout, chunks, offset = [], [], 0
+        for name, value in self.arrays.items():
+            array = np.ascontiguousarray(value)
+            raw = array.tobytes()
+            layout.append([name, array.dtype.str, list(array.shape), offset])
+            pad = -len(raw) % _ALIGN
+            chunks.append(raw + b"\0" * pad)
+            offset += len(raw) + pad
+        meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION, **{LAYOUT_KEY: layout})
         with atomic_path(path) as tmp:
-            np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                                **self.arrays)
+            np.savez(tmp, **{META_MEMBER: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                             DATA_MEMBER: np.frombuffer(b"".join(chunks), dtype=np.uint8)})
 
     @staticmethod
     def stored_format_version(path: Path) -> int | None:
         """Format version written in the cache file at `path` (None when it is absent or unreadable)."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                return json.loads(data["meta_json"].tobytes().decode()).get("format_version")
+                return json.loads(data[META_MEMBER].tobytes().decode()).get("format_version")
         except CACHE_READ_ERRORS:
             return None
 
@@ -142,11 +155,15 @@ class MetricCache:
             raise FileNotFoundError(f"metric cache file {path} not found; run navsim_agents/run_metric_caching.py")
         try:
             with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(data["meta_json"].tobytes().decode())
+                meta = json.loads(data[META_MEMBER].tobytes().decode())
                 if meta.get("format_version") != CACHE_FORMAT_VERSION:
                     raise MetricCacheError(f"metric cache {path} has format {meta.get('format_version')}, expected "
                                            f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
-                arrays = {k: data[k] for k in data.files if k != "meta_json"}
+                blob = data[DATA_MEMBER]
+            arrays = {}
+            for name, dtype, shape, offset in meta.pop(LAYOUT_KEY):
+                size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                arrays[name] = blob[offset:offset + size].view(dtype).reshape(shape)
         except MetricCacheError:
             raise
         except CACHE_READ_ERRORS as err:

@@ -86,76 +86,77 @@ class BatchLQRTracker:
         self._wheel_base = vehicle.wheel_base
         self._dt = dt
         self._horizon = C.LQR_TRACKING_HORIZON
-        self._q_lat = np.diag(C.LQR_Q_LATERAL)
+        self._q_diag = np.asarray(C.LQR_Q_LATERAL, dtype=np.float64)[None]
 
     def update(self, reference_states: np.ndarray) -> None:
         """Load the reference states [B,N,11] (only poses are used) and fit their profiles."""
         self._ref = reference_states
         self._velocity, self._curvature = velocity_curvature_profiles(reference_states[..., :3], self._dt)
+        num = self._velocity.shape[1]
+        # per step index: the reference velocity `horizon` steps ahead and the curvature window over the horizon,
+        # both held at the profile's last sample (the devkit slices and pads them at every step)
+        ahead = np.minimum(np.arange(num) + self._horizon, num - 1)
+        self._v_ref = self._velocity[:, ahead]
+        self._curvature_windows = self._curvature[:, np.minimum(np.arange(num)[:, None] + np.arange(self._horizon),
+                                                                num - 1)]
+        self._sin_ref, self._cos_ref = np.sin(reference_states[..., S.HEADING]), np.cos(reference_states[..., S.HEADING])
+        self._steps = np.arange(self._horizon) * self._dt
 
     def track(self, index: int, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Commands (acceleration [B], steering rate [B]) to track the reference from `states` at step `index`."""
         ref = self._ref[:, index]
         dx, dy = states[:, S.X] - ref[:, S.X], states[:, S.Y] - ref[:, S.Y]
-        href = ref[:, S.HEADING]
-        lateral = np.stack(
-            [-dx * np.sin(href) + dy * np.cos(href), normalize_angle(states[:, S.HEADING] - href),
-             states[:, S.STEERING_ANGLE]], axis=-1)
+        heading_error = states[:, S.HEADING] - ref[:, S.HEADING]
+        lateral = np.stack([-dx * self._sin_ref[:, index] + dy * self._cos_ref[:, index],
+                            np.arctan2(np.sin(heading_error), np.cos(heading_error)), states[:, S.STEERING_ANGLE]],
+                           axis=-1)
         v0 = states[:, S.VELOCITY_X]
+        v_ref = self._v_ref[:, index]
+        curv = self._curvature_windows[:, index]
 
-        batch, num = self._velocity.shape
-        ref_idx = min(index + self._horizon, num - 1)
-        v_ref = self._velocity[:, ref_idx]
-        curv = np.zeros((batch, self._horizon))
-        length = ref_idx - index
-        curv[:, :length] = self._curvature[:, index:ref_idx]
-        if length < self._horizon:
-            curv[:, length:] = self._curvature[:, ref_idx, None]
-
-        accel = np.zeros(batch)
-        steer_rate = np.zeros(batch)
+        b_lon = self._horizon * self._dt
         stop = (v_ref <= C.LQR_STOPPING_VELOCITY) & (v0 <= C.LQR_STOPPING_VELOCITY)
+        if not stop.any():  # every proposal tracks (the usual case): no masking
+            accel = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon \
+                * C.LQR_Q_LONGITUDINAL * (v0 - v_ref)
+            return accel, self._lateral(lateral, self._tracked_velocity(v0, accel), curv)
+        accel = np.zeros(len(v0))
+        steer_rate = np.zeros(len(v0))
         accel[stop] = -C.LQR_STOPPING_GAIN * (v0[stop] - v_ref[stop])
         go = ~stop
-        b_lon = self._horizon * self._dt
         err = v0[go] - v_ref[go]
         accel[go] = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon * C.LQR_Q_LONGITUDINAL * err
-        vel_profile = _profile_from_derivatives(v0[go], np.repeat(accel[go, None], self._horizon, axis=-1), self._dt)
-        steer_rate[go] = self._lateral(lateral[go], vel_profile[:, : self._horizon], curv[go])
+        steer_rate[go] = self._lateral(lateral[go], self._tracked_velocity(v0[go], accel[go]), curv[go])
         return accel, steer_rate
+
+    def _tracked_velocity(self, v0: np.ndarray, accel: np.ndarray) -> np.ndarray:
+        """Velocity over the horizon [B,H] under a constant `accel` (cumulative sums of accel * dt, as the devkit)."""
+        increments = np.cumsum(np.broadcast_to((accel * self._dt)[:, None], (len(v0), self._horizon - 1)), axis=-1)
+        return v0[:, None] + np.concatenate([np.zeros((len(v0), 1)), increments], axis=-1)
 
     def _lateral(self, x0: np.ndarray, velocity: np.ndarray, curvature: np.ndarray) -> np.ndarray:
         """One-step lateral LQR over the horizon.
 
         The devkit multiplies the 10 step matrices M_k = [[1, v dt, 0], [0, 1, v dt / L], [0, 0, 1]] (and the
         affine terms) one by one; their product has the closed form below, accumulated with cumulative sums in the
-        same order as the sequential products.
+        same order as the sequential products (rows of one stacked cumulative sum are summed independently).
         """
         dt = self._dt
         m01 = velocity * dt
         m12 = velocity * dt / self._wheel_base
-        steps = np.arange(self._horizon) * dt
-        zero = np.zeros((len(x0), 1))
-
-        def exclusive(values):  # sums over the steps before each step
-            return np.concatenate([zero, np.cumsum(values, axis=-1)[:, :-1]], axis=-1)
-
-        c_before = exclusive(m12)
-        b1_before = exclusive(m12 * steps)
         g1_terms = -velocity * curvature * dt
-        g1_before = exclusive(g1_terms)
-        a01 = np.cumsum(m01, axis=-1)[:, -1]
-        a02 = np.cumsum(m01 * c_before, axis=-1)[:, -1]
-        a12 = np.cumsum(m12, axis=-1)[:, -1]
-        b = np.stack([np.cumsum(m01 * b1_before, axis=-1)[:, -1], np.cumsum(m12 * steps, axis=-1)[:, -1],
-                      np.full(len(x0), self._horizon * dt)], axis=-1)
-        g0 = np.cumsum(m01 * g1_before, axis=-1)[:, -1]
-        g1 = np.cumsum(g1_terms, axis=-1)[:, -1]
+        # sums over the steps before each step (exclusive) and over all steps, of m12, m12 * t and g1
+        first = np.cumsum(np.stack([m12, m12 * self._steps, g1_terms]), axis=-1)
+        before = np.concatenate([np.zeros(first.shape[:2] + (1,)), first[..., :-1]], axis=-1)
+        second = np.cumsum(np.stack([m01, m01 * before[0], m01 * before[1], m01 * before[2]]), axis=-1)[..., -1]
+        a01, a02, b0, g0 = second
+        a12, b1, g1 = first[..., -1]
+        b = np.stack([b0, b1, np.full(len(x0), self._horizon * dt)], axis=-1)
         err = np.stack([x0[:, 0] + a01 * x0[:, 1] + a02 * x0[:, 2] + g0,
                         x0[:, 1] + a12 * x0[:, 2] + g1,
                         x0[:, 2]], axis=-1)
         err[:, 1:] = np.arctan2(np.sin(err[:, 1:]), np.cos(err[:, 1:]))
-        btq = b * np.diag(self._q_lat)[None]  # Q is diagonal
+        btq = b * self._q_diag  # Q is diagonal
         inv = -1.0 / (np.einsum("bi,bi->b", btq, b) + C.LQR_R_LATERAL)
         return inv * np.einsum("bi,bi->b", btq, err)
 
