@@ -6,6 +6,8 @@ Mirrors navsim `pdm_planner/simulation/{batch_lqr,batch_lqr_utils,batch_kinemati
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from navsim_agents.scoring import constants as C
@@ -195,6 +197,11 @@ class BatchKinematicBicycleModel:
         return out
 
 
+# up to this many proposals are simulated one by one with Python floats: the same arithmetic in the same order
+# without NumPy's per-call overhead, which dominates 40 small steps (scoring one agent trajectory)
+SCALAR_BATCH_LIMIT = 4
+
+
 def simulate_proposals(reference_states: np.ndarray, initial_state: np.ndarray, *,
                        num_poses: int = C.PROPOSAL_NUM_POSES, dt: float = C.PROPOSAL_INTERVAL,
                        vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
@@ -202,10 +209,95 @@ def simulate_proposals(reference_states: np.ndarray, initial_state: np.ndarray, 
     refs = reference_states[:, : num_poses + 1]
     tracker = BatchLQRTracker(vehicle=vehicle, dt=dt)
     tracker.update(refs)
-    model = BatchKinematicBicycleModel(vehicle=vehicle)
     out = np.zeros(refs.shape)
     out[:, 0] = initial_state
+    if len(refs) <= SCALAR_BATCH_LIMIT:
+        for b in range(len(refs)):
+            out[b] = _simulate_scalar(tracker, b, np.asarray(initial_state, dtype=np.float64), num_poses, dt,
+                                      vehicle.wheel_base)
+        return out
+    model = BatchKinematicBicycleModel(vehicle=vehicle)
     for t in range(1, num_poses + 1):
         accel, steer_rate = tracker.track(t - 1, out[:, t - 1])
         out[:, t] = model.propagate(out[:, t - 1], accel, steer_rate, dt)
+    return out
+
+
+def _simulate_scalar(tracker: BatchLQRTracker, b: int, initial_state: np.ndarray, num_poses: int, dt: float,
+                     wheel_base: float) -> np.ndarray:
+    """Proposal `b` of `tracker` simulated step by step on floats: `BatchLQRTracker.track` followed by
+    `BatchKinematicBicycleModel.propagate`, operation for operation."""
+    horizon = tracker._horizon  # noqa: SLF001 - the tracker's own fitted profiles, read-only
+    ref = tracker._ref[b, :, :3].tolist()  # noqa: SLF001
+    sin_ref, cos_ref = tracker._sin_ref[b].tolist(), tracker._cos_ref[b].tolist()  # noqa: SLF001
+    v_refs = tracker._v_ref[b].tolist()  # noqa: SLF001
+    windows = tracker._curvature_windows[b].tolist()  # noqa: SLF001
+    q0, q1, q2 = (float(q) for q in C.LQR_Q_LATERAL)
+    steps = (np.arange(horizon) * dt).tolist()
+    b_lon = horizon * dt
+    gain = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon * C.LQR_Q_LONGITUDINAL
+    accel_lag = dt / (dt + C.BICYCLE_ACCEL_TIME_CONSTANT)
+    steer_lag = dt / (dt + C.BICYCLE_STEERING_TIME_CONSTANT)
+    max_steer = C.BICYCLE_MAX_STEERING_ANGLE
+    two_pi, sin, cos, tan, atan2 = 2 * math.pi, math.sin, math.cos, math.tan, math.atan2
+    x, y, h, v, _, a, _, steer, _, yaw_rate, _ = initial_state.tolist()
+    out = np.zeros((num_poses + 1, C.STATE_SIZE))
+    out[0] = initial_state
+    rows = []
+    for index in range(num_poses):
+        # --- LQR (track) ---
+        rx, ry, rh = ref[index]
+        dx, dy = x - rx, y - ry
+        lat0 = -dx * sin_ref[index] + dy * cos_ref[index]
+        herr = h - rh
+        lat1 = atan2(sin(herr), cos(herr))
+        lat2 = steer
+        v_ref = v_refs[index]
+        if v_ref <= C.LQR_STOPPING_VELOCITY and v <= C.LQR_STOPPING_VELOCITY:
+            accel_cmd = -C.LQR_STOPPING_GAIN * (v - v_ref)
+            steer_rate_cmd = 0.0
+        else:
+            accel_cmd = gain * (v - v_ref)
+            curvature = windows[index]
+            increment = accel_cmd * dt
+            running, velocity = 0.0, v + 0.0
+            m12_sum = m12t_sum = g1_sum = 0.0
+            a01 = a02 = b0 = g0 = 0.0
+            for k in range(horizon):
+                if k:
+                    running += increment
+                    velocity = v + running
+                m01 = velocity * dt
+                m12 = velocity * dt / wheel_base
+                g1_term = -velocity * curvature[k] * dt
+                a01 += m01
+                a02 += m01 * m12_sum
+                b0 += m01 * m12t_sum
+                g0 += m01 * g1_sum
+                m12_sum += m12
+                m12t_sum += m12 * steps[k]
+                g1_sum += g1_term
+            b1, b2 = m12t_sum, horizon * dt
+            err0 = lat0 + a01 * lat1 + a02 * lat2 + g0
+            err1 = lat1 + m12_sum * lat2 + g1_sum
+            err1 = atan2(sin(err1), cos(err1))
+            err2 = atan2(sin(lat2), cos(lat2))
+            t0, t1, t2 = b0 * q0, b1 * q1, b2 * q2
+            inv = -1.0 / (t0 * b0 + t1 * b1 + t2 * b2 + C.LQR_R_LATERAL)
+            steer_rate_cmd = inv * (t0 * err0 + t1 * err1 + t2 * err2)
+        # --- kinematic bicycle (propagate) ---
+        ideal_steer = dt * steer_rate_cmd + steer
+        new_accel = accel_lag * (accel_cmd - a) + a
+        new_steer = steer_lag * (ideal_steer - steer) + steer
+        new_steer_rate = (new_steer - steer) / dt
+        x, y = x + v * cos(h) * dt, y + v * sin(h) * dt
+        heading = h + v * tan(steer) / wheel_base * dt
+        h = (heading + math.pi) % two_pi - math.pi
+        v = v + new_accel * dt
+        steer = min(max(steer + new_steer_rate * dt, -max_steer), max_steer)
+        new_yaw_rate = v * tan(steer) / wheel_base
+        yaw_accel = (new_yaw_rate - yaw_rate) / dt
+        yaw_rate, a = new_yaw_rate, new_accel
+        rows.append((x, y, h, v, 0.0, a, 0.0, steer, new_steer_rate, yaw_rate, yaw_accel))
+    out[1:] = rows
     return out
