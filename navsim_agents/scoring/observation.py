@@ -166,6 +166,7 @@ class DrivableMap(OccupancyMap):
             return out
         if self._bounds is None:
             self._bounds = shapely.bounds(self.polygons)
+            shapely.prepare(self.polygons)  # indexed point-in-polygon: the polygons are tested many times
         b = self._bounds[polygon_ids]
         x, y = points[:, 0], points[:, 1]
         inside_box = ((b[:, 0, None] <= x) & (x <= b[:, 2, None]) & (b[:, 1, None] <= y) & (y <= b[:, 3, None]))
