@@ -205,11 +205,10 @@ def _aggregate(job, rows, tokens, sampling):
     """run_pdm_score.py's scene aggregation, final scores and mapping scores over the scored rows."""
     from dataclasses import fields
 
-    import pandas as pd
-    from omegaconf import OmegaConf
-
     import navsim.planning.script.run_pdm_score as script
+    import pandas as pd
     from navsim.common.dataclasses import PDMResults
+    from omegaconf import OmegaConf
 
     mapping = {}
     for now, prev, pairs in OmegaConf.to_container(OmegaConf.load(job["split_yaml"]))["reactive_all_mapping"]:

@@ -189,8 +189,8 @@ def main() -> None:
         if isinstance(v1_dk, str) and v1_dk == NOT_INSTALLED and not isinstance(main_dk, str):
             v1_dk = NO_V1_IN_MAIN
 
-        from navsim_agents.data.navmini_two_stage import generate_two_stage_world, split_yaml
         from navsim_agents.data.devkit_splits import read_devkit_split
+        from navsim_agents.data.navmini_two_stage import generate_two_stage_world, split_yaml
 
         world = generate_two_stage_world(tmp / "navmini_two_stage", num_logs=args.two_stage_logs, render=False)
         two = ours_two_stage(world, tmp / "ours_two_stage")

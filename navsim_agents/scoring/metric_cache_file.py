@@ -55,6 +55,19 @@ def wkb_unpack(data: np.ndarray, offsets: np.ndarray) -> list:
     return list(shapely.from_wkb(blobs)) if len(blobs) else []
 
 
+def _byte_member(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    """A uint8 vector member of an .npz read straight from the zip (np.load parses each header with
+    ``ast.literal_eval``, several times the cost of the read); writable, as np.load's arrays are."""
+    raw = archive.read(f"{name}.npy")
+    if raw[:6] != b"\x93NUMPY":
+        raise ValueError(f"member {name} is not a .npy array")
+    start = 10 + int.from_bytes(raw[8:10], "little") if raw[6] == 1 else 12 + int.from_bytes(raw[8:12], "little")
+    header = raw[:start]
+    if b"'descr': '|u1'" not in header or b"'fortran_order': False" not in header:
+        raise ValueError(f"member {name} is not a uint8 vector")
+    return np.frombuffer(bytearray(memoryview(raw)[start:]), dtype=np.uint8)
+
+
 @dataclass
 class MetricCache:
     """Agent-independent scoring inputs of one token (arrays; see `save` / `load`)."""
@@ -126,7 +139,7 @@ class MetricCache:
         """Write atomically (a per-process temporary file, then a rename: ranks may write the same token)."""
         layout, chunks, offset = [], [], 0
         for name, value in self.arrays.items():
-            array = np.ascontiguousarray(value)
+            array = np.asarray(value)  # tobytes() writes C order; 0-d arrays stay 0-d
             raw = array.tobytes()
             layout.append([name, array.dtype.str, list(array.shape), offset])
             pad = -len(raw) % _ALIGN
@@ -154,16 +167,16 @@ class MetricCache:
         if not path.is_file():
             raise FileNotFoundError(f"metric cache file {path} not found; run navsim_agents/run_metric_caching.py")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(data[META_MEMBER].tobytes().decode())
+            with zipfile.ZipFile(path) as archive:
+                meta = json.loads(_byte_member(archive, META_MEMBER).tobytes().decode())
                 if meta.get("format_version") != CACHE_FORMAT_VERSION:
                     raise MetricCacheError(f"metric cache {path} has format {meta.get('format_version')}, expected "
                                            f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
-                blob = data[DATA_MEMBER]
+                blob = _byte_member(archive, DATA_MEMBER)
             arrays = {}
             for name, dtype, shape, offset in meta.pop(LAYOUT_KEY):
                 size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-                arrays[name] = blob[offset:offset + size].view(dtype).reshape(shape)
+                arrays[name] = blob[offset:offset + size].view(dtype).reshape(tuple(shape))
         except MetricCacheError:
             raise
         except CACHE_READ_ERRORS as err:
