@@ -196,6 +196,9 @@ class _OccupancyMap:
 
     def __init__(self, geometries: Optional[Dict[str, object]] = None):
         self.geometries: Dict[str, object] = dict(geometries or {})
+        # id -> the geometry object that `simplify` left unchanged: simplify is deterministic, so simplifying it again
+        # (as the devkit does before every agent's query) gives the same coordinates and can be skipped
+        self._simplified: Dict[str, object] = {}
 
     def intersects(self, geometry) -> "_OccupancyMap":
         ids, geoms = list(self.geometries), list(self.geometries.values())
@@ -212,7 +215,13 @@ class _OccupancyMap:
 
     def simplify(self) -> None:
         for k, g in self.geometries.items():
-            self.geometries[k] = g.simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
+            if self._simplified.get(k) is g:
+                continue
+            simple = g.simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
+            if shapely.equals_exact(simple, g, tolerance=0.0):
+                self._simplified[k] = g  # a fixed point: keep the object so the identity check above holds
+            else:
+                self.geometries[k] = simple
 
 
 def _track_polygon(track: Track):
