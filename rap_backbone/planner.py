@@ -125,8 +125,9 @@ class SpatialCrossAttention(nn.Module):
     """RAP's SCA + MSDeformableAttention3D (bevformer/spatial_cross_attention.py), batch-correct.
 
     Every query attends to every camera at its projected anchors; a camera's result counts for a query when
-    at least one of its anchors is visible there, and the counted results are averaged. (RAP computes only the
-    visible rows; the other rows are discarded, so the outputs are the same.) Runs in fp32 like RAP.
+    at least one of its anchors is visible there, and the counted results are averaged. RAP computes only the
+    visible rows; so do we on the CPU, while the batched path computes all rows and discards the others, with
+    the same outputs. Runs in fp32 like RAP.
     """
 
     def __init__(self, d_model: int, num_heads: int, num_points: int):
@@ -190,7 +191,7 @@ class SpatialCrossAttention(nn.Module):
         or two of the four cameras, which makes this about 4x less sampling."""
         b, n, q = ref_cam.shape[:3]
         heads, pts = self.num_heads, self.num_points
-        maps = value[0].view(b * n, heads, *value[0].shape[1:])
+        maps = value[0].view(b * n, heads, *value[0].shape[1:])  # one level: RAP's one-level FPN
         out = ref_cam.new_zeros(b, n, q, heads * maps.shape[2])
         for i, j in hit.any(-1).nonzero().tolist():
             rows = hit[i, j].nonzero()[:, 0]
@@ -202,8 +203,8 @@ class SpatialCrossAttention(nn.Module):
 def sample_visible_only(x: torch.Tensor) -> bool:
     """Whether cross-attention samples only the visible (camera, query) rows: on the CPU in eager mode, where
     the sampling is most of the planner's time; a GPU is faster with one batched call over all rows, and an
-    exported program cannot have data-dependent shapes."""
-    return x.device.type == "cpu" and not torch.compiler.is_exporting()
+    exported or traced program cannot have data-dependent shapes."""
+    return x.device.type == "cpu" and not torch.compiler.is_exporting() and not torch.jit.is_tracing()
 
 
 def _fp32_region(device: torch.device):
