@@ -49,3 +49,18 @@ def test_rows_are_told_apart_by_key_columns_and_other_columns_replace(results):
     assert _csv_rows(results / "s.csv")[1:] == [["score", "sequential", "1.0"], ["score", "ray", "3.0"]]
     common.write_table("s", ["what", "time"], [["score", 4.0]], title="S")  # new layout: nothing to merge
     assert _csv_rows(results / "s.csv") == [["what", "time"], ["score", "4.0"]]
+
+
+def test_a_section_below_the_table_survives_its_rewrite(results):
+    md = results / "t.md"
+    common.write_table("t", COLUMNS, [["eupe-t", 10.0, ""]], title="T", notes=["n"])
+    common.replace_section(md, "## extra", "| a | b |\n|---|---|\n| 1 | 2 |")
+    kept = common.read_section(md, "## extra")
+    common.write_table("t", COLUMNS, [["eupe-t", 12.0, ""]], title="T", notes=["n"])  # rewrites the whole file
+    assert common.read_section(md, "## extra") is None
+    common.replace_section(md, "## extra", kept)
+    common.replace_section(md, "## extra", common.read_section(md, "## extra"))  # in place: not duplicated
+    text = md.read_text()
+    assert text.count("## extra") == 1 and "| eupe-t | 12 |  |" in text and text.endswith("| 1 | 2 |\n")
+    common.replace_section(md, "## extra", "new body")
+    assert common.read_section(md, "## extra") == "new body" and "| 1 | 2 |" not in md.read_text()
