@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, time_call, write_table  # noqa: E402
 
 from bench2drive import agent as agent_mod  # noqa: E402
-from bench2drive.rig import build_rig  # noqa: E402
-from bench2drive.robustness import LATENCY_PROFILES  # noqa: E402
+from bench2drive.rig import RIGS, build_rig  # noqa: E402
+from bench2drive.robustness import LATENCY_PROFILE_COLUMNS, LATENCY_PROFILE_KEY, LATENCY_PROFILES  # noqa: E402
 from bench2drive.sim.expert import ScriptedExpert  # noqa: E402
 from bench2drive.sim.route_runner import SimSettings, run_routes  # noqa: E402
 from bench2drive.sim.scenarios import synthetic_routes  # noqa: E402
 
-PROFILE_COLUMNS = ["profile", "backbone", "planner_config", "image", "latency_ms", "where", "how", "date"]
+RIG = RIGS[0]  # rap4: RAP's four cameras, the closed-loop agent's default rig
 
 
 class Timed:
@@ -63,7 +63,7 @@ def _agent_yaml(tmp: Path, w: int, h: int, args) -> Path:
     conf = tmp / "agent.yaml"
     corruption = f"{{name: {args.corruption}, severity: {args.severity}}}" if args.corruption != "none" else \
         "{name: none}"
-    conf.write_text(f"rig: rap4\nimage_width: {w}\nimage_height: {h}\nplanner: constant_velocity\n"
+    conf.write_text(f"rig: {RIG}\nimage_width: {w}\nimage_height: {h}\nplanner: constant_velocity\n"
                     f"corruption: {corruption}\n")
     return conf
 
@@ -77,7 +77,7 @@ def _warm_up(planner, conf: Path) -> None:
 
 def bench(name: str, make_planner, args, routes) -> tuple[dict, Timed | None]:
     w, h = map(int, args.size.split("x"))
-    cams = build_rig("rap4", width=w, height=h)
+    cams = build_rig(RIG, width=w, height=h)
     tmp = Path(tempfile.mkdtemp())
     conf = _agent_yaml(tmp, w, h, args)
     timed = None
@@ -115,11 +115,10 @@ def merge_profile_rows(rows: list[dict], path: Path = LATENCY_PROFILES) -> Path:
     if path.is_file():
         with open(path, newline="") as f:
             old = list(csv.DictReader(f))
-    key = ("profile", "backbone", "planner_config", "image")
-    new_keys = {tuple(r[k] for k in key) for r in rows}
-    kept = [r for r in old if tuple(r.get(k) for k in key) not in new_keys]
+    new_keys = {tuple(r[k] for k in LATENCY_PROFILE_KEY) for r in rows}
+    kept = [r for r in old if tuple(r.get(k) for k in LATENCY_PROFILE_KEY) not in new_keys]
     with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=PROFILE_COLUMNS)
+        wr = csv.DictWriter(f, fieldnames=LATENCY_PROFILE_COLUMNS)
         wr.writeheader()
         wr.writerows(kept + rows)
     return path
@@ -130,7 +129,7 @@ def profile_row(backbone: str, planner, features, args, load: float, *, repeats:
     ms = time_call(lambda: planner(features), repeats=repeats, warmup=1)
     w, h = map(int, args.size.split("x"))
     return {"profile": args.profile, "backbone": backbone, "planner_config": args.planner_config,
-            "image": f"4x{w}x{h}", "latency_ms": f"{ms:.1f}", "where": machine(),
+            "image": f"{len(build_rig(RIG, width=w, height=h))}x{w}x{h}", "latency_ms": f"{ms:.1f}", "where": machine(),
             "how": f"benchmarks/closed_loop.py: median of {repeats} planner calls (batch 1, fp32, inference mode, "
                    f"{args.threads} threads, random weights) after a warm-up; load average {load:.1f} at the start",
             "date": time.strftime("%Y-%m-%d")}
@@ -149,6 +148,8 @@ def main() -> None:
     p.add_argument("--severity", type=int, default=3)
     p.add_argument("--profile", default=f"cpu-{os.cpu_count()}core", help="hardware-profile name of the rows")
     p.add_argument("--no-profile", action="store_true", help="do not write latency_profiles.csv rows")
+    p.add_argument("--profile-table", type=Path, default=LATENCY_PROFILES,
+                   help="the hardware-profile table the rows are merged into")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
@@ -179,7 +180,7 @@ def main() -> None:
                            "planner_hz: calls per second of planner time after one warm-up call (not counted); "
                            "steps_per_s: simulator ticks per wall second, everything included"])
     if profile_rows and not args.no_profile:
-        print(f"latency profile rows merged into {merge_profile_rows(profile_rows)}")
+        print(f"latency profile rows merged into {merge_profile_rows(profile_rows, args.profile_table)}")
     w, h = map(int, args.size.split("x"))
     for bb in args.profile_only:  # each row is merged as soon as it is measured
         cfg = dict(agent_mod.DEFAULTS, planner="rap", backbone={"name": bb}, planner_config=args.planner_config)
@@ -191,7 +192,7 @@ def main() -> None:
                           repeats=3)
         print(row)
         if not args.no_profile:
-            merge_profile_rows([row])
+            merge_profile_rows([row], args.profile_table)
     print(f"results in {RESULTS}")
 
 
