@@ -72,12 +72,17 @@ def main() -> None:
 
     result = run_study(cfg)
     report = Path(result["report"]["md"]).read_text()
+    done = sum(c.finished() for c in result["cells"])
+    partial = [] if done == len(result["cells"]) else [
+        f"- PARTIAL: {done} of {len(result['cells'])} cells had finished when this was written; the command "
+        "without --report-only runs the rest (finished cells are kept)"]
     body = report.split(f"\n{PLOTS_HEADING}")[0]  # the plots stay in the study folder (report.html embeds them)
     header = [f"# Study {args.study}: measured run", "",
               f"- written {started} on {machine()}; 1-minute load average {load_start:.1f} at the start, "
               f"{os.getloadavg()[0]:.1f} at the end (other work on the machine inflates wall times, not CPU times)",
               f"- command: `python benchmarks/study_results.py {' '.join(sys.argv[1:])}`; study folder {cfg.study_dir} "
               "(report.html there has the plots)",
+              *partial,
               *[f"- latency rows: `{c}`" if c.startswith("python") else f"- latency rows: {c}" for c in latency],
               "- weights: the Weights section names each backbone's; scores of RANDOM weights (flagged there) "
               "exercise the pipeline and say nothing about the backbones", ""]
