@@ -99,6 +99,37 @@ def write_table(name: str, columns: Sequence[str], rows: Sequence[Sequence[objec
 KEPT_NOTE = "rows kept from the table of"
 
 
+def read_section(path: Path, heading: str) -> str | None:
+    """The body of the section ``heading`` (a ``## ...`` line) of a markdown file, up to the next ``## ``
+    heading; None when the file or the section is absent."""
+    if not path.is_file():
+        return None
+    lines = path.read_text().splitlines()
+    if heading not in lines:
+        return None
+    start = lines.index(heading) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[start:end]).strip("\n")
+
+
+def replace_section(path: Path, heading: str, body: str | None) -> None:
+    """Write section ``heading`` with ``body`` into a markdown file, in place of an earlier one with that
+    heading or at its end (``body`` None: nothing to write)."""
+    if body is None:
+        return
+    text = path.read_text() if path.is_file() else ""
+    lines = text.splitlines()
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = lines[:start] + lines[end:]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    lines += ["", heading, "", body.strip("\n")]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines).lstrip("\n") + "\n")
+
+
 def _key(row: Sequence[object], n: int) -> tuple[str, ...]:
     return tuple(str(v) for v in row[:n])
 

@@ -1,9 +1,18 @@
-"""Speed of our NAVSIM scorer: metric caching s/scene and scoring ms/scene on one core; sequential vs Ray.
+"""Speed of our NAVSIM metric caching and scoring against the official devkit, per scene, one core, one run.
 
-    python benchmarks/scoring.py [--data navmini|navsim_dev] [--scenes N]
+    python benchmarks/scoring.py [--scenes 25] [--two-stage-logs 12]
+        [--devkit-python /work/devkit-venv/bin/python --devkit-root /work/devkit-src/navsim]
+        [--devkit-v1-python /work/devkit-v11-venv/bin/python --devkit-v1-root /work/devkit-src/navsim-v1.1]
 
-Targets (issue): scoring a cached scene < 20 ms on one core; caching < 0.5 s per scene. Also times EPDMS under
-reactive IDM / constant-velocity traffic and the two-stage pipeline on navsim_two_stage_dev. Writes
+One-stage rows (caching, PDMS v1, EPDMS v2 with log-replay traffic) run on the first `--scenes` scenes of
+navsim_dev (the conformance data in the official layout; navmini when it is absent); two-stage rows (caching of
+original + synthetic scenes, EPDMS with reactive IDM traffic, the human filter and the scene aggregation) on a
+navmini_two_stage world of `--two-stage-logs` logs generated into a temporary folder. The agent is constant
+velocity. Each side is timed after start-up: one untimed warm-up scene, then process CPU time (and wall time) per
+scene; scoring includes loading the metric cache from disk. The devkit runs in a subprocess of its own Python
+(`benchmarks/devkit_timing_driver.py`, copied to a temporary folder) on the same scenes with OMP_NUM_THREADS=1;
+navsim main gives the v2 and two-stage columns, navsim v1.1 the v1 columns (navsim main has no PDMS v1 scorer).
+Goals (issue #16): scoring >= 10x, metric caching >= 5x the devkit per scene. Writes
 benchmarks/results/scoring.md and .csv.
 """
 
@@ -12,14 +21,17 @@ from __future__ import annotations
 import argparse
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: BLAS must not fan out
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # one core: BLAS must not fan out
 
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Callable, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -33,16 +45,40 @@ from navsim_agents.scoring.pdm_score import PDMScoreRunner  # noqa: E402
 
 CONFORMANCE = Path(os.environ.get("EUPE_DRIVE_CONFORMANCE", Path(__file__).resolve().parents[2] / "shared" /
                                   "conformance")) / "navsim_dev"
+DRIVER = Path(__file__).resolve().parent / "devkit_timing_driver.py"
+# issue #16: per scene on one core, scoring >= 10x and metric caching >= 5x faster than the devkit
+SCORING_GOAL, CACHING_GOAL = 10.0, 5.0
+NOT_INSTALLED = "not measured (devkit not installed)"
+NO_V1_IN_MAIN = "not measured (navsim v1.1 not installed; navsim main has no PDMS v1 scorer)"
 
 
-def _data(which: str):
-    """(name, logs dir, maps root) of the data set to time."""
-    if which == "navmini":
+class Timing:
+    """CPU and wall seconds per scene of one measured loop."""
+
+    def __init__(self, cpu_s: float, wall_s: float):
+        self.cpu_s, self.wall_s = cpu_s, wall_s
+
+
+def timed(items: Sequence, fn: Callable) -> Timing:
+    """Per-item time of `fn` over `items` after one untimed warm-up call (imports, map loading, filter matrices)."""
+    fn(items[0])
+    cpu, wall = time.process_time(), time.perf_counter()
+    for item in items:
+        fn(item)
+    return Timing((time.process_time() - cpu) / len(items), (time.perf_counter() - wall) / len(items))
+
+
+def _one_stage_data(scenes: int):
+    """(name, logs dir, maps root, scene loader, tokens) of the one-stage scenes."""
+    if CONFORMANCE.is_dir():
+        name, logs, maps = "navsim_dev", CONFORMANCE / "navsim_logs" / "navsim_dev", CONFORMANCE / "maps"
+    else:
         from navsim_agents.data import synthetic
 
         root = Path(synthetic.ensure_navmini())
-        return "navmini", root / "navsim_logs" / "navmini", root / "maps"
-    return "navsim_dev", CONFORMANCE / "navsim_logs" / "navsim_dev", CONFORMANCE / "maps"
+        name, logs, maps = "navmini", root / "navsim_logs" / "navmini", root / "maps"
+    loader = SceneLoader(logs, None, SceneFilter(num_history_frames=4, num_future_frames=10, frame_interval=1))
+    return name, logs, maps, loader, loader.tokens[:scenes]
 
 
 def _cv_poses(cache: MetricCache) -> np.ndarray:
@@ -50,114 +86,153 @@ def _cv_poses(cache: MetricCache) -> np.ndarray:
     return np.array([[(i + 1) * 0.5 * speed, 0.0, 0.0] for i in range(8)])
 
 
-def _score_tokens(args):
-    paths, version, *policy = args
-    runner = PDMScoreRunner(version)
-    if policy:  # (policy, maps root): simulated traffic
-        from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
+def ours_one_stage(loader, tokens, maps: Path, tmp: Path) -> dict[str, Timing]:
+    paths = {t: tmp / f"{t}.npz" for t in tokens}
+    out = {"caching": timed(tokens, lambda t: compute_metric_cache(loader.scene_frames_dicts[t], str(maps))
+                            .save(paths[t]))}
+    for version in ("v1", "v2"):
+        runner = PDMScoreRunner(version)
 
-        runner = TrafficScoreRunner(policy=policy[0], maps_root=str(policy[1]))
-    for p in paths:
-        cache = MetricCache.load(p)
-        runner.score(cache, _cv_poses(cache))
-    return len(paths)
+        def score(t, runner=runner):
+            cache = MetricCache.load(paths[t])
+            runner.score(cache, _cv_poses(cache))
+
+        out[version] = timed(tokens, score)
+    return out
 
 
-def _two_stage_rows() -> list[list[str]]:
-    """Two-stage EPDMS of constant velocity on navsim_two_stage_dev: caching, then scoring with reactive IDM traffic
-    (human filter on stage one) and the scene aggregation, per scored scene."""
-    root = CONFORMANCE.parent / "navsim_two_stage_dev"
-    if not root.is_dir():
-        return [["two-stage EPDMS", "sequential, 1 core", f"not run: {root} not found", "-", "-"]]
+def ours_two_stage(root: Path, tmp: Path) -> dict[str, Timing]:
     from navsim_agents.data.devkit_splits import read_devkit_split
+    from navsim_agents.data.navmini_two_stage import split_yaml
     from navsim_agents.data.synthetic_scenes import TwoStageSceneLoader
     from navsim_agents.scoring import two_stage as T
     from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
 
-    split = read_devkit_split(root / "config" / "train_test_split" / "two_stage_dev.yaml")
+    split = read_devkit_split(split_yaml(root))
     original = SceneLoader(root / "navsim_logs" / split.data_split, None, SceneFilter(**split.scene_filter))
-    loader = TwoStageSceneLoader(original, root / "two_stage_dev" / "synthetic_scene_pickles")
+    loader = TwoStageSceneLoader(original, root / split.data_split / "synthetic_scene_pickles")
     tokens = loader.tokens_stage_one + loader.reactive_tokens_stage_two
-    tmp = Path(tempfile.mkdtemp(prefix="two_stage_bench_"))
-    start, cpu = time.perf_counter(), time.process_time()
-    paths = {}
-    for t in tokens:
-        paths[t] = tmp / f"{t}.npz"
-        compute_metric_cache(loader.scene_frames(t), str(root / "maps")).save(paths[t])
-    caching = ((time.perf_counter() - start) / len(tokens), (time.process_time() - cpu) / len(tokens))
-    runners = {s: TrafficScoreRunner(human_penalty_filter=not s, maps_root=str(root / "maps")) for s in (False, True)}
-    start, cpu = time.perf_counter(), time.process_time()
-    rows = {}
-    for t in tokens:
-        rows[t] = T.score_two_stage_token(t, paths[t], lambda t=t: _cv_poses(MetricCache.load(paths[t])),
+    paths = {t: tmp / f"{t}.npz" for t in tokens}
+    maps = str(root / "maps")
+    out = {"caching": timed(tokens, lambda t: compute_metric_cache(loader.scene_frames(t), maps).save(paths[t]))}
+    runners = {s: TrafficScoreRunner(human_penalty_filter=not s, maps_root=maps) for s in (False, True)}
+    mapping = T.read_mapping(split.reactive_all_mapping, loader.tokens)
+    rows: dict[str, dict] = {}
+
+    def score(t):
+        rows[t] = T.score_two_stage_token(t, paths[t], lambda: _cv_poses(MetricCache.load(paths[t])),
                                           runners[loader.is_synthetic(t)])
-    T.aggregate(rows, T.read_mapping(split.reactive_all_mapping, loader.tokens))
-    scoring = ((time.perf_counter() - start) / len(tokens) * 1e3, (time.process_time() - cpu) / len(tokens) * 1e3)
-    return [[f"two-stage metric caching ({len(tokens)} original + synthetic scenes)", "sequential, 1 core",
-             f"{caching[0]:.3f} s/scene", f"{caching[1]:.3f} s/scene", "-"],
-            ["two-stage EPDMS, reactive IDM traffic (score + aggregate)", "sequential, 1 core",
-             f"{scoring[0]:.1f} ms/scene", f"{scoring[1]:.1f} ms/scene", "-"]]
+
+    scoring = timed(tokens, score)
+    cpu, wall = time.process_time(), time.perf_counter()
+    T.aggregate(rows, mapping)
+    out["scoring"] = Timing(scoring.cpu_s + (time.process_time() - cpu) / len(tokens),
+                            scoring.wall_s + (time.perf_counter() - wall) / len(tokens))
+    out["scenes"] = len(tokens)
+    return out
+
+
+def devkit(python: Optional[str], navsim_root: Optional[str], job: dict, tmp: Path) -> dict | str:
+    """The driver's result for `job`, or why it was not measured."""
+    if not python or not navsim_root:
+        return NOT_INSTALLED
+    if not Path(python).is_file() or not (Path(navsim_root) / "navsim").is_dir():
+        return f"not measured ({python} or {navsim_root}/navsim not found)"
+    folder = Path(tempfile.mkdtemp(prefix="devkit_driver_", dir=tmp))
+    shutil.copy(DRIVER, folder / DRIVER.name)
+    job_file, out_file = folder / "job.json", folder / "out.json"
+    job_file.write_text(json.dumps(job | {"navsim_root": str(navsim_root)}))
+    env = dict(os.environ, NUPLAN_MAPS_ROOT=job["maps_root"], NUPLAN_MAP_VERSION="nuplan-maps-v1.0",
+               NAVSIM_DEVKIT_ROOT=str(navsim_root), OPENSCENE_DATA_ROOT=str(Path(job["data_path"]).parents[1]),
+               NAVSIM_EXP_ROOT=str(folder), PYTHONPATH="")
+    proc = subprocess.run([python, str(folder / DRIVER.name), str(job_file), str(out_file)], env=env, cwd=folder,
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not out_file.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return f"not measured (devkit driver failed: {tail[0][:160]})"
+    result = json.loads(out_file.read_text())
+    if result["failed"]:
+        print(f"devkit: {len(result['failed'])} scenes failed: {result['failed'][:3]}", file=sys.stderr)
+    return result
+
+
+def _row(what: str, data: str, ours: Timing, theirs: dict | str, key: str, goal: float) -> list[str]:
+    unit, scale = ("ms", 1e3) if "scoring" in what else ("s", 1.0)
+    fmt = (lambda s: f"{s * scale:.1f} {unit}") if unit == "ms" else (lambda s: f"{s:.3f} s")
+    if isinstance(theirs, str):
+        return [what, data, fmt(ours.cpu_s), theirs, "-", f">= {goal:.0f}x", "-", fmt(ours.wall_s), "-"]
+    cpu = theirs[f"{key}_cpu_s"]
+    ratio = cpu / ours.cpu_s
+    return [what, data, fmt(ours.cpu_s), fmt(cpu), f"{ratio:.1f}x", f">= {goal:.0f}x", "yes" if ratio >= goal else "no",
+            fmt(ours.wall_s), fmt(theirs[f"{key}_wall_s"])]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", choices=["navmini", "navsim_dev"], default=None)
-    parser.add_argument("--scenes", type=int, default=25)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenes", type=int, default=25, help="one-stage scenes (navsim_dev has 25)")
+    parser.add_argument("--two-stage-logs", type=int, default=12, help="logs of the navmini_two_stage world "
+                        "(each: 2 original + 8 synthetic scenes)")
+    parser.add_argument("--devkit-python", help="Python of the venv with navsim main + nuplan-devkit")
+    parser.add_argument("--devkit-root", help="navsim main source folder (holds navsim/)")
+    parser.add_argument("--devkit-v1-python", help="Python of the venv with navsim v1.1 + nuplan-devkit")
+    parser.add_argument("--devkit-v1-root", help="navsim v1.1 source folder (holds navsim/)")
     args = parser.parse_args()
-    which = args.data or ("navsim_dev" if CONFORMANCE.is_dir() else "navmini")
-    name, logs, maps = _data(which)
-    loader = SceneLoader(logs, None, SceneFilter(num_history_frames=4, num_future_frames=10, frame_interval=1))
-    tokens = loader.tokens[: args.scenes]
     tmp = Path(tempfile.mkdtemp(prefix="scoring_bench_"))
-    paths = []
-    start, cpu = time.perf_counter(), time.process_time()
-    for t in tokens:
-        cache = compute_metric_cache(loader.scene_frames_dicts[t], str(maps))
-        path = tmp / f"{t}.npz"
-        cache.save(path)
-        paths.append(path)
-    caching_s = (time.perf_counter() - start) / len(tokens)
-    caching_cpu = (time.process_time() - cpu) / len(tokens)
-    rows = [["metric caching (PDM-Closed v1+v2, observations, precomputed terms)", "sequential, 1 core",
-             f"{caching_s:.3f} s/scene", f"{caching_cpu:.3f} s/scene", "< 0.5 s/scene"]]
-    for version, label in (("v1", "PDMS"), ("v2", "EPDMS")):
-        _score_tokens((paths[:2], version))  # warm-up (imports, filter matrices)
-        start, cpu = time.perf_counter(), time.process_time()
-        _score_tokens((paths, version))
-        ms = (time.perf_counter() - start) / len(paths) * 1e3
-        cpu_ms = (time.process_time() - cpu) / len(paths) * 1e3
-        rows.append([f"scoring a cached scene, {label} (load + simulate + score)", "sequential, 1 core",
-                     f"{ms:.1f} ms/scene", f"{cpu_ms:.1f} ms/scene", "< 20 ms/scene"])
-    from navsim_agents.scoring.traffic_agents import CONSTANT_VELOCITY_POLICY, IDM_POLICY
-
-    for policy, label in ((IDM_POLICY, "reactive IDM traffic"), (CONSTANT_VELOCITY_POLICY, "constant-velocity traffic")):
-        _score_tokens((paths[:1], "v2", policy, maps))
-        start, cpu = time.perf_counter(), time.process_time()
-        _score_tokens((paths, "v2", policy, maps))
-        ms = (time.perf_counter() - start) / len(paths) * 1e3
-        cpu_ms = (time.process_time() - cpu) / len(paths) * 1e3
-        rows.append([f"scoring a cached scene, EPDMS, {label} (+ human filter)", "sequential, 1 core",
-                     f"{ms:.1f} ms/scene", f"{cpu_ms:.1f} ms/scene", "-"])
-    rows += _two_stage_rows()
     try:
-        import ray
+        name, logs, maps, loader, tokens = _one_stage_data(args.scenes)
+        ours = ours_one_stage(loader, tokens, maps, tmp)
+        job = {"mode": "one_stage", "data_path": str(logs), "maps_root": str(maps), "num_future_frames": 10,
+               "tokens": [[loader.scene_frames_dicts[t][3]["log_name"], t] for t in tokens]}
+        main_dk = devkit(args.devkit_python, args.devkit_root, job | {"version": "v2"}, tmp)
+        v1_dk = devkit(args.devkit_v1_python, args.devkit_v1_root, job | {"version": "v1"}, tmp)
+        if isinstance(v1_dk, str) and v1_dk == NOT_INSTALLED and not isinstance(main_dk, str):
+            v1_dk = NO_V1_IN_MAIN
 
-        ray.init(num_cpus=2, ignore_reinit_error=True, log_to_driver=False)
-        remote = ray.remote(num_cpus=1)(_score_tokens)
-        halves = [paths[0::2], paths[1::2]]
-        ray.get([remote.remote((h[:1], "v2")) for h in halves])
-        start = time.perf_counter()
-        ray.get([remote.remote((h, "v2")) for h in halves])
-        ms = (time.perf_counter() - start) / len(paths) * 1e3
-        rows.append(["scoring a cached scene, EPDMS", "Ray, 2 workers", f"{ms:.1f} ms/scene", "-", "-"])
-    except ImportError:
-        rows.append(["scoring a cached scene, EPDMS", "Ray, 2 workers", "not run: ray not installed", "-", "-"])
+        from navsim_agents.data.devkit_splits import read_devkit_split
+        from navsim_agents.data.navmini_two_stage import generate_two_stage_world, split_yaml
+
+        world = generate_two_stage_world(tmp / "navmini_two_stage", num_logs=args.two_stage_logs, render=False)
+        two = ours_two_stage(world, tmp / "ours_two_stage")
+        split = read_devkit_split(split_yaml(world))
+        filter_yaml = split_yaml(world).parent / "scene_filter" / f"{split.name}.yaml"
+        two_dk = devkit(args.devkit_python, args.devkit_root,
+                        {"mode": "two_stage", "version": "v2", "data_path": str(world / "navsim_logs" / split.data_split),
+                         "maps_root": str(world / "maps"), "num_future_frames": split.scene_filter["num_future_frames"],
+                         "synthetic_scenes_path": str(world / split.data_split / "synthetic_scene_pickles"),
+                         "split_yaml": str(split_yaml(world)), "scene_filter_yaml": str(filter_yaml)}, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    one = f"{name}, {len(tokens)} scenes"
+    two_data = f"navmini_two_stage, {args.two_stage_logs} logs, {two['scenes']} scenes"
+    rows = [
+        _row("metric caching, v1 (one cache serves v1 and v2)", one, ours["caching"], v1_dk, "caching", CACHING_GOAL),
+        _row("metric caching, v2", one, ours["caching"], main_dk, "caching", CACHING_GOAL),
+        _row("scoring PDMS v1 (load + simulate + score)", one, ours["v1"], v1_dk, "scoring", SCORING_GOAL),
+        _row("scoring EPDMS v2 one-stage, log replay (load + simulate + score)", one, ours["v2"], main_dk, "scoring",
+             SCORING_GOAL),
+        _row("metric caching, two-stage (original + synthetic)", two_data, two["caching"], two_dk, "caching",
+             CACHING_GOAL),
+        _row("scoring EPDMS two-stage, reactive IDM (+ human filter, aggregation)", two_data, two["scoring"], two_dk,
+             "scoring", SCORING_GOAL),
+    ]
     load = os.getloadavg()[0]
-    write_table("scoring", ["what", "worker", "wall time", "CPU time", "target"], rows, key_columns=2,
-                title=f"NAVSIM scorer speed ({name}, {len(tokens)} scenes)",
-                notes=[f"machine load average during the run: {load:.1f} (shared machine; numbers scale with it)",
-                       "agent: constant velocity; the cache load from disk is included in the scoring time",
-                       "CPU time = process time (less sensitive to other jobs on the machine than wall time)"])
+    write_table("scoring", ["what", "data", "ours CPU / scene", "devkit CPU / scene", "ratio", "goal", "goal met",
+                            "ours wall / scene", "devkit wall / scene"], rows, key_columns=1,
+                title="NAVSIM metric caching and scoring per scene, ours vs the official devkit (one core)",
+                notes=[f"machine load average during the run: {load:.1f} (numbers are only comparable on an idle "
+                       "machine)",
+                       "one process, OMP_NUM_THREADS=1, each side timed after one untimed warm-up scene; CPU = "
+                       "process time; agent: constant velocity; scoring includes loading the metric cache",
+                       "devkit: navsim main 0a380a9 (v2, two-stage) and navsim v1.1 3e8291b (v1) with nuplan-devkit "
+                       "v1.2, run outside the repository by benchmarks/devkit_timing_driver.py",
+                       f"devkit scenes: one-stage {_scenes(main_dk)}, v1 {_scenes(v1_dk)}, two-stage {_scenes(two_dk)}"])
+
+
+def _scenes(result: dict | str) -> str:
+    if isinstance(result, str):
+        return "-"
+    return f"{result['scenes']} ({len(result['failed'])} failed)"
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from eupe.atomic_io import atomic_write_text
 from eupe.config_errors import ConfigError, exit_on_run_errors
 from eupe.config_tree import hydra_config_path
 from eupe.distill.cache import CachedDistillDataset, CachePlan, CacheWriter, TeacherCache
+from eupe.distill.compress import FeatureStorage
 from eupe.distill.data import (
     AugmentConfig,
     DistillDataModule,
@@ -70,9 +71,7 @@ def import_plugins(modules: Sequence[str]) -> None:
 def build_dataset(d: DictConfig) -> DistillImageDataset:
     """The image dataset of a distill config (sources + augmentation)."""
     source = build_source(OmegaConf.to_container(d.data.sources, resolve=True))
-    aug = AugmentConfig(**OmegaConf.to_container(d.data.augment, resolve=True))
-    aug = AugmentConfig(crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio), hflip=aug.hflip,
-                        enabled=aug.enabled)
+    aug = AugmentConfig.from_dict(OmegaConf.to_container(d.data.augment, resolve=True))
     return DistillImageDataset(source, size=int(d.data.image_size), aug=aug, seed=int(d.seed))
 
 
@@ -144,6 +143,14 @@ def _precision(cfg: DictConfig) -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
+def cache_storage(cfg: DictConfig) -> FeatureStorage:
+    """How ``cache=build`` stores teacher features (``cache_storage``, ``cache_pca``)."""
+    try:
+        return FeatureStorage(dtype=str(cfg.cache_storage), pca=cfg.cache_pca)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def build_cache(cfg: DictConfig) -> Path:
     """Run the teachers over ``cache.epochs`` epochs of augmented batches and write their features."""
     d = cfg.distill
@@ -160,7 +167,7 @@ def build_cache(cfg: DictConfig) -> Path:
                                          "weights_source": teachers[c.key].weights_source}
                                  for c in module.teacher_configs},
         image_size=dataset.size, seed=int(d.seed), augment=dataset.aug, num_samples=len(dataset),
-        batch_size=int(d.batch_size), shard_rows=int(cfg.cache_shard_rows))
+        batch_size=int(d.batch_size), shard_rows=int(cfg.cache_shard_rows), storage=cache_storage(cfg))
     start = writer.positions_done
     if start:
         log.info("cache %s: resuming after %d of %d batches", cfg.cache_dir, start, positions)
@@ -304,6 +311,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Check the settings before any work (ConfigError naming the setting)."""
     if cfg.cache not in CACHE_MODES:
         raise ConfigError(f"cache={cfg.cache!r} unknown; use one of {', '.join(CACHE_MODES)}")
+    cache_storage(cfg)
     seed = cfg.distill.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed={seed!r} must be a non-negative integer")

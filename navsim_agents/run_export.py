@@ -5,6 +5,9 @@
 Writes ``<out_dir>/<name>.onnx``, ``<name>.pt2``, ``<name>.int8.onnx`` and ``<name>.export.json`` (largest
 difference to the eager encoder at each ``verify_hw`` size, int8 feature cosine on held-out embedded-world
 images, file sizes). The files run back through ``backbone.runtime=onnxruntime backbone.weights=FILE``.
+With ``planner_export.enabled=true`` the whole RAP planner around the backbone is exported too
+(``<name>.planner.pt2`` / ``.planner.onnx``, ``rap_backbone.planner_export``), with its largest difference to
+the eager planner in the report.
 
 It lives here, not in ``eupe``, because it builds backbones (``rap_backbone``) and reads the embedded world
 (``navsim_agents``); the machinery is ``eupe.export``.
@@ -24,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eupe.config_tree import hydra_config_path
 from eupe.export import (
+    ExportError,
     OnnxEncoder,
     export_onnx,
     export_program,
@@ -32,11 +36,24 @@ from eupe.export import (
     quantize_int8,
     trace,
 )
+from navsim_agents.agents.rap_agent import build_planner_from_config, load_planner_profile
 from navsim_agents.data.camera_source import synthetic_source
 from rap_backbone.backbones import build_backbone_from_config, export_view
+from rap_backbone.checkpoints import load_checkpoint_backbone, load_planner_checkpoint
+from rap_backbone.nuplan_rig import RAP_CAMERA_NAMES
+from rap_backbone.planner import EGO_STATUS_DIM
+from rap_backbone.planner_export import (
+    PLANNER_OUTPUTS,
+    OnnxPlanner,
+    ProgramPlanner,
+    export_planner_onnx,
+    export_planner_program,
+    trace_planner,
+)
 
 log = logging.getLogger("run_export")
 FORMATS = ("onnx", "program")
+EGO_FRAMES = 4  # frames of ego_status in the sample (the planner reads the last one only)
 
 
 def world_images(cameras: list[str], hw: tuple[int, int], count: int, *, train_logs: bool) -> torch.Tensor:
@@ -61,6 +78,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.int8.enabled and "onnx" not in cfg.formats:
         raise ValueError("int8.enabled needs the onnx format: add onnx to formats or set int8.enabled=false")
     backbone = build_backbone_from_config(cfg.backbone)
+    if cfg.checkpoint:
+        load_checkpoint_backbone(cfg.checkpoint, backbone)
     module, info = export_view(backbone, tuple(cfg.sample_hw))
     out = Path(cfg.out_dir)
     stem = info.name.replace(":", "-")
@@ -93,9 +112,64 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         with torch.no_grad():
             report["int8_cosine_held_out"] = feature_cosine(int8(held), module(held))
         report["files"]["int8"] = str(path)
+    if cfg.planner_export.enabled:
+        report["planner"] = export_whole_planner(cfg, backbone, out, f"{stem}.planner")
+        report["files"].update({f"planner_{k}": v for k, v in report["planner"]["files"].items()})
     report["megabytes"] = {k: Path(v).stat().st_size / 2**20 for k, v in report["files"].items()}
     (out / f"{stem}.export.json").write_text(json.dumps(report, indent=1))
     log.info("%s", json.dumps(report, indent=1))
+    return report
+
+
+def planner_sample(hw: tuple[int, int], *, seed: int) -> dict[str, torch.Tensor]:
+    """One random frame of RAP's feature dict with cameras of size ``hw``: the principal point at the image
+    centre, so reference points project into the images."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = hw
+    cams = len(RAP_CAMERA_NAMES)
+    l2i = torch.eye(4).repeat(1, cams, 1, 1)
+    l2i[..., 0, 2], l2i[..., 1, 2] = w / 2, h / 2
+    return {"camera_feature": torch.randn(1, cams, 3, h, w, generator=gen), "lidar2img": l2i,
+            "img_shape": torch.tensor([h, w, 3.0]).repeat(1, cams, 1),
+            "ego_status": torch.randn(1, EGO_FRAMES, EGO_STATUS_DIM, generator=gen)}
+
+
+def export_whole_planner(cfg: DictConfig, backbone: torch.nn.Module, out: Path, stem: str) -> dict[str, Any]:
+    """Export the planner group around ``backbone`` (weights from ``checkpoint`` when set) in each format of
+    ``planner_export.formats``; the report holds the files, the largest output difference to the eager planner
+    on a second random frame, and the error of a format that cannot be written."""
+    pe = cfg.planner_export
+    unknown = sorted(set(pe.formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown planner_export.formats {unknown}; use {list(FORMATS)}")
+    if cfg.checkpoint:
+        planner = load_planner_checkpoint(cfg.checkpoint, backbone, load_planner_profile(cfg.planner).planner_config())
+    else:
+        planner = build_planner_from_config(cfg.planner, backbone).eval()
+    hw = tuple(pe.image_hw)
+    program, info = trace_planner(planner, planner_sample(hw, seed=0))
+    report: dict[str, Any] = {"weights": str(cfg.checkpoint or "random planner"), "image_hw": list(hw), "files": {},
+                              "max_abs_diff": {}, "errors": {}}
+    runners = {}
+    if "program" in pe.formats:
+        path = export_planner_program(program, info, out / f"{stem}.pt2")
+        runners["program"] = ProgramPlanner(path)
+        report["files"]["program"] = str(path)
+    if "onnx" in pe.formats:
+        try:
+            path = export_planner_onnx(program, info, out / f"{stem}.onnx")
+            runners["onnx"] = OnnxPlanner(path)
+            report["files"]["onnx"] = str(path)
+        except ExportError as err:  # the program is still useful: record why ONNX is missing
+            log.error("%s", err)
+            report["errors"]["onnx"] = str(err)
+    check = planner_sample(hw, seed=1)
+    with torch.no_grad():
+        ref = planner(check)
+        for fmt, runner in runners.items():
+            got = runner(check)
+            report["max_abs_diff"][fmt] = {k: float((got[k].float() - ref[k].float()).abs().max())
+                                           for k in PLANNER_OUTPUTS}
     return report
 
 

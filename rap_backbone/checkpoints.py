@@ -373,6 +373,25 @@ def infer_own_config(state: Mapping[str, torch.Tensor], prefix: str, **overrides
     return infer_planner_config(rap, **values)
 
 
+def load_checkpoint_backbone(path: str | Path, backbone: nn.Module) -> nn.Module:
+    """Load the backbone tensors of one of our planner checkpoints (``<planner prefix>backbone.*``, e.g. the
+    frozen random-init encoder a planner was trained with) into ``backbone``, strictly; returns it."""
+    state = read_checkpoint_state(path)
+    prefix = find_planner_prefix(state) + "backbone."
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise CheckpointKeyError(f"{path} holds no backbone tensors (no key under {prefix!r}); set "
+                                 "backbone.weights= to the encoder's own file instead")
+    try:
+        backbone.load_state_dict(sub, strict=True)
+    except RuntimeError as err:
+        raise CheckpointKeyError(f"{path}: its backbone tensors do not fit backbone {getattr(backbone, 'name', '?')!r} "
+                                 f"({str(err).splitlines()[-1].strip()}); select the backbone it was trained with"
+                                 ) from None
+    backbone.weights_source = f"{path} (backbone tensors)"
+    return backbone
+
+
 def load_planner_checkpoint(path: str | Path, backbone: nn.Module | str, config: PlannerConfig | None = None, *,
                             freeze: bool = True, **overrides: Any) -> RAPPlanner:
     """Load a checkpoint our RAP agent wrote (planner tensors under e.g. ``agent.planner.``), strictly.
@@ -408,6 +427,6 @@ def load_planner_checkpoint(path: str | Path, backbone: nn.Module | str, config:
     return planner.eval()
 
 
-__all__ = ["load_rap_checkpoint", "save_rap_checkpoint", "load_planner_checkpoint", "planner_key_table",
+__all__ = ["load_rap_checkpoint", "save_rap_checkpoint", "load_planner_checkpoint", "load_checkpoint_backbone", "planner_key_table",
            "refiner_key_table", "refiner_geometry", "infer_planner_config", "CheckpointKeyError",
            "hf_to_timm_state_dict"]

@@ -67,8 +67,8 @@ def test_latency_profile_rows_for_a_planner_size_in_one_command(tmp_path):
         writer.writeheader()
         writer.writerow(kept)
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, str(root / "benchmarks" / "closed_loop.py"), "--backbones", "--profile-only", "eupe-t", "--planner-config",
-                    "tiny", "--size", "64x48", "--threads", "1", "--profile", "test-cpu", "--profile-table",
+    subprocess.run([sys.executable, str(root / "benchmarks" / "closed_loop.py"), "--backbones", "--profile-only",
+                    "eupe-t", "--planner-config", "tiny", "--size", "64x48", "--threads", "1", "--profile", "test-cpu", "--profile-table",
                     str(table)], check=True, capture_output=True, timeout=300,
                    env=dict(os.environ, PYTHONPATH=str(root)))
     with open(table, newline="") as fh:
@@ -77,3 +77,18 @@ def test_latency_profile_rows_for_a_planner_size_in_one_command(tmp_path):
     (new,) = rows[1:]
     assert [new[k] for k in LATENCY_PROFILE_COLUMNS[:4]] == ["test-cpu", "eupe-t", "tiny", "4x64x48"]
     assert float(new["latency_ms"]) > 0 and "1 threads" in new["how"] and "random weights" in new["how"]
+
+
+def test_a_section_below_the_table_survives_its_rewrite(results):
+    md = results / "t.md"
+    common.write_table("t", COLUMNS, [["eupe-t", 10.0, ""]], title="T", notes=["n"])
+    common.replace_section(md, "## extra", "| a | b |\n|---|---|\n| 1 | 2 |")
+    kept = common.read_section(md, "## extra")
+    common.write_table("t", COLUMNS, [["eupe-t", 12.0, ""]], title="T", notes=["n"])  # rewrites the whole file
+    assert common.read_section(md, "## extra") is None
+    common.replace_section(md, "## extra", kept)
+    common.replace_section(md, "## extra", common.read_section(md, "## extra"))  # in place: not duplicated
+    text = md.read_text()
+    assert text.count("## extra") == 1 and "| eupe-t | 12 |  |" in text and text.endswith("| 1 | 2 |\n")
+    common.replace_section(md, "## extra", "new body")
+    assert common.read_section(md, "## extra") == "new body" and "| 1 | 2 |" not in md.read_text()

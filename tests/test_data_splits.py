@@ -121,3 +121,26 @@ def test_synthetic_split_uses_ensure_navmini_and_log_lists(env):
             pickle.dump(frames, handle)
     loader = build_scene_loader(_load("navmini"))
     assert loader.tokens == ["t3"] and loader.get_tokens_list_per_log() == {"town-test-0": ["t3"]}
+
+
+def test_navhard_two_stage_synthetic_folders_follow_the_devkit_defaults(env):
+    """navsim default_dataset_paths.yaml: synthetic_scenes_path = $OPENSCENE_DATA_ROOT/navhard_two_stage/
+    synthetic_scene_pickles, synthetic_sensor_path = $OPENSCENE_DATA_ROOT/navhard_two_stage/sensor_blobs."""
+    from navsim_agents.data.splits import synthetic_dirs
+
+    monkeypatch, tmp_path = env
+    folder = tmp_path / "train_test_split"
+    (folder / "scene_filter").mkdir(parents=True)
+    (folder / "scene_filter" / "hard.yaml").write_text("num_history_frames: 4\nnum_future_frames: 8\n")
+    (folder / "hard.yaml").write_text("defaults:\n- scene_filter: hard\ndata_split: test\n")
+    monkeypatch.setenv("OPENSCENE_DATA_ROOT", str(tmp_path / "openscene"))
+    cfg = _load("navhard_two_stage", devkit_config=str(folder / "hard.yaml"), data_split="test")
+    root = tmp_path / "openscene"
+    assert synthetic_dirs(cfg) == (root / "navhard_two_stage" / "synthetic_scene_pickles",
+                                   root / "navhard_two_stage" / "sensor_blobs")
+    # split.data_root moves them with the logs; explicit folders win
+    cfg = _load("navhard_two_stage", devkit_config=str(folder / "hard.yaml"), data_split="test",
+                data_root=str(tmp_path / "mine"), synthetic_sensor_path=str(tmp_path / "blobs"))
+    assert synthetic_dirs(cfg) == (tmp_path / "mine" / "navhard_two_stage" / "synthetic_scene_pickles",
+                                   tmp_path / "blobs")
+    assert resolve_split(cfg, check_exists=False).data_path == tmp_path / "mine" / "navsim_logs" / "test"

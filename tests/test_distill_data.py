@@ -92,7 +92,7 @@ def test_augmentation_is_parametrised_and_reproducible():
     p1 = draw_aug_params(sample_rng(0, 3, 17), cfg, (40, 60))
     p2 = draw_aug_params(sample_rng(0, 3, 17), cfg, (40, 60))
     assert np.array_equal(p1, p2)
-    top, left, h, w, _ = p1
+    top, left, h, w, _ = p1[:5]
     assert 0 <= top and top + h <= 1 + 1e-6 and 0 <= left and left + w <= 1 + 1e-6
     assert cfg.crop_scale[0] - 0.05 <= h * w <= 1.0
     # a left-half crop with flip of a left-dark / right-bright image gives a bright left column

@@ -227,3 +227,17 @@ def test_metric_caching_builds_then_reuses(tmp_path):
     second = run_metric_caching.run(cfg)
     assert (first["built"], first["reused"], first["failed"]) == (2, 0, 0)
     assert (second["built"], second["reused"], second["failed"]) == (0, 2, 0)
+
+
+def test_metric_cache_file_round_trips_every_array(tmp_path):
+    from navsim_agents.scoring.metric_cache_file import MetricCache
+
+    arrays = {"scalar": np.float64(2.5) * np.ones(()), "empty": np.zeros((0, 4, 2)), "mask": np.array([[True, False]]),
+              "odd": np.arange(3, dtype=np.int32), "rings": np.random.default_rng(0).normal(size=(5, 4, 2))}
+    MetricCache({"token": "t"}, arrays).save(tmp_path / "t.npz")
+    loaded = MetricCache.load(tmp_path / "t.npz")
+    assert loaded.meta["token"] == "t" and set(loaded.arrays) == set(arrays)
+    for name, value in arrays.items():
+        assert loaded.arrays[name].dtype == value.dtype and loaded.arrays[name].shape == value.shape, name
+        np.testing.assert_array_equal(loaded.arrays[name], value)
+    loaded.arrays["rings"][0, 0, 0] = 1.0  # writable, as np.load's arrays

@@ -111,3 +111,24 @@ def test_comfort_straight_passes_and_zigzag_fails():
     for version in ("v1", "v2"):
         ok = ego_is_comfortable(states, t, version=version).all(axis=-1)
         assert ok.tolist() == [True, False]
+
+
+def test_float_path_equals_the_batched_path(monkeypatch):
+    """Small batches run on Python floats; the batched NumPy path is the reference (same operations, same order)."""
+    import navsim_agents.scoring.pdm_simulator as sim
+
+    rng = np.random.default_rng(0)
+    refs = np.zeros((3, 41, STATE_SIZE))
+    t = np.arange(41) * 0.1
+    for b, (speed, yaw_rate) in enumerate([(8.0, 0.1), (0.1, 0.0), (4.0, -0.3)]):  # turning, crawling (stop), S-bend
+        heading = yaw_rate * t + 0.2 * np.sin(t) * b
+        refs[b, :, S.HEADING] = heading
+        refs[b, 1:, S.X] = np.cumsum(speed * np.cos(heading[:-1]) * 0.1)
+        refs[b, 1:, S.Y] = np.cumsum(speed * np.sin(heading[:-1]) * 0.1)
+    refs[..., :2] += rng.normal(scale=0.05, size=refs[..., :2].shape)
+    initial = np.zeros(STATE_SIZE)
+    initial[S.VELOCITY_X], initial[S.STEERING_ANGLE], initial[S.ACCELERATION_X] = 5.0, 0.05, 0.3
+    scalar = sim.simulate_proposals(refs, initial)
+    monkeypatch.setattr(sim, "SCALAR_BATCH_LIMIT", 0)
+    batched = sim.simulate_proposals(refs, initial)
+    np.testing.assert_allclose(scalar, batched, rtol=1e-12, atol=1e-12)

@@ -2,16 +2,24 @@
 
 Layout of a cache directory (safe formats only: JSON + safetensors, never pickles)::
 
-    manifest.json             {"format": "eupe-teacher-cache", "version": 1, "complete": bool,
+    manifest.json             {"format": "eupe-teacher-cache", "version": 2, "complete": bool,
                                "teachers": {key: {"name", "summary_dim", "patch_dim", "weights_source"}},
-                               "image_size", "seed", "augment": {...}, "num_samples", "batch_size",
+                               "image_size", "seed", "augment": {...}, "storage": {"dtype", "pca"},
+                               "num_samples", "batch_size",
                                "shards": [{"file", "rows", "grid": {key: [h, w]}, "size": {key: s}}]}
-    shard-00000.safetensors   index int64 [n], epoch int64 [n], aug float32 [n, 5],
-                              "<key>/summary" float16 [n, Cs], "<key>/patch" float16 [n, h*w, Cp]
+    shard-00000.safetensors   index int64 [n], epoch int64 [n], aug float32 [n, AUG_DIM] (crop, flip, colour),
+                              per teacher key, by ``storage`` (``eupe.distill.compress``):
+                              fp16:  "<key>/summary" float16 [n, Cs], "<key>/patch" float16 [n, h*w, Cp]
+                              int8:  "<key>/summary" int8 [n, Cs] + "<key>/summary_scale" float32 [1, Cs],
+                                     "<key>/patch" int8 [n, h*w, Cp] + "<key>/patch_scale" float32 [n, 1, Cp]
+                              pca k: "<key>/patch_mean" float32 [Cp], "<key>/patch_basis" float32 [k, Cp],
+                                     "<key>/patch" [n, h*w, k] coefficients (fp16, or int8 + "<key>/patch_scale")
+
+Version 1 caches (fp16, 5 augmentation values: no colour) are still read.
 
 Rows of one shard share each teacher's grid (a shard is closed when a teacher's resolution changes, as in
 stage 3). The image of a row is rebuilt from (index, aug) by ``DistillImageDataset.get``, so the student
-sees exactly the image the teacher saw. Training batches are drawn within one shard (``CachePlan``).
+sees exactly the image the teacher saw, colour draws included. Training batches are drawn within one shard (``CachePlan``).
 A build that stops part-way resumes after its last complete shard; a shard that cannot be read (truncated,
 emptied) is named, and the next build rewrites it and the shards after it.
 """
@@ -31,12 +39,21 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from eupe.atomic_io import atomic_path, atomic_write_text
+from eupe.distill.compress import (
+    FeatureStorage,
+    fit_pca,
+    int8_decode,
+    int8_encode,
+    pca_decode,
+    pca_encode,
+)
 from eupe.distill.data import AugmentConfig, DistillImageDataset
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = "eupe-teacher-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MANIFEST = "manifest.json"
+FP16_STORAGE = FeatureStorage()
 
 
 class TeacherCacheError(ValueError):
@@ -66,19 +83,22 @@ class CacheWriter:
     """
 
     def __init__(self, root: str | Path, *, teachers: dict[str, dict[str, Any]], image_size: int, seed: int,
-                 augment: AugmentConfig, num_samples: int, batch_size: int, shard_rows: int = 4096) -> None:
+                 augment: AugmentConfig, num_samples: int, batch_size: int, shard_rows: int = 4096,
+                 storage: FeatureStorage = FP16_STORAGE) -> None:
+        storage.check_dims({k: int(t["patch_dim"]) for k, t in teachers.items()})
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.shard_rows = int(shard_rows)
+        self.storage = storage
         self.manifest = {
             "format": CACHE_FORMAT, "version": CACHE_VERSION, "complete": False, "teachers": teachers,
-            "image_size": int(image_size), "seed": int(seed), "augment": asdict(augment),
+            "image_size": int(image_size), "seed": int(seed), "augment": asdict(augment), "storage": asdict(storage),
             "num_samples": int(num_samples), "batch_size": int(batch_size), "shards": [], "positions_done": 0,
         }
         existing = self.root / MANIFEST
         if existing.is_file():
             old = json.loads(existing.read_text())
-            same = {k: old.get(k) for k in ("teachers", "image_size", "seed", "augment", "num_samples")}
+            same = {k: old.get(k) for k in ("teachers", "image_size", "seed", "augment", "storage", "num_samples")}
             if same != json.loads(json.dumps({k: self.manifest[k] for k in same})):  # tuples read back as lists
                 raise TeacherCacheError(f"cache {self.root} was built with other settings ({same}); "
                                         "remove it or choose another cache.dir")
@@ -124,12 +144,41 @@ class CacheWriter:
         for b in range(index.shape[0]):
             row = {"index": int(index[b]), "epoch": int(epoch[b]), "aug": aug[b].float().cpu()}
             for k, f in features.items():
-                row[f"{k}/summary"] = f.summary[b].detach().to("cpu", torch.float16)
-                row[f"{k}/patch"] = f.patch[b].detach().to("cpu", torch.float16)
+                row.update(self._encode_row(k, f.summary[b].detach().cpu(), f.patch[b].detach().cpu()))
             self._buf.append(row)
         self._position = int(position) + 1
         if len(self._buf) >= self.shard_rows:
             self.flush()
+
+    def _encode_row(self, key: str, summary: torch.Tensor, patch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One row's features as buffered: what can be encoded per row is encoded now (fp16, the int8 patch with
+        its per-row scales); what shares per-shard statistics (int8 summary scales, PCA) stays float32."""
+        st = self.storage
+        out = {f"{key}/summary": summary.to(torch.float16) if st.dtype == "fp16" else summary.float()}
+        if st.pca:
+            out[f"{key}/patch"] = patch.float()
+        elif st.dtype == "int8":
+            out[f"{key}/patch"], out[f"{key}/patch_scale"] = int8_encode(patch, (0,))
+        else:
+            out[f"{key}/patch"] = patch.to(torch.float16)
+        return out
+
+    def _encode_shard(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-shard encodings of the stacked rows: int8 summaries, PCA of the patch tokens."""
+        st = self.storage
+        for key in list(self.manifest["teachers"]):
+            if st.dtype == "int8":
+                tensors[f"{key}/summary"], tensors[f"{key}/summary_scale"] = int8_encode(tensors[f"{key}/summary"], (0,))
+            if st.pca:
+                patch = tensors[f"{key}/patch"]
+                pca = fit_pca(patch, st.pca)
+                coefs = pca_encode(patch, pca)
+                tensors[f"{key}/patch_mean"], tensors[f"{key}/patch_basis"] = pca.mean, pca.basis
+                if st.dtype == "int8":
+                    tensors[f"{key}/patch"], tensors[f"{key}/patch_scale"] = int8_encode(coefs, (1,))
+                else:
+                    tensors[f"{key}/patch"] = coefs.to(torch.float16)
+        return {k: v.contiguous() for k, v in tensors.items()}
 
     def flush(self) -> None:
         """Write buffered rows as one shard and update the manifest."""
@@ -143,7 +192,8 @@ class CacheWriter:
         }
         for key in self._buf[0]:
             if "/" in key:
-                tensors[key] = torch.stack([r[key] for r in self._buf]).contiguous()
+                tensors[key] = torch.stack([r[key] for r in self._buf])
+        tensors = self._encode_shard(tensors)
         with atomic_path(self.root / name) as tmp:
             save_file(tensors, str(tmp))
         self.manifest["shards"].append({"file": name, "rows": len(self._buf), "grid": self._grid, "size": self._size,
@@ -184,7 +234,10 @@ class TeacherCache:
                 raise TeacherCacheError(f"cache shard {self.root / s['file']} cannot be read ({problem}); run "
                                         "eupe/run_distill.py cache=build again: it rebuilds that shard and the ones "
                                         "after it")
+        # version 1 caches hold fp16 features only
+        self.storage = FeatureStorage(**self.manifest.get("storage", {}))
         self._handles: dict[int, Any] = {}
+        self._pca: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def teachers(self) -> dict[str, dict[str, Any]]:
@@ -201,20 +254,35 @@ class TeacherCache:
                 raise TeacherCacheError(f"corrupt cache shard {self.root / self.shards[shard]['file']}: {err}") from err
         return self._handles[shard]
 
+    def _features(self, f: Any, shard: int, key: str, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded ``(summary [Cs], patch [N, Cp])`` of one row (fp16 as stored, float32 otherwise)."""
+        st = self.storage
+        summary = f.get_slice(f"{key}/summary")[row]
+        if st.dtype == "int8":
+            summary = int8_decode(summary, f.get_slice(f"{key}/summary_scale")[0])
+        patch = f.get_slice(f"{key}/patch")[row]
+        if st.dtype == "int8":
+            patch = int8_decode(patch, f.get_slice(f"{key}/patch_scale")[row])
+        if st.pca:
+            if (shard, key) not in self._pca:  # one basis per shard and teacher
+                self._pca[(shard, key)] = (f.get_tensor(f"{key}/patch_mean"), f.get_tensor(f"{key}/patch_basis"))
+            patch = pca_decode(patch, *self._pca[(shard, key)])
+        return summary, patch
+
     def read_row(self, shard: int, row: int) -> dict[str, Any]:
-        """Row ``row`` of shard ``shard``: index, epoch, aug and per-teacher fp16 features."""
+        """Row ``row`` of shard ``shard``: index, epoch, aug and per-teacher features (decoded)."""
         f = self._open(shard)
         out: dict[str, Any] = {"index": int(f.get_slice("index")[row]), "epoch": int(f.get_slice("epoch")[row]),
                                "aug": f.get_slice("aug")[row], "teacher": {}}
         info = self.shards[shard]
         for key in self.teachers:
-            out["teacher"][key] = {"summary": f.get_slice(f"{key}/summary")[row],
-                                   "patch": f.get_slice(f"{key}/patch")[row],
+            summary, patch = self._features(f, shard, key, row)
+            out["teacher"][key] = {"summary": summary, "patch": patch,
                                    "grid": tuple(info["grid"][key]), "size": int(info["size"][key])}
         return out
 
     def __getstate__(self) -> dict[str, Any]:  # handles are per process
-        return {k: (v if k != "_handles" else {}) for k, v in self.__dict__.items()}
+        return {k: (v if k not in ("_handles", "_pca") else {}) for k, v in self.__dict__.items()}
 
 
 class CachePlan:

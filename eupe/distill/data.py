@@ -8,9 +8,10 @@ Sources (each a list of items that decode to an RGB uint8 image):
 - any type a higher layer registers with :func:`register_source` (``navsim_agents.data.camera_source``: the
   camera images of NAVSIM scenes, ``navsim``, and of the embedded synthetic world, ``synthetic``).
 
-Augmentations are drawn as parameters (``AugParams``: crop box in relative coordinates + horizontal flip)
-from a generator seeded by (seed, epoch, sample index), so the teacher-feature cache can store them and a
-resumed run sees the same images. A corrupt image or shard is skipped, counted and named once in the log.
+Augmentations are drawn as parameters (crop box in relative coordinates, horizontal flip, and the colour
+draws: jitter on/off, brightness / contrast / saturation / hue factors and their order, grayscale) from a
+generator seeded by (seed, epoch, sample index), so the teacher-feature cache can store them, training
+replays the exact augmented image, and a resumed run sees the same images. A corrupt image or shard is skipped, counted and named once in the log.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import functional as TF
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-AUG_DIM = 5  # (top, left, height, width) relative to the source image, flip flag
+GEOMETRY_DIM = 5  # (top, left, height, width) relative to the source image, flip flag
+# + jitter applied, brightness, contrast, saturation, hue, the 4 jitter ops' order, grayscale flag
+AUG_DIM = GEOMETRY_DIM + 10
 
 
 # --- sources -----------------------------------------------------------------------------------------------
@@ -213,21 +217,55 @@ CROP_RATIO = (3 / 4, 4 / 3)
 HFLIP_PROB = 0.5
 
 
+# Colour: dinov3/data/augmentations.py (DataAugmentationDINO ``color_jittering``, the augmentation of DINOv3's
+# distillation, which EUPE builds on): RandomApply([ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), RandomGrayscale(0.2).
+# Factor ranges and the random op order as torchvision ColorJitter.get_params draws them.
+COLOR_JITTER_PROB = 0.8
+BRIGHTNESS = 0.4
+CONTRAST = 0.4
+SATURATION = 0.2
+HUE = 0.1
+GRAYSCALE_PROB = 0.2
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random-resized-crop + horizontal flip, the geometric augmentations of ViT distillation recipes."""
+    """Random-resized-crop + horizontal flip (the geometric augmentations of ViT distillation recipes), then
+    optionally DINOv3's colour jitter and grayscale (off unless ``color_jitter`` / ``grayscale`` > 0)."""
 
     crop_scale: tuple[float, float] = CROP_SCALE
     crop_ratio: tuple[float, float] = CROP_RATIO
     hflip: float = HFLIP_PROB
     enabled: bool = True
+    color_jitter: float = 0.0  # probability of the jitter (DINOv3: COLOR_JITTER_PROB)
+    brightness: float = BRIGHTNESS
+    contrast: float = CONTRAST
+    saturation: float = SATURATION
+    hue: float = HUE
+    grayscale: float = 0.0  # probability (DINOv3: GRAYSCALE_PROB)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "AugmentConfig":
+        """From a config mapping (lists become the tuples of the crop ranges); unknown keys are named."""
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"data.augment: unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        cfg = cls(**{**raw, **{k: tuple(raw[k]) for k in ("crop_scale", "crop_ratio") if k in raw}})
+        if not 0 <= cfg.hue <= 0.5 or min(cfg.brightness, cfg.contrast, cfg.saturation) < 0:
+            raise ValueError(f"data.augment: hue must be in [0, 0.5] and brightness / contrast / saturation >= 0, "
+                             f"got {cfg}")
+        return cfg
+
+
+NEUTRAL_COLOR = np.array([0, 1, 1, 1, 0, 0, 1, 2, 3, 0], dtype=np.float32)  # no jitter, identity order, no gray
 
 
 def draw_aug_params(rng: np.random.Generator, cfg: AugmentConfig, hw: tuple[int, int]) -> np.ndarray:
-    """Draw [top, left, height, width, flip] (relative to an image of size ``hw``) as float32 [5]."""
+    """Draw the augmentation of one sample of an image of size ``hw`` as float32 [AUG_DIM]: [top, left, height,
+    width, flip] relative to the image, then the colour draws (see ``NEUTRAL_COLOR`` for their layout)."""
     h, w = hw
     if not cfg.enabled:
-        return np.array([0, 0, 1, 1, 0], dtype=np.float32)
+        return np.concatenate([np.array([0, 0, 1, 1, 0], dtype=np.float32), NEUTRAL_COLOR])
     area = h * w
     log_r = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
     for _ in range(10):  # torchvision RandomResizedCrop's rejection sampling
@@ -241,11 +279,36 @@ def draw_aug_params(rng: np.random.Generator, cfg: AugmentConfig, hw: tuple[int,
         ch, cw = h, w
         top = left = 0
     flip = float(rng.uniform() < cfg.hflip)
-    return np.array([top / h, left / w, ch / h, cw / w, flip], dtype=np.float32)
+    color = NEUTRAL_COLOR.copy()
+    if cfg.color_jitter > 0 and rng.uniform() < cfg.color_jitter:  # v2.RandomApply([ColorJitter], p)
+        color[0] = 1
+        color[1] = rng.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
+        color[2] = rng.uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
+        color[3] = rng.uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)
+        color[4] = rng.uniform(-cfg.hue, cfg.hue)
+        color[5:9] = rng.permutation(4)
+    if cfg.grayscale > 0 and rng.uniform() < cfg.grayscale:
+        color[9] = 1
+    geometry = np.array([top / h, left / w, ch / h, cw / w, flip], dtype=np.float32)
+    return np.concatenate([geometry, color])
+
+
+def apply_color(x: torch.Tensor, color: np.ndarray) -> torch.Tensor:
+    """Apply stored colour draws (``NEUTRAL_COLOR`` layout) to ``x [3,H,W]`` in [0,1] with torchvision's own
+    functional ops (the ones ColorJitter and RandomGrayscale call), jitter ops in the stored order."""
+    if color[0] > 0.5:
+        ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+        for op in color[5:9].astype(np.int64):
+            factor = float(color[1 + op])
+            x = ops[op](x, factor)
+    if color[9] > 0.5:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    return x
 
 
 def apply_aug(image: np.ndarray, params: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """Crop / flip an RGB uint8 [H,W,3] image per ``params`` and resize to ``size`` -> float [3,size,size] in [0,1]."""
+    """Crop / flip an RGB uint8 [H,W,3] image per ``params``, resize to ``size``, then apply the colour draws
+    (absent in 5-value parameters of older caches) -> float [3,size,size] in [0,1]."""
     p = np.asarray(params, dtype=np.float64)
     h, w = image.shape[:2]
     top, left = int(round(p[0] * h)), int(round(p[1] * w))
@@ -255,7 +318,10 @@ def apply_aug(image: np.ndarray, params: np.ndarray | torch.Tensor, size: int) -
         crop = crop[:, ::-1]
     x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255.0)
     x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    return x.clamp_(0.0, 1.0)
+    x = x.clamp_(0.0, 1.0)
+    if len(p) > GEOMETRY_DIM:
+        x = apply_color(x, np.asarray(params, dtype=np.float32)[GEOMETRY_DIM:])
+    return x
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

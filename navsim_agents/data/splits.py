@@ -32,7 +32,7 @@ from navsim_agents.data.devkit_splits import read_devkit_split
 from navsim_agents.data.maps import DEFAULT_MAP_VERSION
 
 __all__ = ["SplitPaths", "resolve_split", "build_scene_loader", "build_two_stage_loader", "two_stage_mapping",
-           "read_name_list"]
+           "synthetic_dirs", "read_name_list"]
 
 # keys of a scene_filter node that are Hydra instructions, not SceneFilter fields
 _HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_")
@@ -208,14 +208,22 @@ def build_scene_loader(
     )
 
 
-def _synthetic_dirs(split: Mapping[str, Any], paths: SplitPaths) -> tuple[Path, Path]:
-    """Synthetic scene pickles and their sensor blobs: ``split.synthetic_scenes_path`` /
-    ``split.synthetic_sensor_path``, by default ``<data root>/<data_split>/synthetic_scene_pickles`` and
-    ``<data root>/sensor_blobs/<data_split>`` (the devkit's download layout, default_dataset_paths.yaml)."""
+def synthetic_dirs(split_cfg: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Synthetic scene pickles and their sensor blobs of a two-stage split: ``split.synthetic_scenes_path`` /
+    ``split.synthetic_sensor_path``; by default ``<data root>/<synthetic_folder>/synthetic_scene_pickles`` and
+    ``<data root>/<synthetic_folder>/sensor_blobs`` (navsim default_dataset_paths.yaml, synthetic_folder
+    ``navhard_two_stage``), or with no ``synthetic_folder`` the embedded world's ``<data root>/<data_split>/
+    synthetic_scene_pickles`` and ``<data root>/sensor_blobs/<data_split>``."""
+    split = dict(_plain(split_cfg))
+    paths = resolve_split(split, check_exists=False)
     root = paths.data_path.parent.parent
-    data_split = paths.data_path.name
-    scenes = split.get("synthetic_scenes_path") or root / data_split / "synthetic_scene_pickles"
-    sensors = split.get("synthetic_sensor_path") or root / "sensor_blobs" / data_split
+    folder = split.get("synthetic_folder")
+    if folder:
+        default_scenes, default_sensors = root / folder / "synthetic_scene_pickles", root / folder / "sensor_blobs"
+    else:
+        default_scenes, default_sensors = root / paths.data_path.name / "synthetic_scene_pickles", paths.sensor_blobs_path
+    scenes = split.get("synthetic_scenes_path") or default_scenes
+    sensors = split.get("synthetic_sensor_path") or default_sensors
     return Path(scenes).expanduser(), Path(sensors).expanduser()
 
 
@@ -224,8 +232,8 @@ def build_two_stage_loader(split_cfg: Mapping[str, Any], sensor_config: Optional
     from navsim_agents.data.synthetic_scenes import TwoStageSceneLoader
 
     split = dict(_plain(split_cfg))
-    paths = resolve_split(split)
-    scenes, sensors = _synthetic_dirs(split, paths)
+    resolve_split(split)  # the logs folder must exist
+    scenes, sensors = synthetic_dirs(split)
     return TwoStageSceneLoader(build_scene_loader(split, sensor_config), scenes, sensors)
 
 

@@ -1,6 +1,7 @@
 """``MetricCache``: the agent-independent scoring inputs of one token, and its versioned ``.npz`` file.
 
-One `.npz` per token (arrays only, loaded with `allow_pickle=False`) + JSON metadata inside it. The builder
+One `.npz` per token (loaded with `allow_pickle=False`): JSON metadata and one uncompressed member holding every
+array's bytes, laid out as the metadata says. The builder
 (``navsim_agents.scoring.metric_cache``) fills it from OpenScene logs and the map; scoring
 (``navsim_agents.scoring.pdm_score``) reads it. Both import this module.
 """
@@ -17,13 +18,17 @@ import numpy as np
 import shapely
 
 from eupe.atomic_io import atomic_path
-from navsim_agents.scoring.observation import DrivableMap, Observation, OccupancyMap, TrackInfo
+from navsim_agents.scoring.observation import DrivableMap, FlatOccupancy, Observation, TrackInfo, ring_bounds
 from navsim_agents.scoring.scorer import CenterlinePath
 
 # 3: corrected route (navsim route_roadblock_correction); 4: devkit jerk-penalty matrix; 5: current tracks and the
 # unfiltered log replay of non-vehicles for reactive traffic, map location of the cache; 6: ego heading from
-# pyquaternion's yaw (the x*y sign of formats 4-5 was flipped)
-CACHE_FORMAT_VERSION = 6
+# pyquaternion's yaw (the x*y sign of formats 4-5 was flipped); 7: every array in one uncompressed member (one read
+# instead of a zip member, a header parse and a decompression per array)
+CACHE_FORMAT_VERSION = 7
+# the members of the .npz: JSON metadata (with the layout of the arrays) and the arrays' bytes, 8-byte aligned
+META_MEMBER, DATA_MEMBER, LAYOUT_KEY = "meta_json", "data", "array_layout"
+_ALIGN = 8
 # what a truncated, emptied or overwritten .npz raises when read
 CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 # the object type navsim's reactive IDM policy simulates (TrackedObjectType.VEHICLE); the cache's "replay"
@@ -46,7 +51,21 @@ def wkb_pack(geoms) -> tuple[np.ndarray, np.ndarray]:
 def wkb_unpack(data: np.ndarray, offsets: np.ndarray) -> list:
     """Inverse of :func:`wkb_pack`."""
     raw = data.tobytes()
-    return [shapely.from_wkb(raw[offsets[i]:offsets[i + 1]]) for i in range(len(offsets) - 1)]
+    blobs = np.array([raw[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)], dtype=object)
+    return list(shapely.from_wkb(blobs)) if len(blobs) else []
+
+
+def _byte_member(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    """A uint8 vector member of an .npz read straight from the zip (np.load parses each header with
+    ``ast.literal_eval``, several times the cost of the read); writable, as np.load's arrays are."""
+    raw = archive.read(f"{name}.npy")
+    if raw[:6] != b"\x93NUMPY":
+        raise ValueError(f"member {name} is not a .npy array")
+    start = 10 + int.from_bytes(raw[8:10], "little") if raw[6] == 1 else 12 + int.from_bytes(raw[8:12], "little")
+    header = raw[:start]
+    if b"'descr': '|u1'" not in header or b"'fortran_order': False" not in header:
+        raise ValueError(f"member {name} is not a uint8 vector")
+    return np.frombuffer(bytearray(memoryview(raw)[start:]), dtype=np.uint8)
 
 
 @dataclass
@@ -85,46 +104,58 @@ class MetricCache:
                 for k in range(n_steps)]
 
     def observation(self, version: str) -> Observation:
+        """The observation of `version` ("v1", "v2", "replay"): per 0.1 s step the tracks in their first-sight
+        order, then the step's red lights; polygons are built only where the scorer needs them."""
         a = self.arrays
         tokens = self.meta[f"obs_{version}_tokens"]
         step, tok, rings = a[f"obs_{version}_step"], a[f"obs_{version}_token"], a[f"obs_{version}_rings"]
         n_steps = int(self.meta[f"obs_{version}_steps"])
-        closed = np.concatenate([rings, rings[:, :1]], axis=1)
-        polys = shapely.polygons(closed) if len(closed) else np.array([], dtype=object)
         red_tokens = self.meta.get(f"red_{version}_tokens", [])
-        red_polys = wkb_unpack(a[f"red_{version}_wkb"], a[f"red_{version}_offsets"]) if red_tokens else []
-        red_mask = a.get(f"red_{version}_mask")
-        maps = []
-        order = np.argsort(step, kind="stable")
-        bounds = np.searchsorted(step[order], np.arange(n_steps + 1))
-        for k in range(n_steps):
-            sel = order[bounds[k]:bounds[k + 1]]
-            toks = [tokens[i] for i in tok[sel]]
-            geoms = list(polys[sel])
-            if red_tokens:
-                for j, rt in enumerate(red_tokens):
-                    if red_mask[k, j]:
-                        toks.append(rt)
-                        geoms.append(red_polys[j])
-            maps.append(OccupancyMap(toks, geoms))
+        red_steps, red_ids = (np.nonzero(a[f"red_{version}_mask"]) if red_tokens
+                              else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        # rows by step; within a step the tracks (stable) before the red lights
+        map_index = np.concatenate([step.astype(np.int64), red_steps])
+        kind = np.concatenate([np.zeros(len(step), np.int64), np.ones(len(red_steps), np.int64)])
+        order = np.lexsort((np.arange(len(map_index)), kind, map_index))
+        all_tokens = [tokens[i] for i in tok] + [red_tokens[j] for j in red_ids]
+        polygons = np.full(len(map_index), None, dtype=object)
+        bounds = np.zeros((len(map_index), 4))
+        bounds[:len(step)] = ring_bounds(rings)
+        all_rings = np.zeros((len(map_index), 4, 2))
+        all_rings[:len(step)] = rings
+        if len(red_ids):
+            red_polys = np.array(wkb_unpack(a[f"red_{version}_wkb"], a[f"red_{version}_offsets"]) + [None],
+                                 dtype=object)[:-1]
+            polygons[len(step):] = red_polys[red_ids]
+            bounds[len(step):] = shapely.bounds(red_polys)[red_ids]
+        flat = FlatOccupancy(map_index[order], [all_tokens[i] for i in order], bounds[order], n_steps,
+                             polygons=polygons[order], rings=all_rings[order])
         info = a[f"obs_{version}_info"]
         unique = {t: TrackInfo(bool(info[i, 0]), float(info[i, 1]), float(info[i, 2])) for i, t in enumerate(tokens)}
-        return Observation(maps, unique, [], stride=1)
+        return Observation(None, unique, [], stride=1, flat=flat)
 
     # --- io ------------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         """Write atomically (a per-process temporary file, then a rename: ranks may write the same token)."""
-        meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION)
+        layout, chunks, offset = [], [], 0
+        for name, value in self.arrays.items():
+            array = np.asarray(value)  # tobytes() writes C order; 0-d arrays stay 0-d
+            raw = array.tobytes()
+            layout.append([name, array.dtype.str, list(array.shape), offset])
+            pad = -len(raw) % _ALIGN
+            chunks.append(raw + b"\0" * pad)
+            offset += len(raw) + pad
+        meta = dict(self.meta, format_version=CACHE_FORMAT_VERSION, **{LAYOUT_KEY: layout})
         with atomic_path(path) as tmp:
-            np.savez_compressed(tmp, meta_json=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                                **self.arrays)
+            np.savez(tmp, **{META_MEMBER: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                             DATA_MEMBER: np.frombuffer(b"".join(chunks), dtype=np.uint8)})
 
     @staticmethod
     def stored_format_version(path: Path) -> int | None:
         """Format version written in the cache file at `path` (None when it is absent or unreadable)."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                return json.loads(data["meta_json"].tobytes().decode()).get("format_version")
+                return json.loads(data[META_MEMBER].tobytes().decode()).get("format_version")
         except CACHE_READ_ERRORS:
             return None
 
@@ -136,12 +167,16 @@ class MetricCache:
         if not path.is_file():
             raise FileNotFoundError(f"metric cache file {path} not found; run navsim_agents/run_metric_caching.py")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(data["meta_json"].tobytes().decode())
+            with zipfile.ZipFile(path) as archive:
+                meta = json.loads(_byte_member(archive, META_MEMBER).tobytes().decode())
                 if meta.get("format_version") != CACHE_FORMAT_VERSION:
                     raise MetricCacheError(f"metric cache {path} has format {meta.get('format_version')}, expected "
                                            f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
-                arrays = {k: data[k] for k in data.files if k != "meta_json"}
+                blob = _byte_member(archive, DATA_MEMBER)
+            arrays = {}
+            for name, dtype, shape, offset in meta.pop(LAYOUT_KEY):
+                size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                arrays[name] = blob[offset:offset + size].view(dtype).reshape(tuple(shape))
         except MetricCacheError:
             raise
         except CACHE_READ_ERRORS as err:

@@ -94,9 +94,11 @@ def build_route_context(map_api: NuPlanMap, roadblock_ids, ego_rear: np.ndarray,
 
 
 def _ego_ring(rear: np.ndarray) -> np.ndarray:
-    center = rear[:2] + PACIFICA.rear_axle_to_center * np.array([np.cos(rear[2]), np.sin(rear[2])])
-    coords = box_coords(center, np.asarray(rear[2]), PACIFICA.length, PACIFICA.width)
-    coords[BB.CENTER] = coords[BB.FRONT_LEFT]
+    """Closed footprint rings [...,5,2] of rear-axle poses [...,3]."""
+    heading = rear[..., 2]
+    center = rear[..., :2] + PACIFICA.rear_axle_to_center * np.stack([np.cos(heading), np.sin(heading)], axis=-1)
+    coords = box_coords(center, np.asarray(heading), PACIFICA.length, PACIFICA.width)
+    coords[..., BB.CENTER, :] = coords[..., BB.FRONT_LEFT, :]
     return coords
 
 
@@ -126,12 +128,15 @@ def forecast_observation(tracks: list[Track], ego_rear: np.ndarray, red_tokens, 
     d = np.array([np.hypot(t.x - center[0], t.y - center[1]) for t in static])
     static = [static[i] for i in np.argsort(d, kind="stable")][: C.MAX_STATIC_OBJECTS] if static else []
 
-    def ring(t: Track, dx=0.0, dy=0.0):
-        c = box_coords(np.array([t.x + dx, t.y + dy]), np.asarray(t.heading), t.length, t.width)
-        c[BB.CENTER] = c[BB.FRONT_LEFT]
+    def rings(group: list[Track], dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        """Closed box rings [n,5,2] of tracks moved by (dx, dy)."""
+        centers = np.array([[t.x, t.y] for t in group]).reshape(-1, 2) + np.stack([dx, dy], axis=-1)
+        c = box_coords(centers, np.array([t.heading for t in group]), np.array([t.length for t in group]),
+                       np.array([t.width for t in group]))
+        c[:, BB.CENTER] = c[:, BB.FRONT_LEFT]
         return c
 
-    static_polys = [shapely.polygons(ring(t)) for t in static]
+    static_polys = list(shapely.polygons(rings(static, np.zeros(len(static)), np.zeros(len(static))))) if static else []
     dxy = []
     for t in dynamic:
         speed = np.hypot(t.vx, t.vy)
@@ -139,11 +144,12 @@ def forecast_observation(tracks: list[Track], ego_rear: np.ndarray, red_tokens, 
         forward = abs(normalize_angle(t.heading - vel_angle)) < np.pi / 2
         h = t.heading if forward else normalize_angle(t.heading + np.pi)
         dxy.append((np.cos(h) * speed, np.sin(h) * speed))
+    velocity = np.array(dxy, dtype=np.float64).reshape(-1, 2)
     maps = []
     tokens = [t.token for t in static] + [t.token for t in dynamic] + list(red_tokens)
     for sample in range(0, num_samples + C.PDM_OBSERVATION_SAMPLE_RES, C.PDM_OBSERVATION_SAMPLE_RES):
         dt = sample * C.PROPOSAL_INTERVAL
-        dyn = [shapely.polygons(ring(t, vx * dt, vy * dt)) for t, (vx, vy) in zip(dynamic, dxy, strict=False)]
+        dyn = list(shapely.polygons(rings(dynamic, velocity[:, 0] * dt, velocity[:, 1] * dt))) if dynamic else []
         maps.append(OccupancyMap(tokens, static_polys + dyn + list(red_polys)))
     unique = {t.token: TrackInfo(t.is_agent, t.heading, float(np.hypot(t.vx, t.vy)), t.vx, t.vy) for t in kept}
     ego_poly = shapely.polygons(_ego_ring(ego_rear))
@@ -186,14 +192,18 @@ def generate_proposals(paths: list[CenterlinePath], speed_limit: float | None, e
                         progress[tok] = path.linestring.project(occ[tok].centroid)
                 # one buffer shared by the proposals of this step, as in the devkit (fields carry over)
                 buffer = np.zeros(3)
+                candidates = list(progress)
+                if candidates:  # distances of every proposal's footprint to every candidate, in one call
+                    ego_polys = shapely.polygons(_ego_ring(out[sl, t - 1, :3]))
+                    objects = np.array([occ[tok] for tok in candidates], dtype=object)
+                    distances = shapely.distance(ego_polys[:, None], objects[None, :])
                 for k in range(n_long):
                     ego_prog = x[k, t - 1]
-                    ahead = [tok for tok, pr in progress.items() if pr > ego_prog]
+                    ahead = [j for j, tok in enumerate(candidates) if progress[tok] > ego_prog]
                     if ahead:
-                        ego_poly = shapely.polygons(_ego_ring(out[li * n_long + k, t - 1, :3]))
-                        dists = [ego_poly.distance(occ[tok]) for tok in ahead]
+                        dists = distances[k, ahead]
                         j = int(np.argmin(dists))
-                        nearest = ahead[j]
+                        nearest = candidates[ahead[j]]
                         buffer[0] = ego_prog + dists[j]
                         if C.RED_LIGHT_TOKEN not in nearest:
                             info = observation.unique[nearest]

@@ -6,6 +6,8 @@ Mirrors navsim `pdm_planner/simulation/{batch_lqr,batch_lqr_utils,batch_kinemati
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from navsim_agents.scoring import constants as C
@@ -86,76 +88,77 @@ class BatchLQRTracker:
         self._wheel_base = vehicle.wheel_base
         self._dt = dt
         self._horizon = C.LQR_TRACKING_HORIZON
-        self._q_lat = np.diag(C.LQR_Q_LATERAL)
+        self._q_diag = np.asarray(C.LQR_Q_LATERAL, dtype=np.float64)[None]
 
     def update(self, reference_states: np.ndarray) -> None:
         """Load the reference states [B,N,11] (only poses are used) and fit their profiles."""
         self._ref = reference_states
         self._velocity, self._curvature = velocity_curvature_profiles(reference_states[..., :3], self._dt)
+        num = self._velocity.shape[1]
+        # per step index: the reference velocity `horizon` steps ahead and the curvature window over the horizon,
+        # both held at the profile's last sample (the devkit slices and pads them at every step)
+        ahead = np.minimum(np.arange(num) + self._horizon, num - 1)
+        self._v_ref = self._velocity[:, ahead]
+        self._curvature_windows = self._curvature[:, np.minimum(np.arange(num)[:, None] + np.arange(self._horizon),
+                                                                num - 1)]
+        self._sin_ref, self._cos_ref = np.sin(reference_states[..., S.HEADING]), np.cos(reference_states[..., S.HEADING])
+        self._steps = np.arange(self._horizon) * self._dt
 
     def track(self, index: int, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Commands (acceleration [B], steering rate [B]) to track the reference from `states` at step `index`."""
         ref = self._ref[:, index]
         dx, dy = states[:, S.X] - ref[:, S.X], states[:, S.Y] - ref[:, S.Y]
-        href = ref[:, S.HEADING]
-        lateral = np.stack(
-            [-dx * np.sin(href) + dy * np.cos(href), normalize_angle(states[:, S.HEADING] - href),
-             states[:, S.STEERING_ANGLE]], axis=-1)
+        heading_error = states[:, S.HEADING] - ref[:, S.HEADING]
+        lateral = np.stack([-dx * self._sin_ref[:, index] + dy * self._cos_ref[:, index],
+                            np.arctan2(np.sin(heading_error), np.cos(heading_error)), states[:, S.STEERING_ANGLE]],
+                           axis=-1)
         v0 = states[:, S.VELOCITY_X]
+        v_ref = self._v_ref[:, index]
+        curv = self._curvature_windows[:, index]
 
-        batch, num = self._velocity.shape
-        ref_idx = min(index + self._horizon, num - 1)
-        v_ref = self._velocity[:, ref_idx]
-        curv = np.zeros((batch, self._horizon))
-        length = ref_idx - index
-        curv[:, :length] = self._curvature[:, index:ref_idx]
-        if length < self._horizon:
-            curv[:, length:] = self._curvature[:, ref_idx, None]
-
-        accel = np.zeros(batch)
-        steer_rate = np.zeros(batch)
+        b_lon = self._horizon * self._dt
         stop = (v_ref <= C.LQR_STOPPING_VELOCITY) & (v0 <= C.LQR_STOPPING_VELOCITY)
+        if not stop.any():  # every proposal tracks (the usual case): no masking
+            accel = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon \
+                * C.LQR_Q_LONGITUDINAL * (v0 - v_ref)
+            return accel, self._lateral(lateral, self._tracked_velocity(v0, accel), curv)
+        accel = np.zeros(len(v0))
+        steer_rate = np.zeros(len(v0))
         accel[stop] = -C.LQR_STOPPING_GAIN * (v0[stop] - v_ref[stop])
         go = ~stop
-        b_lon = self._horizon * self._dt
         err = v0[go] - v_ref[go]
         accel[go] = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon * C.LQR_Q_LONGITUDINAL * err
-        vel_profile = _profile_from_derivatives(v0[go], np.repeat(accel[go, None], self._horizon, axis=-1), self._dt)
-        steer_rate[go] = self._lateral(lateral[go], vel_profile[:, : self._horizon], curv[go])
+        steer_rate[go] = self._lateral(lateral[go], self._tracked_velocity(v0[go], accel[go]), curv[go])
         return accel, steer_rate
+
+    def _tracked_velocity(self, v0: np.ndarray, accel: np.ndarray) -> np.ndarray:
+        """Velocity over the horizon [B,H] under a constant `accel` (cumulative sums of accel * dt, as the devkit)."""
+        increments = np.cumsum(np.broadcast_to((accel * self._dt)[:, None], (len(v0), self._horizon - 1)), axis=-1)
+        return v0[:, None] + np.concatenate([np.zeros((len(v0), 1)), increments], axis=-1)
 
     def _lateral(self, x0: np.ndarray, velocity: np.ndarray, curvature: np.ndarray) -> np.ndarray:
         """One-step lateral LQR over the horizon.
 
         The devkit multiplies the 10 step matrices M_k = [[1, v dt, 0], [0, 1, v dt / L], [0, 0, 1]] (and the
         affine terms) one by one; their product has the closed form below, accumulated with cumulative sums in the
-        same order as the sequential products.
+        same order as the sequential products (rows of one stacked cumulative sum are summed independently).
         """
         dt = self._dt
         m01 = velocity * dt
         m12 = velocity * dt / self._wheel_base
-        steps = np.arange(self._horizon) * dt
-        zero = np.zeros((len(x0), 1))
-
-        def exclusive(values):  # sums over the steps before each step
-            return np.concatenate([zero, np.cumsum(values, axis=-1)[:, :-1]], axis=-1)
-
-        c_before = exclusive(m12)
-        b1_before = exclusive(m12 * steps)
         g1_terms = -velocity * curvature * dt
-        g1_before = exclusive(g1_terms)
-        a01 = np.cumsum(m01, axis=-1)[:, -1]
-        a02 = np.cumsum(m01 * c_before, axis=-1)[:, -1]
-        a12 = np.cumsum(m12, axis=-1)[:, -1]
-        b = np.stack([np.cumsum(m01 * b1_before, axis=-1)[:, -1], np.cumsum(m12 * steps, axis=-1)[:, -1],
-                      np.full(len(x0), self._horizon * dt)], axis=-1)
-        g0 = np.cumsum(m01 * g1_before, axis=-1)[:, -1]
-        g1 = np.cumsum(g1_terms, axis=-1)[:, -1]
+        # sums over the steps before each step (exclusive) and over all steps, of m12, m12 * t and g1
+        first = np.cumsum(np.stack([m12, m12 * self._steps, g1_terms]), axis=-1)
+        before = np.concatenate([np.zeros(first.shape[:2] + (1,)), first[..., :-1]], axis=-1)
+        second = np.cumsum(np.stack([m01, m01 * before[0], m01 * before[1], m01 * before[2]]), axis=-1)[..., -1]
+        a01, a02, b0, g0 = second
+        a12, b1, g1 = first[..., -1]
+        b = np.stack([b0, b1, np.full(len(x0), self._horizon * dt)], axis=-1)
         err = np.stack([x0[:, 0] + a01 * x0[:, 1] + a02 * x0[:, 2] + g0,
                         x0[:, 1] + a12 * x0[:, 2] + g1,
                         x0[:, 2]], axis=-1)
         err[:, 1:] = np.arctan2(np.sin(err[:, 1:]), np.cos(err[:, 1:]))
-        btq = b * np.diag(self._q_lat)[None]  # Q is diagonal
+        btq = b * self._q_diag  # Q is diagonal
         inv = -1.0 / (np.einsum("bi,bi->b", btq, b) + C.LQR_R_LATERAL)
         return inv * np.einsum("bi,bi->b", btq, err)
 
@@ -194,6 +197,11 @@ class BatchKinematicBicycleModel:
         return out
 
 
+# up to this many proposals are simulated one by one with Python floats: the same arithmetic in the same order
+# without NumPy's per-call overhead, which dominates 40 small steps (scoring one agent trajectory)
+SCALAR_BATCH_LIMIT = 4
+
+
 def simulate_proposals(reference_states: np.ndarray, initial_state: np.ndarray, *,
                        num_poses: int = C.PROPOSAL_NUM_POSES, dt: float = C.PROPOSAL_INTERVAL,
                        vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
@@ -201,10 +209,95 @@ def simulate_proposals(reference_states: np.ndarray, initial_state: np.ndarray, 
     refs = reference_states[:, : num_poses + 1]
     tracker = BatchLQRTracker(vehicle=vehicle, dt=dt)
     tracker.update(refs)
-    model = BatchKinematicBicycleModel(vehicle=vehicle)
     out = np.zeros(refs.shape)
     out[:, 0] = initial_state
+    if len(refs) <= SCALAR_BATCH_LIMIT:
+        for b in range(len(refs)):
+            out[b] = _simulate_scalar(tracker, b, np.asarray(initial_state, dtype=np.float64), num_poses, dt,
+                                      vehicle.wheel_base)
+        return out
+    model = BatchKinematicBicycleModel(vehicle=vehicle)
     for t in range(1, num_poses + 1):
         accel, steer_rate = tracker.track(t - 1, out[:, t - 1])
         out[:, t] = model.propagate(out[:, t - 1], accel, steer_rate, dt)
+    return out
+
+
+def _simulate_scalar(tracker: BatchLQRTracker, b: int, initial_state: np.ndarray, num_poses: int, dt: float,
+                     wheel_base: float) -> np.ndarray:
+    """Proposal `b` of `tracker` simulated step by step on floats: `BatchLQRTracker.track` followed by
+    `BatchKinematicBicycleModel.propagate`, operation for operation."""
+    horizon = tracker._horizon  # noqa: SLF001 - the tracker's own fitted profiles, read-only
+    ref = tracker._ref[b, :, :3].tolist()  # noqa: SLF001
+    sin_ref, cos_ref = tracker._sin_ref[b].tolist(), tracker._cos_ref[b].tolist()  # noqa: SLF001
+    v_refs = tracker._v_ref[b].tolist()  # noqa: SLF001
+    windows = tracker._curvature_windows[b].tolist()  # noqa: SLF001
+    q0, q1, q2 = (float(q) for q in C.LQR_Q_LATERAL)
+    steps = (np.arange(horizon) * dt).tolist()
+    b_lon = horizon * dt
+    gain = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon * C.LQR_Q_LONGITUDINAL
+    accel_lag = dt / (dt + C.BICYCLE_ACCEL_TIME_CONSTANT)
+    steer_lag = dt / (dt + C.BICYCLE_STEERING_TIME_CONSTANT)
+    max_steer = C.BICYCLE_MAX_STEERING_ANGLE
+    two_pi, sin, cos, tan, atan2 = 2 * math.pi, math.sin, math.cos, math.tan, math.atan2
+    x, y, h, v, _, a, _, steer, _, yaw_rate, _ = initial_state.tolist()
+    out = np.zeros((num_poses + 1, C.STATE_SIZE))
+    out[0] = initial_state
+    rows = []
+    for index in range(num_poses):
+        # --- LQR (track) ---
+        rx, ry, rh = ref[index]
+        dx, dy = x - rx, y - ry
+        lat0 = -dx * sin_ref[index] + dy * cos_ref[index]
+        herr = h - rh
+        lat1 = atan2(sin(herr), cos(herr))
+        lat2 = steer
+        v_ref = v_refs[index]
+        if v_ref <= C.LQR_STOPPING_VELOCITY and v <= C.LQR_STOPPING_VELOCITY:
+            accel_cmd = -C.LQR_STOPPING_GAIN * (v - v_ref)
+            steer_rate_cmd = 0.0
+        else:
+            accel_cmd = gain * (v - v_ref)
+            curvature = windows[index]
+            increment = accel_cmd * dt
+            running, velocity = 0.0, v + 0.0
+            m12_sum = m12t_sum = g1_sum = 0.0
+            a01 = a02 = b0 = g0 = 0.0
+            for k in range(horizon):
+                if k:
+                    running += increment
+                    velocity = v + running
+                m01 = velocity * dt
+                m12 = velocity * dt / wheel_base
+                g1_term = -velocity * curvature[k] * dt
+                a01 += m01
+                a02 += m01 * m12_sum
+                b0 += m01 * m12t_sum
+                g0 += m01 * g1_sum
+                m12_sum += m12
+                m12t_sum += m12 * steps[k]
+                g1_sum += g1_term
+            b1, b2 = m12t_sum, horizon * dt
+            err0 = lat0 + a01 * lat1 + a02 * lat2 + g0
+            err1 = lat1 + m12_sum * lat2 + g1_sum
+            err1 = atan2(sin(err1), cos(err1))
+            err2 = atan2(sin(lat2), cos(lat2))
+            t0, t1, t2 = b0 * q0, b1 * q1, b2 * q2
+            inv = -1.0 / (t0 * b0 + t1 * b1 + t2 * b2 + C.LQR_R_LATERAL)
+            steer_rate_cmd = inv * (t0 * err0 + t1 * err1 + t2 * err2)
+        # --- kinematic bicycle (propagate) ---
+        ideal_steer = dt * steer_rate_cmd + steer
+        new_accel = accel_lag * (accel_cmd - a) + a
+        new_steer = steer_lag * (ideal_steer - steer) + steer
+        new_steer_rate = (new_steer - steer) / dt
+        x, y = x + v * cos(h) * dt, y + v * sin(h) * dt
+        heading = h + v * tan(steer) / wheel_base * dt
+        h = (heading + math.pi) % two_pi - math.pi
+        v = v + new_accel * dt
+        steer = min(max(steer + new_steer_rate * dt, -max_steer), max_steer)
+        new_yaw_rate = v * tan(steer) / wheel_base
+        yaw_accel = (new_yaw_rate - yaw_rate) / dt
+        yaw_rate, a = new_yaw_rate, new_accel
+        rows.append((x, y, h, v, 0.0, a, 0.0, steer, new_steer_rate, yaw_rate, yaw_accel))
+    out[1:] = rows
     return out

@@ -119,6 +119,7 @@ class PDMScorer:
         n = states.shape[0]
         self._coords = ego_coords(states)
         self._polygons = coords_to_polygons(self._coords)
+        self._hits = None
         self._areas(route_lane_ids)
         out = {"no_at_fault_collisions": self._no_at_fault_collisions(),
                "drivable_area_compliance": (~self._nondrivable.any(axis=-1)).astype(np.float64),
@@ -184,26 +185,50 @@ class PDMScorer:
         self._multiple, self._nondrivable, self._oncoming = multiple, nondrivable, oncoming
         self._in_intersection_center = d.in_layer(self._coords[:, :, BB.CENTER], obs.INTERSECTION)
 
-    def _intersections(self):
-        """Yield ``(t, proposal, token, occupancy)`` for every ego polygon touching an object, in time order."""
-        for t in range(self.num_poses + 1):
-            occ = self._obs[t]
-            if len(occ) == 0:
-                continue
-            hits = occ.query(self._polygons[:, t], predicate="intersects")
-            for p, g in zip(hits[0], hits[1], strict=False):
-                yield t, p, occ.tokens[g], occ
+    def _intersections(self) -> list[tuple[int, int, str, int]]:
+        """``(t, proposal, token, row)`` of every ego polygon touching an object, in time order (per time and
+        proposal, in the occupancy map's order); computed once per :meth:`score`."""
+        if self._hits is None:
+            times = np.arange(self.num_poses + 1)
+            self._hits = self._flat_hits(times // self._obs.stride, self._coords[:, :, :4],
+                                         lambda p, q: self._polygons[p, q])
+        return self._hits
+
+    def _flat_hits(self, map_ids: np.ndarray, corners: np.ndarray, polygon_of
+                   ) -> list[tuple[int, int, str, int]]:
+        """``(query, proposal, token, row)`` of each query polygon (corners [B,Q,4,2], against the map
+        ``map_ids[q]``) that intersects an object; a bounding-box test first, then shapely's exact predicate."""
+        flat = self._obs.flat
+        query, rows = flat.rows_of_maps(map_ids)
+        if not len(rows):
+            return []
+        candidate = obs.overlapping(obs.ring_bounds(corners)[:, query], flat.bounds[rows][None])
+        p, s = np.nonzero(candidate)
+        if not len(p):
+            return []
+        touching = shapely.intersects(polygon_of(p, query[s]), flat.polygons(rows[s]))
+        p, s = p[touching], s[touching]
+        order = np.lexsort((rows[s], p, query[s]))
+        return [(int(query[s[i]]), int(p[i]), flat.tokens[rows[s[i]]], int(rows[s[i]])) for i in order]
+
+    def _object_polygon(self, row: int):
+        """The polygon a map gives for the token of `row` (its last row with that token, as ``OccupancyMap``)."""
+        flat = self._obs.flat
+        k = flat.map_index[row]
+        tokens = flat.tokens[flat.starts[k]:flat.starts[k + 1]]
+        last = len(tokens) - 1 - tokens[::-1].index(flat.tokens[row])
+        return flat.polygons(np.array([flat.starts[k] + last]))[0]
 
     def _no_at_fault_collisions(self) -> np.ndarray:
         n = self._states.shape[0]
         scores = np.ones(n)
         collided = [list(self._obs.collided_track_ids) for _ in range(n)]
         self.at_fault_track_ids, self.at_fault_time_idx = [[] for _ in range(n)], np.full(n, np.inf)
-        for t, p, token, occ in self._intersections():
+        for t, p, token, row in self._intersections():
             if C.RED_LIGHT_TOKEN in token or token in collided[p]:
                 continue
             track = self._obs.unique[token]
-            kind = collision_type(self._states[p, t], self._polygons[p, t], track, occ[token])
+            kind = collision_type(self._states[p, t], self._polygons[p, t], track, self._object_polygon(row))
             lateral_fault = self._multiple[p, t] or self._nondrivable[p, t]
             if kind in ("active_front", "stopped_track") or (lateral_fault and kind == "active_lateral"):
                 scores[p] = min(scores[p], 0.0 if track.is_agent else 0.5)
@@ -249,28 +274,27 @@ class PDMScorer:
         ring = self._coords.copy()
         ring[:, :, BB.CENTER] = ring[:, :, BB.FRONT_LEFT]
         projected = ring[:, :, None] + dxy[:, :, None, None, :] * (future * self.dt)[None, None, :, None, None]
-        polygons = shapely.polygons(projected)  # B,T,F
         last = self.num_poses - int(max(future)) if v2 else self.num_poses
         rear_in_intersection = self._drivable.in_layer(self._states[..., :2], obs.INTERSECTION)
-        for t in range(last + 1):
-            for f_idx, f in enumerate(future):
-                occ = self._obs[t + f]
-                if len(occ) == 0:
-                    continue
-                hits = occ.query(polygons[:, t, f_idx], predicate="intersects")
-                for p, g in zip(hits[0], hits[1], strict=False):
-                    token = occ.tokens[g]
-                    if C.RED_LIGHT_TOKEN in token or token in collided[p] or speeds[p, t] < self.config.stopped_speed_threshold:
-                        continue
-                    c = occ[token].centroid
-                    ego_xy, ego_h = self._states[p, t, :2], self._states[p, t, S.HEADING]
-                    risky = self._multiple[p, t] or self._nondrivable[p, t] or rear_in_intersection[p, t]
-                    if is_agent_ahead(ego_xy, ego_h, (c.x, c.y)) or (risky and not is_agent_behind(ego_xy, ego_h, (c.x, c.y))):
-                        scores[p] = 0.0
-                        self.ttc_time_idx[p] = min(self.ttc_time_idx[p], t)
-                        self.ttc_track_ids[p].append(token)
-                    else:
-                        collided[p].append(token)
+        # queries (t, f) in loop order: t outer, f inner
+        q_t = np.repeat(np.arange(last + 1), len(future))
+        q_f = np.tile(np.arange(len(future)), last + 1)
+        corners = projected[:, q_t, q_f]  # B,Q,5,2 (the center replaced by the front-left corner)
+        hits = self._flat_hits((q_t + future[q_f]) // self._obs.stride, corners[:, :, :4],
+                               lambda p, q: shapely.polygons(corners[p, q]))
+        for q, p, token, row in hits:
+            t = int(q_t[q])
+            if C.RED_LIGHT_TOKEN in token or token in collided[p] or speeds[p, t] < self.config.stopped_speed_threshold:
+                continue
+            c = self._object_polygon(row).centroid
+            ego_xy, ego_h = self._states[p, t, :2], self._states[p, t, S.HEADING]
+            risky = self._multiple[p, t] or self._nondrivable[p, t] or rear_in_intersection[p, t]
+            if is_agent_ahead(ego_xy, ego_h, (c.x, c.y)) or (risky and not is_agent_behind(ego_xy, ego_h, (c.x, c.y))):
+                scores[p] = 0.0
+                self.ttc_time_idx[p] = min(self.ttc_time_idx[p], t)
+                self.ttc_track_ids[p].append(token)
+            else:
+                collided[p].append(token)
         return scores
 
     def _traffic_light(self) -> np.ndarray:

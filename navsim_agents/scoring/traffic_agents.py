@@ -29,6 +29,7 @@ Devkit behaviour reproduced on purpose (see the conformance README):
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -87,6 +88,9 @@ class InterpolatedPath:
         if len(self.points) < 2:
             raise ValueError("a path needs at least 2 distinct points")
         self._heading = np.unwrap(self.points[:, 2])
+        # plain floats for the one-state lookups of every agent at every step
+        self._progress_list = self.progress.tolist()
+        self._xyh = np.column_stack([self.points[:, :2], self._heading]).tolist()
 
     @property
     def start(self) -> float:
@@ -100,11 +104,12 @@ class InterpolatedPath:
         """[..., 3] x, y, heading at `progress` (within the path)."""
         p = np.asarray(progress, dtype=np.float64)
         if p.ndim == 0:  # one state: avoid three array interpolations
-            i = int(np.clip(np.searchsorted(self.progress, p, side="right") - 1, 0, len(self.progress) - 2))
-            f = (p - self.progress[i]) / (self.progress[i + 1] - self.progress[i])
-            a, b = self.points[i], self.points[i + 1]
-            h = self._heading[i] + f * (self._heading[i + 1] - self._heading[i])
-            return np.array([a[0] + f * (b[0] - a[0]), a[1] + f * (b[1] - a[1]), float(normalize_angle(h))])
+            q, progress = float(p), self._progress_list
+            i = min(max(bisect.bisect_right(progress, q) - 1, 0), len(progress) - 2)
+            f = (q - progress[i]) / (progress[i + 1] - progress[i])
+            (ax, ay, ah), (bx, by, bh) = self._xyh[i], self._xyh[i + 1]
+            h = ah + f * (bh - ah)
+            return np.array([ax + f * (bx - ax), ay + f * (by - ay), math.atan2(math.sin(h), math.cos(h))])
         x = np.interp(p, self.progress, self.points[:, 0])
         y = np.interp(p, self.progress, self.points[:, 1])
         h = normalize_angle(np.interp(p, self.progress, self._heading))
@@ -136,8 +141,8 @@ def _box_polygon(x: float, y: float, heading: float, length: float, width: float
     """Corners FL, RL, RR, FR (nuplan `OrientedBox.geometry`)."""
     c, s = math.cos(heading), math.sin(heading)
     hl, hw = length / 2.0, width / 2.0
-    return shapely.Polygon([(x + hl * c - hw * s, y + hl * s + hw * c), (x - hl * c - hw * s, y - hl * s + hw * c),
-                            (x - hl * c + hw * s, y - hl * s - hw * c), (x + hl * c + hw * s, y + hl * s - hw * c)])
+    return shapely.polygons([(x + hl * c - hw * s, y + hl * s + hw * c), (x - hl * c - hw * s, y - hl * s + hw * c),
+                             (x - hl * c + hw * s, y - hl * s - hw * c), (x + hl * c + hw * s, y + hl * s - hw * c)])
 
 
 @dataclass

@@ -1,0 +1,116 @@
+"""The whole RAP planner with its backbone as a torch.export program and ONNX: outputs equal the eager planner."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eupe.export import ExportError
+from rap_backbone.backbones import build_backbone
+from rap_backbone.planner import build_planner
+from rap_backbone.planner_export import (
+    PLANNER_OUTPUTS,
+    OnnxPlanner,
+    ProgramPlanner,
+    export_planner_onnx,
+    export_planner_program,
+    trace_planner,
+)
+
+pytest.importorskip("onnxruntime")
+
+TINY = dict(d_model=32, d_ffn=32, num_heads=2, num_proposals=4, num_refinements=2, agent_pred=False,
+            area_pred=False, grid_mask_prob=0.0)
+HW = (64, 96)
+
+
+def _sample(seed: int) -> dict[str, torch.Tensor]:
+    from navsim_agents.run_export import planner_sample
+
+    return planner_sample(HW, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    planner = build_planner(build_backbone("edge-vit-96", depth=1), TINY).eval()
+    program, info = trace_planner(planner, _sample(0))
+    root = tmp_path_factory.mktemp("planner")
+    return planner, program, info, root
+
+
+def _compare(got: dict, ref: dict) -> None:
+    for key in PLANNER_OUTPUTS:  # fp32 kernels may reassociate sums: tolerance scales with each output
+        torch.testing.assert_close(got[key].float(), ref[key].float(), rtol=1e-4,
+                                   atol=1e-5 * max(1.0, float(ref[key].abs().max())))
+
+
+def test_planner_program_equals_eager(exported):
+    planner, program, info, root = exported
+    path = export_planner_program(program, info, root / "p.pt2")
+    runner = ProgramPlanner(path)
+    assert runner.info["backbone"] == "edge-vit-96" and runner.info["input_shapes"]["camera_feature"] == [1, 4, 3, *HW]
+    check = _sample(1)  # not the trace's sample
+    with torch.no_grad():
+        ref = planner(check)
+    _compare(runner(check), ref)
+    assert ref["trajectory"].shape == (1, 8, 3) and ref["pdm_score"].shape == (1, 4)
+
+
+def test_planner_onnx_equals_eager(exported):
+    planner, program, info, root = exported
+    runner = OnnxPlanner(export_planner_onnx(program, info, root / "p.onnx"))
+    check = _sample(2)
+    with torch.no_grad():
+        ref = planner(check)
+    _compare(runner(check), ref)
+    wrong = dict(check, camera_feature=torch.zeros(1, 4, 3, 32, 96))
+    with pytest.raises(ExportError, match=r"camera_feature has shape \[1, 4, 3, 32, 96\], the file was exported for "
+                                          r"\[1, 4, 3, 64, 96\]"):
+        runner(wrong)
+
+
+def test_planner_export_bad_input(exported, tmp_path):
+    planner, _, _, _ = exported
+    with pytest.raises(ExportError, match=r"lacks \['ego_status'\]"):
+        trace_planner(planner, {k: v for k, v in _sample(0).items() if k != "ego_status"})
+    with pytest.raises(ValueError, match="multiples of 16"):
+        trace_planner(planner, dict(_sample(0), camera_feature=torch.zeros(1, 4, 3, 40, 96)))
+    with pytest.raises(ExportError, match="does not exist"):
+        ProgramPlanner(tmp_path / "missing.pt2")
+
+
+def test_run_export_takes_encoder_and_planner_from_a_checkpoint(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from eupe.export import load_program
+    from navsim_agents import run_export
+    from navsim_agents.agents.rap_agent import build_planner_from_config
+
+    overrides = ["backbone=edge-vit-96", "+backbone.overrides.depth=1", "planner=tiny", "planner.num_refinements=1",
+                 "planner.num_bev_layers=1", f"out_dir={tmp_path}", "formats=[program]", "int8.enabled=false",
+                 "sample_hw=[64,96]", "verify_hw=[[64,96]]", "planner_export.enabled=true",
+                 "planner_export.image_hw=[64,96]", "planner_export.formats=[program]"]
+    with initialize_config_dir(config_dir=str(run_export.Path(__file__).resolve().parents[1] / "configs"),
+                               version_base=None):
+        cfg = compose(config_name="run_export", overrides=overrides)
+    # a Lightning checkpoint of our agent (keys agent.planner.*) with its own random backbone
+    torch.manual_seed(123)
+    trained = build_planner_from_config(cfg.planner, build_backbone("edge-vit-96", depth=1)).eval()
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"agent.planner.{k}": v for k, v in trained.state_dict().items()}}, ckpt)
+    cfg.checkpoint = str(ckpt)
+    torch.manual_seed(0)  # the config's backbone starts from other random weights
+    report = run_export.run(cfg)
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = trained.backbone(images, normalized=True)
+    encoder, _ = load_program(report["files"]["program"])
+    for a, b in zip(encoder(images), ref, strict=True):  # the checkpoint's encoder
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    planner = report["planner"]
+    assert planner["weights"] == str(ckpt) and not planner["errors"]
+    assert set(planner["max_abs_diff"]) == {"program"} and planner["files"]["program"].endswith("edge-vit-96.planner.pt2")
+    check = run_export.planner_sample((64, 96), seed=1)
+    with torch.no_grad():
+        expected = trained(check)
+    _compare(ProgramPlanner(planner["files"]["program"])(check), expected)  # the checkpoint's planner
