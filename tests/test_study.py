@@ -84,8 +84,9 @@ def test_micro_study_report_resume_failure_and_one_changed_cell(tmp_path, two_st
     assert "simulator crashed on purpose" in (study_dir / "report.md").read_text()
     for cell in first["cells"]:  # each cell, the failed one too, says what it cost; so does the run
         usage = cell.record()["usage"]
-        assert usage["cpu_s"] >= 0 and usage["wall_s"] > 0, cell.plan.job
-        assert usage["cpu_s"] > 0 or f"{cell.plan.backbone}/{cell.plan.job}" == FAILING  # it failed at once
+        assert usage["cpu_s"] >= 0 and usage["wall_s"] >= 0, cell.plan.job
+        if f"{cell.plan.backbone}/{cell.plan.job}" != FAILING:  # that one fails at once (the clock ticks 10 ms)
+            assert usage["cpu_s"] > 0 and usage["wall_s"] > 0, cell.plan.job
     assert status["cpu_s"].sum() == pytest.approx(sum(c.record()["usage"]["cpu_s"] for c in first["cells"]))
     (run,) = json.loads((study_dir / "study_runs.json").read_text())
     assert run["ran"] == 14 and run["failed"] == 1
