@@ -49,13 +49,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, time_call, write_table  # noqa: E402
 
 from bench2drive import agent as agent_mod  # noqa: E402
-from bench2drive.rig import build_rig  # noqa: E402
-from bench2drive.robustness import LATENCY_PROFILES  # noqa: E402
+from bench2drive.rig import RIGS, build_rig  # noqa: E402
+from bench2drive.robustness import LATENCY_PROFILE_COLUMNS, LATENCY_PROFILE_KEY, LATENCY_PROFILES  # noqa: E402
 from bench2drive.sim.expert import ScriptedExpert  # noqa: E402
 from bench2drive.sim.route_runner import SimSettings, run_routes  # noqa: E402
 from bench2drive.sim.scenarios import synthetic_routes  # noqa: E402
 
-PROFILE_COLUMNS = ["profile", "backbone", "planner_config", "image", "latency_ms", "where", "how", "date"]
+RIG = RIGS[0]  # rap4: RAP's four cameras, the closed-loop agent's default rig
 
 
 class Timed:
@@ -78,7 +78,7 @@ def _agent_yaml(tmp: Path, w: int, h: int, args) -> Path:
     conf = tmp / "agent.yaml"
     corruption = f"{{name: {args.corruption}, severity: {args.severity}}}" if args.corruption != "none" else \
         "{name: none}"
-    conf.write_text(f"rig: rap4\nimage_width: {w}\nimage_height: {h}\nplanner: constant_velocity\n"
+    conf.write_text(f"rig: {RIG}\nimage_width: {w}\nimage_height: {h}\nplanner: constant_velocity\n"
                     f"corruption: {corruption}\n")
     return conf
 
@@ -92,7 +92,7 @@ def _warm_up(planner, conf: Path) -> None:
 
 def bench(name: str, make_planner, args, routes) -> tuple[dict, Timed | None]:
     w, h = map(int, args.size.split("x"))
-    cams = build_rig("rap4", width=w, height=h)
+    cams = build_rig(RIG, width=w, height=h)
     tmp = Path(tempfile.mkdtemp())
     conf = _agent_yaml(tmp, w, h, args)
     timed = None
@@ -132,11 +132,10 @@ def merge_profile_rows(rows: list[dict], path: Path) -> Path:
     if path.is_file():
         with open(path, newline="") as f:
             old = list(csv.DictReader(f))
-    key = ("profile", "backbone", "planner_config", "image")
-    new_keys = {tuple(r[k] for k in key) for r in rows}
-    kept = [r for r in old if tuple(r.get(k) for k in key) not in new_keys]
+    new_keys = {tuple(r[k] for k in LATENCY_PROFILE_KEY) for r in rows}
+    kept = [r for r in old if tuple(r.get(k) for k in LATENCY_PROFILE_KEY) not in new_keys]
     with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=PROFILE_COLUMNS)
+        wr = csv.DictWriter(f, fieldnames=LATENCY_PROFILE_COLUMNS)
         wr.writeheader()
         wr.writerows(kept + rows)
     return path
@@ -147,7 +146,7 @@ def profile_row(backbone: str, planner, features, args, load: float, *, repeats:
     ms = time_call(lambda: planner(features), repeats=repeats, warmup=1)
     w, h = map(int, args.size.split("x"))
     return {"profile": args.profile, "backbone": backbone, "planner_config": args.planner_config,
-            "image": f"4x{w}x{h}", "latency_ms": f"{ms:.1f}", "where": machine(),
+            "image": f"{len(build_rig(RIG, width=w, height=h))}x{w}x{h}", "latency_ms": f"{ms:.1f}", "where": machine(),
             "how": f"benchmarks/closed_loop.py: median of {repeats} planner calls (batch 1, fp32, inference mode, "
                    f"{args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, random "
                    f"weights) after a warm-up; load average {load:.1f} at the start",
