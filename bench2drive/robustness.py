@@ -50,6 +50,9 @@ CAMERA_FAULTS = ("frame_drop", "camera_crash")
 LATENCY_MODES = ("none", "fixed", "measured")
 LIVE_PROFILE = "live"  # latency=measured latency.profile=live times the planner call on the spot
 LATENCY_PROFILES = Path(__file__).with_name("latency_profiles.csv")
+# its columns; a row is identified by the first four (one latency per machine, backbone, planner size and images)
+LATENCY_PROFILE_COLUMNS = ("profile", "backbone", "planner_config", "image", "latency_ms", "where", "how", "date")
+LATENCY_PROFILE_KEY = LATENCY_PROFILE_COLUMNS[:4]
 _SAVE_STAMP = re.compile(r"_\d\d_\d\d_\d\d_\d\d_\d\d$")  # the evaluator's %m_%d_%H_%M_%S suffix of save_name
 
 

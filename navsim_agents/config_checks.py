@@ -6,6 +6,7 @@ a wrong setting stops the run with one message instead of one warning per token 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig
@@ -64,6 +65,18 @@ def check_worker(worker: Mapping[str, Any]) -> None:
         size = worker.get("tokens_per_task")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ConfigError(f"worker.tokens_per_task={size!r} must be an integer >= 1")
+
+
+def check_backbone_weights(backbone: Mapping[str, Any]) -> None:
+    """``backbone.weights`` is null (random), ``hub`` or a file / transformers snapshot that exists."""
+    weights = backbone.get("weights")
+    if weights is None or weights == "hub" or Path(str(weights)).exists():
+        return
+    name = backbone.get("name")
+    raise ConfigError(f"backbone.weights={weights} (backbone={name}) does not exist; give an existing weights file, "
+                      "backbone.weights=hub for published weights or null for random ones. A student comes from "
+                      f"`python eupe/run_distill.py distill=stage4_edge distill.student.name={name} "
+                      "output_dir=<folder>` (it writes <folder>/student.safetensors)")
 
 
 def check_split(split: DictConfig, *, need_maps: bool = True) -> list[str]:

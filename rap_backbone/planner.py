@@ -125,8 +125,9 @@ class SpatialCrossAttention(nn.Module):
     """RAP's SCA + MSDeformableAttention3D (bevformer/spatial_cross_attention.py), batch-correct.
 
     Every query attends to every camera at its projected anchors; a camera's result counts for a query when
-    at least one of its anchors is visible there, and the counted results are averaged. (RAP computes only the
-    visible rows; the other rows are discarded, so the outputs are the same.) Runs in fp32 like RAP.
+    at least one of its anchors is visible there, and the counted results are averaged. RAP computes only the
+    visible rows; so do we on the CPU, while the batched path computes all rows and discards the others, with
+    the same outputs. Runs in fp32 like RAP.
     """
 
     def __init__(self, d_model: int, num_heads: int, num_points: int):
@@ -155,22 +156,55 @@ class SpatialCrossAttention(nn.Module):
         ``ref_cam [B,N,Q,D,2]``, ``visible [B,N,Q,D]`` -> ``[B,Q,C]``."""
         dtype = query.dtype
         with _fp32_region(query.device):
-            query, v, ref_cam = query.float(), value, ref_cam.float()
+            query, ref_cam = query.float(), ref_cam.float()
             b, n, q, d = ref_cam.shape[:4]
-            c = query.shape[-1]
             heads, pts = self.num_heads, self.num_points
             h, w = feat_hw
             offsets = self.sampling_offsets(query).view(b, 1, q, heads, 1, pts // d, d, 2)
             offsets = offsets / offsets.new_tensor([w, h])
-            loc = ref_cam[:, :, :, None, None, None, :, :] + offsets  # point j samples around anchor j % D
-            loc = loc.reshape(b * n, q, heads, 1, pts, 2)
             weights = self.attention_weights(query).view(b, 1, q, heads, 1, pts).softmax(-1)
-            weights = weights.expand(b, n, q, heads, 1, pts).reshape(b * n, q, heads, 1, pts)
-            out = sample_value_maps(v, loc, weights).view(b, n, q, c)
-            hit = visible.any(-1).to(out.dtype)  # [B,N,Q]
+            hit = visible.any(-1)  # [B,N,Q]
+            if sample_visible_only(query):
+                out = self._sample_visible(value, ref_cam, offsets, weights, hit)
+            else:
+                out = self._sample_all(value, ref_cam, offsets, weights)
+            hit = hit.to(out.dtype)
             slots = (out * hit[..., None]).sum(1) / hit.sum(1).clamp(min=1.0)[..., None]
             res = self.output_proj(slots) + query
         return res.to(dtype)
+
+    def _sample_all(self, value: list[torch.Tensor], ref_cam: torch.Tensor, offsets: torch.Tensor,
+                    weights: torch.Tensor) -> torch.Tensor:
+        """Every query in every camera -> ``[B,N,Q,C]`` (one batched sampling call)."""
+        b, n, q = ref_cam.shape[:3]
+        heads, pts = self.num_heads, self.num_points
+        loc = ref_cam[:, :, :, None, None, None, :, :] + offsets  # point j samples around anchor j % D
+        loc = loc.reshape(b * n, q, heads, 1, pts, 2)
+        weights = weights.expand(b, n, q, heads, 1, pts).reshape(b * n, q, heads, 1, pts)
+        return sample_value_maps(value, loc, weights).view(b, n, q, -1)
+
+    def _sample_visible(self, value: list[torch.Tensor], ref_cam: torch.Tensor, offsets: torch.Tensor,
+                        weights: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+        """Only the (camera, query) rows that count (``hit [B,N,Q]``), zeros elsewhere -> ``[B,N,Q,C]``.
+
+        Each row is the same arithmetic as in :meth:`_sample_all`, so the result is the same; a query sees one
+        or two of the four cameras, which makes this about 4x less sampling."""
+        b, n, q = ref_cam.shape[:3]
+        heads, pts = self.num_heads, self.num_points
+        maps = value[0].view(b * n, heads, *value[0].shape[1:])  # one level: RAP's one-level FPN
+        out = ref_cam.new_zeros(b, n, q, heads * maps.shape[2])
+        for i, j in hit.any(-1).nonzero().tolist():
+            rows = hit[i, j].nonzero()[:, 0]
+            loc = (ref_cam[i, j, rows, None, None, None] + offsets[i, 0, rows]).reshape(1, -1, heads, 1, pts, 2)
+            out[i, j, rows] = sample_value_maps([maps[i * n + j]], loc, weights[i, 0, rows][None])[0]
+        return out
+
+
+def sample_visible_only(x: torch.Tensor) -> bool:
+    """Whether cross-attention samples only the visible (camera, query) rows: on the CPU in eager mode, where
+    the sampling is most of the planner's time; a GPU is faster with one batched call over all rows, and an
+    exported or traced program cannot have data-dependent shapes."""
+    return x.device.type == "cpu" and not torch.compiler.is_exporting() and not torch.jit.is_tracing()
 
 
 def _fp32_region(device: torch.device):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ ENTRY_CONFIGS = {"train": "run_training", "score": "run_pdm_score", "closed_loop
 # stands in for a cell's own folder and its training checkpoint while the key is computed
 CELL_DIR_PLACEHOLDER = "@CELL_DIR@"
 CHECKPOINT_PLACEHOLDER = "@TRAIN_CHECKPOINT@"
+METRIC_CACHE_PLACEHOLDER = "@METRIC_CACHE@"
 RECORD_NAME = "study_cell.json"
+RUNS_NAME = "study_runs.json"  # one entry per run of the study command, beside cells/
 TRAIN_JOB = "train"
 
 
@@ -69,6 +73,29 @@ class Cell:
         atomic_write_text(self.record_path, json.dumps(rec, indent=2, default=str) + "\n")
 
 
+class CellClock:
+    """What one cell cost: wall seconds, CPU seconds of this process and of the child processes it waited for
+    (user + system; on a machine shared with other work the CPU time is the figure that carries over), and the
+    1-minute load average when it started and ended."""
+
+    def __init__(self) -> None:
+        self._start, self._load = os.times(), _load_average()
+
+    def usage(self) -> dict:
+        end, start = os.times(), self._start
+        cpu = sum(getattr(end, f) - getattr(start, f) for f in ("user", "system", "children_user", "children_system"))
+        return {"wall_s": round(end.elapsed - start.elapsed, 3), "cpu_s": round(cpu, 3),
+                "load_start": self._load, "load_end": _load_average(), "cpu_count": os.cpu_count(),
+                "ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # no load average on this platform
+        return None
+
+
 def _severity_jobs(study: DictConfig, loop: str) -> list[tuple[str, int]]:
     return [(str(c.name), int(s)) for c in study.corruptions if c.get(loop, True) for s in c.severities]
 
@@ -79,7 +106,7 @@ def plan_cells(study: DictConfig, backbones: list[str], seed: int) -> list[CellP
     seed = f"seed={int(seed)}"
     plans: list[CellPlan] = []
     for bb in backbones:
-        base = (f"backbone={bb}", *recipe, seed)
+        base = (f"backbone={bb}", *recipe, *(str(o) for o in study.backbone_overrides.get(bb) or []), seed)
         train = (*base, f"split={study.train.split}", *study.train.overrides)
         plans.append(CellPlan(bb, TRAIN_JOB, "train", train, False, {}))
         score = (*base, f"split={study.score.split}", "scorer=pdms", *study.score.overrides)
@@ -117,12 +144,17 @@ def _with_cell_overrides(plan: CellPlan, cell_overrides: DictConfig) -> CellPlan
 
 
 def check_cell_overrides(study: DictConfig, plans: list[CellPlan]) -> None:
-    """Every key of study.cell_overrides names a planned job or backbone/job (a typo would silently do nothing)."""
+    """Every key of study.cell_overrides names a planned job or backbone/job, every key of
+    study.backbone_overrides a backbone of the study (a typo would silently do nothing)."""
     known = {p.job for p in plans} | {f"{p.backbone}/{p.job}" for p in plans}
     unknown = sorted(set(study.cell_overrides or {}) - known)
     if unknown:
         raise ConfigError(f"study.cell_overrides names no planned cell: {unknown}; jobs are "
                           f"{sorted({p.job for p in plans})} (optionally prefixed with '<backbone>/')")
+    strangers = sorted(set(study.backbone_overrides or {}) - {str(b) for b in study.backbones})
+    if strangers:
+        raise ConfigError(f"study.backbone_overrides names backbones the study does not have: {strangers}; "
+                          f"study.backbones={[str(b) for b in study.backbones]}")
 
 
 def _path_overrides(plan: CellPlan, folder: str, metric_cache: str, checkpoint: str | None) -> list[str]:
@@ -167,26 +199,58 @@ def cell_key(resolved: dict, upstream_key: str | None) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _with_paths(value: Any, paths: dict[str, str]) -> Any:
+    """``value`` (a resolved config) with each placeholder replaced by its path, in every string."""
+    if isinstance(value, str):
+        for placeholder, path in paths.items():
+            value = value.replace(placeholder, path)
+        return value
+    if isinstance(value, dict):
+        return {k: _with_paths(v, paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_paths(v, paths) for v in value]
+    return value
+
+
 def resolve_cells(plans: list[CellPlan], study_dir: Path, worker: str) -> list[Cell]:
     """Compose and key every planned cell (before any work: a wrong override stops the study here).
 
     The worker choice is not part of the key: the same cell scored sequentially or over Ray has the same rows.
+    A cell is composed once with placeholder paths (its key) and its paths are put in after; a score cell on
+    another worker than ``sequential`` is composed again with it.
     """
     metric_cache = str(study_dir / "metric_cache")
     train_keys: dict[str, Cell] = {}
     cells: list[Cell] = []
     for plan in plans:
         upstream = train_keys.get(plan.backbone) if plan.needs_checkpoint else None
-        keyed = _resolved(plan, CELL_DIR_PLACEHOLDER, "@METRIC_CACHE@",
+        keyed = _resolved(plan, CELL_DIR_PLACEHOLDER, METRIC_CACHE_PLACEHOLDER,
                           CHECKPOINT_PLACEHOLDER if plan.needs_checkpoint else None, "sequential")
         key = cell_key(keyed, upstream.key if upstream else None)
         folder = study_dir / "cells" / plan.backbone / plan.job / key
         checkpoint = str(upstream.folder / "checkpoints" / "last.ckpt") if upstream else None
-        cell = Cell(plan, key, _resolved(plan, str(folder), metric_cache, checkpoint, worker), folder)
+        if plan.kind == "score" and worker != "sequential":
+            config = _resolved(plan, str(folder), metric_cache, checkpoint, worker)
+        else:
+            config = _with_paths(keyed, {CELL_DIR_PLACEHOLDER: str(folder), METRIC_CACHE_PLACEHOLDER: metric_cache,
+                                         CHECKPOINT_PLACEHOLDER: checkpoint or CHECKPOINT_PLACEHOLDER})
+        cell = Cell(plan, key, config, folder)
         if plan.kind == "train":
             train_keys[plan.backbone] = cell
         cells.append(cell)
     return cells
+
+
+def study_runs(study_dir: Path) -> list[dict]:
+    """The runs of the study command recorded in ``<study_dir>/study_runs.json``, oldest first."""
+    path = Path(study_dir) / RUNS_NAME
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def record_run(study_dir: Path, entry: dict) -> None:
+    """Add one run of the study command (what it ran, what it cost) to ``<study_dir>/study_runs.json``."""
+    Path(study_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(study_dir) / RUNS_NAME, json.dumps([*study_runs(study_dir), entry], indent=1) + "\n")
 
 
 def earlier_runs(cell: Cell) -> list[str]:

@@ -18,24 +18,34 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from bench2drive.robustness import LATENCY_PROFILE_COLUMNS, LATENCY_PROFILES
 from eupe.atomic_io import atomic_write_text
 from eupe.config_errors import ConfigError
 from navsim_agents.scoring.two_stage import AGGREGATE_TOKENS as TWO_STAGE_AGGREGATES
-from study.cells import Cell
+from study.cells import Cell, study_runs
 
 # Published rows, shown beside ours and never mixed in.
 # Published scores are percent; the scorer's CSV (and our table) is on the devkit's 0-1 scale.
+# Both numbers are in vita-epfl/RAP README.md at commit 5fd8630 (2025-12-04), section "Checkpoints": line 223
+# ("Results on NAVSIM v1" table) and line 229 ("Results on NAVSIM v2" table). The README names no split; its line
+# 18 links the NAVSIM v1/v2 leaderboard (navtest for v1), and NAVSIM v2's EPDMS benchmark is navhard two-stage.
+# The code-release README (commit 20cddfd) had only the v1 row. The paper's own v2 table (arXiv:2510.04333) could
+# not be read here (the project's RAP spec, specs/rap.md section 5, notes 36.93 there).
+RAP_README = "vita-epfl/RAP README.md @5fd8630"
 REFERENCE_ROWS = [
     {"method": "RAP-DINO (DINOv3-h16+, 888M)", "metric": "PDMS", "split": "navtest", "value (%)": 93.8,
-     "source": "vita-epfl/RAP README.md, 'Results on NAVSIM' table"},
+     "source": f"{RAP_README} line 223, table 'Results on NAVSIM v1'"},
     {"method": "RAP-DINO (DINOv3-h16+, 888M)", "metric": "EPDMS", "split": "navhard two-stage", "value (%)": 39.6,
-     "source": "RAP paper, arXiv:2510.04333 (NAVSIM v2 navhard two-stage table)"},
+     "source": f"{RAP_README} line 229, table 'Results on NAVSIM v2' (split not named there)"},
 ]
 ABILITIES = ("Merging", "Overtaking", "Emergency_Brake", "Give_Way", "Traffic_Signs")
 # the aggregate rows of the scorer's CSV: navsim_agents.scoring.evaluate.results_dataframe (one-stage: no prefix
 # on the metric names) and the two-stage CSV's per-stage rows (metric names prefixed 'stage_one/', 'stage_two/',
 # 'combined/')
 ONE_STAGE_AGGREGATES = ("average", "average_all_frames")
+# what each cell cost (study.cells.CellClock), in status.csv and the report's cost table
+USAGE_COLUMNS = ("wall_s", "cpu_s", "load_start", "load_end", "ended")
+LATENCY_TABLE = "bench2drive/latency_profiles.csv"  # as the report names it
 TWO_STAGE_PREFIX = os.path.commonprefix(TWO_STAGE_AGGREGATES)
 
 
@@ -119,8 +129,10 @@ def collect(cells: list[Cell], root: Path) -> tuple[pd.DataFrame, pd.DataFrame, 
                                     **cell.plan.condition, **n})
             except (OSError, ValueError, KeyError) as err:  # an output that cannot be read is a failed cell
                 state, error = "unreadable", f"{type(err).__name__}: {err}"
+        usage = (rec.get("usage") or {}) if rec.get("key") == cell.key else {}
         status.append({"backbone": cell.plan.backbone, "job": cell.plan.job, "key": cell.key, "status": state,
-                       "error": error, "folder": _rel(cell.folder, root)})
+                       "error": error, "folder": _rel(cell.folder, root),
+                       **{col: usage.get(col) for col in USAGE_COLUMNS}})
     df = pd.DataFrame(numbers)
     if not df.empty:
         df = pd.concat([df, _retained(df)], ignore_index=True)
@@ -155,15 +167,12 @@ def check_latency_profile(profile: str) -> None:
 def _reference_tables() -> dict[str, tuple[pd.DataFrame, str]]:
     """Backbone params / GFLOPs (benchmarks/backbones.py table, when this is a checkout) and the latency
     profiles that ship with bench2drive."""
-    from bench2drive import robustness
-
     tables = {}
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "backbones.csv"
     if bench.is_file():
         tables["backbones"] = (pd.read_csv(bench), str(bench.relative_to(bench.parents[2])))
-    profiles = Path(robustness.__file__).with_name("latency_profiles.csv")
-    if profiles.is_file():
-        tables["latency"] = (pd.read_csv(profiles), "bench2drive/latency_profiles.csv")
+    if LATENCY_PROFILES.is_file():
+        tables["latency"] = (pd.read_csv(LATENCY_PROFILES), LATENCY_TABLE)
     return tables
 
 
@@ -177,8 +186,31 @@ def _fmt(v: Any, digits: int = 3) -> str:
         else str(v)
 
 
-def _summary(df: pd.DataFrame, backbones: list[str], tables: dict) -> tuple[pd.DataFrame, list[dict]]:
-    """One row per backbone (the table a paper prints); extra numbers it takes from benchmark tables."""
+def latency_column(profile: str, planner: str, image: str) -> str:
+    return f"latency ms ({profile}, {planner} planner, {image})"
+
+
+def driven_planners(cells: list[Cell]) -> dict[str, tuple[str, str]]:
+    """backbone -> (planner config name, image 'cameras x width x height') of its clean closed-loop cell: the
+    planner whose latency row (bench2drive/latency_profiles.csv) belongs in the report."""
+    from bench2drive.agent import image_size
+    from bench2drive.rig import build_rig
+    from bench2drive.run_closed_loop import planner_name
+
+    out = {}
+    for cell in cells:
+        if cell.plan.kind == "closed_loop" and cell.plan.condition == {"corruption": "none", "latency_ms": 0.0}:
+            agent = cell.config["agent"]
+            w, h = image_size(agent)
+            out[cell.plan.backbone] = (planner_name(agent["planner_config"]),
+                                       f"{len(build_rig(agent['rig'], width=w, height=h))}x{w}x{h}")
+    return out
+
+
+def _summary(df: pd.DataFrame, backbones: list[str], tables: dict,
+             driven: dict[str, tuple[str, str]]) -> tuple[pd.DataFrame, list[dict]]:
+    """One row per backbone (the table a paper prints); extra numbers it takes from benchmark tables; ``driven``:
+    each backbone's planner and image size in the study (its latency rows are those measured for them)."""
     rows, extra = [], []
     for bb in backbones:
         row: dict[str, Any] = {"backbone": bb}
@@ -190,11 +222,12 @@ def _summary(df: pd.DataFrame, backbones: list[str], tables: dict) -> tuple[pd.D
                     row[col] = float(hit[col].iloc[0])
                     extra.append({"backbone": bb, "job": "benchmark", "kind": "table", "metric": col,
                                   "value": row[col], "source": src})
-        if "latency" in tables:  # every measured profile of the backbone (GPU rows once a GPU run wrote them)
+        if "latency" in tables:  # every profile measured for this backbone with the study's own planner and images
             t, src = tables["latency"]
-            for _, hit in t[t["backbone"] == bb].iterrows():  # as measured: that row's planner and image size
-                row[f"latency ms ({hit['profile']}, {hit['planner_config']} planner, {hit['image']})"] = \
-                    float(hit["latency_ms"])
+            planner, image = driven.get(bb, (None, None))
+            mine = t[(t["backbone"] == bb) & (t["planner_config"] == planner) & (t["image"] == image)]
+            for _, hit in mine.iterrows():
+                row[latency_column(str(hit["profile"]), planner, image)] = float(hit["latency_ms"])
                 extra.append({"backbone": bb, "job": "benchmark", "kind": "table",
                               "metric": f"latency_ms_{hit['profile']}", "value": float(hit["latency_ms"]),
                               "source": src})
@@ -277,6 +310,33 @@ def _plots(df: pd.DataFrame, summary: pd.DataFrame, out: Path, profile: str) -> 
     return paths
 
 
+def _latency_lines(backbones: list[str], driven: dict[str, tuple[str, str]], profile: str,
+                   tables: dict) -> list[str]:
+    """Where each backbone's latency (study.latency_profile) comes from, or the command that measures it."""
+    rows, src = tables.get("latency", (pd.DataFrame(columns=LATENCY_PROFILE_COLUMNS), LATENCY_TABLE))
+    lines = []
+    for bb in backbones:
+        if bb not in driven:
+            lines.append(f"- {bb}: no clean closed-loop cell, so no planner to look up")
+            continue
+        planner, image = driven[bb]
+        hit = rows[(rows["profile"] == profile) & (rows["backbone"] == bb) & (rows["planner_config"] == planner)
+                   & (rows["image"] == image)]
+        if len(hit):
+            r = hit.iloc[-1]
+            lines.append(f"- {bb}: {float(r['latency_ms']):.1f} ms, {src} row ({profile}, {planner} planner, "
+                         f"{image}): {r['how']}; {r['where']}, {r['date']}")
+        elif planner == "custom":
+            lines.append(f"- {bb}: no row: the study's planner is no configs/planner/<name>.yaml as it stands (its "
+                         "recipe changes planner settings), so no profile row can match it")
+        else:
+            w, h = image.split("x")[1:]
+            lines.append(f"- {bb}: no {profile} row for the {planner} planner at {image} in {src}; measure it with "
+                         f"`python benchmarks/closed_loop.py --backbones --profile-only {bb} --planner-config "
+                         f"{planner} --size {w}x{h} --threads 1 --profile {profile}`")
+    return lines
+
+
 def _md_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(none)\n"
@@ -297,12 +357,40 @@ def _weights_lines(weights: dict, backbones: list[str]) -> list[str]:
     return lines
 
 
+def _cost_lines(status: pd.DataFrame, runs: list[dict]) -> list[str]:
+    """Total and per-kind wall / CPU time of the cells as recorded when they ran (cells run in an earlier
+    session keep that session's figures), and of the study command's runs (data generated on first use, checks
+    and reports included)."""
+    working = [r for r in runs if r.get("ran")]
+    lines = [f"Study command: {len(working)} run(s) that ran cells, wall "
+             f"{sum(r['usage']['wall_s'] for r in working) / 60:.1f} min, CPU "
+             f"{sum(r['usage']['cpu_s'] for r in working) / 60:.1f} min in all (the cells below, plus data generated "
+             "on first use, the checks before work and the reports); report-only and no-op runs left out.", ""]
+    timed = status.dropna(subset=["cpu_s"])
+    if timed.empty:
+        return [*lines, "(no cell recorded its cost)", ""]
+    loads = pd.concat([timed["load_start"], timed["load_end"]]).dropna()
+    lines += [f"{len(timed)} of {len(status)} cells recorded their cost: wall {timed['wall_s'].sum() / 60:.1f} min, "
+             f"CPU {timed['cpu_s'].sum() / 60:.1f} min (user + system of the cell's process and its children), "
+             f"1-minute load average {loads.min():.1f}-{loads.max():.1f} while they ran"
+             + (f" on {os.cpu_count()} cores" if os.cpu_count() else "") + ". On a machine shared with other "
+             "work the wall time is inflated; the CPU time is the figure that carries over.", ""]
+    kinds = timed.assign(kind=timed["job"].map(_job_kind)).groupby("kind")[["wall_s", "cpu_s"]].sum() / 60
+    lines.append(_md_table(kinds.reset_index().rename(columns={"wall_s": "wall (min)", "cpu_s": "CPU (min)"})))
+    return lines
+
+
+def _job_kind(job: str) -> str:
+    return "train" if job == "train" else "score" if job.startswith("score") else "closed loop"
+
+
 def write_report(cells: list[Cell], root: Path, cfg: DictConfig) -> dict[str, Path]:
     """Write report.md / report.html / report.csv (+ status.csv, plots) into ``root``; returns their paths."""
     df, status, weights = collect(cells, root)
     backbones = list(dict.fromkeys(c.plan.backbone for c in cells))
     tables = _reference_tables()
-    summary, extra = _summary(df, backbones, tables)
+    driven = driven_planners(cells)
+    summary, extra = _summary(df, backbones, tables, driven)
     every = pd.concat([df, pd.DataFrame(extra)], ignore_index=True) if extra else df
     paths = {"md": root / "report.md", "html": root / "report.html", "csv": root / "report.csv",
              "status": root / "status.csv"}
@@ -316,8 +404,11 @@ def write_report(cells: list[Cell], root: Path, cfg: DictConfig) -> dict[str, Pa
           "cell's own output file (report.csv names it). PDMS / EPDMS and their sub-scores are on the devkit CSV's 0-1 "
           "scale, DS on 0-100, latency in ms; retained = corrupted / clean of the same backbone, left out where the "
           "clean score is 0.", "", "## Weights", *_weights_lines(weights, backbones), "",
+          f"## Latency ({cfg.study.latency_profile}: the planner each backbone drives in the closed-loop cells)",
+          *_latency_lines(backbones, driven, str(cfg.study.latency_profile), tables), "",
           "## Ours", _md_table(summary), "## Published reference rows (not ours, not mixed in)", _md_table(ref),
           "## Cells not finished", _md_table(failed[["backbone", "job", "status", "error", "folder"]]),
+          "## Cost (per cell in status.csv, per run in study_runs.json)", *_cost_lines(status, study_runs(root)),
           "## Plots", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     atomic_write_text(paths["md"], "\n".join(md))
     imgs = "".join(f"<h3>{p.stem}</h3><img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"

@@ -20,7 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from eupe.config_errors import ConfigError, exit_on_run_errors
 from eupe.config_tree import hydra_config_path
-from study.cells import Cell, check_backbones, check_cell_overrides, earlier_runs, plan_cells, resolve_cells
+from study.cells import (
+    Cell,
+    CellClock,
+    check_backbones,
+    check_cell_overrides,
+    earlier_runs,
+    plan_cells,
+    record_run,
+    resolve_cells,
+)
 
 
 def _backbones(cfg: DictConfig) -> tuple[list[str], list[str]]:
@@ -39,13 +48,14 @@ def _backbones(cfg: DictConfig) -> tuple[list[str], list[str]]:
 
 def _validate_cell(cell: Cell, checked_splits: dict) -> None:
     """The entry point's own up-front checks on the cell's config (split data, corruption, latency, ...)."""
+    from navsim_agents import config_checks
+
     cfg = OmegaConf.create(cell.config)
     try:
+        config_checks.check_backbone_weights(cfg.backbone)
         if cell.plan.kind == "train":
             split_key = OmegaConf.to_yaml(cfg.split)
             if split_key not in checked_splits:
-                from navsim_agents import config_checks
-
                 checked_splits[split_key] = config_checks.check_split(cfg.split)
         elif cell.plan.kind == "score":
             from navsim_agents.run_pdm_score import validate_config
@@ -76,8 +86,9 @@ def prepare(cfg: DictConfig) -> list[Cell]:
     return cells
 
 
-def _run_one(cell: Cell) -> None:
-    """Run a cell's entry point in this process; its outputs land in the cell's folder."""
+def _run_one(cell: Cell) -> dict:
+    """Run a cell's entry point in this process (its outputs land in the cell's folder); returns the outputs
+    the report reads, relative to the cell's folder."""
     cfg = OmegaConf.create(cell.config)
     if cell.plan.kind == "train":
         from navsim_agents.run_training import train
@@ -85,46 +96,51 @@ def _run_one(cell: Cell) -> None:
         out = train(cfg)
         if not Path(out["last_checkpoint"]).is_file():
             raise RuntimeError(f"training wrote no checkpoint at {out['last_checkpoint']}")
-        cell.write_record("finished", outputs={"checkpoint": str(Path(out["last_checkpoint"])
-                                                                   .relative_to(cell.folder))})
-    elif cell.plan.kind == "score":
+        return {"checkpoint": str(Path(out["last_checkpoint"]).relative_to(cell.folder))}
+    if cell.plan.kind == "score":
         from navsim_agents.run_pdm_score import run
 
-        csv_path = run(cfg)
-        cell.write_record("finished", outputs={"csv": str(Path(csv_path).relative_to(cell.folder))})
-    else:
-        from bench2drive.run_closed_loop import run
+        return {"csv": str(Path(run(cfg)).relative_to(cell.folder))}
+    from bench2drive.run_closed_loop import run
 
-        run(cfg)
-        cell.write_record("finished", outputs={"metrics": "metrics.json"})
+    run(cfg)
+    return {"metrics": "metrics.json"}
 
 
 def _attempt(cell: Cell) -> bool:
     cell.write_record("running")
+    clock = CellClock()
     try:
-        _run_one(cell)
-        return True
+        outputs = _run_one(cell)
     except Exception as exc:  # a failed cell is recorded and the study goes on
         print(f"cell {cell.plan.backbone}/{cell.plan.job} failed:\n{traceback.format_exc()}", flush=True)
-        cell.write_record("failed", error=f"{type(exc).__name__}: {exc}")
+        cell.write_record("failed", error=f"{type(exc).__name__}: {exc}", usage=clock.usage())
         return False
+    cell.write_record("finished", outputs=outputs, usage=clock.usage())
+    return True
+
+
+def _run_cell_timed(config: dict) -> dict:
+    """bench2drive.run_sweep.run_cell with the cell's usage, measured inside the Ray worker that runs it."""
+    from bench2drive.run_sweep import run_cell
+
+    clock = CellClock()
+    return {**run_cell(config), "usage": clock.usage()}
 
 
 def _run_closed_loop_ray(cells: list[Cell], address: str | None) -> None:
     """Closed-loop cells as Ray tasks (one simulator each), as bench2drive.run_sweep fans its cells out."""
     import ray
 
-    from bench2drive.run_sweep import run_cell
-
     ray.init(address=address, ignore_reinit_error=True)
-    task = ray.remote(run_cell)
+    task = ray.remote(_run_cell_timed)
     for cell in cells:
         cell.write_record("running")
     for cell, result in zip(cells, ray.get([task.remote(c.config) for c in cells]), strict=True):
         if result["status"] == "finished":
-            cell.write_record("finished", outputs={"metrics": "metrics.json"})
+            cell.write_record("finished", outputs={"metrics": "metrics.json"}, usage=result["usage"])
         else:
-            cell.write_record("failed", error=result["error"])
+            cell.write_record("failed", error=result["error"], usage=result["usage"])
 
 
 def run_study(cfg: DictConfig) -> dict:
@@ -133,6 +149,7 @@ def run_study(cfg: DictConfig) -> dict:
 
     from study.report import write_report
 
+    clock = CellClock()  # the whole run: data generated on first use, checks, cells and report
     cells = prepare(cfg)
     study_dir = Path(cfg.study_dir)
     _, mine = _backbones(cfg)
@@ -142,8 +159,9 @@ def run_study(cfg: DictConfig) -> dict:
         if older:
             print(f"cell {cell.plan.backbone}/{cell.plan.job}: settings changed since its run "
                   f"{', '.join(older)} (kept beside it); running it as {cell.key}", flush=True)
-    print(f"study {cfg.study.name}: {len(cells)} cells in {study_dir}, {len(cells) - len(todo)} finished, "
-          f"{0 if cfg.report_only else len(todo)} to run ({cfg.worker.name})", flush=True)
+    subset = f" of {', '.join(mine)}" if cfg.only_backbones is not None else ""
+    print(f"study {cfg.study.name}: {len(cells)} cells in {study_dir}, {sum(c.finished() for c in cells)} finished, "
+          f"{0 if cfg.report_only else len(todo)} to run{subset} ({cfg.worker.name})", flush=True)
     ran: list[Cell] = []
     if not cfg.report_only and todo:
         trained = {c.plan.backbone: c for c in cells if c.plan.kind == "train"}
@@ -151,6 +169,9 @@ def run_study(cfg: DictConfig) -> dict:
         ray_loop: list[Cell] = []
         for cell in sorted(todo, key=lambda c: c.plan.kind != "train"):  # training first
             train = trained.get(cell.plan.backbone)
+            if cell.finished():  # another study job sharing the cell store ran it meanwhile
+                bar.update(1)
+                continue
             if cell.plan.needs_checkpoint and train is not None and not train.finished():
                 rec = train.record() or {}
                 cell.write_record("failed", error=f"its training cell {train.key} did not finish: "
@@ -168,6 +189,8 @@ def run_study(cfg: DictConfig) -> dict:
             bar.update(len(ray_loop))
         bar.close()
     failed = [c for c in cells if (c.record() or {}).get("status") == "failed"]
+    record_run(study_dir, {"backbones": mine, "ran": len(ran), "failed": len(failed),
+                           "report_only": bool(cfg.report_only), "usage": clock.usage()})
     report = write_report(cells, study_dir, cfg)
     for c in failed:
         print(f"failed cell {c.plan.backbone}/{c.plan.job} ({c.folder}): {c.record()['error']}", flush=True)

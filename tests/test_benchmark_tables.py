@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,33 @@ def test_rows_are_told_apart_by_key_columns_and_other_columns_replace(results):
     assert _csv_rows(results / "s.csv")[1:] == [["score", "sequential", "1.0"], ["score", "ray", "3.0"]]
     common.write_table("s", ["what", "time"], [["score", 4.0]], title="S")  # new layout: nothing to merge
     assert _csv_rows(results / "s.csv") == [["what", "time"], ["score", "4.0"]]
+
+
+def test_latency_profile_rows_for_a_planner_size_in_one_command(tmp_path):
+    """benchmarks/closed_loop.py --profile-only writes the hardware-profile row of the planner it is given
+    (the study's tiny planner here, at a test-sized image) and keeps the table's other rows."""
+    import subprocess
+
+    from bench2drive.robustness import LATENCY_PROFILE_COLUMNS
+
+    table = tmp_path / "latency_profiles.csv"
+    kept = {"profile": "test-cpu", "backbone": "eupe-s", "planner_config": "tiny", "image": "4x64x48",
+            "latency_ms": "7.0", "where": "elsewhere", "how": "by hand", "date": "2026-01-01"}
+    with open(table, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LATENCY_PROFILE_COLUMNS)
+        writer.writeheader()
+        writer.writerow(kept)
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "benchmarks" / "closed_loop.py"), "--backbones", "--profile-only",
+                    "eupe-t", "--planner-config", "tiny", "--size", "64x48", "--threads", "1", "--profile", "test-cpu", "--profile-table",
+                    str(table)], check=True, capture_output=True, timeout=300,
+                   env=dict(os.environ, PYTHONPATH=str(root)))
+    with open(table, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0] == kept
+    (new,) = rows[1:]
+    assert [new[k] for k in LATENCY_PROFILE_COLUMNS[:4]] == ["test-cpu", "eupe-t", "tiny", "4x64x48"]
+    assert float(new["latency_ms"]) > 0 and "1 threads" in new["how"] and "random weights" in new["how"]
 
 
 def test_a_section_below_the_table_survives_its_rewrite(results):

@@ -113,6 +113,35 @@ def test_batched_forward_equals_per_sample(tiny_planner):
                                   what=f"proposal_list[{j}][{i}]")
 
 
+@pytest.mark.numerics
+def test_cross_attention_on_visible_rows_equals_all_rows(tiny_planner, monkeypatch):
+    """On the CPU cross-attention samples only the (camera, query) rows that count; every output and gradient is
+    the one of sampling all rows (the batched GPU / export path), where the other rows are multiplied by 0."""
+    from rap_backbone import planner as planner_mod
+
+    feats = features(3, seed=4)
+    assert planner_mod.sample_visible_only(feats["camera_feature"])
+
+    def run(visible_only: bool) -> tuple[dict, torch.Tensor]:
+        monkeypatch.setattr(planner_mod, "sample_visible_only", lambda x: visible_only)
+        tiny_planner.zero_grad()
+        out = tiny_planner(feats)
+        out["pred_logit"].square().sum().backward()
+        grad = tiny_planner.refiner.layers[0].cross_attn.sampling_offsets.weight.grad.clone()
+        return out, grad
+
+    (visible, grad_visible), (every, grad_every) = run(True), run(False)
+    _, vis = project_reference_points(every["proposal_list"][0].flatten(1, 2), feats["lidar2img"],
+                                      feats["img_shape"], tiny_planner.config)
+    hits = vis.any(-1)
+    assert hits.any() and not hits.all()  # some rows are skipped, some computed
+    for key in ("trajectory", "proposals", "pred_logit", "pdm_score"):
+        # the same arithmetic per row: equal up to float32 rounding of a different memory layout
+        assert_close_to_scale(visible[key], every[key], 1e-6, what=key)
+    assert grad_every.abs().max() > 0
+    assert_close_to_scale(grad_visible, grad_every, 1e-5, what="sampling_offsets gradient")
+
+
 # ---- shapes per backbone ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,kw", [

@@ -82,6 +82,15 @@ def test_micro_study_report_resume_failure_and_one_changed_cell(tmp_path, two_st
     status = pd.read_csv(study_dir / "status.csv")
     assert (status["status"] == "finished").sum() == 13
     assert "simulator crashed on purpose" in (study_dir / "report.md").read_text()
+    for cell in first["cells"]:  # each cell, the failed one too, says what it cost; so does the run
+        usage = cell.record()["usage"]
+        assert usage["cpu_s"] >= 0 and usage["wall_s"] >= 0, cell.plan.job
+        if f"{cell.plan.backbone}/{cell.plan.job}" != FAILING:  # that one fails at once (the clock ticks 10 ms)
+            assert usage["cpu_s"] > 0 and usage["wall_s"] > 0, cell.plan.job
+    assert status["cpu_s"].sum() == pytest.approx(sum(c.record()["usage"]["cpu_s"] for c in first["cells"]))
+    (run,) = json.loads((study_dir / "study_runs.json").read_text())
+    assert run["ran"] == 14 and run["failed"] == 1
+    assert run["usage"]["cpu_s"] >= status["cpu_s"].sum()  # the run holds its cells
     assert "RANDOM WEIGHTS" in (study_dir / "report.md").read_text()
     assert (study_dir / "report.html").read_text().count("data:image/png;base64,") == 3
 
@@ -138,6 +147,10 @@ def test_micro_study_report_resume_failure_and_one_changed_cell(tmp_path, two_st
     ("study.score.split=navtest", "cell eupe-t/score_v1: split test"),
     ("study.latency_profile=h100", "study.latency_profile='h100' is not a profile of bench2drive/latency_profiles.csv"),
     ("study.corruptions=[{name: fogg, severities: [3]}]", "cell eupe-t/score_v1_fogg_s3"),
+    ("+study.backbone_overrides.eupe-s=['backbone.weights=/no/such/student.safetensors']",
+     r"cell eupe-s/train: backbone.weights=/no/such/student.safetensors \(backbone=eupe-s\) does not exist"),
+    ("+study.backbone_overrides.eupe-q=['seed=1']",
+     r"study.backbone_overrides names backbones the study does not have: \['eupe-q'\]"),
 ])
 def test_bad_input_is_named_before_any_work(tmp_path, monkeypatch, override, message):
     monkeypatch.setenv("OPENSCENE_DATA_ROOT", str(tmp_path / "no_data"))
@@ -147,7 +160,7 @@ def test_bad_input_is_named_before_any_work(tmp_path, monkeypatch, override, mes
 
 
 def test_presets_plan_the_same_jobs_for_every_backbone(tmp_path, monkeypatch):
-    from study.cells import plan_cells
+    from study.cells import plan_cells, resolve_cells
 
     for preset, latencies in (("mini", [200]), ("rap_paper", [100, 250, 500])):
         cfg = _cfg(tmp_path, f"study={preset}")
@@ -162,6 +175,97 @@ def test_presets_plan_the_same_jobs_for_every_backbone(tmp_path, monkeypatch):
         a, b = ([p.overrides for p in plans if p.backbone == bb and p.job == "score_v1"][0]
                 for bb in list(cfg.study.backbones)[:2])
         assert [o for o in a if o not in b] == [f"backbone={cfg.study.backbones[0]}"]
+        if preset == "rap_paper":  # the edge students drive with their stage-4 distilled files
+            for bb in ("edge-vit-96", "edge-tinyvit-5m"):
+                mine = [p.overrides for p in plans if p.backbone == bb and p.job == "score_v1"][0]
+                weights = [o for o in mine if o.startswith("backbone.weights=")]
+                assert weights == ["backbone.weights=hub",
+                                   f"backbone.weights={cfg.study.students_dir}/{bb}/student.safetensors"]
+                train = [p for p in plans if p.backbone == bb and p.job == "train"]
+                (cell,) = resolve_cells(train, tmp_path / "study", "sequential")  # the later setting wins
+                assert cell.config["backbone"]["weights"] == f"{cfg.study.students_dir}/{bb}/student.safetensors"
     monkeypatch.setenv("OPENSCENE_DATA_ROOT", str(tmp_path / "no_data"))
     with pytest.raises(ConfigError, match="cell dinov3-h/"):  # real data absent here: named before any work
-        run_study.prepare(_cfg(tmp_path, "study=rap_paper"))
+        run_study.prepare(_cfg(tmp_path, "study=rap_paper", "study.corruptions=[]"))  # fewer cells to compose
+
+
+LATENCY_ROW = {"where": "test machine", "how": "median of 5 calls", "date": "2026-01-01"}
+
+
+def test_latency_is_the_row_of_the_planner_and_images_the_study_drives():
+    from study.report import _latency_lines, _summary, latency_column
+
+    rows = pd.DataFrame([  # only the tiny planner at 4x192x108 is the study's; the others are other set-ups
+        {"profile": "cpu-2core", "backbone": "eupe-t", "planner_config": "small", "image": "4x192x108",
+         "latency_ms": 900.0, **LATENCY_ROW},
+        {"profile": "cpu-2core", "backbone": "eupe-t", "planner_config": "tiny", "image": "4x96x54",
+         "latency_ms": 50.0, **LATENCY_ROW},
+        {"profile": "cpu-2core", "backbone": "eupe-t", "planner_config": "tiny", "image": "4x192x108",
+         "latency_ms": 120.5, **LATENCY_ROW},
+        {"profile": "gpu-h200", "backbone": "eupe-t", "planner_config": "tiny", "image": "4x192x108",
+         "latency_ms": 3.25, **LATENCY_ROW},
+    ])
+    tables = {"latency": (rows, "bench2drive/latency_profiles.csv")}
+    driven = {"eupe-t": ("tiny", "4x192x108"), "eupe-s": ("tiny", "4x192x108"), "eupe-b": ("custom", "4x96x54")}
+    summary, extra = _summary(pd.DataFrame(), list(driven), tables, driven)
+    summary = summary.set_index("backbone")
+    cpu, gpu = latency_column("cpu-2core", "tiny", "4x192x108"), latency_column("gpu-h200", "tiny", "4x192x108")
+    assert [c for c in summary.columns if c.startswith("latency")] == [cpu, gpu]
+    assert summary.loc["eupe-t", cpu] == 120.5 and summary.loc["eupe-t", gpu] == 3.25
+    assert pd.isna(summary.loc["eupe-s", cpu]) and pd.isna(summary.loc["eupe-b", cpu])
+    assert sorted(e["value"] for e in extra) == [3.25, 120.5]
+
+    lines = _latency_lines(list(driven), driven, "cpu-2core", tables)
+    assert lines[0].startswith("- eupe-t: 120.5 ms") and "median of 5 calls" in lines[0]
+    assert ("`python benchmarks/closed_loop.py --backbones --profile-only eupe-s --planner-config tiny --size "
+            "192x108 --threads 1 --profile cpu-2core`") in lines[1]
+    assert "no configs/planner/<name>.yaml" in lines[2]
+
+
+def test_cell_clock_counts_the_cpu_of_the_process_and_of_its_children():
+    import subprocess
+    import sys
+    import time
+
+    from study.cells import CellClock
+
+    clock = CellClock()
+    start = time.process_time()
+    while time.process_time() - start < 0.3:  # 0.3 s of this process's CPU
+        pass
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                    "while time.process_time() - t < 0.3: pass"], check=True)  # and 0.3 s of a child's
+    usage = clock.usage()
+    assert usage["cpu_s"] >= 0.6 - 0.05  # clock ticks are 10 ms
+    assert usage["wall_s"] >= 0.6 - 0.05 and usage["cpu_count"] >= 1
+
+
+def test_a_cell_composed_once_with_placeholders_equals_its_composition_with_the_paths(tmp_path):
+    from study.cells import _resolved, plan_cells, resolve_cells
+
+    cfg = _cfg(tmp_path)
+    study_dir = tmp_path / "study"
+    cells = resolve_cells(plan_cells(cfg.study, list(cfg.study.backbones), 0), study_dir, "sequential")
+    trained = {c.plan.backbone: c for c in cells if c.plan.kind == "train"}
+    for cell in cells:
+        checkpoint = str(trained[cell.plan.backbone].folder / "checkpoints" / "last.ckpt") \
+            if cell.plan.needs_checkpoint else None
+        direct = _resolved(cell.plan, str(cell.folder), str(study_dir / "metric_cache"), checkpoint, "sequential")
+        assert cell.config == direct, cell.plan.job
+
+
+def test_results_file_in_one_command(tmp_path):
+    """benchmarks/study_results.py writes the study's report under a header naming machine, load and command."""
+    import os
+    import subprocess
+    import sys
+
+    root = CONFIGS.parent
+    out = tmp_path / "study_micro.md"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "study_results.py"), "--study", "micro", "--exp-root",
+                    str(tmp_path), "--report-only", "--no-latency", "--out", str(out)], check=True,
+                   capture_output=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(root)))
+    text = out.read_text()
+    assert text.startswith("# Study micro: measured run")
+    assert "1-minute load average" in text and "--study micro" in text and "## Plots" not in text
+    assert "0 of 12 cells finished" in text and "## Published reference rows" in text
