@@ -98,3 +98,24 @@ def test_constant_velocity_vehicles_keep_heading_and_velocity():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="unknown vehicle policy"):
         TA.TrafficScoreRunner(policy="teleport")
+
+
+def test_occupancy_simplify_matches_repeated_plain_simplify():
+    """Skipping geometries that simplify left unchanged gives, call after call, exactly the geometries of simplifying
+    everything every time (the devkit's rule)."""
+    import shapely
+
+    box = shapely.box(0.0, 0.0, 4.0, 2.0)
+    # a vertex 1e-6 m off the bottom edge: within the 1e-5 tolerance, so the first simplify drops it
+    notched = shapely.Polygon([(10.0, 0.0), (12.0, -1e-6), (14.0, 0.0), (14.0, 2.0), (10.0, 2.0)])
+    occupancy = TA._OccupancyMap({"a": box, "b": notched})
+    plain = {"a": box, "b": notched}
+    for _ in range(3):
+        occupancy.simplify()
+        plain = {k: g.simplify(TA.OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True) for k, g in plain.items()}
+        for k in plain:
+            assert shapely.equals_exact(occupancy.geometries[k], plain[k], tolerance=0.0), k
+    assert len(shapely.get_coordinates(occupancy.geometries["b"])) == 5  # the notch vertex is gone
+    occupancy.geometries["a"] = notched  # a replaced geometry is simplified again
+    occupancy.simplify()
+    assert len(shapely.get_coordinates(occupancy.geometries["a"])) == 5
