@@ -2,6 +2,7 @@
 
     python benchmarks/backbones.py                    # every backbone but dinov3-7b (does not fit 24 GiB)
     python benchmarks/backbones.py --names eupe-t eupe-b dinov3-h --repeats 2
+    python benchmarks/backbones.py --names edge-vit-96 edge-vit-128 edge-tinyvit-5m   # merged into the saved table
 
 Each backbone is measured in its own process so that peak memory (max RSS on CPU, the allocator's peak on
 GPU) is its own. On a GPU the forward runs in bf16 with SDPA attention, optionally torch.compile'd, and the
@@ -23,7 +24,7 @@ from common import machine, time_call, write_table  # noqa: E402
 from rap_backbone.backbones import build_backbone  # noqa: E402
 
 NAMES = ["eupe-t", "eupe-s", "eupe-b", "eupe-convnext-t", "eupe-convnext-s", "eupe-convnext-b",
-         "dinov3-s", "dinov3-b", "dinov3-l", "dinov3-h"]
+         "dinov3-s", "dinov3-b", "dinov3-l", "dinov3-h", "edge-vit-96", "edge-vit-128", "edge-tinyvit-5m"]
 SMALL = (1, 3, 256, 256)
 RAP_INPUT = (4, 3, 448, 768)  # 4 cameras, 1920x1080 x0.4 padded to /32 (spec rap.md)
 # Dense bf16 tensor-core peak (TFLOP/s) of cards we may run on, from NVIDIA's data sheets.
