@@ -89,6 +89,10 @@ class BatchLQRTracker:
         self._dt = dt
         self._horizon = C.LQR_TRACKING_HORIZON
         self._q_diag = np.asarray(C.LQR_Q_LATERAL, dtype=np.float64)[None]
+        # one-step longitudinal LQR over the horizon: acceleration = gain * (velocity - reference velocity)
+        b_lon = self._horizon * dt
+        self._accel_gain = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon \
+            * C.LQR_Q_LONGITUDINAL
 
     def update(self, reference_states: np.ndarray) -> None:
         """Load the reference states [B,N,11] (only poses are used) and fit their profiles."""
@@ -110,24 +114,21 @@ class BatchLQRTracker:
         dx, dy = states[:, S.X] - ref[:, S.X], states[:, S.Y] - ref[:, S.Y]
         heading_error = states[:, S.HEADING] - ref[:, S.HEADING]
         lateral = np.stack([-dx * self._sin_ref[:, index] + dy * self._cos_ref[:, index],
-                            np.arctan2(np.sin(heading_error), np.cos(heading_error)), states[:, S.STEERING_ANGLE]],
+                            normalize_angle(heading_error), states[:, S.STEERING_ANGLE]],
                            axis=-1)
         v0 = states[:, S.VELOCITY_X]
         v_ref = self._v_ref[:, index]
         curv = self._curvature_windows[:, index]
 
-        b_lon = self._horizon * self._dt
         stop = (v_ref <= C.LQR_STOPPING_VELOCITY) & (v0 <= C.LQR_STOPPING_VELOCITY)
         if not stop.any():  # every proposal tracks (the usual case): no masking
-            accel = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon \
-                * C.LQR_Q_LONGITUDINAL * (v0 - v_ref)
+            accel = self._accel_gain * (v0 - v_ref)
             return accel, self._lateral(lateral, self._tracked_velocity(v0, accel), curv)
         accel = np.zeros(len(v0))
         steer_rate = np.zeros(len(v0))
         accel[stop] = -C.LQR_STOPPING_GAIN * (v0[stop] - v_ref[stop])
         go = ~stop
-        err = v0[go] - v_ref[go]
-        accel[go] = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon * C.LQR_Q_LONGITUDINAL * err
+        accel[go] = self._accel_gain * (v0[go] - v_ref[go])
         steer_rate[go] = self._lateral(lateral[go], self._tracked_velocity(v0[go], accel[go]), curv[go])
         return accel, steer_rate
 
@@ -233,9 +234,8 @@ def _simulate_scalar(tracker: BatchLQRTracker, b: int, initial_state: np.ndarray
     v_refs = tracker._v_ref[b].tolist()  # noqa: SLF001
     windows = tracker._curvature_windows[b].tolist()  # noqa: SLF001
     q0, q1, q2 = (float(q) for q in C.LQR_Q_LATERAL)
-    steps = (np.arange(horizon) * dt).tolist()
-    b_lon = horizon * dt
-    gain = -1.0 / (b_lon * C.LQR_Q_LONGITUDINAL * b_lon + C.LQR_R_LONGITUDINAL) * b_lon * C.LQR_Q_LONGITUDINAL
+    steps = tracker._steps.tolist()  # noqa: SLF001
+    gain = tracker._accel_gain  # noqa: SLF001
     accel_lag = dt / (dt + C.BICYCLE_ACCEL_TIME_CONSTANT)
     steer_lag = dt / (dt + C.BICYCLE_STEERING_TIME_CONSTANT)
     max_steer = C.BICYCLE_MAX_STEERING_ANGLE
