@@ -68,6 +68,11 @@ def _byte_member(archive: zipfile.ZipFile, name: str) -> np.ndarray:
     return np.frombuffer(bytearray(memoryview(raw)[start:]), dtype=np.uint8)
 
 
+def _read_meta(archive: zipfile.ZipFile) -> dict:
+    """The JSON metadata member of an open cache file (every format keeps it under the same name)."""
+    return json.loads(_byte_member(archive, META_MEMBER).tobytes().decode())
+
+
 @dataclass
 class MetricCache:
     """Agent-independent scoring inputs of one token (arrays; see `save` / `load`)."""
@@ -154,8 +159,8 @@ class MetricCache:
     def stored_format_version(path: Path) -> int | None:
         """Format version written in the cache file at `path` (None when it is absent or unreadable)."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                return json.loads(data[META_MEMBER].tobytes().decode()).get("format_version")
+            with zipfile.ZipFile(path) as archive:
+                return _read_meta(archive).get("format_version")
         except CACHE_READ_ERRORS:
             return None
 
@@ -168,7 +173,7 @@ class MetricCache:
             raise FileNotFoundError(f"metric cache file {path} not found; run navsim_agents/run_metric_caching.py")
         try:
             with zipfile.ZipFile(path) as archive:
-                meta = json.loads(_byte_member(archive, META_MEMBER).tobytes().decode())
+                meta = _read_meta(archive)
                 if meta.get("format_version") != CACHE_FORMAT_VERSION:
                     raise MetricCacheError(f"metric cache {path} has format {meta.get('format_version')}, expected "
                                            f"{CACHE_FORMAT_VERSION}; rebuild it with run_metric_caching.py")
