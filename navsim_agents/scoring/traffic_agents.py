@@ -30,6 +30,7 @@ Devkit behaviour reproduced on purpose (see the conformance README):
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -91,6 +92,10 @@ class InterpolatedPath:
         # plain floats for the one-state lookups of every agent at every step
         self._progress_list = self.progress.tolist()
         self._xyh = np.column_stack([self.points[:, :2], self._heading]).tolist()
+        self._xs, self._ys = self.points[:, 0].tolist(), self.points[:, 1].tolist()
+        # bounds of points[i:] for every i (the path to go of `xy_from`)
+        self._suffix_lo = np.minimum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
+        self._suffix_hi = np.maximum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
 
     @property
     def start(self) -> float:
@@ -124,6 +129,25 @@ class InterpolatedPath:
         if after.size == 0:
             return self.points[-2:, :2]
         return np.vstack([self.states_at(progress)[None, :2], self.points[after[0]:, :2]])
+
+    def bounds_from(self, progress: float) -> Tuple[int, Tuple[float, float, float, float]]:
+        """(number of points, bounds) of `xy_from(progress)` without building it: its first point lies on the segment
+        ending at the first sample beyond `progress`, so the samples from that segment's start on bound it."""
+        n = len(self._progress_list)
+        first = min(max(bisect.bisect_right(self._progress_list, progress) - 1, 0), n - 2)
+        (lx, ly), (hx, hy) = self._suffix_lo[first], self._suffix_hi[first]
+        return n - first, (lx, ly, hx, hy)
+
+    def bounds_between(self, start: float, end: float) -> Tuple[int, Tuple[float, float, float, float]]:
+        """(number of points, bounds) of a superset of `xy_between(start, end)`: the samples from the segment holding
+        `start` to the one holding `end`."""
+        n, progress = len(self._progress_list), self._progress_list
+        front = bisect.bisect_right(progress, start)
+        tail = bisect.bisect_left(progress, end) - 1
+        lo = max(min(front - 1, tail, n - 2), 0)
+        hi = min(max(front, tail + 1, 1), n - 1)
+        xs, ys = self._xs[lo:hi + 1], self._ys[lo:hi + 1]
+        return hi + 1 - lo, (min(xs), min(ys), max(xs), max(ys))
 
     def xy_between(self, start: float, end: float) -> np.ndarray:
         """nuplan `trim_path`: states at `start` and `end` around the sampled points strictly between them."""
@@ -185,10 +209,17 @@ class IDMAgent:
 
     def projected_footprint(self):
         """The box united with the path ahead over length / 2 + speed x headway, buffered by half the width."""
-        start = self.path.clamp(self.progress - self.length / 2)
-        end = self.path.clamp(self.progress + self.length / 2 + self.velocity * NAVSIM_IDM_TRAFFIC.headway_time)
-        line = LineString(self.path.xy_between(start, end))
-        return unary_union([line.buffer(self.width / 2, cap_style=CAP_STYLE.flat), self.polygon()])
+        start, end = self.footprint_span()
+        return _footprint(self.path, start, end, self.width, self.polygon())
+
+    def footprint_span(self) -> Tuple[float, float]:
+        return (self.path.clamp(self.progress - self.length / 2),
+                self.path.clamp(self.progress + self.length / 2 + self.velocity * NAVSIM_IDM_TRAFFIC.headway_time))
+
+
+def _footprint(path: InterpolatedPath, start: float, end: float, width: float, polygon):
+    line = LineString(path.xy_between(start, end))
+    return unary_union([line.buffer(width / 2, cap_style=CAP_STYLE.flat), polygon])
 
 
 class _OccupancyMap:
@@ -292,8 +323,9 @@ def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep
     return agents, occupancy
 
 
-def _propagate(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state: np.ndarray) -> None:
-    """navsim `NavsimIDMAgentManager.propagate_agents` without traffic lights or open-loop detections."""
+def _propagate_plain(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state: np.ndarray) -> None:
+    """navsim `NavsimIDMAgentManager.propagate_agents` without traffic lights or open-loop detections, query by query
+    as the devkit does (the reference for `_propagate`)."""
     occupancy.geometries[EGO_ID] = _ego_box(ego_state)
     ego_xy = ego_state[:2]  # the box centre the agents see
     far = [t for t, a in agents.items() if np.hypot(*(a.pose()[:2] - ego_xy)) > IDM_RADIUS]
@@ -322,6 +354,131 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state:
         else:
             agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
         occupancy.geometries[token] = agent.projected_footprint()
+
+
+
+# GEOS BufferParameters::DEFAULT_SIMPLIFY_FACTOR: buffer first simplifies its input line (OffsetCurveBuilder,
+# BufferInputLineSimplifier) by up to this fraction of the distance per pass, at most one pass per vertex
+GEOS_BUFFER_SIMPLIFY_FACTOR = 0.01
+BOUNDS_SLACK = 1e-6  # [m] far above GEOS rounding at map coordinates (~1e6 m: ulp 1e-10)
+
+
+def _buffer_bounds(points: int, bounds, distance: float) -> Tuple[float, float, float, float]:
+    """Bounds that surely hold `LineString(xy).buffer(distance)` for a line of `points` vertices within `bounds`."""
+    grow = distance * (1.0 + GEOS_BUFFER_SIMPLIFY_FACTOR * points) + BOUNDS_SLACK
+    return bounds[0] - grow, bounds[1] - grow, bounds[2] + grow, bounds[3] + grow
+
+
+class _LazyGeometry:
+    """An occupancy geometry built only when a query needs it, then simplified as many times as the devkit would
+    have by then (one pass per agent query since it was stored, stopping at a fixed point), with bounds that surely
+    hold it from the start."""
+
+    __slots__ = ("bounds", "_build", "_geometry", "_passes", "_fixed")
+
+    def __init__(self, bounds, build, passes: int):
+        self.bounds, self._build, self._geometry, self._passes, self._fixed = bounds, build, None, passes, False
+
+    def at(self, passes: int):
+        if self._geometry is None:
+            self._geometry, self._build = self._build(), None
+        while self._passes < passes and not self._fixed:
+            simple = self._geometry.simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
+            if shapely.equals_exact(simple, self._geometry, tolerance=0.0):
+                self._fixed = True  # simplify is deterministic: every later pass gives these coordinates again
+            else:
+                self._geometry = simple
+            self._passes += 1
+        return self._geometry
+
+
+class _LazyOccupancy:
+    """`_OccupancyMap` with the same insertion order and simplify passes, its geometries built on demand: a query
+    whose surely-holding bounds meet no other entry needs no geometry at all."""
+
+    def __init__(self, geometries: Dict[str, object]):
+        self.passes = 0  # `_OccupancyMap.simplify` calls so far
+        self.entries: Dict[str, _LazyGeometry] = {}
+        for key, geometry in geometries.items():
+            self.put_geometry(key, geometry)
+
+    def put_geometry(self, key: str, geometry) -> None:
+        self.entries[key] = _LazyGeometry(tuple(shapely.bounds(geometry).tolist()), lambda: geometry, self.passes)
+
+    def put_lazy(self, key: str, bounds, build) -> None:
+        self.entries[key] = _LazyGeometry(bounds, build, self.passes)
+
+    def geometry(self, key: str):
+        return self.entries[key].at(self.passes)
+
+    def overlapping(self, bounds) -> List[str]:
+        lx, ly, hx, hy = bounds
+        return [k for k, e in self.entries.items()
+                if e.bounds[0] <= hx and e.bounds[2] >= lx and e.bounds[1] <= hy and e.bounds[3] >= ly]
+
+    def plain(self) -> _OccupancyMap:
+        return _OccupancyMap({k: self.geometry(k) for k in self.entries})
+
+
+def _nearest_hit(occupancy: _LazyOccupancy, token: str, hits: List[str], corridor) -> Tuple[str, float]:
+    """`_OccupancyMap.nearest_to` over the hits: the unique nearest by distance, or on a tie (the STR-tree's traversal
+    order decides) or nothing to pick, the devkit's own tree over the whole occupancy in its order."""
+    others = [k for k in hits if k not in token]
+    if others:
+        own = occupancy.geometry(token)
+        geometries = [occupancy.geometry(k) for k in others]
+        distances = shapely.distance(own, geometries)
+        best = int(np.argmin(distances))
+        if int(np.count_nonzero(distances == distances[best])) == 1:
+            p1, p2 = nearest_points(own, geometries[best])
+            return others[best], float(p1.distance(p2))
+    return occupancy.plain().intersects(corridor).nearest_to(token)
+
+
+def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state: np.ndarray) -> None:
+    """`_propagate_plain` with the same results, doing only the geometry work a query needs: the corridor and the
+    other entries are built only when their bounds meet, agents' footprints only when a later query needs them."""
+    occupancy.put_geometry(EGO_ID, _ego_box(ego_state))
+    ego_xy = ego_state[:2]  # the box centre the agents see
+    far = [t for t, a in agents.items() if np.hypot(*(a.pose()[:2] - ego_xy)) > IDM_RADIUS]
+    for token in far:
+        occupancy.entries.pop(token)
+        agents.pop(token)
+    for token, agent in agents.items():
+        occupancy.passes += 1  # the devkit simplifies every geometry before each query
+        progress = agent.path.clamp(agent.progress)
+        points, path_bounds = agent.path.bounds_from(progress)
+        near = [k for k in occupancy.overlapping(_buffer_bounds(points, path_bounds, agent.width / 2)) if k != token]
+        hits: List[str] = []
+        corridor = None
+        if near:
+            corridor = LineString(agent.path.xy_from(progress)).buffer(agent.width / 2, cap_style=CAP_STYLE.flat)
+            if not occupancy.geometry(token).intersects(corridor):
+                raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
+            hits = [k for k in near if occupancy.geometry(k).intersects(corridor)]
+        # with no entry near, the devkit's query finds the agent alone (its box sits on its own path's start)
+        if hits:
+            nearest, distance = _nearest_hit(occupancy, token, [token] + hits, corridor)
+            heading = agent.pose()[2]
+            if EGO_ID in nearest:
+                lead_speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
+                relative = ego_state[S.HEADING] - heading
+            elif nearest in agents:
+                lead_speed = agents[nearest].velocity
+                relative = agents[nearest].pose()[2] - heading
+            else:
+                lead_speed, relative = 0.0, 0.0
+            lead_velocity = lead_speed * float(np.cos(normalize_angle(relative)))
+            agent.propagate(distance, lead_velocity, 0.0, IDM_STEP_S)
+        else:
+            agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
+        start, end = agent.footprint_span()
+        polygon = agent.polygon()
+        points, span_bounds = agent.path.bounds_between(start, end)
+        lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
+        px, py, qx, qy = shapely.bounds(polygon).tolist()
+        occupancy.put_lazy(token, (min(lx, px), min(ly, py), max(hx, qx), max(hy, qy)),
+                           functools.partial(_footprint, agent.path, start, end, agent.width, polygon))
 
 
 @dataclass
@@ -362,17 +519,20 @@ def _observe(agents: Dict[str, IDMAgent], candidates: Dict[str, _ParkedCandidate
     return out
 
 
-def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api, keep_last_path_point: bool = False
-                      ) -> List[List[SimulatedObject]]:
-    """Vehicles at each of the `len(ego_states) - 1` future 0.1 s steps, reacting to the ego `ego_states` [T,11]."""
+def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api, keep_last_path_point: bool = False,
+                      query_by_query: bool = False) -> List[List[SimulatedObject]]:
+    """Vehicles at each of the `len(ego_states) - 1` future 0.1 s steps, reacting to the ego `ego_states` [T,11];
+    `query_by_query`: every occupancy query built in full as the devkit does (same results, slower; for tests)."""
     tracks = current_tracks(cache)
     vehicles = [t for t in tracks if t.type_name == REACTIVE_TYPE_NAME]
-    agents, occupancy = build_agents(vehicles, cache.ego_state, map_api, keep_last_path_point)
+    agents, initial = build_agents(vehicles, cache.ego_state, map_api, keep_last_path_point)
+    occupancy, propagate = (initial, _propagate_plain) if query_by_query else (_LazyOccupancy(initial.geometries),
+                                                                               _propagate)
     # every current vehicle: agents dropped out of range later come back through the parked-vehicle rule
     candidates = {v.token: _ParkedCandidate(v, map_api) for v in vehicles}
     frames = []
     for step in range(1, len(ego_states)):
-        _propagate(agents, occupancy, ego_states[step - 1])  # the devkit's one-step lag
+        propagate(agents, occupancy, ego_states[step - 1])  # the devkit's one-step lag
         frames.append(_observe(agents, candidates))
     return frames
 
