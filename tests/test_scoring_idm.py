@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from navsim_agents.idm import EMBEDDED_CLOSED_LOOP, PDM_CLOSED, idm_acceleration, pdm_idm_step
+from navsim_agents.idm import EMBEDDED_CLOSED_LOOP, NAVSIM_IDM_TRAFFIC, PDM_CLOSED, idm_acceleration, pdm_idm_step
 
 
 def test_pdm_closed_parameters_are_navsims():
@@ -40,3 +40,17 @@ def test_textbook_idm_by_hand():
     # arrays broadcast, a zero desired speed brakes instead of dividing by zero
     out = idm_acceleration(np.array([0.0, 1.0]), np.array([0.0, 0.0]), np.array([math.inf, math.inf]), 0.0, p)
     assert out[0] == pytest.approx(1.5) and out[1] == pytest.approx(1.5 * (1 - (1 / 0.1) ** 4))
+
+
+@pytest.mark.parametrize("params", [PDM_CLOSED, NAVSIM_IDM_TRAFFIC])
+def test_pdm_step_on_floats_is_the_numpy_step_bit_for_bit(params):
+    """One vehicle in Python floats takes the float path; numpy scalars take the array arithmetic: same bits, over
+    free roads, close and overlapping leaders (gap floored), clipped braking and acceleration."""
+    rng = np.random.default_rng(0)
+    rows = np.column_stack([rng.uniform(-5, 50, 3000), rng.uniform(0, 20, 3000), rng.uniform(-10, 120, 3000),
+                            rng.uniform(-5, 20, 3000), rng.uniform(0, 3, 3000), rng.uniform(0.5, 20, 3000)])
+    for row in rows:
+        floats = pdm_idm_step(*map(float, row), 0.1, params)
+        numpy_scalars = pdm_idm_step(*map(np.float64, row), 0.1, params)
+        assert type(floats[1]) is float and type(numpy_scalars[1]) is not float
+        assert floats == tuple(float(a) for a in numpy_scalars), row

@@ -323,6 +323,20 @@ def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep
     return agents, occupancy
 
 
+def _lead_velocity(nearest: str, agent: IDMAgent, agents: Dict[str, IDMAgent], ego_state: np.ndarray) -> float:
+    """The nearest object's speed along the agent's heading (0 for static objects)."""
+    heading = agent.pose()[2]
+    if EGO_ID in nearest:
+        lead_speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
+        relative = ego_state[S.HEADING] - heading
+    elif nearest in agents:
+        lead_speed = agents[nearest].velocity
+        relative = agents[nearest].pose()[2] - heading
+    else:
+        lead_speed, relative = 0.0, 0.0
+    return lead_speed * float(np.cos(normalize_angle(relative)))
+
+
 def _propagate_plain(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state: np.ndarray) -> None:
     """navsim `NavsimIDMAgentManager.propagate_agents` without traffic lights or open-loop detections, query by query
     as the devkit does (the reference for `_propagate`)."""
@@ -340,17 +354,7 @@ def _propagate_plain(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_
             raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
         if len(hits.geometries) > 1:
             nearest, distance = hits.nearest_to(token)
-            heading = agent.pose()[2]
-            if EGO_ID in nearest:
-                lead_speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
-                relative = ego_state[S.HEADING] - heading
-            elif nearest in agents:
-                lead_speed = agents[nearest].velocity
-                relative = agents[nearest].pose()[2] - heading
-            else:
-                lead_speed, relative = 0.0, 0.0
-            lead_velocity = lead_speed * float(np.cos(normalize_angle(relative)))
-            agent.propagate(distance, lead_velocity, 0.0, IDM_STEP_S)
+            agent.propagate(distance, _lead_velocity(nearest, agent, agents, ego_state), 0.0, IDM_STEP_S)
         else:
             agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
         occupancy.geometries[token] = agent.projected_footprint()
@@ -369,15 +373,20 @@ def _buffer_bounds(points: int, bounds, distance: float) -> Tuple[float, float, 
     return bounds[0] - grow, bounds[1] - grow, bounds[2] + grow, bounds[3] + grow
 
 
+def _meets(bounds, lx: float, ly: float, hx: float, hy: float) -> bool:
+    return bounds[0] <= hx and bounds[2] >= lx and bounds[1] <= hy and bounds[3] >= ly
+
+
 class _LazyGeometry:
     """An occupancy geometry built only when a query needs it, then simplified as many times as the devkit would
     have by then (one pass per agent query since it was stored, stopping at a fixed point), with bounds that surely
-    hold it from the start."""
+    hold it from the start; `footprint`: an agent's projected footprint (it holds the box at the agent's pose)."""
 
-    __slots__ = ("bounds", "_build", "_geometry", "_passes", "_fixed")
+    __slots__ = ("bounds", "footprint", "_build", "_geometry", "_passes", "_fixed")
 
-    def __init__(self, bounds, build, passes: int):
-        self.bounds, self._build, self._geometry, self._passes, self._fixed = bounds, build, None, passes, False
+    def __init__(self, bounds, build, passes: int, footprint: bool = False):
+        self.bounds, self.footprint, self._build, self._geometry = bounds, footprint, build, None
+        self._passes, self._fixed = passes, False
 
     def at(self, passes: int):
         if self._geometry is None:
@@ -405,16 +414,14 @@ class _LazyOccupancy:
     def put_geometry(self, key: str, geometry) -> None:
         self.entries[key] = _LazyGeometry(tuple(shapely.bounds(geometry).tolist()), lambda: geometry, self.passes)
 
-    def put_lazy(self, key: str, bounds, build) -> None:
-        self.entries[key] = _LazyGeometry(bounds, build, self.passes)
+    def put_footprint(self, key: str, bounds, build) -> None:
+        self.entries[key] = _LazyGeometry(bounds, build, self.passes, footprint=True)
 
     def geometry(self, key: str):
         return self.entries[key].at(self.passes)
 
     def overlapping(self, bounds) -> List[str]:
-        lx, ly, hx, hy = bounds
-        return [k for k, e in self.entries.items()
-                if e.bounds[0] <= hx and e.bounds[2] >= lx and e.bounds[1] <= hy and e.bounds[3] >= ly]
+        return [k for k, e in self.entries.items() if _meets(e.bounds, *bounds)]
 
     def plain(self) -> _OccupancyMap:
         return _OccupancyMap({k: self.geometry(k) for k in self.entries})
@@ -449,27 +456,22 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
         progress = agent.path.clamp(agent.progress)
         points, path_bounds = agent.path.bounds_from(progress)
         near = [k for k in occupancy.overlapping(_buffer_bounds(points, path_bounds, agent.width / 2)) if k != token]
+        own_footprint = occupancy.entries[token].footprint
         hits: List[str] = []
         corridor = None
-        if near:
+        if near or not own_footprint:
             corridor = LineString(agent.path.xy_from(progress)).buffer(agent.width / 2, cap_style=CAP_STYLE.flat)
-            if not occupancy.geometry(token).intersects(corridor):
+            # an own footprint holds the box centred at the corridor's first point (the same pose floats, the progress
+            # unchanged since), so it meets the corridor for sure; the starting box was snapped apart from the path
+            # (it may even lie past the path's dropped last point) and is checked as in the devkit
+            if not own_footprint and not occupancy.geometry(token).intersects(corridor):
                 raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
-            hits = [k for k in near if occupancy.geometry(k).intersects(corridor)]
-        # with no entry near, the devkit's query finds the agent alone (its box sits on its own path's start)
+            cx, cy, cX, cY = shapely.bounds(corridor).tolist()
+            hits = [k for k in near if _meets(occupancy.entries[k].bounds, cx, cy, cX, cY)
+                    and occupancy.geometry(k).intersects(corridor)]
         if hits:
             nearest, distance = _nearest_hit(occupancy, token, [token] + hits, corridor)
-            heading = agent.pose()[2]
-            if EGO_ID in nearest:
-                lead_speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
-                relative = ego_state[S.HEADING] - heading
-            elif nearest in agents:
-                lead_speed = agents[nearest].velocity
-                relative = agents[nearest].pose()[2] - heading
-            else:
-                lead_speed, relative = 0.0, 0.0
-            lead_velocity = lead_speed * float(np.cos(normalize_angle(relative)))
-            agent.propagate(distance, lead_velocity, 0.0, IDM_STEP_S)
+            agent.propagate(distance, _lead_velocity(nearest, agent, agents, ego_state), 0.0, IDM_STEP_S)
         else:
             agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
         start, end = agent.footprint_span()
@@ -477,8 +479,8 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
         points, span_bounds = agent.path.bounds_between(start, end)
         lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
         px, py, qx, qy = shapely.bounds(polygon).tolist()
-        occupancy.put_lazy(token, (min(lx, px), min(ly, py), max(hx, qx), max(hy, qy)),
-                           functools.partial(_footprint, agent.path, start, end, agent.width, polygon))
+        occupancy.put_footprint(token, (min(lx, px), min(ly, py), max(hx, qx), max(hy, qy)),
+                                functools.partial(_footprint, agent.path, start, end, agent.width, polygon))
 
 
 @dataclass
