@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from navsim_agents.idm import EMBEDDED_CLOSED_LOOP, NAVSIM_IDM_TRAFFIC, PDM_CLOSED, idm_acceleration, pdm_idm_step
+from navsim_agents.idm import (
+    EMBEDDED_CLOSED_LOOP,
+    NAVSIM_IDM_TRAFFIC,
+    PDM_CLOSED,
+    idm_acceleration,
+    pdm_idm_step,
+)
 
 
 def test_pdm_closed_parameters_are_navsims():

@@ -207,3 +207,18 @@ def test_path_bounds_hold_the_trimmed_paths_and_their_buffers():
             assert len(xy) <= points + 2
             assert (xy[:, 0] >= lx - 1e-9).all() and (xy[:, 0] <= hx + 1e-9).all(), (progress, end)
             assert (xy[:, 1] >= ly - 1e-9).all() and (xy[:, 1] <= hy + 1e-9).all(), (progress, end)
+
+
+def test_trimmed_paths_are_the_interpolated_states_and_samples_bit_for_bit():
+    """nuplan trim_path / trim_path_up_to_progress: the interpolated end states around the samples strictly between."""
+    s = np.arange(0.0, 30.0, 1.0)
+    curve = TA.InterpolatedPath(np.column_stack([15 * np.cos(s / 15), 15 * np.sin(s / 15), s / 15 + math.pi / 2]))
+    rng = np.random.default_rng(1)
+    for start, length in zip(rng.uniform(curve.start, curve.end, 50), rng.uniform(0.0, 8.0, 50), strict=True):
+        end = min(start + length, curve.end)
+        ends = curve.states_at([start, end])[:, :2]
+        inner = curve.points[(curve.progress > start) & (curve.progress < end), :2]
+        assert np.array_equal(curve.xy_between(start, end), np.vstack([ends[:1], inner, ends[1:]]))
+        beyond = curve.points[curve.progress > start, :2]
+        if len(beyond):
+            assert np.array_equal(curve.xy_from(start), np.vstack([curve.states_at(start)[None, :2], beyond]))

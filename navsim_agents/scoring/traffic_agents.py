@@ -33,7 +33,7 @@ import bisect
 import functools
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import shapely
@@ -93,17 +93,19 @@ class InterpolatedPath:
         self._progress_list = self.progress.tolist()
         self._xyh = np.column_stack([self.points[:, :2], self._heading]).tolist()
         self._xs, self._ys = self.points[:, 0].tolist(), self.points[:, 1].tolist()
+        self._x, self._y = np.ascontiguousarray(self.points[:, 0]), np.ascontiguousarray(self.points[:, 1])
+        self._start, self._end = self._progress_list[0], self._progress_list[-1]
         # bounds of points[i:] for every i (the path to go of `xy_from`)
         self._suffix_lo = np.minimum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
         self._suffix_hi = np.maximum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
 
     @property
     def start(self) -> float:
-        return float(self.progress[0])
+        return self._start
 
     @property
     def end(self) -> float:
-        return float(self.progress[-1])
+        return self._end
 
     def states_at(self, progress) -> np.ndarray:
         """[..., 3] x, y, heading at `progress` (within the path)."""
@@ -121,14 +123,17 @@ class InterpolatedPath:
         return np.stack([x, y, h], axis=-1)
 
     def clamp(self, progress: float) -> float:
-        return max(self.start, min(progress, self.end))
+        return max(self._start, min(progress, self._end))
 
     def xy_from(self, progress: float) -> np.ndarray:
         """nuplan `trim_path_up_to_progress`: the state at `progress`, then every sampled point beyond it."""
-        after = np.nonzero(self.progress > progress)[0]
-        if after.size == 0:
+        after = bisect.bisect_right(self._progress_list, progress)  # the first sample beyond `progress`
+        if after == len(self._progress_list):
             return self.points[-2:, :2]
-        return np.vstack([self.states_at(progress)[None, :2], self.points[after[0]:, :2]])
+        out = np.empty((len(self._progress_list) - after + 1, 2))
+        out[0] = self.states_at(progress)[:2]
+        out[1:] = self.points[after:, :2]
+        return out
 
     def bounds_from(self, progress: float) -> Tuple[int, Tuple[float, float, float, float]]:
         """(number of points, bounds) of `xy_from(progress)` without building it: its first point lies on the segment
@@ -151,14 +156,19 @@ class InterpolatedPath:
 
     def xy_between(self, start: float, end: float) -> np.ndarray:
         """nuplan `trim_path`: states at `start` and `end` around the sampled points strictly between them."""
-        front = np.nonzero(self.progress > start)[0]
-        if front.size == 0:
+        front = bisect.bisect_right(self._progress_list, start)  # the first sample beyond `start`
+        if front == len(self._progress_list):
             return self.points[-2:, :2]
-        tail = np.nonzero(self.progress < end)[0]
-        if tail.size == 0:
+        tail = bisect.bisect_left(self._progress_list, end)  # one past the last sample before `end`
+        if tail == 0:
             return self.points[:2, :2]
-        ends = self.states_at([start, end])[:, :2]
-        return np.vstack([ends[:1], self.points[front[0]: tail[-1] + 1, :2], ends[1:]])
+        inner = self.points[front:tail, :2]
+        out = np.empty((len(inner) + 2, 2))
+        ends = (start, end)  # x, y as `states_at` interpolates them for several states
+        out[[0, -1], 0] = np.interp(ends, self.progress, self._x)
+        out[[0, -1], 1] = np.interp(ends, self.progress, self._y)
+        out[1:-1] = inner
+        return out
 
 
 def _box_polygon(x: float, y: float, heading: float, length: float, width: float):
@@ -292,17 +302,18 @@ def _true_ego_box(state: np.ndarray):
     return _box_polygon(center[0], center[1], state[S.HEADING], PACIFICA.length, PACIFICA.width)
 
 
-def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep_last_path_point: bool = False
-                 ) -> Tuple[Dict[str, IDMAgent], _OccupancyMap]:
+def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep_last_path_point: bool = False,
+                 segment_of: Optional[Callable] = None) -> Tuple[Dict[str, IDMAgent], _OccupancyMap]:
     """navsim `build_idm_agents_on_map_rails` (no open-loop detection types); `keep_last_path_point`: see
-    `InterpolatedPath`."""
+    `InterpolatedPath`; `segment_of(x, y, heading)`: `starting_segment` on `map_api` (e.g. memoised)."""
+    segment_of = segment_of or functools.partial(starting_segment, map_api)
     init = _OccupancyMap({EGO_ID: _true_ego_box(ego_state)})
     occupancy = _OccupancyMap()
     agents: Dict[str, IDMAgent] = {}
     for v in vehicles:
         if v.token in agents:
             continue
-        segment, progress = starting_segment(map_api, v.x, v.y, v.heading)
+        segment, progress = segment_of(v.x, v.y, v.heading)
         if segment is None:
             continue
         sx, sy, sh = segment.baseline_path.get_nearest_pose_from_position((v.x, v.y))
@@ -492,13 +503,13 @@ class SimulatedObject:
 class _ParkedCandidate:
     """An unsimulated current vehicle and what decides whether it is kept as a parked (static) object."""
 
-    def __init__(self, track: Track, map_api):
+    def __init__(self, track: Track, map_api, segment_of: Optional[Callable] = None):
         self.track = track
         self.polygon = _track_polygon(track)
         self.stationary = float(np.hypot(track.vx, track.vy)) < PARKED_SPEED_THRESHOLD
         self.in_lanes = (map_api.is_in_layer((track.x, track.y), SemanticMapLayer.LANE)
                          or map_api.is_in_layer((track.x, track.y), SemanticMapLayer.INTERSECTION))
-        segment, _ = starting_segment(map_api, track.x, track.y, track.heading)
+        segment, _ = (segment_of or functools.partial(starting_segment, map_api))(track.x, track.y, track.heading)
         self.lateral_deviation = None
         if segment is not None:
             sx, sy, _ = segment.baseline_path.get_nearest_pose_from_position((track.x, track.y))
@@ -527,11 +538,13 @@ def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api, keep_
     `query_by_query`: every occupancy query built in full as the devkit does (same results, slower; for tests)."""
     tracks = current_tracks(cache)
     vehicles = [t for t in tracks if t.type_name == REACTIVE_TYPE_NAME]
-    agents, initial = build_agents(vehicles, cache.ego_state, map_api, keep_last_path_point)
+    # agents and parked candidates look up the same vehicles' lanes
+    segment_of = functools.lru_cache(maxsize=None)(functools.partial(starting_segment, map_api))
+    agents, initial = build_agents(vehicles, cache.ego_state, map_api, keep_last_path_point, segment_of)
     occupancy, propagate = (initial, _propagate_plain) if query_by_query else (_LazyOccupancy(initial.geometries),
                                                                                _propagate)
     # every current vehicle: agents dropped out of range later come back through the parked-vehicle rule
-    candidates = {v.token: _ParkedCandidate(v, map_api) for v in vehicles}
+    candidates = {v.token: _ParkedCandidate(v, map_api, segment_of) for v in vehicles}
     frames = []
     for step in range(1, len(ego_states)):
         propagate(agents, occupancy, ego_states[step - 1])  # the devkit's one-step lag
