@@ -166,15 +166,18 @@ def _assert_same(plain_agents, plain_occ, lazy_agents, lazy_occ):
 
 
 def test_lazy_occupancy_propagation_matches_the_query_by_query_devkit_rule(monkeypatch):
-    # a follower closing on a slower leader (a unique nearest object), and a car alone on a parallel lane (no entry
-    # near its corridor: nothing is built for it)
+    # a follower closing on a slower leader (a unique nearest object), a car alone on a parallel lane (no entry
+    # near its corridor: nothing is built for it), and one standing at the end of a lane with a car behind it (its
+    # unchanged footprint and corridor are reused step after step)
     specs = [("lead", 0.0, 0.0, 0.0, 20.0, 2.0), ("follower", 0.0, 0.0, 0.0, 8.0, 8.0),
-             ("alone", 0.0, 12.0, 0.0, 5.0, 6.0)]
+             ("alone", 0.0, 12.0, 0.0, 5.0, 6.0), ("stopped", -20.0, -12.0, 0.0, 57.0, 0.0),
+             ("queue", -20.0, -12.0, 0.0, 44.0, 3.0)]
     plain_agents, plain_occ, lazy_agents, lazy_occ, fallbacks = _run_both(specs, 15, monkeypatch)
     assert lazy_occ.entries["alone"]._geometry is None  # never needed by a query
     _assert_same(plain_agents, plain_occ, lazy_agents, lazy_occ)
     assert not fallbacks
     assert plain_agents["follower"].velocity < 8.0  # it did react to the leader
+    assert plain_agents["stopped"].velocity == 0.0 and plain_agents["queue"].velocity < 3.0
 
 
 def test_lazy_occupancy_tie_goes_to_the_devkit_tree(monkeypatch):

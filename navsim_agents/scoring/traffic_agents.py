@@ -388,20 +388,39 @@ def _meets(bounds, lx: float, ly: float, hx: float, hy: float) -> bool:
     return bounds[0] <= hx and bounds[2] >= lx and bounds[1] <= hy and bounds[3] >= ly
 
 
+class _Once:
+    """A geometry built on the first call and shared by every entry that stores the same one."""
+
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make):
+        self._make, self._value = make, None
+
+    def __call__(self):
+        if self._make is not None:
+            self._value, self._make = self._make(), None
+        return self._value
+
+
 class _LazyGeometry:
     """An occupancy geometry built only when a query needs it, then simplified as many times as the devkit would
     have by then (one pass per agent query since it was stored, stopping at a fixed point), with bounds that surely
-    hold it from the start; `footprint`: an agent's projected footprint (it holds the box at the agent's pose)."""
+    hold it from the start; `inputs`: for an agent's projected footprint (it holds the box at the agent's pose), what
+    it is built from."""
 
-    __slots__ = ("bounds", "footprint", "_build", "_geometry", "_passes", "_fixed")
+    __slots__ = ("bounds", "inputs", "build", "_geometry", "_passes", "_fixed")
 
-    def __init__(self, bounds, build, passes: int, footprint: bool = False):
-        self.bounds, self.footprint, self._build, self._geometry = bounds, footprint, build, None
+    def __init__(self, bounds, build: "_Once", passes: int, inputs: Optional[tuple] = None):
+        self.bounds, self.inputs, self.build, self._geometry = bounds, inputs, build, None
         self._passes, self._fixed = passes, False
+
+    @property
+    def footprint(self) -> bool:
+        return self.inputs is not None
 
     def at(self, passes: int):
         if self._geometry is None:
-            self._geometry, self._build = self._build(), None
+            self._geometry = self.build()
         while self._passes < passes and not self._fixed:
             simple = self._geometry.simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
             if shapely.equals_exact(simple, self._geometry, tolerance=0.0):
@@ -419,14 +438,19 @@ class _LazyOccupancy:
     def __init__(self, geometries: Dict[str, object]):
         self.passes = 0  # `_OccupancyMap.simplify` calls so far
         self.entries: Dict[str, _LazyGeometry] = {}
+        self.corridors: Dict[str, Tuple[float, object]] = {}  # agent -> (progress, its last corridor)
         for key, geometry in geometries.items():
             self.put_geometry(key, geometry)
 
     def put_geometry(self, key: str, geometry) -> None:
-        self.entries[key] = _LazyGeometry(tuple(shapely.bounds(geometry).tolist()), lambda: geometry, self.passes)
+        self.entries[key] = _LazyGeometry(tuple(shapely.bounds(geometry).tolist()), _Once(lambda: geometry), self.passes)
 
-    def put_footprint(self, key: str, bounds, build) -> None:
-        self.entries[key] = _LazyGeometry(bounds, build, self.passes, footprint=True)
+    def put_footprint(self, key: str, bounds, make, inputs: tuple) -> None:
+        """Store an agent's footprint from `make()`; a stopped agent stores the same footprint again (as the devkit, it
+        is simplified again from scratch), built once."""
+        previous = self.entries.get(key)
+        same = previous is not None and previous.inputs == inputs
+        self.entries[key] = _LazyGeometry(bounds, previous.build if same else _Once(make), self.passes, inputs)
 
     def geometry(self, key: str):
         return self.entries[key].at(self.passes)
@@ -471,7 +495,12 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
         hits: List[str] = []
         corridor = None
         if near or not own_footprint:
-            corridor = LineString(agent.path.xy_from(progress)).buffer(agent.width / 2, cap_style=CAP_STYLE.flat)
+            kept = occupancy.corridors.get(token)
+            if kept is None or kept[0] != progress:  # a stopped agent keeps its corridor
+                kept = progress, LineString(agent.path.xy_from(progress)).buffer(agent.width / 2,
+                                                                                 cap_style=CAP_STYLE.flat)
+                occupancy.corridors[token] = kept
+            corridor = kept[1]
             # an own footprint holds the box centred at the corridor's first point (the same pose floats, the progress
             # unchanged since), so it meets the corridor for sure; the starting box was snapped apart from the path
             # (it may even lie past the path's dropped last point) and is checked as in the devkit
@@ -491,7 +520,8 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
         lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
         px, py, qx, qy = shapely.bounds(polygon).tolist()
         occupancy.put_footprint(token, (min(lx, px), min(ly, py), max(hx, qx), max(hy, qy)),
-                                functools.partial(_footprint, agent.path, start, end, agent.width, polygon))
+                                functools.partial(_footprint, agent.path, start, end, agent.width, polygon),
+                                (start, end, agent.path.clamp(agent.progress)))
 
 
 @dataclass
