@@ -171,12 +171,16 @@ class InterpolatedPath:
         return out
 
 
-def _box_polygon(x: float, y: float, heading: float, length: float, width: float):
+def _box_corners(x: float, y: float, heading: float, length: float, width: float) -> list:
     """Corners FL, RL, RR, FR (nuplan `OrientedBox.geometry`)."""
     c, s = math.cos(heading), math.sin(heading)
     hl, hw = length / 2.0, width / 2.0
-    return shapely.polygons([(x + hl * c - hw * s, y + hl * s + hw * c), (x - hl * c - hw * s, y - hl * s + hw * c),
-                             (x - hl * c + hw * s, y - hl * s - hw * c), (x + hl * c + hw * s, y + hl * s - hw * c)])
+    return [(x + hl * c - hw * s, y + hl * s + hw * c), (x - hl * c - hw * s, y - hl * s + hw * c),
+            (x - hl * c + hw * s, y - hl * s - hw * c), (x + hl * c + hw * s, y + hl * s - hw * c)]
+
+
+def _box_polygon(x: float, y: float, heading: float, length: float, width: float):
+    return shapely.polygons(_box_corners(x, y, heading, length, width))
 
 
 @dataclass
@@ -198,11 +202,20 @@ class IDMAgent:
             self._pose_at, self._pose, self._polygon = progress, self.path.states_at(progress), None
         return self._pose
 
-    def polygon(self):
+    def corners(self) -> list:
         pose = self.pose()
+        return _box_corners(pose[0], pose[1], pose[2], self.length, self.width)
+
+    def polygon(self):
+        self.pose()  # drops the kept box when the agent has moved
         if self._polygon is None:
-            self._polygon = _box_polygon(pose[0], pose[1], pose[2], self.length, self.width)
+            self._polygon = shapely.polygons(self.corners())
         return self._polygon
+
+    def keep_polygon(self, polygon) -> None:
+        """The box at the current pose, built elsewhere (e.g. with other agents' boxes in one call)."""
+        self.pose()
+        self._polygon = polygon
 
     def progress_to_go(self) -> float:
         return self.path.end - self.progress
@@ -225,6 +238,10 @@ class IDMAgent:
     def footprint_span(self) -> Tuple[float, float]:
         return (self.path.clamp(self.progress - self.length / 2),
                 self.path.clamp(self.progress + self.length / 2 + self.velocity * NAVSIM_IDM_TRAFFIC.headway_time))
+
+
+def _footprint_of_box(path: InterpolatedPath, start: float, end: float, width: float, box: "_Once"):
+    return _footprint(path, start, end, width, box())
 
 
 def _footprint(path: InterpolatedPath, start: float, end: float, width: float, polygon):
@@ -302,6 +319,12 @@ def _true_ego_box(state: np.ndarray):
     return _box_polygon(center[0], center[1], state[S.HEADING], PACIFICA.length, PACIFICA.width)
 
 
+@functools.lru_cache(maxsize=4096)
+def _lane_path(segment, keep_last_point: bool) -> InterpolatedPath:
+    """A lane's (or connector's) path, built once: paths never change, and vehicles of nearby scenes share lanes."""
+    return InterpolatedPath(segment.baseline_path.discrete_path, keep_last_point)
+
+
 def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep_last_path_point: bool = False,
                  segment_of: Optional[Callable] = None) -> Tuple[Dict[str, IDMAgent], _OccupancyMap]:
     """navsim `build_idm_agents_on_map_rails` (no open-loop detection types); `keep_last_path_point`: see
@@ -328,8 +351,7 @@ def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep
         if np.isnan(speed):
             speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
         limit = segment.speed_limit_mps
-        agents[v.token] = IDMAgent(v.token, v.length, v.width, InterpolatedPath(segment.baseline_path.discrete_path,
-                                                                                 keep_last_path_point),
+        agents[v.token] = IDMAgent(v.token, v.length, v.width, _lane_path(segment, keep_last_path_point),
                                    float(progress), speed, limit or IDM_TARGET_VELOCITY, limit)
     return agents, occupancy
 
@@ -400,6 +422,14 @@ class _Once:
         if self._make is not None:
             self._value, self._make = self._make(), None
         return self._value
+
+    @property
+    def made(self) -> bool:
+        return self._make is None
+
+    def set(self, value) -> None:
+        """The value `make()` would give, made elsewhere (e.g. in one vectorised call with others)."""
+        self._value, self._make = value, None
 
 
 class _LazyGeometry:
@@ -486,6 +516,7 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
     for token in far:
         occupancy.entries.pop(token)
         agents.pop(token)
+    boxes: List[Tuple[IDMAgent, _Once, list]] = []
     for token, agent in agents.items():
         occupancy.passes += 1  # the devkit simplifies every geometry before each query
         progress = agent.path.clamp(agent.progress)
@@ -515,13 +546,22 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
         else:
             agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
         start, end = agent.footprint_span()
-        polygon = agent.polygon()
+        corners = agent.corners()
+        box = _Once(functools.partial(shapely.polygons, corners))  # made below with the other boxes, or on demand
+        boxes.append((agent, box, corners))
         points, span_bounds = agent.path.bounds_between(start, end)
         lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
-        px, py, qx, qy = shapely.bounds(polygon).tolist()
-        occupancy.put_footprint(token, (min(lx, px), min(ly, py), max(hx, qx), max(hy, qy)),
-                                functools.partial(_footprint, agent.path, start, end, agent.width, polygon),
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        occupancy.put_footprint(token, (min(lx, *xs), min(ly, *ys), max(hx, *xs), max(hy, *ys)),
+                                functools.partial(_footprint_of_box, agent.path, start, end, agent.width, box),
                                 (start, end, agent.path.clamp(agent.progress)))
+    pending = [(box, corners) for _, box, corners in boxes if not box.made]
+    if pending:  # every agent's box is observed: one vectorised call for those no query built
+        for (box, _), polygon in zip(pending, shapely.polygons(np.array([c for _, c in pending], dtype=np.float64)),
+                                     strict=True):
+            box.set(polygon)
+    for agent, box, _ in boxes:
+        agent.keep_polygon(box())
 
 
 @dataclass
