@@ -107,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         calib = backbone.normalize(world_images(cfg.int8.cameras, hw, cfg.int8.calibration_images, train_logs=True))
         held = backbone.normalize(world_images(cfg.int8.cameras, hw, cfg.int8.held_out_images, train_logs=False))
         path = quantize_int8(report["files"]["onnx"], out / f"{stem}.int8.onnx",
-                             list(torch.split(calib, cfg.int8.batch_size)))
+                             list(torch.split(calib, cfg.int8.batch_size)), recipe=cfg.int8.recipe)
         int8 = OnnxEncoder(path, expect_name=info.name)
         with torch.no_grad():
             report["int8_cosine_held_out"] = feature_cosine(int8(held), module(held))
