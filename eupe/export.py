@@ -313,6 +313,31 @@ def activation_products(model) -> list[str]:
             if n.op_type == "MatMul" and not any(i in constants for i in n.input)]
 
 
+def quantize_weight_products(fp32_path: str | Path, int8_path: str | Path, *, per_channel: bool = True) -> Path:
+    """The ``dynamic`` recipe on any ONNX model (an encoder, a whole planner): every MatMul with a constant
+    operand becomes int8 (weights per output channel when ``per_channel``), activation-activation products and
+    everything else stay fp32; the file's ``metadata_props`` are kept."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    source = onnx.load(str(fp32_path))
+    tmp = int8_path.with_name(int8_path.name + ".dyn.tmp")
+    try:
+        # onnxruntime's dynamic registry has MatMul, not Gemm (our exports write Linear as MatMul + Add)
+        quantize_dynamic(str(fp32_path), str(tmp), op_types_to_quantize=["MatMul"], per_channel=per_channel,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=activation_products(source))
+        model = onnx.load(str(tmp))
+        kept = {e.key for e in model.metadata_props}
+        for entry in source.metadata_props:
+            if entry.key not in kept:
+                model.metadata_props.add(key=entry.key, value=entry.value)
+        onnx.save(model, str(int8_path))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return int8_path
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path,
                   calibration: Sequence[np.ndarray | torch.Tensor] = (), *, recipe: str = DEFAULT_INT8_RECIPE,
                   per_channel: bool = True) -> Path:
@@ -320,8 +345,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path,
     (no calibration), or onnxruntime static QDQ (int8 weights per output channel when ``per_channel``, int8
     activations with MinMax ranges from ``calibration``, normalised image batches)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if recipe not in INT8_RECIPES:
@@ -342,10 +366,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path,
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         if recipe == "dynamic":
-            # onnxruntime's dynamic registry has MatMul, not Gemm (our exports write Linear as MatMul + Add)
-            quantize_dynamic(str(prepared), str(tmp), op_types_to_quantize=["MatMul"],
-                             per_channel=per_channel, weight_type=QuantType.QInt8,
-                             nodes_to_exclude=activation_products(onnx.load(str(prepared))))
+            quantize_weight_products(prepared, tmp, per_channel=per_channel)
         else:
             excluded = activation_products(onnx.load(str(prepared))) if recipe == "static-weights" else []
             quantize_static(str(prepared), str(tmp), _Calibration(batches), quant_format=QuantFormat.QDQ,

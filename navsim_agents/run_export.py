@@ -48,6 +48,7 @@ from rap_backbone.planner_export import (
     ProgramPlanner,
     export_planner_onnx,
     export_planner_program,
+    quantize_planner_int8,
     trace_planner,
 )
 
@@ -160,6 +161,10 @@ def export_whole_planner(cfg: DictConfig, backbone: torch.nn.Module, out: Path, 
             path = export_planner_onnx(program, info, out / f"{stem}.onnx")
             runners["onnx"] = OnnxPlanner(path)
             report["files"]["onnx"] = str(path)
+            if pe.int8:
+                int8 = quantize_planner_int8(path, out / f"{stem}.int8.onnx")
+                runners["onnx_int8"] = OnnxPlanner(int8)
+                report["files"]["onnx_int8"] = str(int8)
         except ExportError as err:  # the program is still useful: record why ONNX is missing
             log.error("%s", err)
             report["errors"]["onnx"] = str(err)
