@@ -120,8 +120,8 @@ def planner_files(planner, feats: dict, name: str, size: str, export_dir: Path, 
     once per (encoder, input) and reused: timing does not depend on the weights' values."""
     from rap_backbone.planner_export import export_planner_onnx, quantize_planner_int8, trace_planner
 
-    stem = export_dir / f"{name}{'-depth1' if smoke else ''}.planner-{size}"
-    fp32, int8 = stem.with_suffix(".onnx"), stem.with_suffix(".int8.onnx")
+    stem = f"{name}{'-depth1' if smoke else ''}.planner-{size}"
+    fp32, int8 = export_dir / f"{stem}.onnx", export_dir / f"{stem}.int8.onnx"
     if not fp32.is_file():
         program, info = trace_planner(planner, {k: feats[k] for k in feats if k != "backbone_patch"})
         export_planner_onnx(program, info, fp32)
