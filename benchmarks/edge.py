@@ -86,10 +86,11 @@ FINAL = (_rows(["edge-vit-96", "eupe-t"], ["eager", "onnx-int8"], [1, 2], ["redu
 SMOKE = _rows(["edge-vit-96"], RUNTIMES, [1], ["reduced"], 1) + _rows(["edge-vit-96"], ["eager"], [1], ["full"], 0)
 # The 10 Hz goal (RAP + the smallest student at the reduced input, int8 onnxruntime, 2 threads) and the 2 Hz one
 # (eupe-t) decided from one table: eager, encoder-only onnxruntime fp32 and each int8 recipe, and the whole
-# planner in onnxruntime fp32 / int8. Merges its rows into the saved table.
+# planner in onnxruntime fp32 / int8. Merges its rows into the saved table. About 7 minutes on an idle 2-core CPU,
+# most of it the one-off exports (encoder files, 3 int8 recipes, the whole planner twice per encoder).
 GOAL = _rows(["edge-vit-96", "eupe-t"], ["eager", "onnx-fp32", "onnx-int8", "onnx-int8-static-weights",
                                          "onnx-int8-static-all", "planner-onnx-fp32", "planner-onnx-int8"],
-             [2], ["reduced"], 5)
+             [2], ["reduced"], 3)
 PRESETS = {"final": FINAL, "smoke": SMOKE, "goal": GOAL}
 MERGING_PRESETS = ("goal",)  # presets that add their rows to the saved table instead of replacing it
 
