@@ -19,6 +19,9 @@ idm_policy, idm_agents_builder, utils}.py`, `simulation/path/{interpolated_path,
 - Unsimulated vehicles come back as static objects when parked off the lanes or more than 3 m off a lane.
 - Everything else (pedestrians, bicycles, static objects) is the log replay.
 
+`_propagate` gives the results of that query-by-query rule (`_propagate_plain`, held equal to it in tests) while
+building only the geometry a query needs: corridors and footprints whose bounds meet no other entry are never built.
+
 Devkit behaviour reproduced on purpose (see the conformance README):
 - The metric cache has no `traffic_light_status`, so agents never extend their route: each keeps its starting
   lane and stops at its end (`plan_route` is never called).
