@@ -175,3 +175,20 @@ def test_failure_tracks_and_first_steps_are_recorded(version):
     assert scorer.ttc_track_ids[0][0] == "car"
     assert scorer.at_fault_track_ids[1] == [] and np.isinf(scorer.at_fault_time_idx[1])  # the parked ego
     assert scorer.ttc_track_ids[1] == [] and np.isinf(scorer.ttc_time_idx[1])
+
+
+def test_ego_footprints_are_built_only_near_objects_and_equal_the_box():
+    """The scorer builds an ego polygon only where a bounding-box test finds an object: for the ego driving at the
+    stopped car those footprints are the Pacifica box around rear axle + rear_axle_to_center; the parked ego 200 m
+    from every object gets none."""
+    obs = observation([("car", True, 0.0, 0.0, lambda t: (20.0, -1.75), 4.8, 2.0)])
+    scorer = PDMScorer(ScorerConfig(version="v2"))
+    both = np.concatenate([states_along(10 * T, -1.75, 10.0), states_along(np.full(41, -150.0), -1.75, 0.0)])
+    scorer.score(both, obs, CENTERLINE, ["A"], road())
+    built = np.argwhere(np.not_equal(scorer._polygons, None))
+    assert len(built) and set(built[:, 0]) == {0}
+    for p, t in built:
+        x = both[p, t, S.X] + R2C
+        expected = box(x - PACIFICA.length / 2, -1.75 - PACIFICA.width / 2, x + PACIFICA.length / 2,
+                       -1.75 + PACIFICA.width / 2)
+        assert scorer._polygons[p, t].symmetric_difference(expected).area < 1e-9 * expected.area

@@ -118,7 +118,8 @@ class PDMScorer:
         self._drivable = drivable
         n = states.shape[0]
         self._coords = ego_coords(states)
-        self._polygons = coords_to_polygons(self._coords)
+        # ego footprints are built only where a bounding-box test finds an object near them
+        self._polygons = np.full(self._coords.shape[:2], None, dtype=object)
         self._hits = None
         self._areas(route_lane_ids)
         out = {"no_at_fault_collisions": self._no_at_fault_collisions(),
@@ -190,9 +191,16 @@ class PDMScorer:
         proposal, in the occupancy map's order); computed once per :meth:`score`."""
         if self._hits is None:
             times = np.arange(self.num_poses + 1)
-            self._hits = self._flat_hits(times // self._obs.stride, self._coords[:, :, :4],
-                                         lambda p, q: self._polygons[p, q])
+            self._hits = self._flat_hits(times // self._obs.stride, self._coords[:, :, :4], self._ego_polygons)
         return self._hits
+
+    def _ego_polygons(self, proposals: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Ego footprint polygons at (proposal, time) pairs, each built once per :meth:`score`."""
+        missing = np.equal(self._polygons[proposals, times], None)
+        if missing.any():
+            p, t = proposals[missing], times[missing]
+            self._polygons[p, t] = coords_to_polygons(self._coords[p, t])
+        return self._polygons[proposals, times]
 
     def _flat_hits(self, map_ids: np.ndarray, corners: np.ndarray, polygon_of
                    ) -> list[tuple[int, int, str, int]]:
@@ -228,7 +236,8 @@ class PDMScorer:
             if C.RED_LIGHT_TOKEN in token or token in collided[p]:
                 continue
             track = self._obs.unique[token]
-            kind = collision_type(self._states[p, t], self._polygons[p, t], track, self._object_polygon(row))
+            ego_polygon = self._ego_polygons(np.array([p]), np.array([t]))[0]
+            kind = collision_type(self._states[p, t], ego_polygon, track, self._object_polygon(row))
             lateral_fault = self._multiple[p, t] or self._nondrivable[p, t]
             if kind in ("active_front", "stopped_track") or (lateral_fault and kind == "active_lateral"):
                 scores[p] = min(scores[p], 0.0 if track.is_agent else 0.5)
