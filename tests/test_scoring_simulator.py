@@ -132,3 +132,45 @@ def test_float_path_equals_the_batched_path(monkeypatch):
     monkeypatch.setattr(sim, "SCALAR_BATCH_LIMIT", 0)
     batched = sim.simulate_proposals(refs, initial)
     np.testing.assert_allclose(scalar, batched, rtol=1e-12, atol=1e-12)
+
+
+def _devkit_velocity_fit(poses: np.ndarray, dt: float, lam: float) -> np.ndarray:
+    """(v0, a_0, ...) per row by navsim's plain formula: heading-dependent design matrix A [2M, M] and
+    pinv(A^T A + lam R^T R) A^T y (batch_lqr_utils._fit_initial_velocity_and_acceleration_profile)."""
+    disp = np.diff(poses, axis=1)
+    out = []
+    for row, d in zip(poses, disp, strict=True):
+        m = len(d)
+        a = np.zeros((2 * m, m))
+        for j in range(m):
+            unit = np.array([np.cos(row[j, 2]), np.sin(row[j, 2])])
+            a[2 * j:2 * j + 2, 0] = dt * unit
+            for i in range(1, j + 1):
+                a[2 * j:2 * j + 2, i] = dt**2 * unit
+        r = np.hstack([np.zeros((m - 2, 1)), jerk_penalty_matrix(m - 2)])
+        out.append(np.linalg.pinv(a.T @ a + lam * r.T @ r, rcond=1e-15) @ a.T @ d[:, :2].reshape(-1))
+    return np.array(out)
+
+
+def test_velocity_fit_gain_equals_the_devkits_heading_dependent_formula():
+    """The fit uses one gain matrix for every heading (cos^2 + sin^2 = 1 in A^T A); on 41-pose S-bends at three
+    base headings it equals the devkit's per-trajectory pinv within that formula's own rounding (~1e-12)."""
+    from navsim_agents.scoring.pdm_simulator import _fit_velocity_and_acceleration
+
+    dt = 0.1
+    t = np.arange(41) * dt
+    poses = np.zeros((3, 41, 3))
+    for b, base in enumerate((0.0, 2.0, -2.5)):
+        heading = base + 0.4 * np.sin(t)
+        speed = 6.0 + 3.0 * np.sin(0.7 * t)
+        poses[b, :, 2] = heading
+        poses[b, 1:, 0] = np.cumsum(speed[:-1] * np.cos(heading[:-1]) * dt)
+        poses[b, 1:, 1] = np.cumsum(speed[:-1] * np.sin(heading[:-1]) * dt)
+    disp = np.diff(poses, axis=1)
+    v0, accel = _fit_velocity_and_acceleration(disp[..., :2], poses[:, :-1, 2], dt, LQR_JERK_PENALTY)
+    expected = _devkit_velocity_fit(poses, dt, LQR_JERK_PENALTY)
+    ours = np.concatenate([v0[:, None], accel], axis=1)
+    assert np.abs(ours - expected).max() <= 1e-10 * np.abs(expected).max()
+    # and it is a fit of these poses: the velocity profile follows the driven speed (within the penalty's bias)
+    velocity = v0[:, None] + np.concatenate([np.zeros((3, 1)), np.cumsum(accel * dt, axis=1)], axis=1)
+    assert np.abs(velocity - (6.0 + 3.0 * np.sin(0.7 * t[:-1]))).max() < 0.2
