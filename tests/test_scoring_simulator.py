@@ -174,3 +174,39 @@ def test_velocity_fit_gain_equals_the_devkits_heading_dependent_formula():
     # and it is a fit of these poses: the velocity profile follows the driven speed (within the penalty's bias)
     velocity = v0[:, None] + np.concatenate([np.zeros((3, 1)), np.cumsum(accel * dt, axis=1)], axis=1)
     assert np.abs(velocity - (6.0 + 3.0 * np.sin(0.7 * t[:-1]))).max() < 0.2
+
+
+def _devkit_curvature_fit(heading_disp: np.ndarray, velocity: np.ndarray, dt: float) -> np.ndarray:
+    """(k0, k'_0, ...) per row by navsim's formula (batch_lqr_utils._fit_initial_curvature_and_curvature_rate_profile):
+    A lower triangular, column 0 = v dt, A[i, k>=1] = v_i dt^2; pinv(A^T A + Q) A^T y, Q = diag(1e-10, 1e-2, ...)."""
+    from navsim_agents.scoring.constants import LQR_CURVATURE_RATE_PENALTY, LQR_INITIAL_CURVATURE_PENALTY
+
+    out = []
+    for y, v in zip(heading_disp, velocity, strict=True):
+        m = len(y)
+        a = np.zeros((m, m))
+        for i in range(m):
+            a[i, 0] = v[i] * dt
+            a[i, 1:i + 1] = v[i] * dt**2
+        q = np.diag([LQR_INITIAL_CURVATURE_PENALTY] + [LQR_CURVATURE_RATE_PENALTY] * (m - 1))
+        out.append(np.linalg.pinv(a.T @ a + q, rcond=1e-15) @ a.T @ y)
+    return np.array(out)
+
+
+def test_curvature_fit_solve_equals_the_devkits_pinv_formula():
+    """Rows whose normal matrix pinv cannot truncate are solved by LU, the others by pinv; both equal the plain
+    formula: a turning car, one that starts from standing (initial speed 0: the normal matrix' first diagonal is
+    the 1e-10 penalty) and one at 2 km/s (trace > 1e5: a pinv row)."""
+    from navsim_agents.scoring.pdm_simulator import _fit_curvature
+
+    dt, m = 0.1, 40
+    t = np.arange(m) * dt
+    velocity = np.stack([8.0 + t, np.where(t < 2.0, 0.0, 0.3 * (t - 2.0)), np.full(m, 2000.0)])
+    heading_disp = np.stack([0.02 + 0.01 * np.sin(t), np.where(t < 2.0, 0.0, 0.01), 1e-4 * np.cos(t)])
+    k0, rate = _fit_curvature(heading_disp, velocity, dt, 1e-2)
+    ours = np.concatenate([k0[:, None], rate], axis=1)
+    expected = _devkit_curvature_fit(heading_disp, velocity, dt)
+    for row in range(3):
+        assert np.abs(ours[row] - expected[row]).max() <= 1e-10 * np.abs(expected[row]).max(), row
+    # the turning row's curvature is what it drives: heading change / (v dt) at the start
+    assert abs(k0[0] - 0.02 / (8.0 * dt)) < 0.01
