@@ -192,3 +192,21 @@ def test_ego_footprints_are_built_only_near_objects_and_equal_the_box():
         expected = box(x - PACIFICA.length / 2, -1.75 - PACIFICA.width / 2, x + PACIFICA.length / 2,
                        -1.75 + PACIFICA.width / 2)
         assert scorer._polygons[p, t].symmetric_difference(expected).area < 1e-9 * expected.area
+
+
+def test_reusing_the_other_versions_geometry_gives_the_fresh_scores():
+    """PDM-Closed scores one proposal set for v2 and then v1 with the boxes, area flags, hits and progress of the
+    first; every output equals scoring v1 from scratch (a collision, an off-road and a clean proposal)."""
+    obs = observation([("car", True, 0.0, 0.0, lambda t: (20.0, -1.75), 4.8, 2.0)], steps=50)
+    states = np.concatenate([states_along(10 * T, -1.75, 10.0), states_along(5 * T, -1.75 - 0.8 * T, 5.0),
+                             states_along(3 * T, 1.75, 3.0)])
+    first = PDMScorer(ScorerConfig(version="v2"))
+    first.score(states, obs, CENTERLINE, ["A"], drivable := road())
+    reused = PDMScorer(ScorerConfig(version="v1")).score(states, obs, CENTERLINE, ["A"], drivable, reuse=first)
+    fresh = PDMScorer(ScorerConfig(version="v1")).score(states, obs, CENTERLINE, ["A"], road())
+    assert reused.keys() == fresh.keys()
+    for key in fresh:
+        assert np.array_equal(reused[key], fresh[key]), key
+    assert fresh["no_at_fault_collisions"][0] == 0.0 and fresh["drivable_area_compliance"][1] == 0.0
+    with pytest.raises(ValueError, match="same states"):
+        PDMScorer(ScorerConfig(version="v1")).score(states.copy(), obs, CENTERLINE, ["A"], drivable, reuse=first)

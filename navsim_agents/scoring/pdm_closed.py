@@ -239,8 +239,11 @@ def pdm_closed_trajectories(map_api: NuPlanMap, route: RouteContext, ego_state: 
     proposals = generate_proposals(paths, speed_limit, ego_state, observation)
     simulated = simulate_proposals(proposals, ego_state)
     out = {}
+    previous = None  # the versions share ego boxes, area flags, object hits and progress
     for version in versions:
         scorer = PDMScorer(ScorerConfig(version=version))
-        result = scorer.score(simulated, observation, route.centerline, route.route_lane_ids, route.drivable)
+        result = scorer.score(simulated, observation, route.centerline, route.route_lane_ids, route.drivable,
+                              reuse=previous)
         out[version] = proposals[int(np.argmax(result["score"])), :, :3]
+        previous = scorer
     return out

@@ -104,11 +104,14 @@ class PDMScorer:
     # ------------------------------------------------------------------------------------------------------
     def score(self, states: np.ndarray, observation: Observation, centerline: CenterlinePath,
               route_lane_ids, drivable: DrivableMap, human_past_states: np.ndarray | None = None,
-              reference_masked_progress=None) -> dict:
+              reference_masked_progress=None, reuse: "PDMScorer | None" = None) -> dict:
         """Sub-scores per proposal: dict of arrays [B] (+ 'multi', 'weighted' [W,B], 'weights' [W], 'score').
 
         `reference_masked_progress`: progress x multiplicative metrics of proposals scored earlier (PDM-Closed's,
         from the metric cache); it joins the progress normalisation as if those proposals were in the batch.
+        `reuse`: a scorer (of any version) that last scored these same states, observation, centerline, route and
+        drivable map; its version-independent parts (ego boxes and polygons, area flags, object hits, progress)
+        are taken instead of recomputed.
         """
         extra = np.atleast_1d(np.asarray([] if reference_masked_progress is None else reference_masked_progress,
                                          dtype=np.float64))
@@ -117,15 +120,22 @@ class PDMScorer:
         self._obs = observation
         self._drivable = drivable
         n = states.shape[0]
-        self._coords = ego_coords(states)
-        # ego footprints are built only where a bounding-box test finds an object near them
-        self._polygons = np.full(self._coords.shape[:2], None, dtype=object)
-        self._hits = None
-        self._areas(route_lane_ids)
+        self._centerline, self._route = centerline, [str(r) for r in route_lane_ids]
+        if reuse is not None:
+            self._take_geometry(reuse)
+        else:
+            self._coords = ego_coords(states)
+            # ego footprints are built only where a bounding-box test finds an object near them
+            self._polygons = np.full(self._coords.shape[:2], None, dtype=object)
+            self._hits = None
+            self._raw_progress = None
+            self._areas(self._route)
         out = {"no_at_fault_collisions": self._no_at_fault_collisions(),
                "drivable_area_compliance": (~self._nondrivable.any(axis=-1)).astype(np.float64),
                "driving_direction_compliance": self._driving_direction(skip_intersection=v2)}
-        raw_progress = self._progress(centerline)
+        if self._raw_progress is None:
+            self._raw_progress = self._progress(centerline)
+        raw_progress = self._raw_progress
         out["time_to_collision_within_bound"] = self._ttc()
         if v2:
             out["traffic_light_compliance"] = self._traffic_light()
@@ -171,6 +181,17 @@ class PDMScorer:
         return out
 
     # ------------------------------------------------------------------------------------------------------
+    def _take_geometry(self, other: "PDMScorer") -> None:
+        """The version-independent results of `other`, which must have scored the same inputs."""
+        same = (other._states is self._states and other._obs is self._obs and other._drivable is self._drivable
+                and other._centerline is self._centerline and other._route == self._route)
+        if not same:
+            raise ValueError("reuse= needs a scorer that last scored the same states, observation, centerline, "
+                             "route and drivable map")
+        for name in ("_coords", "_polygons", "_hits", "_raw_progress", "_multiple", "_nondrivable", "_oncoming",
+                     "_in_intersection_center"):
+            setattr(self, name, getattr(other, name))
+
     def _areas(self, route_lane_ids) -> None:
         d = self._drivable
         inside = d.points_in_polygons(self._coords).transpose(1, 2, 0, 3)  # B,T,P,5
