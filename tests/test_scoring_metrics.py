@@ -210,3 +210,27 @@ def test_reusing_the_other_versions_geometry_gives_the_fresh_scores():
     assert fresh["no_at_fault_collisions"][0] == 0.0 and fresh["drivable_area_compliance"][1] == 0.0
     with pytest.raises(ValueError, match="same states"):
         PDMScorer(ScorerConfig(version="v1")).score(states.copy(), obs, CENTERLINE, ["A"], drivable, reuse=first)
+
+
+def _loop_longest_run(hit, skip):
+    """The devkit's loop (navsim main pdm_scorer._calculate_lane_keeping), keeping the longest run."""
+    best = run = 0
+    for h, s in zip(hit, skip, strict=True):
+        if s:
+            continue
+        run = run + 1 if h else 0
+        best = max(best, run)
+    return best
+
+
+def test_longest_counted_run_equals_the_devkits_loop():
+    from navsim_agents.scoring.scorer import longest_counted_run
+
+    # by hand: skipped steps (s) inside a run neither count nor end it; a miss (.) ends it
+    rows = ["hhshh.hhh", "....", "hhhh", "shhs.hs", "ssss"]
+    hit = np.array([[c == "h" for c in r.ljust(9, ".")] for r in rows])
+    skip = np.array([[c == "s" for c in r.ljust(9, ".")] for r in rows])
+    assert longest_counted_run(hit, skip).tolist() == [4, 0, 4, 2, 0]
+    rng = np.random.default_rng(0)
+    hit, skip = rng.random((200, 41)) < 0.7, rng.random((200, 41)) < 0.2
+    assert longest_counted_run(hit, skip).tolist() == [_loop_longest_run(h, s) for h, s in zip(hit, skip, strict=True)]

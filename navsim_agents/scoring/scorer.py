@@ -86,6 +86,23 @@ def collision_type(state: np.ndarray, ego_polygon, track, track_polygon) -> str:
     return "active_lateral"
 
 
+def longest_counted_run(hit: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """Per row of bool [B,T]: the longest run of `hit` steps, where `skip` steps neither count nor end a run.
+
+    navsim main `pdm_scorer._calculate_lane_keeping` counts in a loop (run += 1 on a hit, run = 0 on a miss,
+    intersection steps skipped); here the run at step t is the number of hits since the last miss, from
+    cumulative sums.
+    """
+    counted = hit & ~skip
+    miss = ~hit & ~skip
+    steps = np.arange(hit.shape[-1])
+    last_miss = np.maximum.accumulate(np.where(miss, steps, -1), axis=-1)
+    hits_so_far = np.cumsum(counted, axis=-1)
+    before_miss = np.where(last_miss >= 0, np.take_along_axis(hits_so_far, np.maximum(last_miss, 0), axis=-1), 0)
+    runs = hits_so_far - before_miss
+    return runs.max(axis=-1) if runs.shape[-1] else np.zeros(hit.shape[:-1], dtype=np.int64)
+
+
 class PDMScorer:
     """Scores simulated proposals [B,T,11]; one instance per version.
 
@@ -336,20 +353,13 @@ class PDMScorer:
         return scores
 
     def _lane_keeping(self, centerline: CenterlinePath) -> np.ndarray:
+        """0 where the center stays over `lane_keeping_deviation_limit` off the centerline for `required`
+        consecutive poses; intersection poses neither count nor reset the run (see :func:`longest_counted_run`)."""
         centers = self._coords[:, :, BB.CENTER]
         required = int(np.ceil(self.config.lane_keeping_horizon_window / self.dt))
         dist = shapely.distance(shapely.points(centers), centerline.linestring)
-        scores = np.ones(centers.shape[0])
-        for p in range(centers.shape[0]):
-            run = 0
-            for t in range(centers.shape[1]):
-                if self._in_intersection_center[p, t]:
-                    continue  # intersection poses neither count nor reset the run
-                run = run + 1 if dist[p, t] > self.config.lane_keeping_deviation_limit else 0
-                if run >= required:
-                    scores[p] = 0.0
-                    break
-        return scores
+        runs = longest_counted_run(dist > self.config.lane_keeping_deviation_limit, self._in_intersection_center)
+        return np.where(runs >= required, 0.0, 1.0)
 
     def _history_comfort(self, past: np.ndarray | None, n: int) -> np.ndarray:
         if past is None:
