@@ -164,10 +164,13 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
     red_tokens: list[str] = []
     red_polys = []
     mask_rows = []
+    per_frame: dict[int, tuple[list[str], list]] = {}  # a 2 Hz frame's lights hold for its five 0.1 s steps
     for k in range(len(steps)):
-        frame = frames[cur + k // 5] if cur + k // 5 < len(frames) else None
-        lights = frame["traffic_lights"] if frame is not None else []
-        toks, polys = red_light_geometries(map_api, lights, route.route_lane_ids)
+        index = cur + k // 5
+        if index not in per_frame:
+            lights = frames[index]["traffic_lights"] if index < len(frames) else []
+            per_frame[index] = red_light_geometries(map_api, lights, route.route_lane_ids)
+        toks, polys = per_frame[index]
         row = set()
         for tk, pg in zip(toks, polys, strict=False):
             if tk not in red_tokens:
