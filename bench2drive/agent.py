@@ -122,7 +122,9 @@ def build_planner(cfg: dict):
         navsim_agent = RAPAgent(backbone=backbone, planner=cfg["planner_config"], checkpoint=cfg["checkpoint"])
         source = navsim_agent.weights_source
         print(f"closed-loop RAP planner weights: {source}", flush=True)
-        return TorchPlanner(navsim_agent.planner, device=cfg["device"], source=source)
+        # planner.runtime=onnxruntime: the agent's forward runs the exported planner file
+        module = navsim_agent if navsim_agent.exported_planner is not None else navsim_agent.planner
+        return TorchPlanner(module, device=cfg["device"], source=source)
     if cfg["planner"] == "expert":
         raise ValueError("agent.planner=expert is the embedded simulator's privileged expert: run it with "
                          "closed_loop=raster (it has no network and reads the simulator, not the cameras)")

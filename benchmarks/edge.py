@@ -2,6 +2,7 @@
 
     python benchmarks/edge.py --preset final                    # the published table (about 8 min, idle 2 cores)
     python benchmarks/edge.py --preset smoke                    # minutes: the machinery, writes nothing
+    python benchmarks/edge.py --preset goal                     # the 10 Hz / 2 Hz goal rows (merged into the table)
     python benchmarks/edge.py --encoders edge-vit-96 eupe-t --runtimes eager onnx-int8 --inputs reduced
     python benchmarks/edge.py --encoders dinov3-h --inputs full --threads 2 --max-seconds-per-row 900
 
@@ -37,9 +38,14 @@ from edge_int8_pdms import SECTION as INT8_PDMS_SECTION  # noqa: E402
 from planner import SIZES, frame, planner_config  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from eupe.export import DEFAULT_INT8_RECIPE  # noqa: E402
+
 ENCODERS = ["edge-vit-96", "edge-vit-128", "edge-tinyvit-5m", "eupe-t", "eupe-s", "eupe-b", "eupe-convnext-t",
             "dinov3-h"]
-RUNTIMES = ["eager", "compile", "onnx-fp32", "onnx-int8"]
+# onnx-int8: eupe/export.py's default int8 recipe; onnx-int8-<recipe>: the other recipes (INT8_RECIPES);
+# planner-onnx-*: the whole planner (encoder and head) exported to ONNX and run by onnxruntime
+RUNTIMES = ["eager", "compile", "onnx-fp32", "onnx-int8", "onnx-int8-static-weights", "onnx-int8-static-all",
+            "planner-onnx-fp32", "planner-onnx-int8"]
 INPUTS = {"reduced": (224, 384), "full": (448, 768)}  # 4 cameras each; planner.py SIZES (x0.2 / x0.4, padded)
 COLUMNS = ["encoder", "runtime", "threads", "input", "params (M)", "GFLOPs", "encoder ms", "encoder Hz",
            "planner Hz", "peak MiB", "load 1m", "note"]
@@ -78,18 +84,27 @@ FINAL = (_rows(["edge-vit-96", "eupe-t"], ["eager", "onnx-int8"], [1, 2], ["redu
 # One row per runtime with 1-block edge-vit-96, and one single-call row at the full input: the machinery end to
 # end in a few minutes; writes nothing.
 SMOKE = _rows(["edge-vit-96"], RUNTIMES, [1], ["reduced"], 1) + _rows(["edge-vit-96"], ["eager"], [1], ["full"], 0)
-PRESETS = {"final": FINAL, "smoke": SMOKE}
+# The 10 Hz goal (RAP + the smallest student at the reduced input, int8 onnxruntime, 2 threads) and the 2 Hz one
+# (eupe-t) decided from one table: eager, encoder-only onnxruntime fp32 and each int8 recipe, and the whole
+# planner in onnxruntime fp32 / int8. Merges its rows into the saved table. About 7 minutes on an idle 2-core CPU,
+# most of it the one-off exports (encoder files, 3 int8 recipes, the whole planner twice per encoder).
+GOAL = _rows(["edge-vit-96", "eupe-t"], ["eager", "onnx-fp32", "onnx-int8", "onnx-int8-static-weights",
+                                         "onnx-int8-static-all", "planner-onnx-fp32", "planner-onnx-int8"],
+             [2], ["reduced"], 3)
+PRESETS = {"final": FINAL, "smoke": SMOKE, "goal": GOAL}
+MERGING_PRESETS = ("goal",)  # presets that add their rows to the saved table instead of replacing it
 
 
-def export_files(name: str, export_dir: Path, kwargs: dict) -> tuple[Path, Path]:
-    """fp32 and int8 ONNX files of ``name`` (random weights, ``kwargs`` for the smoke preset's 1-block models)
-    traced at the reduced input, written once and reused by later rows (TinyViT's files take that size only)."""
+def export_files(name: str, export_dir: Path, kwargs: dict, recipe: str = DEFAULT_INT8_RECIPE) -> tuple[Path, Path]:
+    """fp32 and int8 (``recipe``) ONNX files of ``name`` (random weights, ``kwargs`` for the smoke preset's 1-block
+    models) traced at the reduced input, written once and reused by later rows (TinyViT's files take that size
+    only)."""
     from eupe.export import export_onnx, quantize_int8, trace
     from navsim_agents.run_export import world_images
     from rap_backbone.backbones import build_backbone, export_view
 
     tag = "-depth1" if kwargs else ""
-    fp32, int8 = export_dir / f"{name}{tag}.onnx", export_dir / f"{name}{tag}.int8.onnx"
+    fp32, int8 = export_dir / f"{name}{tag}.onnx", export_dir / f"{name}{tag}.int8-{recipe}.onnx"
     if not fp32.is_file():
         module, info = export_view(build_backbone(name, **kwargs), INPUTS["reduced"])
         export_onnx(module, info, fp32, program=trace(module, info, sample_hw=INPUTS["reduced"]))
@@ -97,7 +112,22 @@ def export_files(name: str, export_dir: Path, kwargs: dict) -> tuple[Path, Path]
         backbone = build_backbone(name, **kwargs)
         images = backbone.normalize(world_images(["cam_f0", "cam_l0", "cam_r0", "cam_b0"], INPUTS["reduced"],
                                                  CALIBRATION_IMAGES, train_logs=True))
-        quantize_int8(fp32, int8, list(torch.split(images, 4)))
+        quantize_int8(fp32, int8, list(torch.split(images, 4)), recipe=recipe)
+    return fp32, int8
+
+
+def planner_files(planner, feats: dict, name: str, size: str, export_dir: Path, smoke: bool) -> tuple[Path, Path]:
+    """fp32 and int8 ONNX files of the whole ``planner`` (its random weights) at the shapes of ``feats``; written
+    once per (encoder, input) and reused: timing does not depend on the weights' values."""
+    from rap_backbone.planner_export import export_planner_onnx, quantize_planner_int8, trace_planner
+
+    stem = f"{name}{'-depth1' if smoke else ''}.planner-{size}"
+    fp32, int8 = export_dir / f"{stem}.onnx", export_dir / f"{stem}.int8.onnx"
+    if not fp32.is_file():
+        program, info = trace_planner(planner, {k: feats[k] for k in feats if k != "backbone_patch"})
+        export_planner_onnx(program, info, fp32)
+    if not int8.is_file():
+        quantize_planner_int8(fp32, int8)
     return fp32, int8
 
 
@@ -125,8 +155,9 @@ def _measure(name: str, runtime: str, threads: int, size: str, export_dir: str, 
         eager = build_backbone(name, **kwargs)
         params = sum(p.numel() for p in eager.parameters()) / 1e6
         if runtime.startswith("onnx"):
-            fp32, int8 = export_files(name, Path(export_dir), kwargs)
-            backbone = build_backbone(name, weights=int8 if runtime == "onnx-int8" else fp32, runtime="onnxruntime")
+            recipe = runtime.removeprefix("onnx-int8-") if runtime.startswith("onnx-int8-") else DEFAULT_INT8_RECIPE
+            fp32, int8 = export_files(name, Path(export_dir), kwargs, recipe)
+            backbone = build_backbone(name, weights=fp32 if runtime == "onnx-fp32" else int8, runtime="onnxruntime")
         else:
             backbone = eager
         scale, planner_name = SIZES[size]
@@ -136,6 +167,11 @@ def _measure(name: str, runtime: str, threads: int, size: str, export_dir: str, 
         planner = RAPPlanner(backbone, planner_config(planner_name)).eval()
         if runtime == "compile":
             planner.backbone = encoder
+        if runtime.startswith("planner-onnx"):  # the encoder column: the eager encoder; Hz: the whole file
+            from rap_backbone.planner_export import OnnxPlanner
+
+            files = planner_files(planner, feats, name, size, Path(export_dir), smoke)
+            planner = OnnxPlanner(files[runtime.endswith("int8")], expect=planner, threads=threads)
         note = ""
         with torch.no_grad():
             if runtime == "compile":  # the first call compiles: never a measurement
@@ -181,7 +217,7 @@ def main() -> None:
     plan = PRESETS[args.preset] if args.preset else _rows(args.encoders, args.runtimes, args.threads, args.inputs,
                                                           args.repeats)
     # a preset is the whole table from one run; a selection merges into the saved rows
-    rows = {} if args.preset else {tuple(r[:KEY]): r for r in read_rows()}
+    rows = {} if args.preset and args.preset not in MERGING_PRESETS else {tuple(r[:KEY]): r for r in read_rows()}
     from rap_backbone.backbones import build_backbone
 
     flops: dict[tuple[str, str], float] = {}
@@ -219,8 +255,16 @@ def write(rows: dict) -> None:
         "encoder ms: 4 camera images in one batch, already normalised; planner Hz: the small RAP planner "
         "(configs/planner/small.yaml) end to end on one frame of 4 cameras, encoder included.",
         "GFLOPs by torch.utils.flop_counter on the torch model (1 multiply-add = 2 FLOPs), 4 images.",
-        "onnx-int8: onnxruntime static QDQ quantisation (MatMul/Gemm/Conv int8, per-channel weights), calibrated "
-        f"on {CALIBRATION_IMAGES} embedded-world camera images; onnx rows use onnxruntime's CPU provider.",
+        f"onnx-int8: eupe/export.py's default int8 recipe ({DEFAULT_INT8_RECIPE}: weight MatMuls int8 with per-channel "
+        "weights, activations quantised per call, attention products and softmax fp32); onnx-int8-static-weights: "
+        "QDQ on the same products; onnx-int8-static-all: QDQ on every MatMul/Gemm/Conv (attention products too, "
+        f"QLinearSoftmax); static recipes calibrated on {CALIBRATION_IMAGES} embedded-world camera images; onnx rows "
+        "use onnxruntime's CPU provider.",
+        "planner-onnx-fp32 / -int8: the whole small planner, encoder included, exported to ONNX (rap_backbone/"
+        "planner_export.py) and run by onnxruntime (int8: the default recipe on every weight MatMul); encoder ms "
+        "is then the eager encoder's. The benchmark frame's cameras share one calibration that puts every anchor "
+        "in every camera: eager cross-attention samples all 4 cameras like the exported planner (real frames see "
+        "1-2 cameras per query, which only the eager planner exploits).",
         "peak MiB: growth of the measuring process's peak RSS (weights, exported session and activations).",
         "load 1m: the machine's 1-minute load average right after the row (2 cores, shared with other jobs: "
         "rows with a load well above 2 are slower than an idle machine gives; rerun them with --encoders ... ).",

@@ -1,4 +1,4 @@
-"""Encoders out of Python: ONNX and ``torch.export`` programs, int8 static quantisation, an onnxruntime encoder.
+"""Encoders out of Python: ONNX and ``torch.export`` programs, int8 quantisation, an onnxruntime encoder.
 
 An exportable encoder is any module ``encoder(images [B,3,H,W], normalised by its own mean/std) -> (summary
 [B,C], patch [B,C,H/stride,W/stride])`` plus an :class:`EncoderInfo` describing it. Files carry that
@@ -13,7 +13,7 @@ description with them, so a runtime can check that a file is the encoder it was 
 
     >>> info = EncoderInfo(name="eupe-t", stride=16, embed_dim=192, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     >>> export_onnx(encoder, info, "eupe-t.onnx", sample_hw=(224, 384))
-    >>> quantize_int8("eupe-t.onnx", "eupe-t.int8.onnx", calibration_images)
+    >>> quantize_int8("eupe-t.onnx", "eupe-t.int8.onnx")  # recipe "dynamic"; static ones take calibration images
     >>> summary, patch = OnnxEncoder("eupe-t.int8.onnx", expect_name="eupe-t")(images_normalised)
 """
 from __future__ import annotations
@@ -281,6 +281,16 @@ class OnnxEncoder:
 # Operators quantised to int8: the matrix products and convolutions that carry the FLOPs. Norms, softmax and GELU
 # stay in float (onnxruntime QDQ keeps unlisted ops in fp32), which is what keeps ViT features close to fp32.
 INT8_OPS = ("MatMul", "Gemm", "Conv")
+# int8 recipes (benchmarks/edge.py --preset int8 compares them):
+# - dynamic: weight products only (MatMul with a constant operand), int8 per-channel weights, activations
+#   quantised to uint8 per call (onnxruntime quantize_dynamic: DynamicQuantizeMatMul, MLAS u8s8 kernels, which
+#   use VNNI where the CPU has it); no calibration; the attention products q@k, attn@v and softmax stay fp32.
+# - static-weights: QDQ with calibrated activation ranges on the same weight products only.
+# - static-all: QDQ on every MatMul/Gemm/Conv, the attention products included. onnxruntime then fuses
+#   Q/DQ around softmax into QLinearSoftmax, which took more time than the int8 products saved (profiled on
+#   an AMD EPYC with avx512_vnni: slower than fp32).
+INT8_RECIPES = ("dynamic", "static-weights", "static-all")
+DEFAULT_INT8_RECIPE = "dynamic"
 
 
 class _Calibration:
@@ -294,20 +304,58 @@ class _Calibration:
         return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Sequence[np.ndarray | torch.Tensor],
-                  *, per_channel: bool = True) -> Path:
-    """Static int8 quantisation (onnxruntime QDQ: int8 weights per output channel, int8 activations with
-    MinMax ranges) of an exported encoder, calibrated on ``calibration`` (normalised image batches)."""
+def activation_products(model) -> list[str]:
+    """Names of the ``MatMul`` nodes of an ONNX ``model`` whose operands are both activations (no initializer
+    or constant): a ViT's attention products ``q @ k^T`` and ``attn @ v``."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and not any(i in constants for i in n.input)]
+
+
+def quantize_weight_products(fp32_path: str | Path, int8_path: str | Path, *, per_channel: bool = True) -> Path:
+    """The ``dynamic`` recipe on any ONNX model (an encoder, a whole planner): every MatMul with a constant
+    operand becomes int8 (weights per output channel when ``per_channel``), activation-activation products and
+    everything else stay fp32; the file's ``metadata_props`` are kept."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    source = onnx.load(str(fp32_path))
+    tmp = int8_path.with_name(int8_path.name + ".dyn.tmp")
+    try:
+        # onnxruntime's dynamic registry has MatMul, not Gemm (our exports write Linear as MatMul + Add)
+        quantize_dynamic(str(fp32_path), str(tmp), op_types_to_quantize=["MatMul"], per_channel=per_channel,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=activation_products(source))
+        model = onnx.load(str(tmp))
+        kept = {e.key for e in model.metadata_props}
+        for entry in source.metadata_props:
+            if entry.key not in kept:
+                model.metadata_props.add(key=entry.key, value=entry.value)
+        onnx.save(model, str(int8_path))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return int8_path
+
+
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path,
+                  calibration: Sequence[np.ndarray | torch.Tensor] = (), *, recipe: str = DEFAULT_INT8_RECIPE,
+                  per_channel: bool = True) -> Path:
+    """int8 quantisation of an exported encoder with ``recipe`` (one of :data:`INT8_RECIPES`): ``dynamic``
+    (no calibration), or onnxruntime static QDQ (int8 weights per output channel when ``per_channel``, int8
+    activations with MinMax ranges from ``calibration``, normalised image batches)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if recipe not in INT8_RECIPES:
+        raise ExportError(f"unknown int8 recipe {recipe!r}; use one of {list(INT8_RECIPES)}")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     info = OnnxEncoder(fp32_path).info
     if info.precision != "fp32":
         raise ExportError(f"{fp32_path} is already {info.precision}; quantise the fp32 export")
-    if not calibration:
-        raise ExportError("int8 calibration needs at least one image batch")
+    if recipe != "dynamic" and not calibration:
+        raise ExportError(f"int8 recipe {recipe!r} needs at least one calibration image batch")
     batches = [b.detach().float().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b, np.float32)
                for b in calibration]
     for b in batches:
@@ -317,11 +365,15 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Seq
     tmp = int8_path.with_name(int8_path.name + ".tmp")
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(tmp), _Calibration(batches), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(INT8_OPS), per_channel=per_channel,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True})
+        if recipe == "dynamic":
+            quantize_weight_products(prepared, tmp, per_channel=per_channel)
+        else:
+            excluded = activation_products(onnx.load(str(prepared))) if recipe == "static-weights" else []
+            quantize_static(str(prepared), str(tmp), _Calibration(batches), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(INT8_OPS), per_channel=per_channel,
+                            nodes_to_exclude=excluded, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": True})
         model = onnx.load(str(tmp))
         _set_metadata(model, EncoderInfo(**{**asdict(info), "precision": "int8"}))
         onnx.save(model, str(tmp))

@@ -48,6 +48,7 @@ from rap_backbone.planner_export import (
     ProgramPlanner,
     export_planner_onnx,
     export_planner_program,
+    quantize_planner_int8,
     trace_planner,
 )
 
@@ -107,7 +108,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         calib = backbone.normalize(world_images(cfg.int8.cameras, hw, cfg.int8.calibration_images, train_logs=True))
         held = backbone.normalize(world_images(cfg.int8.cameras, hw, cfg.int8.held_out_images, train_logs=False))
         path = quantize_int8(report["files"]["onnx"], out / f"{stem}.int8.onnx",
-                             list(torch.split(calib, cfg.int8.batch_size)))
+                             list(torch.split(calib, cfg.int8.batch_size)), recipe=cfg.int8.recipe)
         int8 = OnnxEncoder(path, expect_name=info.name)
         with torch.no_grad():
             report["int8_cosine_held_out"] = feature_cosine(int8(held), module(held))
@@ -160,6 +161,10 @@ def export_whole_planner(cfg: DictConfig, backbone: torch.nn.Module, out: Path, 
             path = export_planner_onnx(program, info, out / f"{stem}.onnx")
             runners["onnx"] = OnnxPlanner(path)
             report["files"]["onnx"] = str(path)
+            if pe.int8:
+                int8 = quantize_planner_int8(path, out / f"{stem}.int8.onnx")
+                runners["onnx_int8"] = OnnxPlanner(int8)
+                report["files"]["onnx_int8"] = str(int8)
         except ExportError as err:  # the program is still useful: record why ONNX is missing
             log.error("%s", err)
             report["errors"]["onnx"] = str(err)

@@ -17,6 +17,9 @@ FOOTPRINT_WIDTH_MARGIN = 0.1  # half_width = 1.1485 + 0.1
 REFERENCE_POINT_MODES = ("paired", "grid")
 # rap_dino/bevformer/bev_feature_build.py: RandomScaleImageMultiViewImage(scales=[0.4]) -- 1920x1080 -> 768x432
 RAP_IMAGE_SCALE = 0.4
+# planner.runtime: torch (the eager planner) or onnxruntime (the whole planner exported by run_export.py
+# planner_export, read from planner.exported)
+PLANNER_RUNTIMES = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -94,9 +97,19 @@ class PlannerGroupConfig(PlannerConfig):
 
     seed: Optional[int] = None
     image_scale: float = RAP_IMAGE_SCALE
+    runtime: str = "torch"
+    exported: Optional[str] = None  # the planner's .onnx for runtime=onnxruntime
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.runtime not in PLANNER_RUNTIMES:
+            raise ValueError(f"planner.runtime={self.runtime!r}; use one of {list(PLANNER_RUNTIMES)}")
+        if self.runtime == "onnxruntime" and not self.exported:
+            raise ValueError("planner.runtime=onnxruntime needs planner.exported=<the planner .onnx written by "
+                             "navsim_agents/run_export.py planner_export.enabled=true>")
 
     def planner_config(self) -> PlannerConfig:
-        """The network's part (without seed and image scale)."""
+        """The network's part (without seed, image scale and runtime)."""
         return PlannerConfig.from_dict({f.name: getattr(self, f.name) for f in fields(PlannerConfig)})
 
 
@@ -117,5 +130,5 @@ def planner_profile(node: Mapping[str, Any] | None) -> PlannerGroupConfig:
     return PlannerGroupConfig.from_dict(values)
 
 
-__all__ = ["PLANNER_SCHEMA", "RAP_IMAGE_SCALE", "PlannerConfig", "PlannerGroupConfig", "planner_profile",
+__all__ = ["PLANNER_RUNTIMES", "PLANNER_SCHEMA", "RAP_IMAGE_SCALE", "PlannerConfig", "PlannerGroupConfig", "planner_profile",
            "register_planner_schema"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eupe.export import ONNX_OPSET, ExportError, traceable
+from eupe.export import ONNX_OPSET, ExportError, quantize_weight_products, traceable
 from rap_backbone.backbones import Backbone
 from rap_backbone.planner import RAPPlanner
 
@@ -39,6 +39,7 @@ class PlannerExportInfo:
     weights_source: str
     planner: dict[str, Any]
     input_shapes: dict[str, list[int]]
+    precision: str = "fp32"  # fp32 | int8 (eupe.export's dynamic recipe on the weight MatMuls)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -115,6 +116,47 @@ def export_planner_onnx(program: torch.export.ExportedProgram, info: PlannerExpo
     return path
 
 
+def check_planner_file(info: Mapping[str, Any], planner: RAPPlanner, path: Path) -> None:
+    """Raise :class:`ExportError` naming the differing keys unless the exported planner described by ``info``
+    has ``planner``'s config and backbone name."""
+    wanted = json.loads(json.dumps(planner.config.to_dict()))  # tuples as the file's JSON lists
+    stored = info.get("planner", {})
+    differ = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
+    backbone = getattr(planner.backbone, "name", None)
+    if differ or info.get("backbone") != backbone:
+        what = [f"{k}: file {stored.get(k)!r}, config {wanted.get(k)!r}" for k in differ]
+        if info.get("backbone") != backbone:
+            what.insert(0, f"backbone: file {info.get('backbone')!r}, config {backbone!r}")
+        raise ExportError(f"{path} is not an export of this planner ({'; '.join(what)}); export it again with "
+                          "navsim_agents/run_export.py planner=<this planner> backbone=<this backbone> "
+                          "planner_export.enabled=true")
+
+
+def quantize_planner_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
+    """An int8 copy of an exported planner ONNX: the weight MatMuls of the encoder and the head in int8 (eupe.export
+    ``dynamic`` recipe), the deformable sampling, attention products and norms in fp32; its description says
+    ``precision: int8``."""
+    import onnx
+
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    info = OnnxPlanner(fp32_path).info
+    if info.get("precision", "fp32") != "fp32":
+        raise ExportError(f"{fp32_path} is already {info['precision']}; quantise the fp32 planner export")
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = int8_path.with_name(int8_path.name + ".tmp")
+    try:
+        quantize_weight_products(fp32_path, tmp)
+        model = onnx.load(str(tmp))
+        for entry in model.metadata_props:
+            if entry.key == PLANNER_METADATA_KEY:
+                entry.value = json.dumps({**info, "precision": "int8"}, sort_keys=True)
+        onnx.save(model, str(tmp))
+        tmp.replace(int8_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return int8_path
+
+
 class ProgramPlanner:
     """A ``.pt2`` written by :func:`export_planner_program`: ``ProgramPlanner(path)(features)`` -> dict of
     ``PLANNER_OUTPUTS``; ``info`` is the file's description."""
@@ -140,16 +182,24 @@ class ProgramPlanner:
 
 class OnnxPlanner:
     """An exported planner run by onnxruntime: ``OnnxPlanner(path)(features)`` -> dict of ``PLANNER_OUTPUTS``
-    as torch tensors; the inputs' shapes must be those the file was exported with."""
+    as torch tensors; the inputs' shapes must be those the file was exported with. ``expect``: the planner the
+    file must be an export of (same planner config and backbone name), else :class:`ExportError`; ``threads``:
+    onnxruntime's intra-op threads (None: its default)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, expect: RAPPlanner | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise ExportError(f"ONNX planner {self.path} does not exist; write it with navsim_agents/run_export.py "
                               "planner_export.enabled=true")
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise ExportError(f"onnxruntime cannot open {self.path} ({type(err).__name__}: {err})") from err
         raw = self.session.get_modelmeta().custom_metadata_map.get(PLANNER_METADATA_KEY)
         if raw is None:
             raise ExportError(f"{self.path} has no '{PLANNER_METADATA_KEY}' metadata: not an exported RAP planner")
@@ -159,6 +209,8 @@ class OnnxPlanner:
         if names_in != list(PLANNER_INPUTS) or names_out != list(PLANNER_OUTPUTS):
             raise ExportError(f"{self.path}: inputs {names_in} / outputs {names_out} are not the planner's "
                               f"{list(PLANNER_INPUTS)} / {list(PLANNER_OUTPUTS)}; re-export it")
+        if expect is not None:
+            check_planner_file(self.info, expect, self.path)
 
     def __call__(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         feeds = {}

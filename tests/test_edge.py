@@ -9,9 +9,11 @@ import pytorch_lightning as pl
 import torch
 
 from eupe.export import (
+    INT8_RECIPES,
     EncoderInfo,
     ExportError,
     OnnxEncoder,
+    activation_products,
     export_onnx,
     feature_cosine,
     load_program,
@@ -216,6 +218,38 @@ def test_int8_keeps_features_and_names_its_encoder(small_vit, tmp_path):
         build_backbone("eupe-t", weights=int8, runtime="onnxruntime")
     with pytest.raises(ExportError, match="already int8"):
         quantize_int8(int8, tmp_path / "again.onnx", [held_out])
+
+
+def test_int8_recipes_keep_features_and_quantise_what_they_say(small_vit, tmp_path):
+    import onnx
+
+    from navsim_agents.run_export import world_images
+
+    bb, module, _, report = small_vit
+    fp32 = onnx.load(report["files"]["onnx"])
+    attention = activation_products(fp32)
+    assert len(attention) == 2  # one block: q @ k^T and attn @ v
+    weight_products = sum(n.op_type == "MatMul" for n in fp32.graph.node) - 2
+    calib = [bb.normalize(world_images(["cam_f0", "cam_l0"], (48, 96), 2, train_logs=True))]
+    held_out = bb.normalize(world_images(["cam_f0", "cam_b0"], (48, 96), 4, train_logs=False))
+    for recipe in INT8_RECIPES:
+        path = quantize_int8(report["files"]["onnx"], tmp_path / f"{recipe}.onnx", calib, recipe=recipe)
+        with torch.no_grad():
+            cos = feature_cosine(OnnxEncoder(path, expect_name="edge-vit-96")(held_out), module(held_out))
+        assert cos["summary"] >= INT8_MIN_COSINE and cos["patch"] >= INT8_MIN_COSINE, (recipe, cos)
+        graph = onnx.load(str(path)).graph
+        ops = [n.op_type for n in graph.node]
+        from_dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        quantised_attention = [n.name for n in graph.node if n.name in attention and set(n.input) <= from_dq]
+        if recipe == "dynamic":  # weight products to MatMulInteger, no Q/DQ pairs, attention in float
+            assert ops.count("MatMulInteger") == weight_products and "QuantizeLinear" not in ops
+            assert ops.count("MatMul") == 2
+        else:
+            assert quantised_attention == (attention if recipe == "static-all" else []), recipe
+    with pytest.raises(ExportError, match=r"unknown int8 recipe 'fast'; use one of"):
+        quantize_int8(report["files"]["onnx"], tmp_path / "x.onnx", calib, recipe="fast")
+    with pytest.raises(ExportError, match=r"'static-weights' needs at least one calibration image batch"):
+        quantize_int8(report["files"]["onnx"], tmp_path / "x.onnx", [], recipe="static-weights")
 
 
 def test_onnxruntime_backbone_in_the_planner(small_vit):

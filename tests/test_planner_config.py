@@ -62,7 +62,8 @@ def test_profile_splits_network_and_input():
     net = profile.planner_config()
     assert type(net) is PlannerConfig and net.d_model == 128
     assert {f.name for f in fields(PlannerGroupConfig)} - {f.name for f in fields(PlannerConfig)} == {
-        "seed", "image_scale"}
+        "seed", "image_scale", "runtime", "exported"}
+    assert profile.runtime == "torch" and profile.exported is None
     with pytest.raises(KeyError, match="wide"):
         load_planner_profile({"wide": 1})
     with pytest.raises(FileNotFoundError, match="huge"):

@@ -38,6 +38,13 @@ def exported(tmp_path_factory):
     return planner, program, info, root
 
 
+@pytest.fixture(scope="module")
+def onnx_file(exported):
+    """The fixture planner's ONNX, written once for the tests that read it."""
+    _, program, info, root = exported
+    return export_planner_onnx(program, info, root / "p.onnx")
+
+
 def _compare(got: dict, ref: dict) -> None:
     for key in PLANNER_OUTPUTS:  # fp32 kernels may reassociate sums: tolerance scales with each output
         torch.testing.assert_close(got[key].float(), ref[key].float(), rtol=1e-4,
@@ -56,9 +63,9 @@ def test_planner_program_equals_eager(exported):
     assert ref["trajectory"].shape == (1, 8, 3) and ref["pdm_score"].shape == (1, 4)
 
 
-def test_planner_onnx_equals_eager(exported):
-    planner, program, info, root = exported
-    runner = OnnxPlanner(export_planner_onnx(program, info, root / "p.onnx"))
+def test_planner_onnx_equals_eager(exported, onnx_file):
+    planner = exported[0]
+    runner = OnnxPlanner(onnx_file)
     check = _sample(2)
     with torch.no_grad():
         ref = planner(check)
@@ -114,3 +121,59 @@ def test_run_export_takes_encoder_and_planner_from_a_checkpoint(tmp_path):
     with torch.no_grad():
         expected = trained(check)
     _compare(ProgramPlanner(planner["files"]["program"])(check), expected)  # the checkpoint's planner
+
+
+# int8 weight products change each output by a few per cent of its magnitude at most (random weights, 1-block ViT)
+INT8_RELATIVE_TOLERANCE = 0.05
+
+
+def test_planner_int8_stays_close_to_eager(exported, onnx_file):
+    from rap_backbone.planner_export import quantize_planner_int8
+
+    planner, _, _, root = exported
+    fp32 = onnx_file
+    int8 = OnnxPlanner(quantize_planner_int8(fp32, root / "q.int8.onnx"), expect=planner)
+    assert int8.info["precision"] == "int8" and (root / "q.int8.onnx").stat().st_size < fp32.stat().st_size
+    check = _sample(3)
+    with torch.no_grad():
+        ref = planner(check)
+    got = int8(check)
+    for key in ("proposals", "pred_logit", "pdm_score"):  # the argmax trajectory may pick another proposal
+        scale = float(ref[key].abs().max())
+        assert float((got[key] - ref[key]).abs().max()) <= INT8_RELATIVE_TOLERANCE * scale, key
+    with pytest.raises(ExportError, match="already int8"):
+        quantize_planner_int8(root / "q.int8.onnx", root / "again.onnx")
+
+
+def test_planner_runtime_onnxruntime_in_the_agent_and_a_file_for_another_planner(exported, onnx_file):
+    from navsim_agents.agents.rap_agent import RAPAgent
+
+    planner, path = exported[0], onnx_file
+    backbone = {"name": "edge-vit-96", "overrides": {"depth": 1}}
+    agent = RAPAgent(backbone=backbone, planner=dict(TINY, runtime="onnxruntime", exported=str(path))).eval()
+    agent.planner.load_state_dict(planner.state_dict())  # the exported weights, for the eager reference
+    check = _sample(4)
+    with torch.no_grad():
+        _compare(agent(check), planner(check))
+    assert "onnxruntime fp32" in agent.weights_source
+    with pytest.raises(ExportError, match=r"not an export of this planner \(num_proposals: file 4, config 8\)"):
+        RAPAgent(backbone=backbone, planner=dict(TINY, num_proposals=8, runtime="onnxruntime", exported=str(path)))
+    with pytest.raises(ExportError, match=r"backbone: file 'edge-vit-96', config 'edge-vit-128'"):
+        RAPAgent(backbone={"name": "edge-vit-128", "overrides": {"depth": 1}},
+                 planner=dict(TINY, runtime="onnxruntime", exported=str(path)))
+    with pytest.raises(ValueError, match="planner.runtime=onnxruntime needs planner.exported"):
+        RAPAgent(backbone=backbone, planner=dict(TINY, runtime="onnxruntime"))
+
+
+def test_closed_loop_agent_runs_the_exported_planner(exported, onnx_file):
+    from bench2drive.agent import DEFAULTS, TorchPlanner, build_planner
+
+    planner, path = exported[0], onnx_file
+    cfg = dict(DEFAULTS, backbone={"name": "edge-vit-96", "overrides": {"depth": 1}},
+               planner_config=dict(TINY, runtime="onnxruntime", exported=str(path)))
+    loop_planner = build_planner(cfg)
+    assert isinstance(loop_planner, TorchPlanner) and "onnxruntime fp32" in loop_planner.source
+    check = _sample(5)
+    with torch.no_grad():
+        ref = planner(check)
+    _compare(loop_planner(check), ref)  # the file's weights, not the loop's random planner

@@ -192,6 +192,15 @@ class RAPAgent(AbstractAgent):
         self._loaded_from: Optional[str] = None
         if checkpoint:
             self.load_checkpoint(checkpoint)
+        # planner.runtime=onnxruntime: eval calls run the exported file (weights and all), checked against the
+        # config's planner; training and the torch parts (losses, alignment) keep the eager module
+        self.exported_planner = None
+        profile = None if isinstance(planner, nn.Module) else load_planner_profile(planner)
+        if profile is not None and profile.runtime == "onnxruntime":
+            from rap_backbone.planner_export import OnnxPlanner
+
+            self.exported_planner = OnnxPlanner(profile.exported, expect=self.planner,
+                                                threads=torch.get_num_threads())
 
     # ---------------------------------------------------------------- NAVSIM agent API
     def name(self) -> str:
@@ -207,7 +216,12 @@ class RAPAgent(AbstractAgent):
     @property
     def weights_source(self) -> str:
         """Where the planner and backbone weights come from, for run reports."""
-        planner = self._loaded_from or "random (no agent.checkpoint)"
+        if self.exported_planner is not None:
+            info = self.exported_planner.info
+            planner = (f"{self.exported_planner.path} (onnxruntime {info.get('precision', 'fp32')}, exported with "
+                       f"backbone weights {info['weights_source']})")
+        else:
+            planner = self._loaded_from or "random (no agent.checkpoint)"
         backbone = getattr(self.backbone, "weights_source", "unknown")
         return f"planner: {planner}; backbone: {backbone}"
 
@@ -237,6 +251,8 @@ class RAPAgent(AbstractAgent):
             raster = {k: v for k, v in features.items() if k not in ("rendered_camera_feature", "camera_valid")}
             raster["camera_feature"] = features["rendered_camera_feature"]
             features = {k: torch.cat([raster[k], features[k][real_idx]]) for k in raster}
+        if self.exported_planner is not None and not self.training:
+            return self.exported_planner(features)
         return self.planner(dict(features))
 
     def compute_trajectory(self, agent_input: Any) -> Any:
