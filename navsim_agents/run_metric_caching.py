@@ -30,6 +30,7 @@ def run(cfg: DictConfig) -> dict:
     from tqdm import tqdm
 
     from navsim_agents.data.splits import build_scene_loader, resolve_split
+    from navsim_agents.long_lived import freeze_long_lived, release_long_lived
 
     config_checks.check_split(cfg.split)
     paths = resolve_split(cfg.split)
@@ -39,7 +40,7 @@ def run(cfg: DictConfig) -> dict:
     stats = {"built": 0, "reused": 0, "rebuilt": 0, "failed": 0}
     failures: list[str] = []
     start = time.perf_counter()
-    for token in tqdm(loader.tokens, unit="scene", disable=not cfg.progress):
+    for index, token in enumerate(tqdm(loader.tokens, unit="scene", disable=not cfg.progress)):
         frames = loader.scene_frames_dicts[token]
         try:
             _, action = E.refresh_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
@@ -49,6 +50,9 @@ def run(cfg: DictConfig) -> dict:
             stats["failed"] += 1
             failures.append(str(err))
             logger.warning("token %s: %s", token, err)
+        if index == 0:
+            freeze_long_lived()  # the scene logs and the first scene's map are loaded by now
+    release_long_lived()
     stats["seconds"] = time.perf_counter() - start
     stats["root"] = str(root)
     print(f"metric cache {root}: {stats['built']} built, {stats['rebuilt']} rebuilt (unreadable or forced), "
