@@ -113,7 +113,9 @@ class TemporalSelfAttention(nn.Module):
         weights = self.attention_weights(both).float().view(b, q, heads, self.QUEUE, pts).softmax(-1)
         rows, cols = grid_hw
         normalizer = offsets.new_tensor([cols, rows])  # (w, h) of the grid
-        loc = ref.float()[:, :, None, None, None, None, :] + offsets / normalizer
+        # expanded (same values): an export folds it into a constant of the offsets' shape, which onnxruntime
+        # divides in one vectorised pass instead of one call per (x, y) pair
+        loc = ref.float()[:, :, None, None, None, None, :] + offsets / normalizer.expand_as(offsets)
         # queue slots share the value map: sample them as 2*pts points with half weight (= their mean)
         loc = loc.permute(0, 1, 2, 4, 3, 5, 6).reshape(b, q, heads, 1, self.QUEUE * pts, 2)
         weights = (0.5 * weights).reshape(b, q, heads, 1, self.QUEUE * pts)
@@ -166,7 +168,7 @@ class SpatialCrossAttention(nn.Module):
             heads, pts = self.num_heads, self.num_points
             h, w = feat_hw
             offsets = self.sampling_offsets(query).view(b, 1, q, heads, 1, pts // d, d, 2)
-            offsets = offsets / offsets.new_tensor([w, h])
+            offsets = offsets / offsets.new_tensor([w, h]).expand_as(offsets)  # expanded: as in TSA
             weights = self.attention_weights(query).view(b, 1, q, heads, 1, pts).softmax(-1)
             hit = visible.any(-1)  # [B,N,Q]
             if sample_visible_only(query):
