@@ -25,6 +25,8 @@ from hydra import compose, initialize_config_dir
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, replace_section  # noqa: E402
 
+from eupe.export import DEFAULT_INT8_RECIPE, INT8_RECIPES  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## int8 encoder in a trained planner (navmini PDMS)"
 PLANNER = ["backbone=eupe-t", "planner=tiny", "planner.num_refinements=2", "planner.num_bev_layers=1"]
@@ -52,6 +54,8 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("outputs/edge_int8"))
     parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--held-out-images", type=int, default=32)
+    parser.add_argument("--recipe", choices=INT8_RECIPES, default=DEFAULT_INT8_RECIPE,
+                        help="int8 recipe (eupe/export.py); static recipes calibrate on --calibration-images")
     args = parser.parse_args()
     if not args.checkpoint.is_file():
         raise SystemExit(f"--checkpoint {args.checkpoint} does not exist; train the quick start first "
@@ -65,7 +69,7 @@ def main() -> None:
     report = run_export.run(_compose("run_export", PLANNER + [
         f"checkpoint={args.checkpoint}", f"out_dir={args.out_dir}", f"sample_hw={size}", f"verify_hw=[{size}]",
         f"int8.image_hw={size}", f"int8.calibration_images={args.calibration_images}",
-        f"int8.held_out_images={args.held_out_images}"]))
+        f"int8.held_out_images={args.held_out_images}", f"int8.recipe={args.recipe}"]))
     runs = {"torch fp32": [], "onnxruntime fp32": ["backbone.runtime=onnxruntime", f"backbone.weights={report['files']['onnx']}"],
             "onnxruntime int8": ["backbone.runtime=onnxruntime", f"backbone.weights={report['files']['int8']}"]}
     rows = []
@@ -77,13 +81,15 @@ def main() -> None:
         rows.append((label, score, tokens))
         print(f"{label}: PDMS {score:.4f} on {tokens} tokens", flush=True)
     cos = report["int8_cosine_held_out"]
+    calibration = ("no calibration: activations quantised per call" if args.recipe == "dynamic"
+                   else f"calibration: {args.calibration_images} train-log images")
     lines = [
         f"Planner: the quick start's (`{' '.join(PLANNER)} agent.image_scale={IMAGE_SCALE}`), checkpoint "
         f"`{args.checkpoint}`; the encoder is its frozen RANDOM-init EUPE ViT-T (weights from the checkpoint). "
         f"Camera images at scale {IMAGE_SCALE}: {hw[0]}x{hw[1]} after padding (small images: 8x12 patch grid).",
         "",
-        f"int8 encoder vs fp32 on {args.held_out_images} held-out navmini test-log camera images ({hw[0]}x{hw[1]}; "
-        f"calibration: {args.calibration_images} train-log images): feature cosine summary {cos['summary']:.6f} "
+        f"int8 encoder (recipe `{args.recipe}`) vs fp32 on {args.held_out_images} held-out navmini test-log camera "
+        f"images ({hw[0]}x{hw[1]}; {calibration}): feature cosine summary {cos['summary']:.6f} "
         f"(1 - cosine {1 - cos['summary']:.1e}), patch {cos['patch']:.6f} (1 - cosine {1 - cos['patch']:.1e}). "
         "A random-init EUPE ViT's blocks barely act (LayerScale starts at 1e-5), so its features are close to the "
         "normed patch embedding and int8 errors hardly build up; a trained encoder's cosine will be lower.",
@@ -93,7 +99,7 @@ def main() -> None:
     ]
     base = rows[0][1]
     lines += [f"| {label} | {score:.4f} | {tokens} | {score - base:+.4f} |" for label, score, tokens in rows]
-    lines += ["", f"Command: `python benchmarks/edge_int8_pdms.py --checkpoint {args.checkpoint}` "
+    lines += ["", f"Command: `python benchmarks/edge_int8_pdms.py --checkpoint {args.checkpoint} --recipe {args.recipe}` "
               f"({time.strftime('%Y-%m-%d %H:%M')}, {machine()}); scores, not timings."]
     replace_section(RESULTS / "edge.md", SECTION, "\n".join(lines))
 

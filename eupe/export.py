@@ -281,7 +281,7 @@ class OnnxEncoder:
 # Operators quantised to int8: the matrix products and convolutions that carry the FLOPs. Norms, softmax and GELU
 # stay in float (onnxruntime QDQ keeps unlisted ops in fp32), which is what keeps ViT features close to fp32.
 INT8_OPS = ("MatMul", "Gemm", "Conv")
-# int8 recipes (benchmarks/edge.py --preset int8 compares them):
+# int8 recipes (benchmarks/edge.py --preset goal compares them):
 # - dynamic: weight products only (MatMul with a constant operand), int8 per-channel weights, activations
 #   quantised to uint8 per call (onnxruntime quantize_dynamic: DynamicQuantizeMatMul, MLAS u8s8 kernels, which
 #   use VNNI where the CPU has it); no calibration; the attention products q@k, attn@v and softmax stay fp32.

@@ -56,11 +56,24 @@ def pdm_idm_step(x, v, x_lead, v_lead, l_rear, target_v, dt: float, p: IDMParame
     ``x``/``v``: progress and speed along the path; ``x_lead``/``v_lead``/``l_rear``: the leader's progress, speed
     and rear length; ``target_v``: desired speed per policy.
     """
+    if type(x) is type(v) is type(x_lead) is type(v_lead) is type(l_rear) is type(target_v) is float and target_v:
+        return _pdm_idm_step_float(x, v, x_lead, v_lead, l_rear, target_v, dt, p)
     s_star = p.min_gap + v * p.headway_time + v * (v - v_lead) / (2 * np.sqrt(p.accel_max * p.decel_max))
     s_alpha = np.maximum(x_lead - x - l_rear, p.min_gap)
     with np.errstate(divide="ignore", invalid="ignore"):
         v_dot = p.accel_max * (1 - (v / target_v) ** p.exponent - (s_star / s_alpha) ** 2)
     v_dot = np.clip(v_dot, -p.decel_max, p.accel_max)
+    return x + dt * v, v + dt * v_dot
+
+
+def _pdm_idm_step_float(x: float, v: float, x_lead: float, v_lead: float, l_rear: float, target_v: float, dt: float,
+                        p: IDMParameters) -> tuple[float, float]:
+    """`pdm_idm_step` for one vehicle in Python floats: the same IEEE operations in the same order (sqrt and pow
+    correctly rounded / the same libm call as numpy's scalars), without numpy's per-call cost."""
+    s_star = p.min_gap + v * p.headway_time + v * (v - v_lead) / (2 * math.sqrt(p.accel_max * p.decel_max))
+    s_alpha = max(x_lead - x - l_rear, p.min_gap)
+    v_dot = p.accel_max * (1 - (v / target_v) ** p.exponent - (s_star / s_alpha) ** 2)
+    v_dot = min(max(v_dot, -p.decel_max), p.accel_max)
     return x + dt * v, v + dt * v_dot
 
 

@@ -175,3 +175,62 @@ def test_failure_tracks_and_first_steps_are_recorded(version):
     assert scorer.ttc_track_ids[0][0] == "car"
     assert scorer.at_fault_track_ids[1] == [] and np.isinf(scorer.at_fault_time_idx[1])  # the parked ego
     assert scorer.ttc_track_ids[1] == [] and np.isinf(scorer.ttc_time_idx[1])
+
+
+def test_ego_footprints_are_built_only_near_objects_and_equal_the_box():
+    """The scorer builds an ego polygon only where a bounding-box test finds an object: for the ego driving at the
+    stopped car those footprints are the Pacifica box around rear axle + rear_axle_to_center; the parked ego 200 m
+    from every object gets none."""
+    obs = observation([("car", True, 0.0, 0.0, lambda t: (20.0, -1.75), 4.8, 2.0)])
+    scorer = PDMScorer(ScorerConfig(version="v2"))
+    both = np.concatenate([states_along(10 * T, -1.75, 10.0), states_along(np.full(41, -150.0), -1.75, 0.0)])
+    scorer.score(both, obs, CENTERLINE, ["A"], road())
+    built = np.argwhere(np.not_equal(scorer._polygons, None))
+    assert len(built) and set(built[:, 0]) == {0}
+    for p, t in built:
+        x = both[p, t, S.X] + R2C
+        expected = box(x - PACIFICA.length / 2, -1.75 - PACIFICA.width / 2, x + PACIFICA.length / 2,
+                       -1.75 + PACIFICA.width / 2)
+        assert scorer._polygons[p, t].symmetric_difference(expected).area < 1e-9 * expected.area
+
+
+def test_reusing_the_other_versions_geometry_gives_the_fresh_scores():
+    """PDM-Closed scores one proposal set for v2 and then v1 with the boxes, area flags, hits and progress of the
+    first; every output equals scoring v1 from scratch (a collision, an off-road and a clean proposal)."""
+    obs = observation([("car", True, 0.0, 0.0, lambda t: (20.0, -1.75), 4.8, 2.0)], steps=50)
+    states = np.concatenate([states_along(10 * T, -1.75, 10.0), states_along(5 * T, -1.75 - 0.8 * T, 5.0),
+                             states_along(3 * T, 1.75, 3.0)])
+    first = PDMScorer(ScorerConfig(version="v2"))
+    first.score(states, obs, CENTERLINE, ["A"], drivable := road())
+    reused = PDMScorer(ScorerConfig(version="v1")).score(states, obs, CENTERLINE, ["A"], drivable, reuse=first)
+    fresh = PDMScorer(ScorerConfig(version="v1")).score(states, obs, CENTERLINE, ["A"], road())
+    assert reused.keys() == fresh.keys()
+    for key in fresh:
+        assert np.array_equal(reused[key], fresh[key]), key
+    assert fresh["no_at_fault_collisions"][0] == 0.0 and fresh["drivable_area_compliance"][1] == 0.0
+    with pytest.raises(ValueError, match="same states"):
+        PDMScorer(ScorerConfig(version="v1")).score(states.copy(), obs, CENTERLINE, ["A"], drivable, reuse=first)
+
+
+def _loop_longest_run(hit, skip):
+    """The devkit's loop (navsim main pdm_scorer._calculate_lane_keeping), keeping the longest run."""
+    best = run = 0
+    for h, s in zip(hit, skip, strict=True):
+        if s:
+            continue
+        run = run + 1 if h else 0
+        best = max(best, run)
+    return best
+
+
+def test_longest_counted_run_equals_the_devkits_loop():
+    from navsim_agents.scoring.scorer import longest_counted_run
+
+    # by hand: skipped steps (s) inside a run neither count nor end it; a miss (.) ends it
+    rows = ["hhshh.hhh", "....", "hhhh", "shhs.hs", "ssss"]
+    hit = np.array([[c == "h" for c in r.ljust(9, ".")] for r in rows])
+    skip = np.array([[c == "s" for c in r.ljust(9, ".")] for r in rows])
+    assert longest_counted_run(hit, skip).tolist() == [4, 0, 4, 2, 0]
+    rng = np.random.default_rng(0)
+    hit, skip = rng.random((200, 41)) < 0.7, rng.random((200, 41)) < 0.2
+    assert longest_counted_run(hit, skip).tolist() == [_loop_longest_run(h, s) for h, s in zip(hit, skip, strict=True)]

@@ -132,3 +132,81 @@ def test_float_path_equals_the_batched_path(monkeypatch):
     monkeypatch.setattr(sim, "SCALAR_BATCH_LIMIT", 0)
     batched = sim.simulate_proposals(refs, initial)
     np.testing.assert_allclose(scalar, batched, rtol=1e-12, atol=1e-12)
+
+
+def _devkit_velocity_fit(poses: np.ndarray, dt: float, lam: float) -> np.ndarray:
+    """(v0, a_0, ...) per row by navsim's plain formula: heading-dependent design matrix A [2M, M] and
+    pinv(A^T A + lam R^T R) A^T y (batch_lqr_utils._fit_initial_velocity_and_acceleration_profile)."""
+    disp = np.diff(poses, axis=1)
+    out = []
+    for row, d in zip(poses, disp, strict=True):
+        m = len(d)
+        a = np.zeros((2 * m, m))
+        for j in range(m):
+            unit = np.array([np.cos(row[j, 2]), np.sin(row[j, 2])])
+            a[2 * j:2 * j + 2, 0] = dt * unit
+            for i in range(1, j + 1):
+                a[2 * j:2 * j + 2, i] = dt**2 * unit
+        r = np.hstack([np.zeros((m - 2, 1)), jerk_penalty_matrix(m - 2)])
+        out.append(np.linalg.pinv(a.T @ a + lam * r.T @ r, rcond=1e-15) @ a.T @ d[:, :2].reshape(-1))
+    return np.array(out)
+
+
+def test_velocity_fit_gain_equals_the_devkits_heading_dependent_formula():
+    """The fit uses one gain matrix for every heading (cos^2 + sin^2 = 1 in A^T A); on 41-pose S-bends at three
+    base headings it equals the devkit's per-trajectory pinv within that formula's own rounding (~1e-12)."""
+    from navsim_agents.scoring.pdm_simulator import _fit_velocity_and_acceleration
+
+    dt = 0.1
+    t = np.arange(41) * dt
+    poses = np.zeros((3, 41, 3))
+    for b, base in enumerate((0.0, 2.0, -2.5)):
+        heading = base + 0.4 * np.sin(t)
+        speed = 6.0 + 3.0 * np.sin(0.7 * t)
+        poses[b, :, 2] = heading
+        poses[b, 1:, 0] = np.cumsum(speed[:-1] * np.cos(heading[:-1]) * dt)
+        poses[b, 1:, 1] = np.cumsum(speed[:-1] * np.sin(heading[:-1]) * dt)
+    disp = np.diff(poses, axis=1)
+    v0, accel = _fit_velocity_and_acceleration(disp[..., :2], poses[:, :-1, 2], dt, LQR_JERK_PENALTY)
+    expected = _devkit_velocity_fit(poses, dt, LQR_JERK_PENALTY)
+    ours = np.concatenate([v0[:, None], accel], axis=1)
+    assert np.abs(ours - expected).max() <= 1e-10 * np.abs(expected).max()
+    # and it is a fit of these poses: the velocity profile follows the driven speed (within the penalty's bias)
+    velocity = v0[:, None] + np.concatenate([np.zeros((3, 1)), np.cumsum(accel * dt, axis=1)], axis=1)
+    assert np.abs(velocity - (6.0 + 3.0 * np.sin(0.7 * t[:-1]))).max() < 0.2
+
+
+def _devkit_curvature_fit(heading_disp: np.ndarray, velocity: np.ndarray, dt: float) -> np.ndarray:
+    """(k0, k'_0, ...) per row by navsim's formula (batch_lqr_utils._fit_initial_curvature_and_curvature_rate_profile):
+    A lower triangular, column 0 = v dt, A[i, k>=1] = v_i dt^2; pinv(A^T A + Q) A^T y, Q = diag(1e-10, 1e-2, ...)."""
+    from navsim_agents.scoring.constants import LQR_CURVATURE_RATE_PENALTY, LQR_INITIAL_CURVATURE_PENALTY
+
+    out = []
+    for y, v in zip(heading_disp, velocity, strict=True):
+        m = len(y)
+        a = np.zeros((m, m))
+        for i in range(m):
+            a[i, 0] = v[i] * dt
+            a[i, 1:i + 1] = v[i] * dt**2
+        q = np.diag([LQR_INITIAL_CURVATURE_PENALTY] + [LQR_CURVATURE_RATE_PENALTY] * (m - 1))
+        out.append(np.linalg.pinv(a.T @ a + q, rcond=1e-15) @ a.T @ y)
+    return np.array(out)
+
+
+def test_curvature_fit_solve_equals_the_devkits_pinv_formula():
+    """Rows whose normal matrix pinv cannot truncate are solved by LU, the others by pinv; both equal the plain
+    formula: a turning car, one that starts from standing (initial speed 0: the normal matrix' first diagonal is
+    the 1e-10 penalty) and one at 2 km/s (trace > 1e5: a pinv row)."""
+    from navsim_agents.scoring.pdm_simulator import _fit_curvature
+
+    dt, m = 0.1, 40
+    t = np.arange(m) * dt
+    velocity = np.stack([8.0 + t, np.where(t < 2.0, 0.0, 0.3 * (t - 2.0)), np.full(m, 2000.0)])
+    heading_disp = np.stack([0.02 + 0.01 * np.sin(t), np.where(t < 2.0, 0.0, 0.01), 1e-4 * np.cos(t)])
+    k0, rate = _fit_curvature(heading_disp, velocity, dt, 1e-2)
+    ours = np.concatenate([k0[:, None], rate], axis=1)
+    expected = _devkit_curvature_fit(heading_disp, velocity, dt)
+    for row in range(3):
+        assert np.abs(ours[row] - expected[row]).max() <= 1e-10 * np.abs(expected[row]).max(), row
+    # the turning row's curvature is what it drives: heading change / (v dt) at the start
+    assert abs(k0[0] - 0.02 / (8.0 * dt)) < 0.01

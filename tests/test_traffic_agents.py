@@ -119,3 +119,109 @@ def test_occupancy_simplify_matches_repeated_plain_simplify():
     occupancy.geometries["a"] = notched  # a replaced geometry is simplified again
     occupancy.simplify()
     assert len(shapely.get_coordinates(occupancy.geometries["a"])) == 5
+
+
+def _lane(x0, y0, heading, length=60.0):
+    s = np.arange(0.0, length + 0.5, 1.0)
+    return TA.InterpolatedPath(np.column_stack([x0 + s * math.cos(heading), y0 + s * math.sin(heading),
+                                                np.full_like(s, heading)]))
+
+
+def _scene(specs):
+    """Agents (token, lane start x, y, heading, progress, velocity) with their boxes as the occupancy, an ego off the
+    lanes but within the IDM radius."""
+    agents = {tok: TA.IDMAgent(tok, 4.8, 2.0, _lane(x, y, h), p, v, TA.IDM_TARGET_VELOCITY, None)
+              for tok, x, y, h, p, v in specs}
+    occupancy = TA._OccupancyMap({tok: a.polygon() for tok, a in agents.items()})
+    ego = np.zeros(11)
+    ego[[0, 1, 2, 3]] = [-30.0, 40.0, 0.0, 4.0]
+    return agents, occupancy, ego
+
+
+def _run_both(specs, steps, monkeypatch):
+    """(plain agents, plain occupancy, lazy agents, lazy occupancy, tree fallbacks of the lazy run) after `steps`."""
+    plain_agents, plain_occ, ego = _scene(specs)
+    lazy_agents, initial, _ = _scene(specs)
+    lazy_occ = TA._LazyOccupancy(initial.geometries)
+    for _ in range(steps):
+        TA._propagate_plain(plain_agents, plain_occ, ego)
+    calls = []
+    original = TA._OccupancyMap.nearest_to
+    monkeypatch.setattr(TA._OccupancyMap, "nearest_to", lambda self, key: calls.append(key) or original(self, key))
+    for _ in range(steps):
+        TA._propagate(lazy_agents, lazy_occ, ego)
+    return plain_agents, plain_occ, lazy_agents, lazy_occ, calls
+
+
+def _assert_same(plain_agents, plain_occ, lazy_agents, lazy_occ):
+    import shapely
+
+    assert list(plain_agents) == list(lazy_agents)
+    for tok, a in plain_agents.items():  # bit for bit
+        assert (a.progress, a.velocity) == (lazy_agents[tok].progress, lazy_agents[tok].velocity), tok
+    built = lazy_occ.plain().geometries
+    assert list(built) == list(plain_occ.geometries)
+    for tok, g in plain_occ.geometries.items():
+        assert shapely.equals_exact(g, built[tok], tolerance=0.0), tok
+
+
+def test_lazy_occupancy_propagation_matches_the_query_by_query_devkit_rule(monkeypatch):
+    # a follower closing on a slower leader (a unique nearest object), a car alone on a parallel lane (no entry
+    # near its corridor: nothing is built for it), and one standing at the end of a lane with a car behind it (its
+    # unchanged footprint and corridor are reused step after step)
+    specs = [("lead", 0.0, 0.0, 0.0, 20.0, 2.0), ("follower", 0.0, 0.0, 0.0, 8.0, 8.0),
+             ("alone", 0.0, 12.0, 0.0, 5.0, 6.0), ("stopped", -20.0, -12.0, 0.0, 57.0, 0.0),
+             ("queue", -20.0, -12.0, 0.0, 44.0, 3.0)]
+    plain_agents, plain_occ, lazy_agents, lazy_occ, fallbacks = _run_both(specs, 15, monkeypatch)
+    assert lazy_occ.entries["alone"]._geometry is None  # never needed by a query
+    _assert_same(plain_agents, plain_occ, lazy_agents, lazy_occ)
+    assert not fallbacks
+    assert plain_agents["follower"].velocity < 8.0  # it did react to the leader
+    assert plain_agents["stopped"].velocity == 0.0 and plain_agents["queue"].velocity < 3.0
+
+
+def test_lazy_occupancy_tie_goes_to_the_devkit_tree(monkeypatch):
+    """Two objects overlap the slow agent (distance 0 to both): the devkit's STR-tree traversal order picks the lead
+    (here the crossing car, though the car ahead comes first in the occupancy), and the two leads give different
+    braking (3 m/s ahead: s* = 1.16 m, -0.36 m/s^2; crossing, 0 m/s along the path: s* = 1.48 m, -1.20 m/s^2), so the
+    lazy path must defer to the same tree."""
+    specs = [("car", 0.0, 0.0, 0.0, 10.0, 0.3), ("ahead", 0.0, 0.0, 0.0, 14.0, 3.0),
+             ("crossing", 11.0, -20.0, math.pi / 2, 20.0, 5.0)]
+    plain_agents, plain_occ, lazy_agents, lazy_occ, fallbacks = _run_both(specs, 3, monkeypatch)
+    _assert_same(plain_agents, plain_occ, lazy_agents, lazy_occ)
+    assert "car" in fallbacks
+
+
+def test_path_bounds_hold_the_trimmed_paths_and_their_buffers():
+    import shapely
+
+    s = np.arange(0.0, 40.0, 1.0)
+    curve = TA.InterpolatedPath(np.column_stack([20 * np.cos(s / 20), 20 * np.sin(s / 20), s / 20 + math.pi / 2]))
+    for progress in (0.0, 0.3, 7.0, 17.5, curve.end - 0.2, curve.end):
+        points, bounds = curve.bounds_from(progress)
+        xy = curve.xy_from(progress)
+        assert len(xy) <= points
+        held = TA._buffer_bounds(points, bounds, 1.0)
+        got = shapely.bounds(shapely.LineString(xy).buffer(1.0, cap_style="flat"))
+        assert held[0] <= got[0] and held[1] <= got[1] and held[2] >= got[2] and held[3] >= got[3], progress
+        for end in (progress, progress + 0.4, progress + 6.0, curve.end):
+            points, (lx, ly, hx, hy) = curve.bounds_between(progress, end)
+            xy = curve.xy_between(progress, end)
+            assert len(xy) <= points + 2
+            assert (xy[:, 0] >= lx - 1e-9).all() and (xy[:, 0] <= hx + 1e-9).all(), (progress, end)
+            assert (xy[:, 1] >= ly - 1e-9).all() and (xy[:, 1] <= hy + 1e-9).all(), (progress, end)
+
+
+def test_trimmed_paths_are_the_interpolated_states_and_samples_bit_for_bit():
+    """nuplan trim_path / trim_path_up_to_progress: the interpolated end states around the samples strictly between."""
+    s = np.arange(0.0, 30.0, 1.0)
+    curve = TA.InterpolatedPath(np.column_stack([15 * np.cos(s / 15), 15 * np.sin(s / 15), s / 15 + math.pi / 2]))
+    rng = np.random.default_rng(1)
+    for start, length in zip(rng.uniform(curve.start, curve.end, 50), rng.uniform(0.0, 8.0, 50), strict=True):
+        end = min(start + length, curve.end)
+        ends = curve.states_at([start, end])[:, :2]
+        inner = curve.points[(curve.progress > start) & (curve.progress < end), :2]
+        assert np.array_equal(curve.xy_between(start, end), np.vstack([ends[:1], inner, ends[1:]]))
+        beyond = curve.points[curve.progress > start, :2]
+        if len(beyond):
+            assert np.array_equal(curve.xy_from(start), np.vstack([curve.states_at(start)[None, :2], beyond]))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import shapely
-from scipy.interpolate import interp1d
 
 from navsim_agents.data.dataclasses import quaternion_yaw
 from navsim_agents.data.maps import get_maps_api, resolve_maps_root
 from navsim_agents.scoring import constants as C
 from navsim_agents.scoring.geometry import absolute_to_relative, box_coords, normalize_angle
+from navsim_agents.scoring.interpolation import LinearInterpolator
 from navsim_agents.scoring.metric_cache_file import REACTIVE_TYPE_NAME, MetricCache, wkb_pack
 from navsim_agents.scoring.pdm_closed import (
     Track,
@@ -77,7 +77,7 @@ def interpolate_tracks(frames_tracks: list[list[Track]], horizon_s: float) -> li
                 lst.append(base)
             continue
         inside = np.nonzero((t0 <= steps) & (steps <= t1))[0]
-        values = interp1d(arr[:, 0], arr[:, 1:], axis=0)(steps[inside])
+        values = LinearInterpolator(arr[:, 0], arr[:, 1:])(steps[inside])
         values[:, 2] = normalize_angle(values[:, 2])
         for i, v in zip(inside, values, strict=False):
             out[i].append(Track(token, base.type_name, float(v[0]), float(v[1]), float(v[2]), base.length,
@@ -119,9 +119,9 @@ def _pack_observation(steps: list[list[Track]], version: str, meta: dict, arrays
 def _interp_states(times_us: np.ndarray, states: np.ndarray, query_us: np.ndarray) -> np.ndarray:
     """Linear interpolation of ego states; heading unwrapped then wrapped (nuplan InterpolatedTrajectory)."""
     out = np.zeros((len(query_us), C.STATE_SIZE))
-    lin = interp1d(times_us.astype(np.float64), states[:, [0, 1, 3, 4, 5, 6, 7]], axis=0)(query_us.astype(np.float64))
-    out[:, [0, 1, 3, 4, 5, 6, 7]] = lin
-    head = interp1d(times_us.astype(np.float64), np.unwrap(states[:, 2]))(query_us.astype(np.float64))
+    times, query = times_us.astype(np.float64), query_us.astype(np.float64)
+    out[:, [0, 1, 3, 4, 5, 6, 7]] = LinearInterpolator(times, states[:, [0, 1, 3, 4, 5, 6, 7]])(query)
+    head = np.interp(query, times, np.unwrap(states[:, 2]))  # what interp1d runs for one column
     out[:, 2] = (head + np.pi) % (2 * np.pi) - np.pi
     return out
 
@@ -164,10 +164,13 @@ def compute_metric_cache(frames: list[dict], map_root: str, map_version: str = "
     red_tokens: list[str] = []
     red_polys = []
     mask_rows = []
+    per_frame: dict[int, tuple[list[str], list]] = {}  # a 2 Hz frame's lights hold for its five 0.1 s steps
     for k in range(len(steps)):
-        frame = frames[cur + k // 5] if cur + k // 5 < len(frames) else None
-        lights = frame["traffic_lights"] if frame is not None else []
-        toks, polys = red_light_geometries(map_api, lights, route.route_lane_ids)
+        index = cur + k // 5
+        if index not in per_frame:
+            lights = frames[index]["traffic_lights"] if index < len(frames) else []
+            per_frame[index] = red_light_geometries(map_api, lights, route.route_lane_ids)
+        toks, polys = per_frame[index]
         row = set()
         for tk, pg in zip(toks, polys, strict=False):
             if tk not in red_tokens:

@@ -194,7 +194,8 @@ def generate_proposals(paths: list[CenterlinePath], speed_limit: float | None, e
                 buffer = np.zeros(3)
                 candidates = list(progress)
                 if candidates:  # distances of every proposal's footprint to every candidate, in one call
-                    ego_polys = shapely.polygons(_ego_ring(out[sl, t - 1, :3]))
+                    previous = path.interpolate(x[:, t - 1])  # the poses of the step before (all made at the end)
+                    ego_polys = shapely.polygons(_ego_ring(previous))
                     objects = np.array([occ[tok] for tok in candidates], dtype=object)
                     distances = shapely.distance(ego_polys[:, None], objects[None, :])
                 for k in range(n_long):
@@ -207,14 +208,14 @@ def generate_proposals(paths: list[CenterlinePath], speed_limit: float | None, e
                         buffer[0] = ego_prog + dists[j]
                         if C.RED_LIGHT_TOKEN not in nearest:
                             info = observation.unique[nearest]
-                            rel = normalize_angle(info.heading - out[li * n_long + k, t - 1, 2])
+                            rel = normalize_angle(info.heading - previous[k, 2])
                             buffer[1] = info.speed * np.cos(rel) if info.is_agent else 0.0
                     else:
                         buffer[0] = path.length
                         buffer[2] = PACIFICA.length / 2
                     lead[k, t] = buffer
             x[:, t], v[:, t] = pdm_idm_step(x[:, t - 1], v[:, t - 1], lead[:, t, 0], lead[:, t, 1], lead[:, t, 2], target, dt)
-            out[sl, t, :3] = path.interpolate(x[:, t])
+        out[sl, 1:, :3] = path.interpolate(x[:, 1:])  # elementwise: one call gives each step's poses
     return out
 
 
@@ -239,8 +240,11 @@ def pdm_closed_trajectories(map_api: NuPlanMap, route: RouteContext, ego_state: 
     proposals = generate_proposals(paths, speed_limit, ego_state, observation)
     simulated = simulate_proposals(proposals, ego_state)
     out = {}
+    previous = None  # the versions share ego boxes, area flags, object hits and progress
     for version in versions:
         scorer = PDMScorer(ScorerConfig(version=version))
-        result = scorer.score(simulated, observation, route.centerline, route.route_lane_ids, route.drivable)
+        result = scorer.score(simulated, observation, route.centerline, route.route_lane_ids, route.drivable,
+                              reuse=previous)
         out[version] = proposals[int(np.argmax(result["score"])), :, :3]
+        previous = scorer
     return out

@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 import shapely
-from scipy.interpolate import interp1d
 from shapely.geometry import LineString, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
@@ -32,6 +31,7 @@ from navsim_agents.data.maps import (
     str_id,
 )
 from navsim_agents.scoring.geometry import normalize_angle
+from navsim_agents.scoring.interpolation import LinearInterpolator
 
 
 class PDMPath:
@@ -50,8 +50,8 @@ class PDMPath:
         steps = np.linalg.norm(np.diff(states[:, :2], axis=0), axis=1)
         self._progress = np.cumsum(np.append(0.0, steps), dtype=np.float64)
         self._linestring = shapely.linestrings(states[:, :2])
-        # scipy's interp1d as in pdm_path.py (same choice at repeated progress values where lanes join)
-        self._interpolator = interp1d(self._progress, self._states_se2_array, axis=0)
+        # scipy's interp1d as in pdm_path.py, value for value (same choice at repeated progress where lanes join)
+        self._interpolator = LinearInterpolator(self._progress, self._states_se2_array)
 
     def __reduce__(self):
         return self.__class__, (self._discrete_path,)

@@ -86,6 +86,23 @@ def collision_type(state: np.ndarray, ego_polygon, track, track_polygon) -> str:
     return "active_lateral"
 
 
+def longest_counted_run(hit: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """Per row of bool [B,T]: the longest run of `hit` steps, where `skip` steps neither count nor end a run.
+
+    navsim main `pdm_scorer._calculate_lane_keeping` counts in a loop (run += 1 on a hit, run = 0 on a miss,
+    intersection steps skipped); here the run at step t is the number of hits since the last miss, from
+    cumulative sums.
+    """
+    counted = hit & ~skip
+    miss = ~hit & ~skip
+    steps = np.arange(hit.shape[-1])
+    last_miss = np.maximum.accumulate(np.where(miss, steps, -1), axis=-1)
+    hits_so_far = np.cumsum(counted, axis=-1)
+    before_miss = np.where(last_miss >= 0, np.take_along_axis(hits_so_far, np.maximum(last_miss, 0), axis=-1), 0)
+    runs = hits_so_far - before_miss
+    return runs.max(axis=-1) if runs.shape[-1] else np.zeros(hit.shape[:-1], dtype=np.int64)
+
+
 class PDMScorer:
     """Scores simulated proposals [B,T,11]; one instance per version.
 
@@ -104,11 +121,14 @@ class PDMScorer:
     # ------------------------------------------------------------------------------------------------------
     def score(self, states: np.ndarray, observation: Observation, centerline: CenterlinePath,
               route_lane_ids, drivable: DrivableMap, human_past_states: np.ndarray | None = None,
-              reference_masked_progress=None) -> dict:
+              reference_masked_progress=None, reuse: "PDMScorer | None" = None) -> dict:
         """Sub-scores per proposal: dict of arrays [B] (+ 'multi', 'weighted' [W,B], 'weights' [W], 'score').
 
         `reference_masked_progress`: progress x multiplicative metrics of proposals scored earlier (PDM-Closed's,
         from the metric cache); it joins the progress normalisation as if those proposals were in the batch.
+        `reuse`: a scorer (of any version) that last scored these same states, observation, centerline, route and
+        drivable map; its version-independent parts (ego boxes and polygons, area flags, object hits, progress)
+        are taken instead of recomputed.
         """
         extra = np.atleast_1d(np.asarray([] if reference_masked_progress is None else reference_masked_progress,
                                          dtype=np.float64))
@@ -117,14 +137,22 @@ class PDMScorer:
         self._obs = observation
         self._drivable = drivable
         n = states.shape[0]
-        self._coords = ego_coords(states)
-        self._polygons = coords_to_polygons(self._coords)
-        self._hits = None
-        self._areas(route_lane_ids)
+        self._centerline, self._route = centerline, [str(r) for r in route_lane_ids]
+        if reuse is not None:
+            self._take_geometry(reuse)
+        else:
+            self._coords = ego_coords(states)
+            # ego footprints are built only where a bounding-box test finds an object near them
+            self._polygons = np.full(self._coords.shape[:2], None, dtype=object)
+            self._hits = None
+            self._raw_progress = None
+            self._areas(self._route)
         out = {"no_at_fault_collisions": self._no_at_fault_collisions(),
                "drivable_area_compliance": (~self._nondrivable.any(axis=-1)).astype(np.float64),
                "driving_direction_compliance": self._driving_direction(skip_intersection=v2)}
-        raw_progress = self._progress(centerline)
+        if self._raw_progress is None:
+            self._raw_progress = self._progress(centerline)
+        raw_progress = self._raw_progress
         out["time_to_collision_within_bound"] = self._ttc()
         if v2:
             out["traffic_light_compliance"] = self._traffic_light()
@@ -170,6 +198,17 @@ class PDMScorer:
         return out
 
     # ------------------------------------------------------------------------------------------------------
+    def _take_geometry(self, other: "PDMScorer") -> None:
+        """The version-independent results of `other`, which must have scored the same inputs."""
+        same = (other._states is self._states and other._obs is self._obs and other._drivable is self._drivable
+                and other._centerline is self._centerline and other._route == self._route)
+        if not same:
+            raise ValueError("reuse= needs a scorer that last scored the same states, observation, centerline, "
+                             "route and drivable map")
+        for name in ("_coords", "_polygons", "_hits", "_raw_progress", "_multiple", "_nondrivable", "_oncoming",
+                     "_in_intersection_center"):
+            setattr(self, name, getattr(other, name))
+
     def _areas(self, route_lane_ids) -> None:
         d = self._drivable
         inside = d.points_in_polygons(self._coords).transpose(1, 2, 0, 3)  # B,T,P,5
@@ -190,9 +229,16 @@ class PDMScorer:
         proposal, in the occupancy map's order); computed once per :meth:`score`."""
         if self._hits is None:
             times = np.arange(self.num_poses + 1)
-            self._hits = self._flat_hits(times // self._obs.stride, self._coords[:, :, :4],
-                                         lambda p, q: self._polygons[p, q])
+            self._hits = self._flat_hits(times // self._obs.stride, self._coords[:, :, :4], self._ego_polygons)
         return self._hits
+
+    def _ego_polygons(self, proposals: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Ego footprint polygons at (proposal, time) pairs, each built once per :meth:`score`."""
+        missing = np.equal(self._polygons[proposals, times], None)
+        if missing.any():
+            p, t = proposals[missing], times[missing]
+            self._polygons[p, t] = coords_to_polygons(self._coords[p, t])
+        return self._polygons[proposals, times]
 
     def _flat_hits(self, map_ids: np.ndarray, corners: np.ndarray, polygon_of
                    ) -> list[tuple[int, int, str, int]]:
@@ -228,7 +274,8 @@ class PDMScorer:
             if C.RED_LIGHT_TOKEN in token or token in collided[p]:
                 continue
             track = self._obs.unique[token]
-            kind = collision_type(self._states[p, t], self._polygons[p, t], track, self._object_polygon(row))
+            ego_polygon = self._ego_polygons(np.array([p]), np.array([t]))[0]
+            kind = collision_type(self._states[p, t], ego_polygon, track, self._object_polygon(row))
             lateral_fault = self._multiple[p, t] or self._nondrivable[p, t]
             if kind in ("active_front", "stopped_track") or (lateral_fault and kind == "active_lateral"):
                 scores[p] = min(scores[p], 0.0 if track.is_agent else 0.5)
@@ -306,20 +353,13 @@ class PDMScorer:
         return scores
 
     def _lane_keeping(self, centerline: CenterlinePath) -> np.ndarray:
+        """0 where the center stays over `lane_keeping_deviation_limit` off the centerline for `required`
+        consecutive poses; intersection poses neither count nor reset the run (see :func:`longest_counted_run`)."""
         centers = self._coords[:, :, BB.CENTER]
         required = int(np.ceil(self.config.lane_keeping_horizon_window / self.dt))
         dist = shapely.distance(shapely.points(centers), centerline.linestring)
-        scores = np.ones(centers.shape[0])
-        for p in range(centers.shape[0]):
-            run = 0
-            for t in range(centers.shape[1]):
-                if self._in_intersection_center[p, t]:
-                    continue  # intersection poses neither count nor reset the run
-                run = run + 1 if dist[p, t] > self.config.lane_keeping_deviation_limit else 0
-                if run >= required:
-                    scores[p] = 0.0
-                    break
-        return scores
+        runs = longest_counted_run(dist > self.config.lane_keeping_deviation_limit, self._in_intersection_center)
+        return np.where(runs >= required, 0.0, 1.0)
 
     def _history_comfort(self, past: np.ndarray | None, n: int) -> np.ndarray:
         if past is None:

@@ -19,6 +19,9 @@ idm_policy, idm_agents_builder, utils}.py`, `simulation/path/{interpolated_path,
 - Unsimulated vehicles come back as static objects when parked off the lanes or more than 3 m off a lane.
 - Everything else (pedestrians, bicycles, static objects) is the log replay.
 
+`_propagate` gives the results of that query-by-query rule (`_propagate_plain`, held equal to it in tests) while
+building only the geometry a query needs: corridors and footprints whose bounds meet no other entry are never built.
+
 Devkit behaviour reproduced on purpose (see the conformance README):
 - The metric cache has no `traffic_light_status`, so agents never extend their route: each keeps its starting
   lane and stops at its end (`plan_route` is never called).
@@ -30,9 +33,10 @@ Devkit behaviour reproduced on purpose (see the conformance README):
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import shapely
@@ -91,14 +95,20 @@ class InterpolatedPath:
         # plain floats for the one-state lookups of every agent at every step
         self._progress_list = self.progress.tolist()
         self._xyh = np.column_stack([self.points[:, :2], self._heading]).tolist()
+        self._xs, self._ys = self.points[:, 0].tolist(), self.points[:, 1].tolist()
+        self._x, self._y = np.ascontiguousarray(self.points[:, 0]), np.ascontiguousarray(self.points[:, 1])
+        self._start, self._end = self._progress_list[0], self._progress_list[-1]
+        # bounds of points[i:] for every i (the path to go of `xy_from`)
+        self._suffix_lo = np.minimum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
+        self._suffix_hi = np.maximum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
 
     @property
     def start(self) -> float:
-        return float(self.progress[0])
+        return self._start
 
     @property
     def end(self) -> float:
-        return float(self.progress[-1])
+        return self._end
 
     def states_at(self, progress) -> np.ndarray:
         """[..., 3] x, y, heading at `progress` (within the path)."""
@@ -116,33 +126,64 @@ class InterpolatedPath:
         return np.stack([x, y, h], axis=-1)
 
     def clamp(self, progress: float) -> float:
-        return max(self.start, min(progress, self.end))
+        return max(self._start, min(progress, self._end))
 
     def xy_from(self, progress: float) -> np.ndarray:
         """nuplan `trim_path_up_to_progress`: the state at `progress`, then every sampled point beyond it."""
-        after = np.nonzero(self.progress > progress)[0]
-        if after.size == 0:
+        after = bisect.bisect_right(self._progress_list, progress)  # the first sample beyond `progress`
+        if after == len(self._progress_list):
             return self.points[-2:, :2]
-        return np.vstack([self.states_at(progress)[None, :2], self.points[after[0]:, :2]])
+        out = np.empty((len(self._progress_list) - after + 1, 2))
+        out[0] = self.states_at(progress)[:2]
+        out[1:] = self.points[after:, :2]
+        return out
+
+    def bounds_from(self, progress: float) -> Tuple[int, Tuple[float, float, float, float]]:
+        """(number of points, bounds) of `xy_from(progress)` without building it: its first point lies on the segment
+        ending at the first sample beyond `progress`, so the samples from that segment's start on bound it."""
+        n = len(self._progress_list)
+        first = min(max(bisect.bisect_right(self._progress_list, progress) - 1, 0), n - 2)
+        (lx, ly), (hx, hy) = self._suffix_lo[first], self._suffix_hi[first]
+        return n - first, (lx, ly, hx, hy)
+
+    def bounds_between(self, start: float, end: float) -> Tuple[int, Tuple[float, float, float, float]]:
+        """(number of points, bounds) of a superset of `xy_between(start, end)`: the samples from the segment holding
+        `start` to the one holding `end`."""
+        n, progress = len(self._progress_list), self._progress_list
+        front = bisect.bisect_right(progress, start)
+        tail = bisect.bisect_left(progress, end) - 1
+        lo = max(min(front - 1, tail, n - 2), 0)
+        hi = min(max(front, tail + 1, 1), n - 1)
+        xs, ys = self._xs[lo:hi + 1], self._ys[lo:hi + 1]
+        return hi + 1 - lo, (min(xs), min(ys), max(xs), max(ys))
 
     def xy_between(self, start: float, end: float) -> np.ndarray:
         """nuplan `trim_path`: states at `start` and `end` around the sampled points strictly between them."""
-        front = np.nonzero(self.progress > start)[0]
-        if front.size == 0:
+        front = bisect.bisect_right(self._progress_list, start)  # the first sample beyond `start`
+        if front == len(self._progress_list):
             return self.points[-2:, :2]
-        tail = np.nonzero(self.progress < end)[0]
-        if tail.size == 0:
+        tail = bisect.bisect_left(self._progress_list, end)  # one past the last sample before `end`
+        if tail == 0:
             return self.points[:2, :2]
-        ends = self.states_at([start, end])[:, :2]
-        return np.vstack([ends[:1], self.points[front[0]: tail[-1] + 1, :2], ends[1:]])
+        inner = self.points[front:tail, :2]
+        out = np.empty((len(inner) + 2, 2))
+        ends = (start, end)  # x, y as `states_at` interpolates them for several states
+        out[[0, -1], 0] = np.interp(ends, self.progress, self._x)
+        out[[0, -1], 1] = np.interp(ends, self.progress, self._y)
+        out[1:-1] = inner
+        return out
 
 
-def _box_polygon(x: float, y: float, heading: float, length: float, width: float):
+def _box_corners(x: float, y: float, heading: float, length: float, width: float) -> list:
     """Corners FL, RL, RR, FR (nuplan `OrientedBox.geometry`)."""
     c, s = math.cos(heading), math.sin(heading)
     hl, hw = length / 2.0, width / 2.0
-    return shapely.polygons([(x + hl * c - hw * s, y + hl * s + hw * c), (x - hl * c - hw * s, y - hl * s + hw * c),
-                             (x - hl * c + hw * s, y - hl * s - hw * c), (x + hl * c + hw * s, y + hl * s - hw * c)])
+    return [(x + hl * c - hw * s, y + hl * s + hw * c), (x - hl * c - hw * s, y - hl * s + hw * c),
+            (x - hl * c + hw * s, y - hl * s - hw * c), (x + hl * c + hw * s, y + hl * s - hw * c)]
+
+
+def _box_polygon(x: float, y: float, heading: float, length: float, width: float):
+    return shapely.polygons(_box_corners(x, y, heading, length, width))
 
 
 @dataclass
@@ -164,11 +205,20 @@ class IDMAgent:
             self._pose_at, self._pose, self._polygon = progress, self.path.states_at(progress), None
         return self._pose
 
-    def polygon(self):
+    def corners(self) -> list:
         pose = self.pose()
+        return _box_corners(pose[0], pose[1], pose[2], self.length, self.width)
+
+    def polygon(self):
+        self.pose()  # drops the kept box when the agent has moved
         if self._polygon is None:
-            self._polygon = _box_polygon(pose[0], pose[1], pose[2], self.length, self.width)
+            self._polygon = shapely.polygons(self.corners())
         return self._polygon
+
+    def keep_polygon(self, polygon) -> None:
+        """The box at the current pose, built elsewhere (e.g. with other agents' boxes in one call)."""
+        self.pose()
+        self._polygon = polygon
 
     def progress_to_go(self) -> float:
         return self.path.end - self.progress
@@ -185,10 +235,21 @@ class IDMAgent:
 
     def projected_footprint(self):
         """The box united with the path ahead over length / 2 + speed x headway, buffered by half the width."""
-        start = self.path.clamp(self.progress - self.length / 2)
-        end = self.path.clamp(self.progress + self.length / 2 + self.velocity * NAVSIM_IDM_TRAFFIC.headway_time)
-        line = LineString(self.path.xy_between(start, end))
-        return unary_union([line.buffer(self.width / 2, cap_style=CAP_STYLE.flat), self.polygon()])
+        start, end = self.footprint_span()
+        return _footprint(self.path, start, end, self.width, self.polygon())
+
+    def footprint_span(self) -> Tuple[float, float]:
+        return (self.path.clamp(self.progress - self.length / 2),
+                self.path.clamp(self.progress + self.length / 2 + self.velocity * NAVSIM_IDM_TRAFFIC.headway_time))
+
+
+def _footprint_of_box(path: InterpolatedPath, start: float, end: float, width: float, box: "_Once"):
+    return _footprint(path, start, end, width, box())
+
+
+def _footprint(path: InterpolatedPath, start: float, end: float, width: float, polygon):
+    line = LineString(path.xy_between(start, end))
+    return unary_union([line.buffer(width / 2, cap_style=CAP_STYLE.flat), polygon])
 
 
 class _OccupancyMap:
@@ -261,17 +322,24 @@ def _true_ego_box(state: np.ndarray):
     return _box_polygon(center[0], center[1], state[S.HEADING], PACIFICA.length, PACIFICA.width)
 
 
-def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep_last_path_point: bool = False
-                 ) -> Tuple[Dict[str, IDMAgent], _OccupancyMap]:
+@functools.lru_cache(maxsize=4096)
+def _lane_path(segment, keep_last_point: bool) -> InterpolatedPath:
+    """A lane's (or connector's) path, built once: paths never change, and vehicles of nearby scenes share lanes."""
+    return InterpolatedPath(segment.baseline_path.discrete_path, keep_last_point)
+
+
+def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep_last_path_point: bool = False,
+                 segment_of: Optional[Callable] = None) -> Tuple[Dict[str, IDMAgent], _OccupancyMap]:
     """navsim `build_idm_agents_on_map_rails` (no open-loop detection types); `keep_last_path_point`: see
-    `InterpolatedPath`."""
+    `InterpolatedPath`; `segment_of(x, y, heading)`: `starting_segment` on `map_api` (e.g. memoised)."""
+    segment_of = segment_of or functools.partial(starting_segment, map_api)
     init = _OccupancyMap({EGO_ID: _true_ego_box(ego_state)})
     occupancy = _OccupancyMap()
     agents: Dict[str, IDMAgent] = {}
     for v in vehicles:
         if v.token in agents:
             continue
-        segment, progress = starting_segment(map_api, v.x, v.y, v.heading)
+        segment, progress = segment_of(v.x, v.y, v.heading)
         if segment is None:
             continue
         sx, sy, sh = segment.baseline_path.get_nearest_pose_from_position((v.x, v.y))
@@ -286,14 +354,28 @@ def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep
         if np.isnan(speed):
             speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
         limit = segment.speed_limit_mps
-        agents[v.token] = IDMAgent(v.token, v.length, v.width, InterpolatedPath(segment.baseline_path.discrete_path,
-                                                                                 keep_last_path_point),
+        agents[v.token] = IDMAgent(v.token, v.length, v.width, _lane_path(segment, keep_last_path_point),
                                    float(progress), speed, limit or IDM_TARGET_VELOCITY, limit)
     return agents, occupancy
 
 
-def _propagate(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state: np.ndarray) -> None:
-    """navsim `NavsimIDMAgentManager.propagate_agents` without traffic lights or open-loop detections."""
+def _lead_velocity(nearest: str, agent: IDMAgent, agents: Dict[str, IDMAgent], ego_state: np.ndarray) -> float:
+    """The nearest object's speed along the agent's heading (0 for static objects)."""
+    heading = agent.pose()[2]
+    if EGO_ID in nearest:
+        lead_speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
+        relative = ego_state[S.HEADING] - heading
+    elif nearest in agents:
+        lead_speed = agents[nearest].velocity
+        relative = agents[nearest].pose()[2] - heading
+    else:
+        lead_speed, relative = 0.0, 0.0
+    return lead_speed * float(np.cos(normalize_angle(relative)))
+
+
+def _propagate_plain(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state: np.ndarray) -> None:
+    """navsim `NavsimIDMAgentManager.propagate_agents` without traffic lights or open-loop detections, query by query
+    as the devkit does (the reference for `_propagate`)."""
     occupancy.geometries[EGO_ID] = _ego_box(ego_state)
     ego_xy = ego_state[:2]  # the box centre the agents see
     far = [t for t, a in agents.items() if np.hypot(*(a.pose()[:2] - ego_xy)) > IDM_RADIUS]
@@ -308,20 +390,181 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state:
             raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
         if len(hits.geometries) > 1:
             nearest, distance = hits.nearest_to(token)
-            heading = agent.pose()[2]
-            if EGO_ID in nearest:
-                lead_speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
-                relative = ego_state[S.HEADING] - heading
-            elif nearest in agents:
-                lead_speed = agents[nearest].velocity
-                relative = agents[nearest].pose()[2] - heading
-            else:
-                lead_speed, relative = 0.0, 0.0
-            lead_velocity = lead_speed * float(np.cos(normalize_angle(relative)))
-            agent.propagate(distance, lead_velocity, 0.0, IDM_STEP_S)
+            agent.propagate(distance, _lead_velocity(nearest, agent, agents, ego_state), 0.0, IDM_STEP_S)
         else:
             agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
         occupancy.geometries[token] = agent.projected_footprint()
+
+
+
+# GEOS BufferParameters::DEFAULT_SIMPLIFY_FACTOR: buffer first simplifies its input line (OffsetCurveBuilder,
+# BufferInputLineSimplifier) by up to this fraction of the distance per pass, at most one pass per vertex
+GEOS_BUFFER_SIMPLIFY_FACTOR = 0.01
+BOUNDS_SLACK = 1e-6  # [m] far above GEOS rounding at map coordinates (~1e6 m: ulp 1e-10)
+
+
+def _buffer_bounds(points: int, bounds, distance: float) -> Tuple[float, float, float, float]:
+    """Bounds that surely hold `LineString(xy).buffer(distance)` for a line of `points` vertices within `bounds`."""
+    grow = distance * (1.0 + GEOS_BUFFER_SIMPLIFY_FACTOR * points) + BOUNDS_SLACK
+    return bounds[0] - grow, bounds[1] - grow, bounds[2] + grow, bounds[3] + grow
+
+
+def _meets(bounds, lx: float, ly: float, hx: float, hy: float) -> bool:
+    return bounds[0] <= hx and bounds[2] >= lx and bounds[1] <= hy and bounds[3] >= ly
+
+
+class _Once:
+    """A geometry built on the first call and shared by every entry that stores the same one."""
+
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make):
+        self._make, self._value = make, None
+
+    def __call__(self):
+        if self._make is not None:
+            self._value, self._make = self._make(), None
+        return self._value
+
+    @property
+    def made(self) -> bool:
+        return self._make is None
+
+    def set(self, value) -> None:
+        """The value `make()` would give, made elsewhere (e.g. in one vectorised call with others)."""
+        self._value, self._make = value, None
+
+
+class _LazyGeometry:
+    """An occupancy geometry built only when a query needs it, then simplified as many times as the devkit would
+    have by then (one pass per agent query since it was stored, stopping at a fixed point), with bounds that surely
+    hold it from the start; `inputs`: for an agent's projected footprint (it holds the box at the agent's pose), what
+    it is built from."""
+
+    __slots__ = ("bounds", "inputs", "build", "_geometry", "_passes", "_fixed")
+
+    def __init__(self, bounds, build: "_Once", passes: int, inputs: Optional[tuple] = None):
+        self.bounds, self.inputs, self.build, self._geometry = bounds, inputs, build, None
+        self._passes, self._fixed = passes, False
+
+    @property
+    def footprint(self) -> bool:
+        return self.inputs is not None
+
+    def at(self, passes: int):
+        if self._geometry is None:
+            self._geometry = self.build()
+        while self._passes < passes and not self._fixed:
+            simple = self._geometry.simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
+            if shapely.equals_exact(simple, self._geometry, tolerance=0.0):
+                self._fixed = True  # simplify is deterministic: every later pass gives these coordinates again
+            else:
+                self._geometry = simple
+            self._passes += 1
+        return self._geometry
+
+
+class _LazyOccupancy:
+    """`_OccupancyMap` with the same insertion order and simplify passes, its geometries built on demand: a query
+    whose surely-holding bounds meet no other entry needs no geometry at all."""
+
+    def __init__(self, geometries: Dict[str, object]):
+        self.passes = 0  # `_OccupancyMap.simplify` calls so far
+        self.entries: Dict[str, _LazyGeometry] = {}
+        self.corridors: Dict[str, Tuple[float, object]] = {}  # agent -> (progress, its last corridor)
+        for key, geometry in geometries.items():
+            self.put_geometry(key, geometry)
+
+    def put_geometry(self, key: str, geometry) -> None:
+        self.entries[key] = _LazyGeometry(tuple(shapely.bounds(geometry).tolist()), _Once(lambda: geometry), self.passes)
+
+    def put_footprint(self, key: str, bounds, make, inputs: tuple) -> None:
+        """Store an agent's footprint from `make()`; a stopped agent stores the same footprint again (as the devkit, it
+        is simplified again from scratch), built once."""
+        previous = self.entries.get(key)
+        same = previous is not None and previous.inputs == inputs
+        self.entries[key] = _LazyGeometry(bounds, previous.build if same else _Once(make), self.passes, inputs)
+
+    def geometry(self, key: str):
+        return self.entries[key].at(self.passes)
+
+    def overlapping(self, bounds) -> List[str]:
+        return [k for k, e in self.entries.items() if _meets(e.bounds, *bounds)]
+
+    def plain(self) -> _OccupancyMap:
+        return _OccupancyMap({k: self.geometry(k) for k in self.entries})
+
+
+def _nearest_hit(occupancy: _LazyOccupancy, token: str, hits: List[str], corridor) -> Tuple[str, float]:
+    """`_OccupancyMap.nearest_to` over the hits: the unique nearest by distance, or on a tie (the STR-tree's traversal
+    order decides) or nothing to pick, the devkit's own tree over the whole occupancy in its order."""
+    others = [k for k in hits if k not in token]
+    if others:
+        own = occupancy.geometry(token)
+        geometries = [occupancy.geometry(k) for k in others]
+        distances = shapely.distance(own, geometries)
+        best = int(np.argmin(distances))
+        if int(np.count_nonzero(distances == distances[best])) == 1:
+            p1, p2 = nearest_points(own, geometries[best])
+            return others[best], float(p1.distance(p2))
+    return occupancy.plain().intersects(corridor).nearest_to(token)
+
+
+def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state: np.ndarray) -> None:
+    """`_propagate_plain` with the same results, doing only the geometry work a query needs: the corridor and the
+    other entries are built only when their bounds meet, agents' footprints only when a later query needs them."""
+    occupancy.put_geometry(EGO_ID, _ego_box(ego_state))
+    ego_xy = ego_state[:2]  # the box centre the agents see
+    far = [t for t, a in agents.items() if np.hypot(*(a.pose()[:2] - ego_xy)) > IDM_RADIUS]
+    for token in far:
+        occupancy.entries.pop(token)
+        agents.pop(token)
+    boxes: List[Tuple[IDMAgent, _Once, list]] = []
+    for token, agent in agents.items():
+        occupancy.passes += 1  # the devkit simplifies every geometry before each query
+        progress = agent.path.clamp(agent.progress)
+        points, path_bounds = agent.path.bounds_from(progress)
+        near = [k for k in occupancy.overlapping(_buffer_bounds(points, path_bounds, agent.width / 2)) if k != token]
+        own_footprint = occupancy.entries[token].footprint
+        hits: List[str] = []
+        corridor = None
+        if near or not own_footprint:
+            kept = occupancy.corridors.get(token)
+            if kept is None or kept[0] != progress:  # a stopped agent keeps its corridor
+                kept = progress, LineString(agent.path.xy_from(progress)).buffer(agent.width / 2,
+                                                                                 cap_style=CAP_STYLE.flat)
+                occupancy.corridors[token] = kept
+            corridor = kept[1]
+            # an own footprint holds the box centred at the corridor's first point (the same pose floats, the progress
+            # unchanged since), so it meets the corridor for sure; the starting box was snapped apart from the path
+            # (it may even lie past the path's dropped last point) and is checked as in the devkit
+            if not own_footprint and not occupancy.geometry(token).intersects(corridor):
+                raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
+            cx, cy, cX, cY = shapely.bounds(corridor).tolist()
+            hits = [k for k in near if _meets(occupancy.entries[k].bounds, cx, cy, cX, cY)
+                    and occupancy.geometry(k).intersects(corridor)]
+        if hits:
+            nearest, distance = _nearest_hit(occupancy, token, [token] + hits, corridor)
+            agent.propagate(distance, _lead_velocity(nearest, agent, agents, ego_state), 0.0, IDM_STEP_S)
+        else:
+            agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
+        start, end = agent.footprint_span()
+        corners = agent.corners()
+        box = _Once(functools.partial(shapely.polygons, corners))  # made below with the other boxes, or on demand
+        boxes.append((agent, box, corners))
+        points, span_bounds = agent.path.bounds_between(start, end)
+        lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        occupancy.put_footprint(token, (min(lx, *xs), min(ly, *ys), max(hx, *xs), max(hy, *ys)),
+                                functools.partial(_footprint_of_box, agent.path, start, end, agent.width, box),
+                                (start, end, agent.path.clamp(agent.progress)))
+    pending = [(box, corners) for _, box, corners in boxes if not box.made]
+    if pending:  # every agent's box is observed: one vectorised call for those no query built
+        for (box, _), polygon in zip(pending, shapely.polygons(np.array([c for _, c in pending], dtype=np.float64)),
+                                     strict=True):
+            box.set(polygon)
+    for agent, box, _ in boxes:
+        agent.keep_polygon(box())
 
 
 @dataclass
@@ -333,13 +576,13 @@ class SimulatedObject:
 class _ParkedCandidate:
     """An unsimulated current vehicle and what decides whether it is kept as a parked (static) object."""
 
-    def __init__(self, track: Track, map_api):
+    def __init__(self, track: Track, map_api, segment_of: Optional[Callable] = None):
         self.track = track
         self.polygon = _track_polygon(track)
         self.stationary = float(np.hypot(track.vx, track.vy)) < PARKED_SPEED_THRESHOLD
         self.in_lanes = (map_api.is_in_layer((track.x, track.y), SemanticMapLayer.LANE)
                          or map_api.is_in_layer((track.x, track.y), SemanticMapLayer.INTERSECTION))
-        segment, _ = starting_segment(map_api, track.x, track.y, track.heading)
+        segment, _ = (segment_of or functools.partial(starting_segment, map_api))(track.x, track.y, track.heading)
         self.lateral_deviation = None
         if segment is not None:
             sx, sy, _ = segment.baseline_path.get_nearest_pose_from_position((track.x, track.y))
@@ -362,17 +605,22 @@ def _observe(agents: Dict[str, IDMAgent], candidates: Dict[str, _ParkedCandidate
     return out
 
 
-def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api, keep_last_path_point: bool = False
-                      ) -> List[List[SimulatedObject]]:
-    """Vehicles at each of the `len(ego_states) - 1` future 0.1 s steps, reacting to the ego `ego_states` [T,11]."""
+def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api, keep_last_path_point: bool = False,
+                      query_by_query: bool = False) -> List[List[SimulatedObject]]:
+    """Vehicles at each of the `len(ego_states) - 1` future 0.1 s steps, reacting to the ego `ego_states` [T,11];
+    `query_by_query`: every occupancy query built in full as the devkit does (same results, slower; for tests)."""
     tracks = current_tracks(cache)
     vehicles = [t for t in tracks if t.type_name == REACTIVE_TYPE_NAME]
-    agents, occupancy = build_agents(vehicles, cache.ego_state, map_api, keep_last_path_point)
+    # agents and parked candidates look up the same vehicles' lanes
+    segment_of = functools.lru_cache(maxsize=None)(functools.partial(starting_segment, map_api))
+    agents, initial = build_agents(vehicles, cache.ego_state, map_api, keep_last_path_point, segment_of)
+    occupancy, propagate = (initial, _propagate_plain) if query_by_query else (_LazyOccupancy(initial.geometries),
+                                                                               _propagate)
     # every current vehicle: agents dropped out of range later come back through the parked-vehicle rule
-    candidates = {v.token: _ParkedCandidate(v, map_api) for v in vehicles}
+    candidates = {v.token: _ParkedCandidate(v, map_api, segment_of) for v in vehicles}
     frames = []
     for step in range(1, len(ego_states)):
-        _propagate(agents, occupancy, ego_states[step - 1])  # the devkit's one-step lag
+        propagate(agents, occupancy, ego_states[step - 1])  # the devkit's one-step lag
         frames.append(_observe(agents, candidates))
     return frames
 
