@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backbones import _peak_rss_mib, gflops  # noqa: E402
 from common import RESULTS, in_process, machine, read_section, replace_section, write_table  # noqa: E402
 from edge_int8_pdms import SECTION as INT8_PDMS_SECTION  # noqa: E402
-from planner import SIZES, frame, planner_config  # noqa: E402
+from planner import SIZES, planner_config  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from eupe.export import DEFAULT_INT8_RECIPE  # noqa: E402
@@ -52,6 +52,7 @@ COLUMNS = ["encoder", "runtime", "threads", "input", "params (M)", "GFLOPs", "en
 KEY = 4  # the first four columns identify a row
 CALIBRATION_IMAGES = 16
 SINGLE_CALL = "single cold call (--max-seconds-per-row)"
+SPLIT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "split" / "navmini.yaml"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,39 @@ GOAL = _rows(["edge-vit-96", "eupe-t"], ["eager", "onnx-fp32", "onnx-int8", "onn
              [2], ["reduced"], 3)
 PRESETS = {"final": FINAL, "smoke": SMOKE, "goal": GOAL}
 MERGING_PRESETS = ("goal",)  # presets that add their rows to the saved table instead of replacing it
+
+
+def navmini_frame(scale: float) -> dict[str, torch.Tensor]:
+    """RAP's feature dict (batch of 1) of the first navmini token, built by the agent's own feature builder at
+    ``scale`` of the nuPlan image size: the embedded world's camera images and the nuPlan rig's calibration
+    (intrinsics scaled, lidar2img per camera), so each query projects into the cameras that really see it."""
+    from omegaconf import OmegaConf
+
+    from navsim_agents.agents.rap_agent import rap_sensor_config
+    from navsim_agents.agents.rap_features import RAPFeatureBuilder
+    from navsim_agents.data.splits import build_scene_loader
+
+    loader = build_scene_loader(OmegaConf.load(SPLIT_CONFIG), rap_sensor_config())
+    if not loader.tokens:
+        raise RuntimeError(f"navmini ({SPLIT_CONFIG}) has no tokens; delete the embedded world's cache to regenerate it")
+    agent_input = loader.get_agent_input_from_token(loader.tokens[0])
+    features = RAPFeatureBuilder(image_scale=scale).compute_features(agent_input)
+    return {k: v[None] for k, v in features.items()}
+
+
+def visible_rows(planner, feats: dict) -> tuple[float, list[float]]:
+    """Of the eager planner's forward on ``feats``: the fraction of (camera, query) rows cross-attention samples
+    (a query counts in a camera where one of its anchors is visible), and the fractions of queries seen by 0, 1,
+    2, 3 and 4 cameras; over all refinements."""
+    from rap_backbone.planner import project_reference_points
+
+    with torch.no_grad():
+        decodes = planner(feats)["proposal_list"]
+    hits = torch.stack([project_reference_points(p.flatten(1, 2), feats["lidar2img"], feats["img_shape"],
+                                                 planner.config)[1].any(-1) for p in decodes])  # [R, B, N, Q]
+    seen_by = hits.sum(2).flatten()
+    cameras = hits.shape[2]
+    return float(hits.float().mean()), [float((seen_by == k).float().mean()) for k in range(cameras + 1)]
 
 
 def export_files(name: str, export_dir: Path, kwargs: dict, recipe: str = DEFAULT_INT8_RECIPE) -> tuple[Path, Path]:
@@ -142,7 +176,7 @@ def _median_ms(fn, repeats: int) -> float:
     return times[len(times) // 2]
 
 
-def _measure(name: str, runtime: str, threads: int, size: str, export_dir: str, repeats: int,
+def _measure(name: str, runtime: str, threads: int, size: str, feats: dict, export_dir: str, repeats: int,
              max_seconds: float, smoke: bool, queue) -> None:
     try:
         torch.set_num_threads(threads)
@@ -160,11 +194,11 @@ def _measure(name: str, runtime: str, threads: int, size: str, export_dir: str, 
             backbone = build_backbone(name, weights=fp32 if runtime == "onnx-fp32" else int8, runtime="onnxruntime")
         else:
             backbone = eager
-        scale, planner_name = SIZES[size]
-        feats = frame(scale, "cpu")
+        planner_name = SIZES[size][1]
         images = feats["camera_feature"][0]  # [4, 3, H, W]
         encoder = torch.compile(backbone) if runtime == "compile" else backbone
         planner = RAPPlanner(backbone, planner_config(planner_name)).eval()
+        visible, seen_by = visible_rows(planner, feats)
         if runtime == "compile":
             planner.backbone = encoder
         if runtime.startswith("planner-onnx"):  # the encoder column: the eager encoder; Hz: the whole file
@@ -185,6 +219,9 @@ def _measure(name: str, runtime: str, threads: int, size: str, export_dir: str, 
             else:
                 enc_ms, note = first, SINGLE_CALL
                 plan_ms = _timed(lambda: planner(feats)) if 2 * first <= budget else float("nan")
+        seen = "/".join(f"{100 * f:.0f}" for f in seen_by)
+        note = "; ".join(n for n in (note, f"visible rows {100 * visible:.0f}% (queries in 0/1/2/3/4 cameras: "
+                                           f"{seen} %)") if n)
         queue.put(dict(params=params, enc_ms=enc_ms, plan_hz=1e3 / plan_ms, peak=_peak_rss_mib() - base_rss,
                        note=note))
     except Exception as exc:  # record the failure and go on with the next row
@@ -221,13 +258,14 @@ def main() -> None:
     from rap_backbone.backbones import build_backbone
 
     flops: dict[tuple[str, str], float] = {}
+    frames = {size: navmini_frame(SIZES[size][0]) for size in {spec.input for spec in plan}}  # loaded once
     start = time.perf_counter()
     for spec in tqdm(plan, desc="edge rows", unit="row"):
         if (spec.encoder, spec.input) not in flops:
             meta = build_backbone(spec.encoder, device="meta", **({"depth": 1} if smoke else {}))
             flops[(spec.encoder, spec.input)] = gflops(meta, (4, 3, *INPUTS[spec.input]))
-        r = in_process(_measure, spec.encoder, spec.runtime, spec.threads, spec.input, str(args.export_dir),
-                       spec.repeats, args.max_seconds_per_row, smoke)
+        r = in_process(_measure, spec.encoder, spec.runtime, spec.threads, spec.input, frames[spec.input],
+                       str(args.export_dir), spec.repeats, args.max_seconds_per_row, smoke)
         load = os.getloadavg()[0]
         key = [spec.encoder, spec.runtime, str(spec.threads), f"4x{INPUTS[spec.input][1]}x{INPUTS[spec.input][0]}"]
         if "error" in r:
@@ -262,9 +300,11 @@ def write(rows: dict) -> None:
         "use onnxruntime's CPU provider.",
         "planner-onnx-fp32 / -int8: the whole small planner, encoder included, exported to ONNX (rap_backbone/"
         "planner_export.py) and run by onnxruntime (int8: the default recipe on every weight MatMul); encoder ms "
-        "is then the eager encoder's. The benchmark frame's cameras share one calibration that puts every anchor "
-        "in every camera: eager cross-attention samples all 4 cameras like the exported planner (real frames see "
-        "1-2 cameras per query, which only the eager planner exploits).",
+        "is then the eager encoder's. Its cross-attention samples only the visible (camera, query) rows, as the "
+        "eager CPU planner (rap_backbone/planner_export.py sampling=visible; dense: every row, for GPU compilers).",
+        "Frame: the first navmini token through the agent's feature builder (RAPFeatureBuilder at image scale 0.2 "
+        "or 0.4: the embedded world's images, the nuPlan rig's lidar2img); the note gives the share of (camera, "
+        "query) rows the random-weight planner's proposals make visible and how many cameras see each query.",
         "peak MiB: growth of the measuring process's peak RSS (weights, exported session and activations).",
         "load 1m: the machine's 1-minute load average right after the row (2 cores, shared with other jobs: "
         "rows with a load well above 2 are slower than an idle machine gives; rerun them with --encoders ... ).",

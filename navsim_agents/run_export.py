@@ -148,9 +148,10 @@ def export_whole_planner(cfg: DictConfig, backbone: torch.nn.Module, out: Path, 
     else:
         planner = build_planner_from_config(cfg.planner, backbone).eval()
     hw = tuple(pe.image_hw)
-    program, info = trace_planner(planner, planner_sample(hw, seed=0))
     report: dict[str, Any] = {"weights": str(cfg.checkpoint or "random planner"), "image_hw": list(hw), "files": {},
-                              "max_abs_diff": {}, "errors": {}}
+                              "max_abs_diff": {}, "errors": {}, "sampling": {}}
+    program, info = _trace_or_dense(planner, planner_sample(hw, seed=0), pe.sampling, report)
+    report["sampling"]["program"] = info.sampling  # per format: a refused visible path falls back to dense
     runners = {}
     if "program" in pe.formats:
         path = export_planner_program(program, info, out / f"{stem}.pt2")
@@ -158,7 +159,17 @@ def export_whole_planner(cfg: DictConfig, backbone: torch.nn.Module, out: Path, 
         report["files"]["program"] = str(path)
     if "onnx" in pe.formats:
         try:
-            path = export_planner_onnx(program, info, out / f"{stem}.onnx")
+            try:
+                path = export_planner_onnx(program, info, out / f"{stem}.onnx")
+                report["sampling"]["onnx"] = info.sampling
+            except ExportError as err:
+                if info.sampling == "dense":
+                    raise
+                log.error("%s; exporting ONNX with dense sampling instead", err)
+                report["errors"]["onnx_visible_sampling"] = str(err)
+                program_dense, info_dense = trace_planner(planner, planner_sample(hw, seed=0), sampling="dense")
+                path = export_planner_onnx(program_dense, info_dense, out / f"{stem}.onnx")
+                report["sampling"]["onnx"] = "dense"
             runners["onnx"] = OnnxPlanner(path)
             report["files"]["onnx"] = str(path)
             if pe.int8:
@@ -176,6 +187,21 @@ def export_whole_planner(cfg: DictConfig, backbone: torch.nn.Module, out: Path, 
             report["max_abs_diff"][fmt] = {k: float((got[k].float() - ref[k].float()).abs().max())
                                            for k in PLANNER_OUTPUTS}
     return report
+
+
+def _trace_or_dense(planner, sample: dict[str, torch.Tensor], sampling: str, report: dict[str, Any]):
+    """``trace_planner`` with ``sampling``; when torch.export refuses the visible-row path, the dense one (and
+    the refusal in ``report["errors"]``)."""
+    try:
+        return trace_planner(planner, sample, sampling=sampling)
+    except ExportError:
+        raise  # bad input or an unknown mode: not the tracer's refusal
+    except Exception as err:
+        if sampling == "dense":
+            raise
+        log.error("torch.export refused %s sampling (%s); tracing dense sampling instead", sampling, err)
+        report["errors"]["program_visible_sampling"] = f"{type(err).__name__}: {str(err)[:400]}"
+        return trace_planner(planner, sample, sampling="dense")
 
 
 @hydra.main(config_path=hydra_config_path(), config_name="run_export", version_base=None)

@@ -113,7 +113,9 @@ class TemporalSelfAttention(nn.Module):
         weights = self.attention_weights(both).float().view(b, q, heads, self.QUEUE, pts).softmax(-1)
         rows, cols = grid_hw
         normalizer = offsets.new_tensor([cols, rows])  # (w, h) of the grid
-        loc = ref.float()[:, :, None, None, None, None, :] + offsets / normalizer
+        # expanded (same values): an export folds it into a constant of the offsets' shape, which onnxruntime
+        # divides in one vectorised pass instead of one call per (x, y) pair
+        loc = ref.float()[:, :, None, None, None, None, :] + offsets / normalizer.expand_as(offsets)
         # queue slots share the value map: sample them as 2*pts points with half weight (= their mean)
         loc = loc.permute(0, 1, 2, 4, 3, 5, 6).reshape(b, q, heads, 1, self.QUEUE * pts, 2)
         weights = (0.5 * weights).reshape(b, q, heads, 1, self.QUEUE * pts)
@@ -128,7 +130,12 @@ class SpatialCrossAttention(nn.Module):
     at least one of its anchors is visible there, and the counted results are averaged. RAP computes only the
     visible rows; so do we on the CPU, while the batched path computes all rows and discards the others, with
     the same outputs. Runs in fp32 like RAP.
+
+    ``traced_sampling`` picks the path an exported program holds: ``"dense"`` (every row, fixed shapes: for
+    GPU compilers such as TensorRT) or ``"visible"`` (the visible rows of each camera, data-dependent shapes).
     """
+
+    traced_sampling: str = "dense"
 
     def __init__(self, d_model: int, num_heads: int, num_points: int):
         super().__init__()
@@ -161,11 +168,15 @@ class SpatialCrossAttention(nn.Module):
             heads, pts = self.num_heads, self.num_points
             h, w = feat_hw
             offsets = self.sampling_offsets(query).view(b, 1, q, heads, 1, pts // d, d, 2)
-            offsets = offsets / offsets.new_tensor([w, h])
+            offsets = offsets / offsets.new_tensor([w, h]).expand_as(offsets)  # expanded: as in TSA
             weights = self.attention_weights(query).view(b, 1, q, heads, 1, pts).softmax(-1)
             hit = visible.any(-1)  # [B,N,Q]
             if sample_visible_only(query):
-                out = self._sample_visible(value, ref_cam, offsets, weights, hit)
+                cams = [tuple(ij) for ij in hit.any(-1).nonzero().tolist()]  # cameras that see any query
+                out = self._sample_visible(value, ref_cam, offsets, weights, hit, cams)
+            elif self.traced_sampling == "visible":
+                # traced: every (sample, camera) pair is in the program, each with its own visible-row count
+                out = self._sample_visible(value, ref_cam, offsets, weights, hit, list(np.ndindex(b, n)))
             else:
                 out = self._sample_all(value, ref_cam, offsets, weights)
             hit = hit.to(out.dtype)
@@ -184,20 +195,25 @@ class SpatialCrossAttention(nn.Module):
         return sample_value_maps(value, loc, weights).view(b, n, q, -1)
 
     def _sample_visible(self, value: list[torch.Tensor], ref_cam: torch.Tensor, offsets: torch.Tensor,
-                        weights: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
-        """Only the (camera, query) rows that count (``hit [B,N,Q]``), zeros elsewhere -> ``[B,N,Q,C]``.
+                        weights: torch.Tensor, hit: torch.Tensor, cams: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Only the (camera, query) rows that count (``hit [B,N,Q]``) of the (sample, camera) pairs ``cams``,
+        zeros elsewhere -> ``[B,N,Q,C]``.
 
         Each row is the same arithmetic as in :meth:`_sample_all`, so the result is the same; a query sees one
         or two of the four cameras, which makes this about 4x less sampling."""
         b, n, q = ref_cam.shape[:3]
         heads, pts = self.num_heads, self.num_points
         maps = value[0].view(b * n, heads, *value[0].shape[1:])  # one level: RAP's one-level FPN
-        out = ref_cam.new_zeros(b, n, q, heads * maps.shape[2])
-        for i, j in hit.any(-1).nonzero().tolist():
+        zeros = ref_cam.new_zeros(q, heads * maps.shape[2])
+        per_camera = {}
+        for i, j in cams:
             rows = hit[i, j].nonzero()[:, 0]
-            loc = (ref_cam[i, j, rows, None, None, None] + offsets[i, 0, rows]).reshape(1, -1, heads, 1, pts, 2)
-            out[i, j, rows] = sample_value_maps([maps[i * n + j]], loc, weights[i, 0, rows][None])[0]
-        return out
+            loc = (ref_cam[i, j, rows, None, None, None] + offsets[i, 0, rows]).reshape(1, rows.shape[0], heads, 1, pts, 2)
+            sampled = sample_value_maps([maps[i * n + j]], loc, weights[i, 0, rows][None])[0]
+            # rows scattered into a fresh [Q,C] (ONNX ScatterND: row copies), not into a slice of [B,N,Q,C]
+            # (an exported select_scatter rewrites the whole tensor element by element)
+            per_camera[i, j] = zeros.index_put((rows,), sampled)
+        return torch.stack([per_camera.get(ij, zeros) for ij in np.ndindex(b, n)]).view(b, n, q, -1)
 
 
 def sample_visible_only(x: torch.Tensor) -> bool:

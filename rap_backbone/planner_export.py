@@ -13,10 +13,11 @@ The JSON of :class:`PlannerExportInfo` travels in each file (ONNX ``metadata_pro
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -24,11 +25,15 @@ from torch import nn
 
 from eupe.export import ONNX_OPSET, ExportError, quantize_weight_products, traceable
 from rap_backbone.backbones import Backbone
-from rap_backbone.planner import RAPPlanner
+from rap_backbone.planner import RAPPlanner, SpatialCrossAttention
 
 PLANNER_INPUTS = ("camera_feature", "lidar2img", "img_shape", "ego_status")
 PLANNER_OUTPUTS = ("trajectory", "pdm_score", "proposals", "pred_logit")
 PLANNER_METADATA_KEY = "rap_planner"
+# visible: each camera samples only the queries it sees (NonZero / Gather / ScatterND, as the eager CPU planner);
+# dense: every query in every camera (fixed shapes, what GPU compilers such as TensorRT want)
+SAMPLING_MODES = ("visible", "dense")
+DEFAULT_SAMPLING = "visible"
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class PlannerExportInfo:
     planner: dict[str, Any]
     input_shapes: dict[str, list[int]]
     precision: str = "fp32"  # fp32 | int8 (eupe.export's dynamic recipe on the weight MatMuls)
+    sampling: str = "dense"  # cross-attention rows the graph samples: SAMPLING_MODES
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -66,9 +72,25 @@ def _inputs(sample: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return tuple(sample[k].float() for k in PLANNER_INPUTS)
 
 
-def trace_planner(planner: RAPPlanner, sample: Mapping[str, torch.Tensor]
+@contextlib.contextmanager
+def traced_sampling(planner: RAPPlanner, sampling: str) -> Iterator[None]:
+    """Within the block, the planner's cross-attention layers trace the ``sampling`` path (SAMPLING_MODES)."""
+    if sampling not in SAMPLING_MODES:
+        raise ExportError(f"unknown planner sampling {sampling!r}; use one of {list(SAMPLING_MODES)}")
+    layers = [m for m in planner.modules() if isinstance(m, SpatialCrossAttention)]
+    for layer in layers:
+        layer.traced_sampling = sampling
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.traced_sampling  # back to the class default
+
+
+def trace_planner(planner: RAPPlanner, sample: Mapping[str, torch.Tensor], *, sampling: str = DEFAULT_SAMPLING
                   ) -> tuple[torch.export.ExportedProgram, PlannerExportInfo]:
-    """``torch.export`` of the planner's eval forward at the shapes of ``sample`` (RAP's feature dict)."""
+    """``torch.export`` of the planner's eval forward at the shapes of ``sample`` (RAP's feature dict);
+    ``sampling``: the cross-attention rows the program samples (SAMPLING_MODES)."""
     if not isinstance(planner.backbone, Backbone):
         raise ExportError(f"the planner's backbone is {type(planner.backbone).__name__} "
                           f"({planner.weights_source}), not a PyTorch encoder: export the planner with "
@@ -78,8 +100,9 @@ def trace_planner(planner: RAPPlanner, sample: Mapping[str, torch.Tensor]
     args = _inputs(sample)
     info = PlannerExportInfo(backbone=planner.backbone.name, weights_source=planner.weights_source,
                              planner=planner.config.to_dict(),
-                             input_shapes={k: list(a.shape) for k, a in zip(PLANNER_INPUTS, args, strict=True)})
-    with traceable(graph), torch.no_grad():
+                             input_shapes={k: list(a.shape) for k, a in zip(PLANNER_INPUTS, args, strict=True)},
+                             sampling=sampling)
+    with traceable(graph), traced_sampling(planner, sampling), torch.no_grad():
         program = torch.export.export(graph, args)
     return program, info
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_planner_forward import features
 
 from eupe.export import ExportError
 from rap_backbone.backbones import build_backbone
-from rap_backbone.planner import build_planner
+from rap_backbone.planner import build_planner, project_reference_points
 from rap_backbone.planner_export import (
+    PLANNER_INPUTS,
     PLANNER_OUTPUTS,
     OnnxPlanner,
     ProgramPlanner,
@@ -33,6 +35,8 @@ def _sample(seed: int) -> dict[str, torch.Tensor]:
 def exported(tmp_path_factory):
     torch.manual_seed(0)
     planner = build_planner(build_backbone("edge-vit-96", depth=1), TINY).eval()
+    with torch.no_grad():  # proposals spread over tens of metres: the cameras of a rig see different queries
+        planner.refiner.decoder.mlp[6].weight.mul_(20.0)
     program, info = trace_planner(planner, _sample(0))
     root = tmp_path_factory.mktemp("planner")
     return planner, program, info, root
@@ -177,3 +181,57 @@ def test_closed_loop_agent_runs_the_exported_planner(exported, onnx_file):
     with torch.no_grad():
         ref = planner(check)
     _compare(loop_planner(check), ref)  # the file's weights, not the loop's random planner
+
+
+def _cameras_per_query(planner, features: dict) -> set[int]:
+    """How many cameras see a query (one of its anchors visible), over every refinement of the eager forward."""
+    with torch.no_grad():
+        decodes = planner(features)["proposal_list"]
+    return {int(c) for p in decodes for c in project_reference_points(
+        p.flatten(1, 2), features["lidar2img"], features["img_shape"], planner.config)[1].any(-1).sum(1).flatten()}
+
+
+def _centre_rig() -> torch.Tensor:
+    """lidar2img of 4 cameras that see every point in front of them: 1 pixel per metre around the image centre,
+    depth 1, so every anchor within 32 m lands inside a 64x96 image."""
+    l2i = torch.zeros(4, 4)
+    l2i[0, 0], l2i[1, 1], l2i[0, 3], l2i[1, 3], l2i[2, 3], l2i[3, 3] = 1.0, 1.0, HW[1] / 2, HW[0] / 2, 1.0, 1.0
+    return l2i.repeat(1, 4, 1, 1)
+
+
+def test_planner_onnx_samples_visible_rows_and_equals_eager(exported, onnx_file):
+    """The default export samples each camera's visible rows (NonZero / GridSample on those rows / ScatterND):
+    outputs equal eager where queries are seen by 0, 1 or 2 cameras, where one camera sees nothing, and where
+    every query is in every camera."""
+    import onnx
+
+    planner = exported[0]
+    assert exported[2].sampling == "visible" and OnnxPlanner(onnx_file).info["sampling"] == "visible"
+    ops = [n.op_type for n in onnx.load(str(onnx_file)).graph.node]
+    # one NonZero per camera and refinement (a refinement's layers share the projected anchors)
+    assert ops.count("NonZero") == TINY["num_refinements"] * 4
+    runner = OnnxPlanner(onnx_file)
+    rig = features(1, seed=2)  # b0, f0, l0, r0 around the rear axle
+    blind = dict(rig, lidar2img=rig["lidar2img"].clone())
+    blind["lidar2img"][0, 2] = 0.0  # an uncalibrated camera (the feature builder's zeros): no visible row
+    every = dict(rig, lidar2img=_centre_rig())
+    for frame, counts in ((rig, {0, 1, 2}), (blind, {0, 1}), (every, {4})):
+        assert counts <= _cameras_per_query(planner, frame)
+        with torch.no_grad():
+            ref = planner(frame)
+        _compare(runner(frame), ref)
+    assert _cameras_per_query(planner, every) == {4}
+
+
+def test_planner_dense_sampling_stays_selectable(exported):
+    """sampling="dense": every query in every camera, no data-dependent op; same outputs."""
+    planner = exported[0]
+    program, info = trace_planner(planner, _sample(0), sampling="dense")
+    targets = {str(n.target) for n in program.graph.nodes}
+    assert info.sampling == "dense" and not any("nonzero" in t for t in targets)
+    check = features(1, seed=2)
+    with torch.no_grad():
+        ref = planner(check)
+    _compare(dict(zip(PLANNER_OUTPUTS, program.module()(*[check[k] for k in PLANNER_INPUTS]), strict=True)), ref)
+    with pytest.raises(ExportError, match=r"unknown planner sampling 'sparse'; use one of \['visible', 'dense'\]"):
+        trace_planner(planner, _sample(0), sampling="sparse")

@@ -42,7 +42,7 @@ from navsim_agents.agents.rap_loss import (
 )
 from rap_backbone.alignment import AlignmentConfig, alignment_losses
 from rap_backbone.backbones import OnnxBackbone
-from rap_backbone.nuplan_rig import RAP_CAMERA_NAMES
+from rap_backbone.nuplan_rig import CAMERA_NAMES, RAP_CAMERA_NAMES
 from rap_backbone.planner_config import RAP_IMAGE_SCALE, PlannerGroupConfig, planner_profile
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,16 @@ class ProposalScores:
 
 class ProposalScorer(Protocol):
     def __call__(self, tokens: Sequence[str], proposals: np.ndarray) -> ProposalScores: ...
+
+
+def rap_sensor_config() -> Any:
+    """The sensors RAP reads: its four cameras at the current frame, no lidar."""
+    from navsim_agents.data.dataclasses import SensorConfig
+
+    cams: dict[str, list[int]] = {name: [] for name in CAMERA_NAMES}
+    for name in RAP_CAMERA_NAMES:
+        cams[name] = [CURRENT_FRAME_INDEX]
+    return SensorConfig(**cams, lidar_pc=[])
 
 
 def warmup_cosine_factor(epoch: int, *, warmup_epochs: int, epochs: int, lr: float, min_lr: float) -> float:
@@ -226,12 +236,7 @@ class RAPAgent(AbstractAgent):
         return f"planner: {planner}; backbone: {backbone}"
 
     def get_sensor_config(self) -> Any:
-        from navsim_agents.data.dataclasses import SensorConfig
-
-        cams = {f"cam_{n}": [] for n in ("f0", "l0", "l1", "l2", "r0", "r1", "r2", "b0")}
-        for name in RAP_CAMERA_NAMES:
-            cams[name] = [CURRENT_FRAME_INDEX]
-        return SensorConfig(**cams, lidar_pc=[])
+        return rap_sensor_config()
 
     def get_feature_builders(self) -> list:
         return [self._feature_builder]
