@@ -40,19 +40,21 @@ def run(cfg: DictConfig) -> dict:
     stats = {"built": 0, "reused": 0, "rebuilt": 0, "failed": 0}
     failures: list[str] = []
     start = time.perf_counter()
-    for index, token in enumerate(tqdm(loader.tokens, unit="scene", disable=not cfg.progress)):
-        frames = loader.scene_frames_dicts[token]
-        try:
-            _, action = E.refresh_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
-                                               force=bool(cfg.force))
-            stats[action.split(":", 1)[0]] += 1
-        except Exception as err:  # noqa: BLE001 - one bad scene does not stop the run
-            stats["failed"] += 1
-            failures.append(str(err))
-            logger.warning("token %s: %s", token, err)
-        if index == 0:
-            freeze_long_lived()  # the scene logs and the first scene's map are loaded by now
-    release_long_lived()
+    try:
+        for index, token in enumerate(tqdm(loader.tokens, unit="scene", disable=not cfg.progress)):
+            frames = loader.scene_frames_dicts[token]
+            try:
+                _, action = E.refresh_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
+                                                   force=bool(cfg.force))
+                stats[action.split(":", 1)[0]] += 1
+            except Exception as err:  # noqa: BLE001 - one bad scene does not stop the run
+                stats["failed"] += 1
+                failures.append(str(err))
+                logger.warning("token %s: %s", token, err)
+            if index == 0:
+                freeze_long_lived()  # the scene logs and the first scene's map are loaded by now
+    finally:  # an interrupted run leaves a longer process (tests, notebooks) its normal collector
+        release_long_lived()
     stats["seconds"] = time.perf_counter() - start
     stats["root"] = str(root)
     print(f"metric cache {root}: {stats['built']} built, {stats['rebuilt']} rebuilt (unreadable or forced), "
