@@ -9,8 +9,9 @@ navsim_dev (the conformance data in the official layout; navmini when it is abse
 original + synthetic scenes, EPDMS with reactive IDM traffic, the human filter and the scene aggregation) on a
 navmini_two_stage world of `--two-stage-logs` logs generated into a temporary folder. The agent is constant
 velocity. Each side is timed after start-up: one untimed warm-up scene, then process CPU time (and wall time) per
-scene; scoring includes loading the metric cache from disk; our caching rows freeze what the warm-up loaded, as
-run_metric_caching does. The devkit runs in a subprocess of its own Python
+scene; scoring includes loading the metric cache from disk; our rows freeze what the warm-up loaded, as
+run_metric_caching and run_pdm_score do after their first scene; our two-stage scoring forgets what the warm-up scene
+kept (traffic geometries, human-filter results) before the timed scenes. The devkit runs in a subprocess of its own Python
 (`benchmarks/devkit_timing_driver.py`, copied to a temporary folder) on the same scenes with OMP_NUM_THREADS=1;
 navsim main gives the v2 and two-stage columns, navsim v1.1 the v1 columns (navsim main has no PDMS v1 scorer).
 Goals (issue #16): scoring >= 10x, metric caching >= 5x the devkit per scene. Writes
@@ -61,10 +62,13 @@ class Timing:
         self.cpu_s, self.wall_s = cpu_s, wall_s
 
 
-def timed(items: Sequence, fn: Callable, freeze: bool = False) -> Timing:
+def timed(items: Sequence, fn: Callable, freeze: bool = False, after_warmup: Optional[Callable] = None) -> Timing:
     """Per-item time of `fn` over `items` after one untimed warm-up call (imports, map loading, filter matrices);
-    `freeze`: then freeze the loaded objects, as run_metric_caching does after its first scene."""
+    `freeze`: then freeze the loaded objects, as the caching and scoring jobs do after their first scene; `after_warmup`: called
+    after it (e.g. to forget what the warm-up item left for the timed one)."""
     fn(items[0])
+    if after_warmup is not None:
+        after_warmup()
     if freeze:
         freeze_long_lived()
     cpu, wall = time.process_time(), time.perf_counter()
@@ -72,7 +76,7 @@ def timed(items: Sequence, fn: Callable, freeze: bool = False) -> Timing:
         fn(item)
     timing = Timing((time.process_time() - cpu) / len(items), (time.perf_counter() - wall) / len(items))
     if freeze:
-        release_long_lived()  # the rows timed next (scoring) run without it, as their jobs do
+        release_long_lived()  # each row freezes what its own warm-up loaded
     return timing
 
 
@@ -105,7 +109,7 @@ def ours_one_stage(loader, tokens, maps: Path, tmp: Path) -> dict[str, Timing]:
             cache = MetricCache.load(paths[t])
             runner.score(cache, _cv_poses(cache))
 
-        out[version] = timed(tokens, score)
+        out[version] = timed(tokens, score, freeze=True)
     return out
 
 
@@ -115,6 +119,7 @@ def ours_two_stage(root: Path, tmp: Path) -> dict[str, Timing]:
     from navsim_agents.data.synthetic_scenes import TwoStageSceneLoader
     from navsim_agents.scoring import two_stage as T
     from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
+    from navsim_agents.scoring.traffic_agents import clear_memos as clear_traffic_memos
 
     split = read_devkit_split(split_yaml(root))
     original = SceneLoader(root / "navsim_logs" / split.data_split, None, SceneFilter(**split.scene_filter))
@@ -125,6 +130,8 @@ def ours_two_stage(root: Path, tmp: Path) -> dict[str, Timing]:
     out = {"caching": timed(tokens, lambda t: compute_metric_cache(loader.scene_frames(t), maps).save(paths[t]),
                               freeze=True)}
     runners = {s: TrafficScoreRunner(human_penalty_filter=not s, maps_root=maps) for s in (False, True)}
+    # the warm-up scene is scored again in the timed loop: it must find nothing of its own already computed
+    forget = lambda: [clear_traffic_memos(), *(r.forget() for r in runners.values())]  # noqa: E731
     mapping = T.read_mapping(split.reactive_all_mapping, loader.tokens)
     rows: dict[str, dict] = {}
 
@@ -132,7 +139,7 @@ def ours_two_stage(root: Path, tmp: Path) -> dict[str, Timing]:
         rows[t] = T.score_two_stage_token(t, paths[t], lambda: _cv_poses(MetricCache.load(paths[t])),
                                           runners[loader.is_synthetic(t)])
 
-    scoring = timed(tokens, score)
+    scoring = timed(tokens, score, freeze=True, after_warmup=forget)
     cpu, wall = time.process_time(), time.perf_counter()
     T.aggregate(rows, mapping)
     out["scoring"] = Timing(scoring.cpu_s + (time.process_time() - cpu) / len(tokens),
@@ -232,9 +239,10 @@ def main() -> None:
                 notes=[f"machine load average during the run: {load:.1f} (numbers are only comparable on an idle "
                        "machine)",
                        "one process, OMP_NUM_THREADS=1, each side timed after one untimed warm-up scene; CPU = "
-                       "process time; agent: constant velocity; scoring includes loading the metric cache; our caching "
-                       "rows freeze the loaded objects after the warm-up scene (gc.freeze), as run_metric_caching "
-                       "does after its first scene",
+                       "process time; agent: constant velocity; scoring includes loading the metric cache; our rows "
+                       "freeze the loaded objects after the warm-up scene (gc.freeze), as run_metric_caching and "
+                       "run_pdm_score do after their first scene; our two-stage scoring forgets what the warm-up "
+                       "scene kept before the timed scenes",
                        "devkit: navsim main 0a380a9 (v2, two-stage) and navsim v1.1 3e8291b (v1) with nuplan-devkit "
                        "v1.2, run outside the repository by benchmarks/devkit_timing_driver.py",
                        f"devkit scenes: one-stage {_scenes(main_dk)}, v1 {_scenes(v1_dk)}, two-stage {_scenes(two_dk)}"])

@@ -169,6 +169,7 @@ def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None)
     Two-stage: original tokens with the human penalty filter, synthetic ones without (navsim `pdm_score` applies it
     to SceneFrameType.ORIGINAL only); each row keeps its trajectory endpoint and start point for the aggregator."""
     from navsim_agents.data.splits import build_scene_loader, build_two_stage_loader, resolve_split
+    from navsim_agents.long_lived import freeze_long_lived, release_long_lived
     from navsim_agents.scoring.two_stage import score_two_stage_token
 
     cfg = OmegaConf.create(cfg_container)
@@ -188,22 +189,27 @@ def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None)
         runner_for = lambda token: runner  # noqa: E731
     root = metric_cache_root(cfg, str(cfg.split.data_split))
     rows = []
-    for token in tokens:
-        if token not in loader:
-            row = {"token": token, "valid": False, "_error": f"unknown token {token} (not a scene of this split)"}
-            logger.warning("token %s failed: %s", token, row["_error"])
-        else:
-            frames = frames_of(token)
-            try:
-                cache_path = E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
-                                                   force=bool(cfg.force_metric_cache))
-                row = score(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner_for(token))
-            except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row naming the file
-                row = {"token": token, "valid": False, "_error": f"{type(err).__name__}: {err}"}
+    try:
+        for index, token in enumerate(tokens):
+            if token not in loader:
+                row = {"token": token, "valid": False, "_error": f"unknown token {token} (not a scene of this split)"}
                 logger.warning("token %s failed: %s", token, row["_error"])
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+            else:
+                frames = frames_of(token)
+                try:
+                    cache_path = E.ensure_metric_cache(frames, root, str(paths.maps_root or ""), paths.map_version,
+                                                       force=bool(cfg.force_metric_cache))
+                    row = score(token, cache_path, _trajectory_fn(agent, loader, token, cfg), runner_for(token))
+                except Exception as err:  # noqa: BLE001 - missing map / corrupt data: an invalid row naming the file
+                    row = {"token": token, "valid": False, "_error": f"{type(err).__name__}: {err}"}
+                    logger.warning("token %s failed: %s", token, row["_error"])
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+            if index == 0:
+                freeze_long_lived()  # the split, its maps, the agent and the first scene's objects are loaded by now
+    finally:  # a longer process (tests, notebooks, a Ray worker's next chunk) gets its normal collector back
+        release_long_lived()
     return rows
 
 

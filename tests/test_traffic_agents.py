@@ -121,6 +121,35 @@ def test_occupancy_simplify_matches_repeated_plain_simplify():
     assert len(shapely.get_coordinates(occupancy.geometries["a"])) == 5
 
 
+def test_memo_keeps_the_most_recently_used_values():
+    memo, built = TA._Memo(2), []
+
+    def make(key):
+        return lambda: built.append(key) or key.upper()
+
+    assert [memo.get((k,), make(k)) for k in ("a", "b", "a", "c", "a", "b")] == ["A", "B", "A", "C", "A", "B"]
+    # "a" was used again before "c" came, so "b" was the least recently used and the only one built twice
+    assert built == ["a", "b", "c", "b"]
+
+
+def test_simplified_versions_are_the_devkit_passes_built_once():
+    """Version k is the geometry after k simplify passes of the devkit (each pass on the previous result), a fixed
+    point repeating itself; the geometry is built on the first call only."""
+    import shapely
+
+    # two vertices within the 1e-5 tolerance: the first pass drops the notch, the result is then a fixed point
+    notched = shapely.Polygon([(10.0, 0.0), (11.0, -4e-6), (12.0, 6e-6), (14.0, 0.0), (14.0, 2.0), (10.0, 2.0)])
+    calls = []
+    chain = TA._Simplified(lambda: calls.append(1) or notched)
+    assert not chain.made
+    plain = notched
+    for k in range(4):
+        assert shapely.equals_exact(chain.version(k), plain, tolerance=0.0), k
+        plain = plain.simplify(TA.OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
+    assert chain.version(0) is notched and chain.made and calls == [1]
+    assert len(shapely.get_coordinates(chain.version(3))) < len(shapely.get_coordinates(notched))
+
+
 def _lane(x0, y0, heading, length=60.0):
     s = np.arange(0.0, length + 0.5, 1.0)
     return TA.InterpolatedPath(np.column_stack([x0 + s * math.cos(heading), y0 + s * math.sin(heading),
@@ -173,7 +202,7 @@ def test_lazy_occupancy_propagation_matches_the_query_by_query_devkit_rule(monke
              ("alone", 0.0, 12.0, 0.0, 5.0, 6.0), ("stopped", -20.0, -12.0, 0.0, 57.0, 0.0),
              ("queue", -20.0, -12.0, 0.0, 44.0, 3.0)]
     plain_agents, plain_occ, lazy_agents, lazy_occ, fallbacks = _run_both(specs, 15, monkeypatch)
-    assert lazy_occ.entries["alone"]._geometry is None  # never needed by a query
+    assert not lazy_occ.entries["alone"].chain.made  # never needed by a query
     _assert_same(plain_agents, plain_occ, lazy_agents, lazy_occ)
     assert not fallbacks
     assert plain_agents["follower"].velocity < 8.0  # it did react to the leader

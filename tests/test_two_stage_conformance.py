@@ -149,3 +149,33 @@ def test_matches_official_rows(setup, agent):
     problems = csv_row_problems(ours, expected, CONTINUOUS_TOL, DISCRETE_TOL,
                                 lambda col: col.startswith("ego_progress") or col == "score")
     assert not problems, "\n".join(problems)
+
+
+def test_reactive_traffic_fast_path_equals_the_query_by_query_rule(setup):
+    """Every scene's IDM vehicles under the human future, simulated query by query (the devkit's rule) and through the
+    lazy occupancy with its kept geometries, cold and then again with every corridor, footprint and nearest-object
+    result kept from the first run: the same vehicles with the same boxes, bit for bit."""
+    import shapely
+
+    from navsim_agents.scoring import traffic_agents as TA
+    from navsim_agents.scoring.metric_cache_file import MetricCache
+    from navsim_agents.scoring.pdm_score import agent_reference
+    from navsim_agents.scoring.pdm_simulator import simulate_proposals
+
+    _, tokens, caches, _ = setup
+    TA.clear_memos()
+    compared = 0
+    for token in tokens:
+        cache = MetricCache.load(caches[token])
+        ego = simulate_proposals(agent_reference(cache, cache.arrays["human_future_poses"])[None], cache.ego_state)[0]
+        map_api = TA.cache_map_api(cache, str(ROOT / "maps"))
+        plain = TA.simulate_vehicles(cache, ego, map_api, query_by_query=True)
+        for attempt in ("cold", "kept"):
+            fast = TA.simulate_vehicles(cache, ego, map_api)
+            assert len(fast) == len(plain) == len(ego) - 1
+            for step, (a, b) in enumerate(zip(plain, fast, strict=True)):
+                assert [o.token for o in a] == [o.token for o in b], (token, attempt, step)
+                for o, p in zip(a, b, strict=True):
+                    assert shapely.equals_exact(o.polygon, p.polygon, tolerance=0.0), (token, attempt, step, o.token)
+                compared += len(a)
+    assert compared > 0

@@ -21,6 +21,9 @@ idm_policy, idm_agents_builder, utils}.py`, `simulation/path/{interpolated_path,
 
 `_propagate` gives the results of that query-by-query rule (`_propagate_plain`, held equal to it in tests) while
 building only the geometry a query needs: corridors and footprints whose bounds meet no other entry are never built.
+Corridors, footprints (with their simplify passes) and nearest-object results are kept per process by their exact
+inputs (`_Memo`): the human-filter simulation of a scene and the synthetic scenes started from one original scene
+move the same vehicles the same way until the ego makes a difference.
 
 Devkit behaviour reproduced on purpose (see the conformance README):
 - The metric cache has no `traffic_light_status`, so agents never extend their route: each keeps its starting
@@ -114,16 +117,20 @@ class InterpolatedPath:
         """[..., 3] x, y, heading at `progress` (within the path)."""
         p = np.asarray(progress, dtype=np.float64)
         if p.ndim == 0:  # one state: avoid three array interpolations
-            q, progress = float(p), self._progress_list
-            i = min(max(bisect.bisect_right(progress, q) - 1, 0), len(progress) - 2)
-            f = (q - progress[i]) / (progress[i + 1] - progress[i])
-            (ax, ay, ah), (bx, by, bh) = self._xyh[i], self._xyh[i + 1]
-            h = ah + f * (bh - ah)
-            return np.array([ax + f * (bx - ax), ay + f * (by - ay), math.atan2(math.sin(h), math.cos(h))])
+            return np.array(self.state_at(float(p)))
         x = np.interp(p, self.progress, self.points[:, 0])
         y = np.interp(p, self.progress, self.points[:, 1])
         h = normalize_angle(np.interp(p, self.progress, self._heading))
         return np.stack([x, y, h], axis=-1)
+
+    def state_at(self, progress: float) -> Tuple[float, float, float]:
+        """(x, y, heading) at one `progress` (within the path), as `states_at` computes it, in plain floats."""
+        samples = self._progress_list
+        i = min(max(bisect.bisect_right(samples, progress) - 1, 0), len(samples) - 2)
+        f = (progress - samples[i]) / (samples[i + 1] - samples[i])
+        (ax, ay, ah), (bx, by, bh) = self._xyh[i], self._xyh[i + 1]
+        h = ah + f * (bh - ah)
+        return ax + f * (bx - ax), ay + f * (by - ay), math.atan2(math.sin(h), math.cos(h))
 
     def clamp(self, progress: float) -> float:
         return max(self._start, min(progress, self._end))
@@ -199,10 +206,11 @@ class IDMAgent:
     target_velocity: float
     speed_limit: Optional[float]
 
-    def pose(self) -> np.ndarray:
+    def pose(self) -> Tuple[float, float, float]:
+        """(x, y, heading) on the path at the (clamped) progress."""
         progress = self.path.clamp(self.progress)
         if getattr(self, "_pose_at", None) != progress:  # the pose is asked for several times per step
-            self._pose_at, self._pose, self._polygon = progress, self.path.states_at(progress), None
+            self._pose_at, self._pose, self._polygon = progress, self.path.state_at(progress), None
         return self._pose
 
     def corners(self) -> list:
@@ -214,11 +222,6 @@ class IDMAgent:
         if self._polygon is None:
             self._polygon = shapely.polygons(self.corners())
         return self._polygon
-
-    def keep_polygon(self, polygon) -> None:
-        """The box at the current pose, built elsewhere (e.g. with other agents' boxes in one call)."""
-        self.pose()
-        self._polygon = polygon
 
     def progress_to_go(self) -> float:
         return self.path.end - self.progress
@@ -373,12 +376,16 @@ def _lead_velocity(nearest: str, agent: IDMAgent, agents: Dict[str, IDMAgent], e
     return lead_speed * float(np.cos(normalize_angle(relative)))
 
 
+def _beyond_radius(pose: Sequence[float], ego_xy: np.ndarray) -> bool:
+    return bool(np.hypot(pose[0] - ego_xy[0], pose[1] - ego_xy[1]) > IDM_RADIUS)
+
+
 def _propagate_plain(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state: np.ndarray) -> None:
     """navsim `NavsimIDMAgentManager.propagate_agents` without traffic lights or open-loop detections, query by query
     as the devkit does (the reference for `_propagate`)."""
     occupancy.geometries[EGO_ID] = _ego_box(ego_state)
     ego_xy = ego_state[:2]  # the box centre the agents see
-    far = [t for t, a in agents.items() if np.hypot(*(a.pose()[:2] - ego_xy)) > IDM_RADIUS]
+    far = [t for t, a in agents.items() if _beyond_radius(a.pose(), ego_xy)]
     for token in far:
         occupancy.geometries.pop(token)
         agents.pop(token)
@@ -435,33 +442,84 @@ class _Once:
         self._value, self._make = value, None
 
 
+class _Simplified:
+    """A geometry built on first use, then its devkit simplify passes (version k: k passes), each computed once; shared
+    by every entry that stores the same geometry. Simplify is deterministic, so passes stop at a fixed point."""
+
+    __slots__ = ("_make", "_versions", "_fixed")
+
+    def __init__(self, make):
+        self._make, self._versions, self._fixed = make, None, False
+
+    @property
+    def made(self) -> bool:
+        return self._versions is not None
+
+    def version(self, passes: int):
+        if self._versions is None:
+            self._versions, self._make = [self._make()], None
+        versions = self._versions
+        while len(versions) <= passes and not self._fixed:
+            simple = versions[-1].simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
+            if shapely.equals_exact(simple, versions[-1], tolerance=0.0):
+                self._fixed = True
+            else:
+                versions.append(simple)
+        return versions[min(passes, len(versions) - 1)]
+
+
+class _Memo:
+    """Values built from exact inputs, kept for the most recent `size` keys: a scene's traffic is simulated again for
+    the human filter, and the synthetic scenes of one original start their vehicles alike, so the same corridors,
+    footprints and nearest-object queries come back. Same inputs give the same floats, so a kept value is exact."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._values: Dict[tuple, object] = {}
+
+    def get(self, key: tuple, make: Callable[[], object]):
+        values = self._values
+        value = values.pop(key, None)
+        if value is None:
+            value = make()
+            if len(values) >= self.size:
+                del values[next(iter(values))]  # the least recently used: dicts keep insertion order
+        values[key] = value
+        return value
+
+    def clear(self) -> None:
+        self._values.clear()
+
+
+# bounded by memory: a corridor runs along the whole path to go (hundreds of vertices), a footprint is small
+_CORRIDORS = _Memo(4096)
+_FOOTPRINTS = _Memo(16384)
+_NEAREST = _Memo(16384)
+_SEGMENTS = _Memo(16384)
+
+
+def clear_memos() -> None:
+    """Forget every kept traffic geometry (results do not change; e.g. for timing a cold run)."""
+    for memo in (_CORRIDORS, _FOOTPRINTS, _NEAREST, _SEGMENTS):
+        memo.clear()
+
+
 class _LazyGeometry:
     """An occupancy geometry built only when a query needs it, then simplified as many times as the devkit would
-    have by then (one pass per agent query since it was stored, stopping at a fixed point), with bounds that surely
-    hold it from the start; `inputs`: for an agent's projected footprint (it holds the box at the agent's pose), what
-    it is built from."""
+    have by then (one pass per agent query since it was stored), with bounds that surely hold it from the start;
+    `inputs`: for an agent's projected footprint (it holds the box at the agent's pose), what it is built from."""
 
-    __slots__ = ("bounds", "inputs", "build", "_geometry", "_passes", "_fixed")
+    __slots__ = ("bounds", "inputs", "chain", "stored_at")
 
-    def __init__(self, bounds, build: "_Once", passes: int, inputs: Optional[tuple] = None):
-        self.bounds, self.inputs, self.build, self._geometry = bounds, inputs, build, None
-        self._passes, self._fixed = passes, False
+    def __init__(self, bounds, chain: _Simplified, stored_at: int, inputs: Optional[tuple] = None):
+        self.bounds, self.inputs, self.chain, self.stored_at = bounds, inputs, chain, stored_at
 
     @property
     def footprint(self) -> bool:
         return self.inputs is not None
 
     def at(self, passes: int):
-        if self._geometry is None:
-            self._geometry = self.build()
-        while self._passes < passes and not self._fixed:
-            simple = self._geometry.simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
-            if shapely.equals_exact(simple, self._geometry, tolerance=0.0):
-                self._fixed = True  # simplify is deterministic: every later pass gives these coordinates again
-            else:
-                self._geometry = simple
-            self._passes += 1
-        return self._geometry
+        return self.chain.version(passes - self.stored_at)
 
 
 class _LazyOccupancy:
@@ -471,25 +529,27 @@ class _LazyOccupancy:
     def __init__(self, geometries: Dict[str, object]):
         self.passes = 0  # `_OccupancyMap.simplify` calls so far
         self.entries: Dict[str, _LazyGeometry] = {}
-        self.corridors: Dict[str, Tuple[float, object]] = {}  # agent -> (progress, its last corridor)
         for key, geometry in geometries.items():
             self.put_geometry(key, geometry)
 
     def put_geometry(self, key: str, geometry) -> None:
-        self.entries[key] = _LazyGeometry(tuple(shapely.bounds(geometry).tolist()), _Once(lambda: geometry), self.passes)
+        self.entries[key] = _LazyGeometry(tuple(shapely.bounds(geometry).tolist()), _Simplified(lambda: geometry),
+                                          self.passes)
 
     def put_footprint(self, key: str, bounds, make, inputs: tuple) -> None:
-        """Store an agent's footprint from `make()`; a stopped agent stores the same footprint again (as the devkit, it
-        is simplified again from scratch), built once."""
-        previous = self.entries.get(key)
-        same = previous is not None and previous.inputs == inputs
-        self.entries[key] = _LazyGeometry(bounds, previous.build if same else _Once(make), self.passes, inputs)
+        """Store an agent's footprint from `make()`, `inputs` (hashable) deciding it; the same inputs again (a stopped
+        agent, the same vehicle in another simulation) give the same geometry, built once and, as in the devkit,
+        simplified again from scratch."""
+        self.entries[key] = _LazyGeometry(bounds, _FOOTPRINTS.get(inputs, lambda: _Simplified(make)), self.passes, inputs)
 
     def geometry(self, key: str):
         return self.entries[key].at(self.passes)
 
     def overlapping(self, bounds) -> List[str]:
-        return [k for k, e in self.entries.items() if _meets(e.bounds, *bounds)]
+        """Ids of the entries whose bounds meet `bounds` (`_meets`, written out: it runs for every agent and entry)."""
+        lx, ly, hx, hy = bounds
+        return [k for k, e in self.entries.items()
+                if (b := e.bounds)[0] <= hx and b[2] >= lx and b[1] <= hy and b[3] >= ly]
 
     def plain(self) -> _OccupancyMap:
         return _OccupancyMap({k: self.geometry(k) for k in self.entries})
@@ -501,25 +561,46 @@ def _nearest_hit(occupancy: _LazyOccupancy, token: str, hits: List[str], corrido
     others = [k for k in hits if k not in token]
     if others:
         own = occupancy.geometry(token)
-        geometries = [occupancy.geometry(k) for k in others]
-        distances = shapely.distance(own, geometries)
-        best = int(np.argmin(distances))
-        if int(np.count_nonzero(distances == distances[best])) == 1:
-            p1, p2 = nearest_points(own, geometries[best])
-            return others[best], float(p1.distance(p2))
+        geometries = tuple(occupancy.geometry(k) for k in others)
+        # the kept geometries stay alive in the value, so their ids in the key are theirs
+        _, _, best, distance = _NEAREST.get((id(own), *map(id, geometries)),
+                                            lambda: (own, geometries, *_unique_nearest(own, geometries)))
+        if best is not None:
+            return others[best], distance
     return occupancy.plain().intersects(corridor).nearest_to(token)
 
 
-def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state: np.ndarray) -> None:
+def _unique_nearest(own, geometries: Sequence) -> Tuple[Optional[int], float]:
+    """(index, nearest-points distance) of the unique nearest geometry, (None, nan) on a tie."""
+    best = 0
+    if len(geometries) > 1:
+        distances = shapely.distance(own, geometries)
+        best = int(np.argmin(distances))
+        if int(np.count_nonzero(distances == distances[best])) > 1:
+            return None, math.nan
+    p1, p2 = nearest_points(own, geometries[best])
+    return best, float(p1.distance(p2))
+
+
+def _corridor(path: InterpolatedPath, progress: float, width: float) -> Tuple[object, Tuple[float, ...]]:
+    """The path to go from `progress` buffered by half the width (flat caps), and its bounds."""
+    corridor = LineString(path.xy_from(progress)).buffer(width / 2, cap_style=CAP_STYLE.flat)
+    return corridor, tuple(shapely.bounds(corridor).tolist())
+
+
+def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state: np.ndarray,
+               ego_box=None) -> List[Tuple[str, _Once, list]]:
     """`_propagate_plain` with the same results, doing only the geometry work a query needs: the corridor and the
-    other entries are built only when their bounds meet, agents' footprints only when a later query needs them."""
-    occupancy.put_geometry(EGO_ID, _ego_box(ego_state))
+    other entries are built only when their bounds meet, agents' footprints only when a later query needs them;
+    `ego_box`: `_ego_box(ego_state)` if already built. Returns each agent's (token, box, box corners): the box is
+    built by a query that needed it or, with the others, by `_make_boxes`."""
+    occupancy.put_geometry(EGO_ID, _ego_box(ego_state) if ego_box is None else ego_box)
     ego_xy = ego_state[:2]  # the box centre the agents see
-    far = [t for t, a in agents.items() if np.hypot(*(a.pose()[:2] - ego_xy)) > IDM_RADIUS]
+    far = [t for t, a in agents.items() if _beyond_radius(a.pose(), ego_xy)]
     for token in far:
         occupancy.entries.pop(token)
         agents.pop(token)
-    boxes: List[Tuple[IDMAgent, _Once, list]] = []
+    boxes: List[Tuple[str, _Once, list]] = []
     for token, agent in agents.items():
         occupancy.passes += 1  # the devkit simplifies every geometry before each query
         progress = agent.path.clamp(agent.progress)
@@ -529,18 +610,13 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
         hits: List[str] = []
         corridor = None
         if near or not own_footprint:
-            kept = occupancy.corridors.get(token)
-            if kept is None or kept[0] != progress:  # a stopped agent keeps its corridor
-                kept = progress, LineString(agent.path.xy_from(progress)).buffer(agent.width / 2,
-                                                                                 cap_style=CAP_STYLE.flat)
-                occupancy.corridors[token] = kept
-            corridor = kept[1]
+            corridor, (cx, cy, cX, cY) = _CORRIDORS.get((agent.path, progress, agent.width),
+                                                        functools.partial(_corridor, agent.path, progress, agent.width))
             # an own footprint holds the box centred at the corridor's first point (the same pose floats, the progress
             # unchanged since), so it meets the corridor for sure; the starting box was snapped apart from the path
             # (it may even lie past the path's dropped last point) and is checked as in the devkit
             if not own_footprint and not occupancy.geometry(token).intersects(corridor):
                 raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
-            cx, cy, cX, cY = shapely.bounds(corridor).tolist()
             hits = [k for k in near if _meets(occupancy.entries[k].bounds, cx, cy, cX, cY)
                     and occupancy.geometry(k).intersects(corridor)]
         if hits:
@@ -550,21 +626,24 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
             agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
         start, end = agent.footprint_span()
         corners = agent.corners()
-        box = _Once(functools.partial(shapely.polygons, corners))  # made below with the other boxes, or on demand
-        boxes.append((agent, box, corners))
+        box = _Once(functools.partial(shapely.polygons, corners))
+        boxes.append((token, box, corners))
         points, span_bounds = agent.path.bounds_between(start, end)
         lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
         xs, ys = [c[0] for c in corners], [c[1] for c in corners]
         occupancy.put_footprint(token, (min(lx, *xs), min(ly, *ys), max(hx, *xs), max(hy, *ys)),
                                 functools.partial(_footprint_of_box, agent.path, start, end, agent.width, box),
-                                (start, end, agent.path.clamp(agent.progress)))
-    pending = [(box, corners) for _, box, corners in boxes if not box.made]
-    if pending:  # every agent's box is observed: one vectorised call for those no query built
+                                (agent.path, start, end, agent.path.clamp(agent.progress), agent.length, agent.width))
+    return boxes
+
+
+def _make_boxes(boxes: Sequence[Tuple[_Once, list]]) -> None:
+    """Build the boxes no query built, from their corners, in one vectorised call."""
+    pending = [(box, corners) for box, corners in boxes if not box.made]
+    if pending:
         for (box, _), polygon in zip(pending, shapely.polygons(np.array([c for _, c in pending], dtype=np.float64)),
                                      strict=True):
             box.set(polygon)
-    for agent, box, _ in boxes:
-        agent.keep_polygon(box())
 
 
 @dataclass
@@ -589,11 +668,13 @@ class _ParkedCandidate:
             self.lateral_deviation = float(np.hypot(sx - track.x, sy - track.y))
 
 
-def _observe(agents: Dict[str, IDMAgent], candidates: Dict[str, _ParkedCandidate]) -> List[SimulatedObject]:
-    """navsim `NavsimIDMAgents.get_observation`: active agents, then unsimulated vehicles kept as parked."""
-    out = [SimulatedObject(t, a.polygon()) for t, a in agents.items()]
+def _observe(active: Sequence[Tuple[str, object]], candidates: Dict[str, _ParkedCandidate]) -> List[SimulatedObject]:
+    """navsim `NavsimIDMAgents.get_observation`: the active agents (token, box), then unsimulated vehicles kept as
+    parked."""
+    out = [SimulatedObject(t, polygon) for t, polygon in active]
+    simulated = {t for t, _ in active}
     for token, c in candidates.items():
-        if token in agents:
+        if token in simulated:
             continue
         collides = any(c.polygon.intersects(o.polygon) for o in out)
         if collides:
@@ -611,18 +692,29 @@ def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api, keep_
     `query_by_query`: every occupancy query built in full as the devkit does (same results, slower; for tests)."""
     tracks = current_tracks(cache)
     vehicles = [t for t in tracks if t.type_name == REACTIVE_TYPE_NAME]
-    # agents and parked candidates look up the same vehicles' lanes
-    segment_of = functools.lru_cache(maxsize=None)(functools.partial(starting_segment, map_api))
+    # agents and parked candidates (and the simulations of other scenes from the same vehicles) share lane lookups
+    def segment_of(x: float, y: float, heading: float):
+        return _SEGMENTS.get((map_api, x, y, heading), functools.partial(starting_segment, map_api, x, y, heading))
+
     agents, initial = build_agents(vehicles, cache.ego_state, map_api, keep_last_path_point, segment_of)
-    occupancy, propagate = (initial, _propagate_plain) if query_by_query else (_LazyOccupancy(initial.geometries),
-                                                                               _propagate)
     # every current vehicle: agents dropped out of range later come back through the parked-vehicle rule
     candidates = {v.token: _ParkedCandidate(v, map_api, segment_of) for v in vehicles}
-    frames = []
-    for step in range(1, len(ego_states)):
-        propagate(agents, occupancy, ego_states[step - 1])  # the devkit's one-step lag
-        frames.append(_observe(agents, candidates))
-    return frames
+    # the devkit's one-step lag: the agents of step k see the ego of step k - 1
+    if query_by_query:
+        frames = []
+        for step in range(1, len(ego_states)):
+            _propagate_plain(agents, initial, ego_states[step - 1])
+            frames.append(_observe([(t, a.polygon()) for t, a in agents.items()], candidates))
+        return frames
+    if len(ego_states) < 2:
+        return []
+    occupancy = _LazyOccupancy(initial.geometries)
+    ego_poses = np.asarray(ego_states)[:-1, [S.X, S.Y, S.HEADING]].tolist()
+    ego_boxes = shapely.polygons(np.array([_box_corners(x, y, h, PACIFICA.length, PACIFICA.width) for x, y, h in ego_poses],
+                                          dtype=np.float64))
+    steps = [_propagate(agents, occupancy, ego_states[k], ego_boxes[k]) for k in range(len(ego_states) - 1)]
+    _make_boxes([(box, corners) for boxes in steps for _, box, corners in boxes])
+    return [_observe([(t, box()) for t, box, _ in boxes], candidates) for boxes in steps]
 
 
 def simulate_constant_velocity(cache: MetricCache, num_steps: int) -> List[List[SimulatedObject]]:
@@ -701,6 +793,11 @@ class TrafficScoreRunner:
         if key not in self._human_failed:
             self._human_failed[key] = self._human_failed_uncached(cache, map_api)
         return self._human_failed[key]
+
+    def forget(self) -> None:
+        """Drop what is kept between scenes (human-filter results, traffic geometries); results do not change."""
+        self._human_failed.clear()
+        clear_memos()
 
     def _human_failed_uncached(self, cache: MetricCache, map_api) -> List[str]:
         from navsim_agents.scoring.pdm_score import V2_FILTERED, agent_reference
