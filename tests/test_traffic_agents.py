@@ -254,3 +254,45 @@ def test_trimmed_paths_are_the_interpolated_states_and_samples_bit_for_bit():
         beyond = curve.points[curve.progress > start, :2]
         if len(beyond):
             assert np.array_equal(curve.xy_from(start), np.vstack([curve.states_at(start)[None, :2], beyond]))
+
+
+def test_radius_check_is_the_devkit_hypot_comparison():
+    """Far from the 100 m radius the squared distance decides; near it np.hypot does, as in the devkit."""
+    rng = np.random.default_rng(3)
+    ego = (664123.25, 3997456.5)
+    angles = rng.uniform(-math.pi, math.pi, 400)
+    radii = np.concatenate([rng.uniform(0.0, 300.0, 200), TA.IDM_RADIUS * (1 + rng.uniform(-3e-9, 3e-9, 100)),
+                            np.nextafter(TA.IDM_RADIUS, [0.0, 1e3] * 50)])
+    for a, r in zip(angles, radii, strict=True):
+        pose = (ego[0] + r * math.cos(a), ego[1] + r * math.sin(a), 0.0)
+        expected = bool(np.hypot(pose[0] - ego[0], pose[1] - ego[1]) > TA.IDM_RADIUS)
+        assert TA._beyond_radius(pose, ego) == expected, (r, a)
+
+
+def test_human_filter_is_simulated_only_where_it_can_change_the_row():
+    """The filter sets a metric the human fails to 1: an agent passing every filtered metric keeps its row whatever
+    the human does (v2_row with every metric failed by the human equals v2_row with none), so no human simulation is
+    needed; an agent short of full progress can be changed by it."""
+    from navsim_agents.scoring.pdm_score import V2_FILTERED, v2_row
+
+    def result(progress):
+        res = {c: np.array([0.0, 1.0]) for c in V2_FILTERED}
+        res["ego_progress"] = np.array([0.3, progress])
+        res["weighted"] = np.stack([res["ego_progress"], res["time_to_collision_within_bound"], res["lane_keeping"],
+                                    res["history_comfort"], np.zeros(2)])
+        res["weights"] = np.array([5.0, 5.0, 2.0, 2.0, 2.0])
+        return res
+
+    def row_without_arrays(row):
+        return {k: v for k, v in row.items() if not k.startswith("_")}
+
+    passing = result(1.0)
+    assert row_without_arrays(v2_row(passing, 1, list(V2_FILTERED))) == pytest.approx(
+        row_without_arrays(v2_row(passing, 1, [])), nan_ok=True)
+    runner = TA.TrafficScoreRunner()
+    assert not runner._filter_can_change(passing, 1)
+    assert runner._filter_can_change(result(0.8), 1)  # a human failing ego_progress would raise it to 1
+    assert runner._filter_can_change(passing, 0)  # proposal 0 fails every metric
+    assert not TA.TrafficScoreRunner(human_penalty_filter=False)._filter_can_change(result(0.8), 1)
+    short = v2_row(result(0.8), 1, ["ego_progress"])
+    assert short["ego_progress"] == 1.0 and short["score"] == 1.0

@@ -298,6 +298,11 @@ def current_tracks(cache: MetricCache) -> List[Track]:
             for (tok, kind), row in zip(cache.meta["current_tracks"], cache.arrays["current_tracks"], strict=True)]
 
 
+def _nearest_pose(segment, x: float, y: float):
+    """The pose on `segment`'s baseline nearest to (x, y) (kept: vehicles' lanes are looked up again and again)."""
+    return _POSES.get((segment, x, y), lambda: segment.baseline_path.get_nearest_pose_from_position((x, y)))
+
+
 def starting_segment(map_api, x: float, y: float, heading: float):
     """nuplan `get_starting_segment`: (lane or connector with the closest baseline heading, progress) or (None,
     None). Heading differences are not wrapped, as in nuplan."""
@@ -310,7 +315,7 @@ def starting_segment(map_api, x: float, y: float, heading: float):
     segments = map_api.get_all_map_objects((x, y), layer)
     if not segments:
         return None, None
-    diffs = [seg.baseline_path.get_nearest_pose_from_position((x, y))[2] - heading for seg in segments]
+    diffs = [_nearest_pose(seg, x, y)[2] - heading for seg in segments]
     best = segments[int(np.argmin(np.abs(diffs)))]
     return best, best.baseline_path.get_nearest_arc_length_from_position((x, y))
 
@@ -345,7 +350,7 @@ def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep
         segment, progress = segment_of(v.x, v.y, v.heading)
         if segment is None:
             continue
-        sx, sy, sh = segment.baseline_path.get_nearest_pose_from_position((v.x, v.y))
+        sx, sy, sh = _nearest_pose(segment, v.x, v.y)
         if np.hypot(sx - v.x, sy - v.y) > IDM_SNAP_THRESHOLD:
             continue
         box = _box_polygon(sx, sy, sh, v.length, v.width)
@@ -376,15 +381,26 @@ def _lead_velocity(nearest: str, agent: IDMAgent, agents: Dict[str, IDMAgent], e
     return lead_speed * float(np.cos(normalize_angle(relative)))
 
 
-def _beyond_radius(pose: Sequence[float], ego_xy: np.ndarray) -> bool:
-    return bool(np.hypot(pose[0] - ego_xy[0], pose[1] - ego_xy[1]) > IDM_RADIUS)
+# squared radii that decide `hypot > IDM_RADIUS` without hypot's rounding mattering (it is within 1 ulp, far inside)
+_INSIDE_RADIUS_SQ, _OUTSIDE_RADIUS_SQ = (IDM_RADIUS * (1 - 1e-9)) ** 2, (IDM_RADIUS * (1 + 1e-9)) ** 2
+
+
+def _beyond_radius(pose: Sequence[float], ego_xy: Sequence[float]) -> bool:
+    """np.hypot(dx, dy) > IDM_RADIUS, computed only near the radius."""
+    dx, dy = pose[0] - ego_xy[0], pose[1] - ego_xy[1]
+    squared = dx * dx + dy * dy
+    if squared < _INSIDE_RADIUS_SQ:
+        return False
+    if squared > _OUTSIDE_RADIUS_SQ:
+        return True
+    return bool(np.hypot(dx, dy) > IDM_RADIUS)
 
 
 def _propagate_plain(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_state: np.ndarray) -> None:
     """navsim `NavsimIDMAgentManager.propagate_agents` without traffic lights or open-loop detections, query by query
     as the devkit does (the reference for `_propagate`)."""
     occupancy.geometries[EGO_ID] = _ego_box(ego_state)
-    ego_xy = ego_state[:2]  # the box centre the agents see
+    ego_xy = ego_state[:2].tolist()  # the box centre the agents see
     far = [t for t, a in agents.items() if _beyond_radius(a.pose(), ego_xy)]
     for token in far:
         occupancy.geometries.pop(token)
@@ -496,11 +512,12 @@ _CORRIDORS = _Memo(4096)
 _FOOTPRINTS = _Memo(16384)
 _NEAREST = _Memo(16384)
 _SEGMENTS = _Memo(16384)
+_POSES = _Memo(16384)
 
 
 def clear_memos() -> None:
     """Forget every kept traffic geometry (results do not change; e.g. for timing a cold run)."""
-    for memo in (_CORRIDORS, _FOOTPRINTS, _NEAREST, _SEGMENTS):
+    for memo in (_CORRIDORS, _FOOTPRINTS, _NEAREST, _SEGMENTS, _POSES):
         memo.clear()
 
 
@@ -595,7 +612,7 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
     `ego_box`: `_ego_box(ego_state)` if already built. Returns each agent's (token, box, box corners): the box is
     built by a query that needed it or, with the others, by `_make_boxes`."""
     occupancy.put_geometry(EGO_ID, _ego_box(ego_state) if ego_box is None else ego_box)
-    ego_xy = ego_state[:2]  # the box centre the agents see
+    ego_xy = ego_state[:2].tolist()  # the box centre the agents see
     far = [t for t, a in agents.items() if _beyond_radius(a.pose(), ego_xy)]
     for token in far:
         occupancy.entries.pop(token)
@@ -664,7 +681,7 @@ class _ParkedCandidate:
         segment, _ = (segment_of or functools.partial(starting_segment, map_api))(track.x, track.y, track.heading)
         self.lateral_deviation = None
         if segment is not None:
-            sx, sy, _ = segment.baseline_path.get_nearest_pose_from_position((track.x, track.y))
+            sx, sy, _ = _nearest_pose(segment, track.x, track.y)
             self.lateral_deviation = float(np.hypot(sx - track.x, sy - track.y))
 
 
@@ -824,5 +841,12 @@ class TrafficScoreRunner:
         observation = traffic_observation(cache, simulated[1], map_api, self.policy, self.idm_keep_last_path_point)
         res = self.scorer.score(simulated, observation, cache.centerline(), cache.meta["route_lane_ids"],
                                 cache.drivable(), cache.arrays["human_past_states"])
-        failed = self.human_failed(cache, map_api) if self.scorer.config.human_penalty_filter else []
+        failed = self.human_failed(cache, map_api) if self._filter_can_change(res, 1) else []
         return v2_row(res, 1, failed), simulated[1]
+
+    def _filter_can_change(self, res: dict, index: int) -> bool:
+        """Whether the human penalty filter can change proposal `index`'s row: it only turns a metric the agent fails
+        into a pass (`v2_row`), so an agent passing every filtered metric needs no human simulation."""
+        from navsim_agents.scoring.pdm_score import V2_FILTERED
+
+        return self.scorer.config.human_penalty_filter and any(float(res[c][index]) != 1.0 for c in V2_FILTERED)
