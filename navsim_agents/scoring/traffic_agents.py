@@ -336,12 +336,18 @@ def _lane_path(segment, keep_last_point: bool) -> InterpolatedPath:
     return InterpolatedPath(segment.baseline_path.discrete_path, keep_last_point)
 
 
+@functools.lru_cache(maxsize=4096)
+def _speed_limit(segment) -> Optional[float]:
+    """A lane's speed limit, read once (a map-table row lookup)."""
+    return segment.speed_limit_mps
+
+
 def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep_last_path_point: bool = False,
                  segment_of: Optional[Callable] = None) -> Tuple[Dict[str, IDMAgent], _OccupancyMap]:
     """navsim `build_idm_agents_on_map_rails` (no open-loop detection types); `keep_last_path_point`: see
     `InterpolatedPath`; `segment_of(x, y, heading)`: `starting_segment` on `map_api` (e.g. memoised)."""
     segment_of = segment_of or functools.partial(starting_segment, map_api)
-    init = _OccupancyMap({EGO_ID: _true_ego_box(ego_state)})
+    placed = [_true_ego_box(ego_state)]  # the ego, then every vehicle placed so far
     occupancy = _OccupancyMap()
     agents: Dict[str, IDMAgent] = {}
     for v in vehicles:
@@ -354,14 +360,15 @@ def build_agents(vehicles: Sequence[Track], ego_state: np.ndarray, map_api, keep
         if np.hypot(sx - v.x, sy - v.y) > IDM_SNAP_THRESHOLD:
             continue
         box = _box_polygon(sx, sy, sh, v.length, v.width)
-        if init.intersects(box).geometries:
+        # the devkit asks an STR-tree of the occupancy; its envelope filter only skips pairs that cannot intersect
+        if shapely.intersects(placed, box).any():
             continue
-        init.geometries[v.token] = box
+        placed.append(box)
         occupancy.geometries[v.token] = box
         speed = float(np.hypot(v.vx, v.vy))
         if np.isnan(speed):
             speed = float(np.hypot(ego_state[S.VELOCITY_X], ego_state[S.VELOCITY_Y]))
-        limit = segment.speed_limit_mps
+        limit = _speed_limit(segment)
         agents[v.token] = IDMAgent(v.token, v.length, v.width, _lane_path(segment, keep_last_path_point),
                                    float(progress), speed, limit or IDM_TARGET_VELOCITY, limit)
     return agents, occupancy
