@@ -98,22 +98,27 @@ def _scenarios(job, loader):
     return out
 
 
-def _timed(items, fn):
-    """(cpu s, wall s) per item after one untimed warm-up item, and the items that raised."""
+def _timed(items, fn, repeat=1):
+    """(cpu s, wall s) per item after one untimed warm-up item, the best of `repeat` passes, and the items that
+    raised."""
     failed = []
     if items:
         try:
             fn(items[0])
         except Exception as err:  # noqa: BLE001 - counted, the timing goes on
             failed.append(f"warm-up {items[0]}: {type(err).__name__}: {err}")
-    cpu, wall = time.process_time(), time.perf_counter()
-    for item in items:
-        try:
-            fn(item)
-        except Exception as err:  # noqa: BLE001
-            failed.append(f"{item}: {type(err).__name__}: {err}")
-    n = max(len(items), 1)
-    return (time.process_time() - cpu) / n, (time.perf_counter() - wall) / n, failed
+    best = None
+    for _ in range(max(repeat, 1)):
+        cpu, wall = time.process_time(), time.perf_counter()
+        for item in items:
+            try:
+                fn(item)
+            except Exception as err:  # noqa: BLE001
+                failed.append(f"{item}: {type(err).__name__}: {err}")
+        n = max(len(items), 1)
+        timing = ((time.process_time() - cpu) / n, (time.perf_counter() - wall) / n)
+        best = timing if best is None or timing[0] < best[0] else best
+    return best[0], best[1], sorted(set(failed))
 
 
 def main() -> None:
@@ -137,7 +142,8 @@ def main() -> None:
         entry = compute_and_save(scenarios[token]())
         files[token] = entry.file_name
 
-    caching_cpu, caching_wall, failed = _timed(tokens, cache)
+    repeat = int(job.get("repeat", 1))
+    caching_cpu, caching_wall, failed = _timed(tokens, cache, repeat)
     result = {"scenes": len(tokens), "caching_cpu_s": caching_cpu, "caching_wall_s": caching_wall}
 
     from navsim.evaluate import pdm_score as pdm_score_module
@@ -171,9 +177,9 @@ def main() -> None:
             rows.append(_two_stage_row(token, metric_cache, trajectory, out))
 
     scored = [t for t in tokens if t in files]
-    cpu, wall, score_failed = _timed(scored, score)
+    cpu, wall, score_failed = _timed(scored, score, repeat)
     if job["mode"] == "two_stage":
-        rows[:] = rows[-len(scored):]  # the warm-up row is scored again in the timed loop
+        rows[:] = rows[-len(scored):]  # the last pass (the warm-up and earlier passes scored the same scenes)
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         _aggregate(job, rows, tokens, sampling)
         cpu += (time.process_time() - start_cpu) / max(len(scored), 1)
