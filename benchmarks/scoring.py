@@ -62,15 +62,16 @@ class Timing:
         self.cpu_s, self.wall_s = cpu_s, wall_s
 
 
-def timed(items: Sequence, fn: Callable, repeat: int = 1, freeze: bool = False,
+def timed(items: Sequence, fn: Callable, repeat: int = 1, freeze: bool = False, space_collections: bool = False,
           after_warmup: Optional[Callable] = None) -> Timing:
     """Per-item time of `fn` over `items` after one untimed warm-up call (imports, map loading, filter matrices): the
     best of `repeat` passes (as timeit: a pass that a busy host slowed says nothing of the code); `freeze`: freeze the
-    loaded objects after the warm-up, as the caching and scoring jobs do after their first scene; `after_warmup`:
-    called before each pass (e.g. to forget what an earlier item left for the timed ones)."""
+    loaded objects after the warm-up, as the caching and scoring jobs do after their first scene (`space_collections`:
+    as the two-stage scoring job, see `freeze_long_lived`); `after_warmup`: called before each pass (e.g. to forget
+    what an earlier item left for the timed ones)."""
     fn(items[0])
     if freeze:
-        freeze_long_lived()
+        freeze_long_lived(space_collections)
     best: Optional[Timing] = None
     try:
         for _ in range(repeat):
@@ -146,7 +147,7 @@ def ours_two_stage(root: Path, tmp: Path, repeat: int = 1) -> dict[str, Timing]:
         rows[t] = T.score_two_stage_token(t, paths[t], lambda: _cv_poses(MetricCache.load(paths[t])),
                                           runners[loader.is_synthetic(t)])
 
-    scoring = timed(tokens, score, repeat, freeze=True, after_warmup=forget)
+    scoring = timed(tokens, score, repeat, freeze=True, space_collections=True, after_warmup=forget)
     cpu, wall = time.process_time(), time.perf_counter()
     T.aggregate(rows, mapping)
     out["scoring"] = Timing(scoring.cpu_s + (time.process_time() - cpu) / len(tokens),

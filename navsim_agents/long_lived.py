@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import gc
 
-# Collector thresholds while a job runs: its scenes allocate many short-lived objects that reference counting frees,
-# and geometries that live on (the traffic memos), so the default young-generation passes (every 700 allocations)
-# mostly traverse survivors: about 10% of two-stage scoring's CPU. Cycles are rare and small there.
+# Collector thresholds for a job whose scenes keep many geometries alive (two-stage scoring's traffic memos): the
+# default young-generation passes (every 700 allocations) mostly traverse those survivors, about 10% of its CPU.
+# Cycles are rare and small there. Jobs without such survivors keep the defaults (their smaller young generation
+# measured no slower).
 JOB_GC_THRESHOLDS = (20_000, 20, 50)
 _saved_thresholds: list[tuple[int, int, int]] = []
 
 
-def freeze_long_lived() -> None:
+def freeze_long_lived(space_collections: bool = False) -> None:
     """Collect, then move every object alive now into the collector's permanent generation, so the job's later
     full collections stop traversing the hundreds of thousands of map and scene-log objects (about 15% of metric
-    caching's CPU on navsim_dev), and space out the collector's passes (`JOB_GC_THRESHOLDS`). Frozen objects are
-    still freed by reference counting; only cycles among them are kept."""
+    caching's CPU on navsim_dev); `space_collections`: also space out the collector's passes (`JOB_GC_THRESHOLDS`).
+    Frozen objects are still freed by reference counting; only cycles among them are kept."""
     gc.collect()
     gc.freeze()
-    if not _saved_thresholds:
+    if space_collections and not _saved_thresholds:
         _saved_thresholds.append(gc.get_threshold())
         gc.set_threshold(*JOB_GC_THRESHOLDS)
 

@@ -207,7 +207,8 @@ def score_chunk(cfg_container: dict, tokens: list[str], agent=None, on_row=None)
             if on_row is not None:
                 on_row(row)
             if index == 0:
-                freeze_long_lived()  # the split, its maps, the agent and the first scene's objects are loaded by now
+                # the split, its maps, the agent and the first scene's objects are loaded by now
+                freeze_long_lived(space_collections=bool(cfg.scorer.two_stage))
     finally:  # a longer process (tests, notebooks, a Ray worker's next chunk) gets its normal collector back
         release_long_lived()
     return rows

@@ -20,7 +20,9 @@ def test_freeze_collects_cycles_then_freezes_the_living():
     before, thresholds = gc.get_freeze_count(), gc.get_threshold()
     try:
         freeze_long_lived()
-        freeze_long_lived()  # a second freeze keeps the thresholds to restore
+        assert gc.get_threshold() == thresholds  # spaced collections are asked for
+        freeze_long_lived(space_collections=True)
+        freeze_long_lived(space_collections=True)  # a second freeze keeps the thresholds to restore
         assert gc.get_threshold() == JOB_GC_THRESHOLDS
         assert dead() is None  # collected before the freeze, not kept forever
         assert gc.get_freeze_count() >= before + len(kept)
