@@ -127,7 +127,6 @@ def ours_two_stage(root: Path, tmp: Path, repeat: int = 1) -> dict[str, Timing]:
     from navsim_agents.data.synthetic_scenes import TwoStageSceneLoader
     from navsim_agents.scoring import two_stage as T
     from navsim_agents.scoring.traffic_agents import TrafficScoreRunner
-    from navsim_agents.scoring.traffic_agents import clear_memos as clear_traffic_memos
 
     split = read_devkit_split(split_yaml(root))
     original = SceneLoader(root / "navsim_logs" / split.data_split, None, SceneFilter(**split.scene_filter))
@@ -139,7 +138,7 @@ def ours_two_stage(root: Path, tmp: Path, repeat: int = 1) -> dict[str, Timing]:
                               repeat, freeze=True)}
     runners = {s: TrafficScoreRunner(human_penalty_filter=not s, maps_root=maps) for s in (False, True)}
     # the warm-up scene is scored again in the timed loop: it must find nothing of its own already computed
-    forget = lambda: [clear_traffic_memos(), *(r.forget() for r in runners.values())]  # noqa: E731
+    forget = lambda: [r.forget() for r in runners.values()]  # noqa: E731
     mapping = T.read_mapping(split.reactive_all_mapping, loader.tokens)
     rows: dict[str, dict] = {}
 
@@ -208,7 +207,8 @@ def main() -> None:
     try:
         name, logs, maps, loader, tokens = _one_stage_data(args.scenes)
         ours = ours_one_stage(loader, tokens, maps, tmp, args.repeat)
-        job = {"mode": "one_stage", "repeat": args.repeat, "data_path": str(logs), "maps_root": str(maps), "num_future_frames": 10,
+        job = {"mode": "one_stage", "repeat": args.repeat, "data_path": str(logs), "maps_root": str(maps),
+               "num_future_frames": 10,
                "tokens": [[loader.scene_frames_dicts[t][3]["log_name"], t] for t in tokens]}
         main_dk = devkit(args.devkit_python, args.devkit_root, job | {"version": "v2"}, tmp)
         v1_dk = devkit(args.devkit_v1_python, args.devkit_v1_root, job | {"version": "v1"}, tmp)
@@ -223,7 +223,8 @@ def main() -> None:
         split = read_devkit_split(split_yaml(world))
         filter_yaml = split_yaml(world).parent / "scene_filter" / f"{split.name}.yaml"
         two_dk = devkit(args.devkit_python, args.devkit_root,
-                        {"mode": "two_stage", "repeat": args.repeat, "version": "v2", "data_path": str(world / "navsim_logs" / split.data_split),
+                        {"mode": "two_stage", "repeat": args.repeat, "version": "v2",
+                         "data_path": str(world / "navsim_logs" / split.data_split),
                          "maps_root": str(world / "maps"), "num_future_frames": split.scene_filter["num_future_frames"],
                          "synthetic_scenes_path": str(world / split.data_split / "synthetic_scene_pickles"),
                          "split_yaml": str(split_yaml(world)), "scene_filter_yaml": str(filter_yaml)}, tmp)

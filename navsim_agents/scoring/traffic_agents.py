@@ -320,9 +320,16 @@ def starting_segment(map_api, x: float, y: float, heading: float):
     return best, best.baseline_path.get_nearest_arc_length_from_position((x, y))
 
 
+def _ego_boxes(states: np.ndarray) -> np.ndarray:
+    """The ego as the IDM agents see it at each of `states` [T, 11]: Pacifica box centred at the simulated rear axle
+    (devkit quirk); one vectorised call."""
+    poses = np.asarray(states)[:, [S.X, S.Y, S.HEADING]].tolist()
+    return shapely.polygons(np.array([_box_corners(x, y, h, PACIFICA.length, PACIFICA.width) for x, y, h in poses],
+                                     dtype=np.float64).reshape(len(poses), 4, 2))
+
+
 def _ego_box(state: np.ndarray):
-    """The ego as the IDM agents see it: Pacifica box centred at the simulated rear axle (devkit quirk)."""
-    return _box_polygon(state[S.X], state[S.Y], state[S.HEADING], PACIFICA.length, PACIFICA.width)
+    return _ego_boxes(np.asarray(state)[None])[0]
 
 
 def _true_ego_box(state: np.ndarray):
@@ -407,8 +414,8 @@ def _propagate_plain(agents: Dict[str, IDMAgent], occupancy: _OccupancyMap, ego_
     """navsim `NavsimIDMAgentManager.propagate_agents` without traffic lights or open-loop detections, query by query
     as the devkit does (the reference for `_propagate`)."""
     occupancy.geometries[EGO_ID] = _ego_box(ego_state)
-    ego_xy = ego_state[:2].tolist()  # the box centre the agents see
-    far = [t for t, a in agents.items() if _beyond_radius(a.pose(), ego_xy)]
+    ego_xy = ego_state[:2]  # the box centre the agents see
+    far = [t for t, a in agents.items() if np.hypot(*(np.asarray(a.pose()[:2]) - ego_xy)) > IDM_RADIUS]
     for token in far:
         occupancy.geometries.pop(token)
         agents.pop(token)
@@ -531,16 +538,12 @@ def clear_memos() -> None:
 class _LazyGeometry:
     """An occupancy geometry built only when a query needs it, then simplified as many times as the devkit would
     have by then (one pass per agent query since it was stored), with bounds that surely hold it from the start;
-    `inputs`: for an agent's projected footprint (it holds the box at the agent's pose), what it is built from."""
+    `footprint`: an agent's projected footprint (it holds the box at the agent's pose)."""
 
-    __slots__ = ("bounds", "inputs", "chain", "stored_at")
+    __slots__ = ("bounds", "footprint", "chain", "stored_at")
 
-    def __init__(self, bounds, chain: _Simplified, stored_at: int, inputs: Optional[tuple] = None):
-        self.bounds, self.inputs, self.chain, self.stored_at = bounds, inputs, chain, stored_at
-
-    @property
-    def footprint(self) -> bool:
-        return self.inputs is not None
+    def __init__(self, bounds, chain: _Simplified, stored_at: int, footprint: bool = False):
+        self.bounds, self.footprint, self.chain, self.stored_at = bounds, footprint, chain, stored_at
 
     def at(self, passes: int):
         return self.chain.version(passes - self.stored_at)
@@ -564,7 +567,8 @@ class _LazyOccupancy:
         """Store an agent's footprint from `make()`, `inputs` (hashable) deciding it; the same inputs again (a stopped
         agent, the same vehicle in another simulation) give the same geometry, built once and, as in the devkit,
         simplified again from scratch."""
-        self.entries[key] = _LazyGeometry(bounds, _FOOTPRINTS.get(inputs, lambda: _Simplified(make)), self.passes, inputs)
+        self.entries[key] = _LazyGeometry(bounds, _FOOTPRINTS.get(inputs, lambda: _Simplified(make)), self.passes,
+                                          footprint=True)
 
     def geometry(self, key: str):
         return self.entries[key].at(self.passes)
@@ -733,9 +737,7 @@ def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api, keep_
     if len(ego_states) < 2:
         return []
     occupancy = _LazyOccupancy(initial.geometries)
-    ego_poses = np.asarray(ego_states)[:-1, [S.X, S.Y, S.HEADING]].tolist()
-    ego_boxes = shapely.polygons(np.array([_box_corners(x, y, h, PACIFICA.length, PACIFICA.width) for x, y, h in ego_poses],
-                                          dtype=np.float64))
+    ego_boxes = _ego_boxes(ego_states[:-1])
     steps = [_propagate(agents, occupancy, ego_states[k], ego_boxes[k]) for k in range(len(ego_states) - 1)]
     _make_boxes([(box, corners) for boxes in steps for _, box, corners in boxes])
     return [_observe([(t, box()) for t, box, _ in boxes], candidates) for boxes in steps]
