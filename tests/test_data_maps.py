@@ -204,6 +204,9 @@ def test_lane_graph(hand_map):
     assert connector.get_roadblock_id() == "20" and connector.parent.id == "20"
     assert connector.has_traffic_lights() and _ids(connector.stop_lines) == ["90"]
     assert connector.polygon.equals(box(100, 0, 120, 3.5))
+    turn = nuplan_map.get_map_object(211, SemanticMapLayer.LANE_CONNECTOR)
+    assert turn.polygon.equals(box(103.5, 0, 107, 3.5)) and turn.polygon is turn.polygon  # read once, then kept
+    assert connector.polygon.equals(box(100, 0, 120, 3.5))
     assert connector.baseline_path.length == pytest.approx(20.0)
     roadblock = nuplan_map.get_map_object("10", SemanticMapLayer.ROADBLOCK)
     assert _ids(roadblock.outgoing_edges) == ["20", "21"] and _ids(roadblock.interior_edges) == ["101", "102"]

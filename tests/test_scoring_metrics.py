@@ -234,3 +234,28 @@ def test_longest_counted_run_equals_the_devkits_loop():
     rng = np.random.default_rng(0)
     hit, skip = rng.random((200, 41)) < 0.7, rng.random((200, 41)) < 0.2
     assert longest_counted_run(hit, skip).tolist() == [_loop_longest_run(h, s) for h, s in zip(hit, skip, strict=True)]
+
+
+def test_ring_bounds_are_the_points_extremes():
+    from navsim_agents.scoring.observation import ring_bounds
+
+    square = np.array([[1.0, 2.0], [-3.0, 2.5], [-2.0, -4.0], [0.5, 7.0]])  # bounds by hand: (-3, -4, 1, 7)
+    assert ring_bounds(square).tolist() == [-3.0, -4.0, 1.0, 7.0]
+    rings = np.random.default_rng(0).normal(size=(3, 7, 5, 2)) * 50 + 6e5
+    expected = np.concatenate([rings.min(axis=-2), rings.max(axis=-2)], axis=-1)
+    assert np.array_equal(ring_bounds(rings), expected)
+
+
+def test_box_coords_few_and_many_boxes_agree_with_the_corners_by_hand():
+    """A 4 x 2 box at (10, 20) facing +y has its front-left corner at (9, 22); a few boxes (one broadcast pass) and
+    many (per corner) give the same floats."""
+    c = box_coords(np.array([10.0, 20.0]), np.asarray(np.pi / 2), 4.0, 2.0)
+    assert np.allclose(c, [[9.0, 22.0], [9.0, 18.0], [11.0, 18.0], [11.0, 22.0], [10.0, 20.0]], atol=1e-12)
+    rng = np.random.default_rng(4)
+    centers, headings = rng.normal(size=(40, 2)) * 300 + 6e5, rng.uniform(-4.0, 4.0, 40)
+    lengths, widths = rng.uniform(3.0, 6.0, 40), rng.uniform(1.5, 2.5, 40)
+    many = box_coords(centers, headings, lengths, widths)
+    few = np.concatenate([box_coords(centers[i:i + 5], headings[i:i + 5], lengths[i:i + 5], widths[i:i + 5])
+                          for i in range(0, 40, 5)])
+    assert np.array_equal(many, few)
+    assert np.array_equal(box_coords(centers, headings, 5.0, 2.0)[:5], box_coords(centers[:5], headings[:5], 5.0, 2.0))

@@ -77,6 +77,27 @@ def test_pdm_path_substring_and_headings():
     assert path.substring(0.0, 10.0).equals(LineString([(0, 0), (10, 0)]))
 
 
+def test_distances_up_to_a_limit_are_the_full_line_distances():
+    """Within the limit: the floats of shapely.distance to the whole path; beyond it: above the limit. Points along
+    and across a winding path at map coordinates, some exactly on vertices, some far away."""
+    rng = np.random.default_rng(3)
+    heading = np.cumsum(rng.normal(0.0, 0.15, 300))
+    xy = np.array([664_000.0, 3_996_000.0]) + np.cumsum(np.column_stack([np.cos(heading), np.sin(heading)]), axis=0)
+    path = PDMPath(np.column_stack([xy, heading]))
+    for spread in (0.3, 0.6, 3.0, 40.0):
+        start = int(rng.integers(0, 250))
+        points = xy[start: start + 40] + rng.normal(0.0, spread, (40, 2))
+        points[::7] = xy[start: start + 40: 7]  # on the path: distance 0
+        for shape in ((40, 2), (4, 10, 2)):
+            full = shapely.distance(shapely.points(points), path.linestring).reshape(shape[:-1])
+            near = path.distances_up_to(points.reshape(shape), 0.5)
+            assert near.shape == shape[:-1]
+            inside = full <= 0.5
+            assert np.array_equal(near[inside], full[inside])
+            assert np.all(near[~inside] > 0.5)
+    assert np.all(path.distances_up_to(xy[:5] + 100.0, 0.5) > 0.5)  # nothing of the path nearby
+
+
 def test_conformance_route_follows_the_logged_future():
     from navsim_agents.data.dataclasses import convert_relative_to_absolute_se2_array
 

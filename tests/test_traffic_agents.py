@@ -132,6 +132,17 @@ def test_memo_keeps_the_most_recently_used_values():
     assert built == ["a", "b", "c", "b"]
 
 
+def test_memo_find_and_put_keep_the_same_order():
+    memo = TA._Memo(2)
+    memo.put(("a",), 1)
+    memo.put(("b",), 2)
+    assert memo.find(("a",)) == 1  # "a" is now the most recent
+    memo.put(("c",), 3)  # evicts "b"
+    assert (memo.find(("b",)), memo.find(("a",)), memo.find(("c",))) == (None, 1, 3)
+    memo.put(("a",), 4)  # a new value for a kept key replaces it
+    assert memo.find(("a",)) == 4 and memo.find(("c",)) == 3
+
+
 def test_simplified_versions_are_the_devkit_passes_built_once():
     """Version k is the geometry after k simplify passes of the devkit (each pass on the previous result), a fixed
     point repeating itself; the geometry is built on the first call only."""

@@ -152,9 +152,10 @@ def test_matches_official_rows(setup, agent):
 
 
 def test_reactive_traffic_fast_path_equals_the_query_by_query_rule(setup):
-    """Every scene's IDM vehicles under the human future, simulated query by query (the devkit's rule) and through the
-    lazy occupancy with its kept geometries, cold and then again with every corridor, footprint and nearest-object
-    result kept from the first run: the same vehicles with the same boxes, bit for bit."""
+    """Every scene's IDM vehicles simulated query by query (the devkit's rule) and through the lazy occupancy with its
+    kept geometries and steps: under the human future cold, then again with everything kept from the first run, then
+    under a constant-velocity ego and a stopped ego with everything kept from the human runs (kept steps must not
+    leak where the ego differs): the same vehicles with the same boxes, bit for bit."""
     import shapely
 
     from navsim_agents.scoring import traffic_agents as TA
@@ -167,15 +168,21 @@ def test_reactive_traffic_fast_path_equals_the_query_by_query_rule(setup):
     compared = 0
     for token in tokens:
         cache = MetricCache.load(caches[token])
-        ego = simulate_proposals(agent_reference(cache, cache.arrays["human_future_poses"])[None], cache.ego_state)[0]
+        speed = float(np.hypot(*cache.ego_state[3:5]))
+        futures = {"human": cache.arrays["human_future_poses"],
+                   "constant velocity": np.array([[(i + 1) * 0.5 * speed, 0.0, 0.0] for i in range(8)]),
+                   "stopped": np.zeros((8, 3))}
         map_api = TA.cache_map_api(cache, str(ROOT / "maps"))
-        plain = TA.simulate_vehicles(cache, ego, map_api, query_by_query=True)
-        for attempt in ("cold", "kept"):
+        for name, attempt in (("human", "cold"), ("human", "kept"), ("constant velocity", "kept"),
+                              ("stopped", "kept")):
+            ego = simulate_proposals(agent_reference(cache, futures[name])[None], cache.ego_state)[0]
+            plain = TA.simulate_vehicles(cache, ego, map_api, query_by_query=True)
             fast = TA.simulate_vehicles(cache, ego, map_api)
             assert len(fast) == len(plain) == len(ego) - 1
             for step, (a, b) in enumerate(zip(plain, fast, strict=True)):
-                assert [o.token for o in a] == [o.token for o in b], (token, attempt, step)
+                assert [o.token for o in a] == [o.token for o in b], (token, name, attempt, step)
                 for o, p in zip(a, b, strict=True):
-                    assert shapely.equals_exact(o.polygon, p.polygon, tolerance=0.0), (token, attempt, step, o.token)
+                    assert shapely.equals_exact(o.polygon, p.polygon, tolerance=0.0), (token, name, attempt, step,
+                                                                                      o.token)
                 compared += len(a)
     assert compared > 0

@@ -373,7 +373,7 @@ class LaneConnector(_GraphEdge):
 
     @property
     def polygon(self) -> Polygon:
-        return self._map._lane_connector_polygon_row(self.id).geometry
+        return self._map._lane_connector_polygon(self.id)
 
     def is_left_of(self, other: "LaneConnector") -> bool:
         return False  # nuplan: no lane-connector adjacency information
@@ -489,6 +489,8 @@ class NuPlanMap:
         self._trees: Dict[str, shapely.STRtree] = {}
         self._positions: Dict[str, Dict[str, int]] = {}
         self._objects: Dict[Tuple[str, str], Any] = {}
+        # geometries by (layer, id), as the layer holds them: a pandas row lookup costs more than the use
+        self._geometries: Dict[Tuple[str, str], BaseGeometry] = {}
         self._lock = threading.RLock()
         self._projection: Optional[str] = None
         self._layer_names: Optional[List[str]] = None
@@ -587,8 +589,12 @@ class NuPlanMap:
         return frame.iloc[self._positions[layer_name][object_id]]
 
     def _geometry(self, layer_name: str, object_id: str) -> BaseGeometry:
-        frame = self.load_vector_layer(layer_name)
-        return frame.geometry.iloc[self._positions[layer_name][object_id]]
+        geometry = self._geometries.get((layer_name, object_id))
+        if geometry is None:
+            frame = self.load_vector_layer(layer_name)
+            geometry = frame.geometry.iloc[self._positions[layer_name][object_id]]
+            self._geometries[(layer_name, object_id)] = geometry
+        return geometry
 
     def _has(self, layer_name: str, object_id: str) -> bool:
         self.load_vector_layer(layer_name)
@@ -656,6 +662,15 @@ class NuPlanMap:
     def _lane_connector_polygon_row(self, connector_id: str):
         frame = self.load_vector_layer(LANE_CONNECTOR_POLYGON_LAYER)
         return frame.iloc[self._lane_connector_polygon_index[connector_id]]
+
+    def _lane_connector_polygon(self, connector_id: str) -> BaseGeometry:
+        key = (LANE_CONNECTOR_POLYGON_LAYER + " of connector", connector_id)  # rows found by connector id, not fid
+        geometry = self._geometries.get(key)
+        if geometry is None:
+            frame = self.load_vector_layer(LANE_CONNECTOR_POLYGON_LAYER)
+            geometry = frame.geometry.iloc[self._lane_connector_polygon_index[connector_id]]
+            self._geometries[key] = geometry
+        return geometry
 
     def _cached(self, cls, object_id: str):
         key = (cls.__name__, object_id)

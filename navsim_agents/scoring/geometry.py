@@ -28,6 +28,10 @@ def translate_lon_lat(centers: np.ndarray, headings: np.ndarray, lon: float, lat
     return centers + shift
 
 
+# the signs of the corners FL, RL, RR, FR (BBCoordsIndex 0..3) along and across the heading
+_CORNER_LON, _CORNER_LAT = np.array([1.0, -1.0, -1.0, 1.0]), np.array([1.0, 1.0, -1.0, -1.0])
+
+
 def box_coords(centers: np.ndarray, headings: np.ndarray, length: float | np.ndarray,
                width: float | np.ndarray) -> np.ndarray:
     """Corners FL, RL, RR, FR and the center of boxes: [...,5,2]."""
@@ -35,6 +39,12 @@ def box_coords(centers: np.ndarray, headings: np.ndarray, length: float | np.nda
     hw = np.asarray(width) / 2.0
     cos, sin = np.cos(headings), np.sin(headings)
     out = np.zeros(centers.shape[:-1] + (5, 2))
+    if centers.size <= 64:  # a few boxes: the four corners in one broadcast pass (same operations, same floats)
+        dlon, dlat = _CORNER_LON * hl[..., None], _CORNER_LAT * hw[..., None]
+        out[..., :4, 0] = centers[..., 0, None] + dlon * cos[..., None] - dlat * sin[..., None]
+        out[..., :4, 1] = centers[..., 1, None] + dlon * sin[..., None] + dlat * cos[..., None]
+        out[..., BB.CENTER, :] = centers
+        return out
     for idx, (lo, la) in ((BB.FRONT_LEFT, (1, 1)), (BB.REAR_LEFT, (-1, 1)), (BB.REAR_RIGHT, (-1, -1)),
                           (BB.FRONT_RIGHT, (1, -1))):
         dlon, dlat = lo * hl, la * hw

@@ -105,8 +105,12 @@ def overlapping(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
 
 
 def ring_bounds(rings: np.ndarray) -> np.ndarray:
-    """Bounds [...,4] of point sets [...,N,2]."""
-    return np.concatenate([rings.min(axis=-2), rings.max(axis=-2)], axis=-1)
+    """Bounds [...,4] of point sets [...,N,2] (pairwise minima over the few points: a reduction over a short
+    strided axis is several times slower)."""
+    low = high = rings[..., 0, :]
+    for k in range(1, rings.shape[-2]):
+        low, high = np.minimum(low, rings[..., k, :]), np.maximum(high, rings[..., k, :])
+    return np.concatenate([low, high], axis=-1)
 
 
 class Observation:

@@ -96,6 +96,25 @@ class PDMPath:
             warnings.filterwarnings("ignore", message="invalid value encountered in line_locate_point")
             return shapely.line_locate_point(self._linestring, flat).reshape(array.shape[:-1])
 
+    def distances_up_to(self, points: npt.ArrayLike, limit: float) -> npt.NDArray[np.float64]:
+        """``shapely.distance(points, linestring)`` [...] where it is at most `limit`, and a value above `limit` where it
+        is not: only the part of the path whose segments come near the points' bounds is asked. A point within
+        `limit` has its nearest segment there, and GEOS takes the minimum over segments, so the floats are the
+        same."""
+        array = np.asarray(points, dtype=np.float64)
+        flat = array.reshape(-1, 2)
+        if not len(flat):
+            return np.zeros(array.shape[:-1])
+        xy = self._states_se2_array[:, :2]
+        grow = limit + 1e-6 * (1.0 + float(np.abs(flat).max()))  # far above GEOS rounding at these magnitudes
+        low, high = flat.min(axis=0) - grow, flat.max(axis=0) + grow
+        near = np.flatnonzero(np.all((np.minimum(xy[:-1], xy[1:]) <= high) & (np.maximum(xy[:-1], xy[1:]) >= low),
+                                     axis=1))
+        if not len(near):
+            return np.full(array.shape[:-1], np.inf)
+        part = shapely.linestrings(xy[near[0]: near[-1] + 2])
+        return shapely.distance(shapely.points(flat), part).reshape(array.shape[:-1])
+
     def interpolate(self, distances: npt.ArrayLike, as_array: bool = True) -> npt.NDArray[np.float64]:
         """(..., 3) poses at arc lengths ``distances`` (clipped to [1e-5, length]; headings wrapped; NaN -> 0)."""
         distances = np.clip(np.asarray(distances, dtype=np.float64), 1e-5, self.length)

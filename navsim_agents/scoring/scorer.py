@@ -357,8 +357,9 @@ class PDMScorer:
         consecutive poses; intersection poses neither count nor reset the run (see :func:`longest_counted_run`)."""
         centers = self._coords[:, :, BB.CENTER]
         required = int(np.ceil(self.config.lane_keeping_horizon_window / self.dt))
-        dist = shapely.distance(shapely.points(centers), centerline.linestring)
-        runs = longest_counted_run(dist > self.config.lane_keeping_deviation_limit, self._in_intersection_center)
+        limit = self.config.lane_keeping_deviation_limit
+        dist = centerline.distances_up_to(centers, limit)  # only whether each is above the limit counts
+        runs = longest_counted_run(dist > limit, self._in_intersection_center)
         return np.where(runs >= required, 0.0, 1.0)
 
     def _history_comfort(self, past: np.ndarray | None, n: int) -> np.ndarray:

@@ -21,9 +21,12 @@ idm_policy, idm_agents_builder, utils}.py`, `simulation/path/{interpolated_path,
 
 `_propagate` gives the results of that query-by-query rule (`_propagate_plain`, held equal to it in tests) while
 building only the geometry a query needs: corridors and footprints whose bounds meet no other entry are never built.
-Corridors, footprints (with their simplify passes) and nearest-object results are kept per process by their exact
-inputs (`_Memo`): the human-filter simulation of a scene and the synthetic scenes started from one original scene
-move the same vehicles the same way until the ego makes a difference.
+Corridors, footprints (with their simplify passes), nearest-object results and whole agent steps are kept per
+process by their exact inputs (`_Memo`): the human-filter simulation of a scene and the synthetic scenes started from
+one original scene move the same vehicles the same way until the ego makes a difference. A step is keyed by all its
+query reads: the agent's state, its own occupancy entry and the entries near its path (their geometries and what the
+lead velocity takes from them); a step decided by the devkit's whole-occupancy tree (a tie) is not kept. Buffers and
+unions go through `geos_calls` (the same GEOS calls without shapely's argument handling).
 
 Devkit behaviour reproduced on purpose (see the conformance README):
 - The metric cache has no `traffic_light_status`, so agents never extend their route: each keeps its starting
@@ -52,6 +55,7 @@ from navsim_agents.data.maps import SemanticMapLayer, get_maps_api, resolve_maps
 from navsim_agents.idm import NAVSIM_IDM_TRAFFIC, pdm_idm_step
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import normalize_angle
+from navsim_agents.scoring.geos_calls import flat_buffer, polygon, union_pair
 from navsim_agents.scoring.metric_cache_file import REACTIVE_TYPE_NAME, MetricCache
 from navsim_agents.scoring.observation import Observation, OccupancyMap, TrackInfo
 from navsim_agents.scoring.pdm_closed import Track
@@ -247,7 +251,8 @@ class IDMAgent:
 
 
 def _footprint_of_box(path: InterpolatedPath, start: float, end: float, width: float, box: "_Once"):
-    return _footprint(path, start, end, width, box())
+    """`_footprint` through the direct GEOS calls (the same floats)."""
+    return union_pair(flat_buffer(path.xy_between(start, end), width / 2), box())
 
 
 def _footprint(path: InterpolatedPath, start: float, end: float, width: float, polygon):
@@ -517,6 +522,20 @@ class _Memo:
         values[key] = value
         return value
 
+    def find(self, key: tuple):
+        """The kept value (now the most recent) or None."""
+        value = self._values.pop(key, None)
+        if value is not None:
+            self._values[key] = value
+        return value
+
+    def put(self, key: tuple, value) -> None:
+        values = self._values
+        values.pop(key, None)
+        if len(values) >= self.size:
+            del values[next(iter(values))]
+        values[key] = value
+
     def clear(self) -> None:
         self._values.clear()
 
@@ -527,23 +546,27 @@ _FOOTPRINTS = _Memo(16384)
 _NEAREST = _Memo(16384)
 _SEGMENTS = _Memo(16384)
 _POSES = _Memo(16384)
+_STEPS = _Memo(65536)  # an agent's step from its query's inputs (a few floats each)
 
 
 def clear_memos() -> None:
     """Forget every kept traffic geometry (results do not change; e.g. for timing a cold run)."""
-    for memo in (_CORRIDORS, _FOOTPRINTS, _NEAREST, _SEGMENTS, _POSES):
+    for memo in (_CORRIDORS, _FOOTPRINTS, _NEAREST, _SEGMENTS, _POSES, _STEPS):
         memo.clear()
 
 
 class _LazyGeometry:
     """An occupancy geometry built only when a query needs it, then simplified as many times as the devkit would
     have by then (one pass per agent query since it was stored), with bounds that surely hold it from the start;
-    `footprint`: an agent's projected footprint (it holds the box at the agent's pose)."""
+    `footprint`: an agent's projected footprint (it holds the box at the agent's pose); `ident`: hashable, equal only
+    for the same geometry (default: the chain, shared by equal footprints)."""
 
-    __slots__ = ("bounds", "footprint", "chain", "stored_at")
+    __slots__ = ("bounds", "footprint", "chain", "stored_at", "ident")
 
-    def __init__(self, bounds, chain: _Simplified, stored_at: int, footprint: bool = False):
+    def __init__(self, bounds, chain: _Simplified, stored_at: int, footprint: bool = False, ident=None):
         self.bounds, self.footprint, self.chain, self.stored_at = bounds, footprint, chain, stored_at
+        # what decides the geometry exactly (the shared chain itself, or e.g. the ego's pose floats)
+        self.ident = chain if ident is None else ident
 
     def at(self, passes: int):
         return self.chain.version(passes - self.stored_at)
@@ -559,16 +582,14 @@ class _LazyOccupancy:
         for key, geometry in geometries.items():
             self.put_geometry(key, geometry)
 
-    def put_geometry(self, key: str, geometry) -> None:
+    def put_geometry(self, key: str, geometry, ident=None) -> None:
         self.entries[key] = _LazyGeometry(tuple(shapely.bounds(geometry).tolist()), _Simplified(lambda: geometry),
-                                          self.passes)
+                                          self.passes, ident=ident)
 
-    def put_footprint(self, key: str, bounds, make, inputs: tuple) -> None:
-        """Store an agent's footprint from `make()`, `inputs` (hashable) deciding it; the same inputs again (a stopped
-        agent, the same vehicle in another simulation) give the same geometry, built once and, as in the devkit,
-        simplified again from scratch."""
-        self.entries[key] = _LazyGeometry(bounds, _FOOTPRINTS.get(inputs, lambda: _Simplified(make)), self.passes,
-                                          footprint=True)
+    def put_footprint(self, key: str, bounds, chain: _Simplified) -> None:
+        """Store an agent's footprint, surely held by `bounds`; an equal footprint (a stopped agent, the same vehicle
+        in another simulation) shares its `chain`: built once and, as in the devkit, simplified again from scratch."""
+        self.entries[key] = _LazyGeometry(bounds, chain, self.passes, footprint=True)
 
     def geometry(self, key: str):
         return self.entries[key].at(self.passes)
@@ -583,9 +604,10 @@ class _LazyOccupancy:
         return _OccupancyMap({k: self.geometry(k) for k in self.entries})
 
 
-def _nearest_hit(occupancy: _LazyOccupancy, token: str, hits: List[str], corridor) -> Tuple[str, float]:
+def _nearest_hit(occupancy: _LazyOccupancy, token: str, hits: List[str], corridor) -> Tuple[str, float, bool]:
     """`_OccupancyMap.nearest_to` over the hits: the unique nearest by distance, or on a tie (the STR-tree's traversal
-    order decides) or nothing to pick, the devkit's own tree over the whole occupancy in its order."""
+    order decides) or nothing to pick, the devkit's own tree over the whole occupancy in its order; the flag: whether
+    the hits alone decided."""
     others = [k for k in hits if k not in token]
     if others:
         own = occupancy.geometry(token)
@@ -594,8 +616,8 @@ def _nearest_hit(occupancy: _LazyOccupancy, token: str, hits: List[str], corrido
         _, _, best, distance = _NEAREST.get((id(own), *map(id, geometries)),
                                             lambda: (own, geometries, *_unique_nearest(own, geometries)))
         if best is not None:
-            return others[best], distance
-    return occupancy.plain().intersects(corridor).nearest_to(token)
+            return others[best], distance, True
+    return (*occupancy.plain().intersects(corridor).nearest_to(token), False)
 
 
 def _unique_nearest(own, geometries: Sequence) -> Tuple[Optional[int], float]:
@@ -612,7 +634,7 @@ def _unique_nearest(own, geometries: Sequence) -> Tuple[Optional[int], float]:
 
 def _corridor(path: InterpolatedPath, progress: float, width: float) -> Tuple[object, Tuple[float, ...]]:
     """The path to go from `progress` buffered by half the width (flat caps), and its bounds."""
-    corridor = LineString(path.xy_from(progress)).buffer(width / 2, cap_style=CAP_STYLE.flat)
+    corridor = flat_buffer(path.xy_from(progress), width / 2)
     return corridor, tuple(shapely.bounds(corridor).tolist())
 
 
@@ -622,47 +644,83 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
     other entries are built only when their bounds meet, agents' footprints only when a later query needs them;
     `ego_box`: `_ego_box(ego_state)` if already built. Returns each agent's (token, box, box corners): the box is
     built by a query that needed it or, with the others, by `_make_boxes`."""
-    occupancy.put_geometry(EGO_ID, _ego_box(ego_state) if ego_box is None else ego_box)
-    ego_xy = ego_state[:2].tolist()  # the box centre the agents see
+    ego_pose = tuple(ego_state[[S.X, S.Y, S.HEADING]].tolist())  # decides the ego box exactly
+    occupancy.put_geometry(EGO_ID, _ego_box(ego_state) if ego_box is None else ego_box, ident=ego_pose)
+    ego_xy = ego_pose[:2]  # the box centre the agents see
+    ego_lead = (*ego_pose, float(ego_state[S.VELOCITY_X]), float(ego_state[S.VELOCITY_Y]))
     far = [t for t, a in agents.items() if _beyond_radius(a.pose(), ego_xy)]
     for token in far:
         occupancy.entries.pop(token)
         agents.pop(token)
     boxes: List[Tuple[str, _Once, list]] = []
+    entries = occupancy.entries
     for token, agent in agents.items():
         occupancy.passes += 1  # the devkit simplifies every geometry before each query
+        passes = occupancy.passes
         progress = agent.path.clamp(agent.progress)
         points, path_bounds = agent.path.bounds_from(progress)
         near = [k for k in occupancy.overlapping(_buffer_bounds(points, path_bounds, agent.width / 2)) if k != token]
-        own_footprint = occupancy.entries[token].footprint
-        hits: List[str] = []
-        corridor = None
-        if near or not own_footprint:
-            corridor, (cx, cy, cX, cY) = _CORRIDORS.get((agent.path, progress, agent.width),
-                                                        functools.partial(_corridor, agent.path, progress, agent.width))
-            # an own footprint holds the box centred at the corridor's first point (the same pose floats, the progress
-            # unchanged since), so it meets the corridor for sure; the starting box was snapped apart from the path
-            # (it may even lie past the path's dropped last point) and is checked as in the devkit
-            if not own_footprint and not occupancy.geometry(token).intersects(corridor):
-                raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
-            hits = [k for k in near if _meets(occupancy.entries[k].bounds, cx, cy, cX, cY)
-                    and occupancy.geometry(k).intersects(corridor)]
-        if hits:
-            nearest, distance = _nearest_hit(occupancy, token, [token] + hits, corridor)
-            agent.propagate(distance, _lead_velocity(nearest, agent, agents, ego_state), 0.0, IDM_STEP_S)
+        own = entries[token]
+        if near or not own.footprint:
+            # everything the query reads: the agent, its own entry and the near entries (their geometries, and what
+            # the lead velocity takes from them); the same again gives the same step
+            step_key = (token, agent.path, agent.progress, agent.velocity, agent.target_velocity, agent.speed_limit,
+                        agent.length, agent.width, own.ident, passes - own.stored_at,
+                        *[(k, entries[k].ident, passes - entries[k].stored_at,
+                           ego_lead if EGO_ID in k else _lead_state(agents.get(k))) for k in near])
+            outcome = _STEPS.find(step_key)
+            if outcome is None:
+                if _query_step(token, agent, near, occupancy, agents, ego_state):
+                    _STEPS.put(step_key, (agent.progress, agent.velocity, agent.target_velocity))
+            else:
+                agent.progress, agent.velocity, agent.target_velocity = outcome
         else:
             agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
-        start, end = agent.footprint_span()
-        corners = agent.corners()
-        box = _Once(functools.partial(shapely.polygons, corners))
+        bounds, chain, box, corners = _FOOTPRINTS.get((agent.path, agent.progress, agent.velocity, agent.length,
+                                                       agent.width), functools.partial(_footprint_entry, agent))
         boxes.append((token, box, corners))
-        points, span_bounds = agent.path.bounds_between(start, end)
-        lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
-        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
-        occupancy.put_footprint(token, (min(lx, *xs), min(ly, *ys), max(hx, *xs), max(hy, *ys)),
-                                functools.partial(_footprint_of_box, agent.path, start, end, agent.width, box),
-                                (agent.path, start, end, agent.path.clamp(agent.progress), agent.length, agent.width))
+        occupancy.put_footprint(token, bounds, chain)
     return boxes
+
+
+def _lead_state(agent: Optional[IDMAgent]) -> Optional[Tuple[float, float]]:
+    """What `_lead_velocity` reads of an agent (nothing of a static object)."""
+    return None if agent is None else (agent.velocity, agent.pose()[2])
+
+
+def _query_step(token: str, agent: IDMAgent, near: List[str], occupancy: _LazyOccupancy,
+                agents: Dict[str, IDMAgent], ego_state: np.ndarray) -> bool:
+    """One agent's occupancy query and IDM step, the other entries to consider being `near`; False where the devkit's
+    tree over the whole occupancy picked the lead (a tie), so that more than `near` decided the step."""
+    progress = agent.path.clamp(agent.progress)
+    corridor, (cx, cy, cX, cY) = _CORRIDORS.get((agent.path, progress, agent.width),
+                                                functools.partial(_corridor, agent.path, progress, agent.width))
+    # an own footprint holds the box centred at the corridor's first point (the same pose floats, the progress
+    # unchanged since), so it meets the corridor for sure; the starting box was snapped apart from the path
+    # (it may even lie past the path's dropped last point) and is checked as in the devkit
+    if not occupancy.entries[token].footprint and not occupancy.geometry(token).intersects(corridor):
+        raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
+    hits = [k for k in near if _meets(occupancy.entries[k].bounds, cx, cy, cX, cY)
+            and occupancy.geometry(k).intersects(corridor)]
+    if not hits:
+        agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
+        return True
+    nearest, distance, among_hits = _nearest_hit(occupancy, token, [token] + hits, corridor)
+    agent.propagate(distance, _lead_velocity(nearest, agent, agents, ego_state), 0.0, IDM_STEP_S)
+    return among_hits
+
+
+def _footprint_entry(agent: IDMAgent) -> Tuple[Tuple[float, float, float, float], _Simplified, _Once, list]:
+    """(bounds that surely hold it, chain, box, box corners) of the agent's projected footprint at its state; the
+    footprint and the box are built when first needed."""
+    start, end = agent.footprint_span()
+    corners = agent.corners()
+    box = _Once(functools.partial(polygon, corners))
+    points, span_bounds = agent.path.bounds_between(start, end)
+    lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
+    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+    chain = _Simplified(functools.partial(_footprint_of_box, agent.path, start, end, agent.width, box))
+    return (min(lx, *xs), min(ly, *ys), max(hx, *xs), max(hy, *ys)), chain, box, corners
 
 
 def _make_boxes(boxes: Sequence[Tuple[_Once, list]]) -> None:
