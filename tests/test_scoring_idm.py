@@ -93,3 +93,26 @@ def test_pdm_closed_proposals_lie_on_the_path_at_the_idm_progress():
         np.testing.assert_allclose(out[:, t, 0], x, rtol=1e-12, atol=1e-9)
     assert np.all(out[:, :, 1] == 0.0) and np.all(out[:, :, 2] == 0.0)
     assert out[:, -1, 0].max() + PACIFICA.front_length < 30.0  # every proposal stops behind the car
+
+
+def test_pdm_closed_paths_stepped_together_are_each_their_own_unroll():
+    """The paths are stepped in lockstep (shared IDM steps, footprint and distance batches): every path's proposals
+    equal those of unrolling that path alone, bit for bit. Three parallel paths, a stopped car in the middle lane,
+    a moving car ahead in the left lane, nothing in the right lane."""
+    from shapely.geometry import box
+
+    from navsim_agents.scoring import constants as C
+    from navsim_agents.scoring.observation import Observation, OccupancyMap, TrackInfo
+    from navsim_agents.scoring.pdm_closed import generate_proposals
+    from navsim_agents.scoring.scorer import CenterlinePath
+
+    paths = [CenterlinePath(np.array([[x, y, 0.0] for x in np.arange(0.0, 201.0, 5.0)])) for y in (0.0, 3.5, -3.5)]
+    maps = [OccupancyMap(["stopped", "moving"], [box(30.0, -1.0, 34.0, 1.0), box(20.0 + k, 2.5, 24.0 + k, 4.5)])
+            for k in range(26)]
+    unique = {"stopped": TrackInfo(True, 0.0, 0.0), "moving": TrackInfo(True, 0.1, 5.0)}
+    ego = np.zeros(C.STATE_SIZE)
+    ego[C.StateIndex.VELOCITY_X] = 6.0
+    together = generate_proposals(paths, 10.0, ego, Observation(maps, unique, stride=2))
+    alone = np.concatenate([generate_proposals([p], 10.0, ego, Observation(maps, unique, stride=2)) for p in paths])
+    assert np.array_equal(together, alone)
+    assert not np.array_equal(alone[:5], alone[5:10])  # the lanes' leads differ, so the check compares something

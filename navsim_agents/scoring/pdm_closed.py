@@ -163,60 +163,83 @@ def forecast_observation(tracks: list[Track], ego_rear: np.ndarray, red_tokens, 
 
 def generate_proposals(paths: list[CenterlinePath], speed_limit: float | None, ego_state: np.ndarray,
                        observation: Observation, num_poses: int = C.PROPOSAL_NUM_POSES) -> np.ndarray:
-    """IDM unroll along each path for every speed-limit fraction: states [P*5, num_poses+1, 11]."""
+    """IDM unroll along each path for every speed-limit fraction: states [P*5, num_poses+1, 11].
+
+    The paths are independent; they are stepped together (one IDM step, one footprint batch and one distance call
+    per step for all of them), each proposal with exactly the numbers of its own path's unroll."""
     fractions = np.array(C.IDM_SPEED_LIMIT_FRACTIONS)
     base = speed_limit if speed_limit is not None else C.IDM_FALLBACK_TARGET_VELOCITY
     target = fractions * base
     n_long = len(fractions)
     dt = C.PROPOSAL_INTERVAL
+    rows = [slice(li * n_long, (li + 1) * n_long) for li in range(len(paths))]
     out = np.zeros((len(paths) * n_long, num_poses + 1, C.STATE_SIZE))
+    x = np.zeros((len(paths) * n_long, num_poses + 1))
+    v = np.zeros((len(paths) * n_long, num_poses + 1))
+    lead = np.zeros((len(paths) * n_long, num_poses + 1, 3))  # progress, velocity, rear length
     rear = ego_state[:2]
-    for li, path in enumerate(paths):
-        sl = slice(li * n_long, (li + 1) * n_long)
-        x = np.zeros((n_long, num_poses + 1))
-        v = np.zeros((n_long, num_poses + 1))
-        lead = np.zeros((n_long, num_poses + 1, 3))  # progress, velocity, rear length
-        x[:, 0] = path.linestring.project(Point(*rear))
-        v[:, 0] = ego_state[S.VELOCITY_X]
-        out[sl, 0, :3] = path.interpolate(np.array([x[0, 0]]))[0]
-        corridor = path.substring(x[0, 0], x[0, 0] + abs(np.max(target)) * C.PDM_TRAJECTORY_NUM_POSES * dt)
-        corridor = corridor.buffer(PACIFICA.width / 2, cap_style=CAP_STYLE.square)
-        for t in range(1, num_poses + 1):
-            if t % C.PDM_LEADING_AGENT_UPDATE_RATE != 0:
-                lead[:, t] = lead[:, t - 1]
-            else:
-                occ = observation[t]
-                progress = {}
-                for tok in occ.intersects(corridor):
-                    if tok not in observation.collided_track_ids:
-                        progress[tok] = path.linestring.project(occ[tok].centroid)
-                # one buffer shared by the proposals of this step, as in the devkit (fields carry over)
-                buffer = np.zeros(3)
-                candidates = list(progress)
-                if candidates:  # distances of every proposal's footprint to every candidate, in one call
-                    previous = path.interpolate(x[:, t - 1])  # the poses of the step before (all made at the end)
-                    ego_polys = shapely.polygons(_ego_ring(previous))
-                    objects = np.array([occ[tok] for tok in candidates], dtype=object)
-                    distances = shapely.distance(ego_polys[:, None], objects[None, :])
-                for k in range(n_long):
-                    ego_prog = x[k, t - 1]
-                    ahead = [j for j, tok in enumerate(candidates) if progress[tok] > ego_prog]
-                    if ahead:
-                        dists = distances[k, ahead]
-                        j = int(np.argmin(dists))
-                        nearest = candidates[ahead[j]]
-                        buffer[0] = ego_prog + dists[j]
-                        if C.RED_LIGHT_TOKEN not in nearest:
-                            info = observation.unique[nearest]
-                            rel = normalize_angle(info.heading - previous[k, 2])
-                            buffer[1] = info.speed * np.cos(rel) if info.is_agent else 0.0
-                    else:
-                        buffer[0] = path.length
-                        buffer[2] = PACIFICA.length / 2
-                    lead[k, t] = buffer
-            x[:, t], v[:, t] = pdm_idm_step(x[:, t - 1], v[:, t - 1], lead[:, t, 0], lead[:, t, 1], lead[:, t, 2], target, dt)
-        out[sl, 1:, :3] = path.interpolate(x[:, 1:])  # elementwise: one call gives each step's poses
+    corridors = []
+    for path, sl in zip(paths, rows, strict=True):
+        x[sl, 0] = path.linestring.project(Point(*rear))
+        v[sl, 0] = ego_state[S.VELOCITY_X]
+        out[sl, 0, :3] = path.interpolate(np.array([x[sl.start, 0]]))[0]
+        corridor = path.substring(x[sl.start, 0], x[sl.start, 0] + abs(np.max(target)) * C.PDM_TRAJECTORY_NUM_POSES * dt)
+        corridors.append(corridor.buffer(PACIFICA.width / 2, cap_style=CAP_STYLE.square))
+    targets = np.tile(target, len(paths))
+    for t in range(1, num_poses + 1):
+        if t % C.PDM_LEADING_AGENT_UPDATE_RATE != 0:
+            lead[:, t] = lead[:, t - 1]
+        else:
+            _update_leads(paths, rows, corridors, observation[t], observation, x[:, t - 1], lead[:, t])
+        x[:, t], v[:, t] = pdm_idm_step(x[:, t - 1], v[:, t - 1], lead[:, t, 0], lead[:, t, 1], lead[:, t, 2], targets,
+                                        dt)
+    for path, sl in zip(paths, rows, strict=True):
+        out[sl, 1:, :3] = path.interpolate(x[sl, 1:])  # elementwise: one call gives each step's poses
     return out
+
+
+def _update_leads(paths: list[CenterlinePath], rows: list[slice], corridors: list, occ: OccupancyMap,
+                  observation: Observation, progress_before: np.ndarray, lead: np.ndarray) -> None:
+    """The leading object of every proposal (`lead` [P*5, 3]: progress, velocity, rear length) from the objects in
+    its path's corridor, as navsim's `PDMGenerator` updates it."""
+    found = []  # per path with objects: (path index, tokens, their progress along the path)
+    for li, (path, corridor) in enumerate(zip(paths, corridors, strict=True)):
+        progress = {}
+        for tok in occ.intersects(corridor):
+            if tok not in observation.collided_track_ids:
+                progress[tok] = path.linestring.project(occ[tok].centroid)
+        found.append((li, list(progress), progress))
+    with_objects = [f for f in found if f[1]]
+    if with_objects:  # the footprints of the step before against every object of their path, in one call
+        previous = {li: paths[li].interpolate(progress_before[rows[li]]) for li, _, _ in with_objects}
+        ego_polys = shapely.polygons(_ego_ring(np.concatenate([previous[li] for li, _, _ in with_objects])))
+        first, ego_rows, objects = {}, [], []
+        for block, (li, candidates, _) in enumerate(with_objects):
+            first[li] = len(ego_rows)
+            for k in range(rows[li].stop - rows[li].start):
+                ego_rows += [block * (rows[li].stop - rows[li].start) + k] * len(candidates)
+                objects += [occ[tok] for tok in candidates]
+        pair_distances = shapely.distance(ego_polys[ego_rows], np.array(objects, dtype=object))
+    for li, candidates, progress in found:
+        sl = rows[li]
+        buffer = np.zeros(3)  # one buffer shared by the proposals of this path and step, as in the devkit
+        for k in range(sl.stop - sl.start):
+            ego_prog = progress_before[sl.start + k]
+            ahead = [j for j, tok in enumerate(candidates) if progress[tok] > ego_prog]
+            if ahead:
+                at = first[li] + k * len(candidates)
+                dists = pair_distances[at: at + len(candidates)][ahead]
+                j = int(np.argmin(dists))
+                nearest = candidates[ahead[j]]
+                buffer[0] = ego_prog + dists[j]
+                if C.RED_LIGHT_TOKEN not in nearest:
+                    info = observation.unique[nearest]
+                    rel = normalize_angle(info.heading - previous[li][k, 2])
+                    buffer[1] = info.speed * np.cos(rel) if info.is_agent else 0.0
+            else:
+                buffer[0] = paths[li].length
+                buffer[2] = PACIFICA.length / 2
+            lead[sl.start + k] = buffer
 
 
 def parallel_path(poses: np.ndarray, offset: float) -> np.ndarray:

@@ -194,7 +194,7 @@ def _box_corners(x: float, y: float, heading: float, length: float, width: float
 
 
 def _box_polygon(x: float, y: float, heading: float, length: float, width: float):
-    return shapely.polygons(_box_corners(x, y, heading, length, width))
+    return polygon(_box_corners(x, y, heading, length, width))
 
 
 @dataclass
@@ -727,9 +727,9 @@ def _make_boxes(boxes: Sequence[Tuple[_Once, list]]) -> None:
     """Build the boxes no query built, from their corners, in one vectorised call."""
     pending = [(box, corners) for box, corners in boxes if not box.made]
     if pending:
-        for (box, _), polygon in zip(pending, shapely.polygons(np.array([c for _, c in pending], dtype=np.float64)),
-                                     strict=True):
-            box.set(polygon)
+        made = shapely.polygons(np.array([c for _, c in pending], dtype=np.float64))
+        for (box, _), one in zip(pending, made, strict=True):
+            box.set(one)
 
 
 @dataclass
