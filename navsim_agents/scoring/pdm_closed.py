@@ -186,11 +186,12 @@ def generate_proposals(paths: list[CenterlinePath], speed_limit: float | None, e
         corridor = path.substring(x[sl.start, 0], x[sl.start, 0] + abs(np.max(target)) * C.PDM_TRAJECTORY_NUM_POSES * dt)
         corridors.append(corridor.buffer(PACIFICA.width / 2, cap_style=CAP_STYLE.square))
     targets = np.tile(target, len(paths))
+    projected: dict = {}  # (path, id of an object's polygon) -> its progress: static objects repeat every step
     for t in range(1, num_poses + 1):
         if t % C.PDM_LEADING_AGENT_UPDATE_RATE != 0:
             lead[:, t] = lead[:, t - 1]
         else:
-            _update_leads(paths, rows, corridors, observation[t], observation, x[:, t - 1], lead[:, t])
+            _update_leads(paths, rows, corridors, observation[t], observation, x[:, t - 1], lead[:, t], projected)
         x[:, t], v[:, t] = pdm_idm_step(x[:, t - 1], v[:, t - 1], lead[:, t, 0], lead[:, t, 1], lead[:, t, 2], targets,
                                         dt)
     for path, sl in zip(paths, rows, strict=True):
@@ -199,15 +200,20 @@ def generate_proposals(paths: list[CenterlinePath], speed_limit: float | None, e
 
 
 def _update_leads(paths: list[CenterlinePath], rows: list[slice], corridors: list, occ: OccupancyMap,
-                  observation: Observation, progress_before: np.ndarray, lead: np.ndarray) -> None:
+                  observation: Observation, progress_before: np.ndarray, lead: np.ndarray, projected: dict) -> None:
     """The leading object of every proposal (`lead` [P*5, 3]: progress, velocity, rear length) from the objects in
-    its path's corridor, as navsim's `PDMGenerator` updates it."""
+    its path's corridor, as navsim's `PDMGenerator` updates it; `projected`: progress along the paths kept by
+    (path index, id of the polygon) for the observation's lifetime."""
     found = []  # per path with objects: (path index, tokens, their progress along the path)
     for li, (path, corridor) in enumerate(zip(paths, corridors, strict=True)):
         progress = {}
         for tok in occ.intersects(corridor):
             if tok not in observation.collided_track_ids:
-                progress[tok] = path.linestring.project(occ[tok].centroid)
+                polygon = occ[tok]
+                key = (li, id(polygon))  # the observation keeps the polygon alive, so the id stays its own
+                if key not in projected:
+                    projected[key] = path.linestring.project(polygon.centroid)
+                progress[tok] = projected[key]
         found.append((li, list(progress), progress))
     with_objects = [f for f in found if f[1]]
     if with_objects:  # the footprints of the step before against every object of their path, in one call
