@@ -159,6 +159,11 @@ def test_simplified_versions_are_the_devkit_passes_built_once():
         plain = plain.simplify(TA.OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
     assert chain.version(0) is notched and chain.made and calls == [1]
     assert len(shapely.get_coordinates(chain.version(3))) < len(shapely.get_coordinates(notched))
+    # one pass changed it, the second found the fixed point: every later pass count is version 1 itself
+    assert [chain.index(k) for k in range(4)] == [0, 1, 1, 1]
+    assert all(chain.version(k) is chain.version(chain.index(k)) for k in range(6))
+    fresh = TA._Simplified(lambda: notched)
+    assert [fresh.index(k) for k in range(4)] == [0, 1, 2, 3]  # nothing known yet: the pass count itself
 
 
 def _lane(x0, y0, heading, length=60.0):
@@ -250,6 +255,37 @@ def test_path_bounds_hold_the_trimmed_paths_and_their_buffers():
             assert len(xy) <= points + 2
             assert (xy[:, 0] >= lx - 1e-9).all() and (xy[:, 0] <= hx + 1e-9).all(), (progress, end)
             assert (xy[:, 1] >= ly - 1e-9).all() and (xy[:, 1] <= hy + 1e-9).all(), (progress, end)
+
+
+def test_chunked_corridor_check_never_drops_a_box_the_corridor_meets():
+    """`may_meet_from` may keep boxes the corridor misses but never drops one it meets: random boxes around an S-bend
+    (19 to 60 samples, progress anywhere, the path's end included) against the buffered path to go itself; boxes behind
+    the agent, inside the bounds of the whole path to go, are dropped."""
+    import shapely
+
+    rng = np.random.default_rng(7)
+    dropped = 0
+    for n in (19, 33, 60):
+        s = np.arange(0.0, float(n), 1.0)
+        xy = np.column_stack([664_000.0 + 12 * np.sin(s / 9), 3_996_000.0 + s * 1.1 + 3 * np.cos(s / 5)])
+        heading = np.arctan2(np.gradient(xy[:, 1]), np.gradient(xy[:, 0]))
+        path = TA.InterpolatedPath(np.column_stack([xy, heading]))
+        for progress in [*rng.uniform(path.start, path.end, 12), path.end]:
+            points, _ = path.bounds_from(progress)
+            grow = TA._buffer_grow(points, 0.9)
+            corridor = shapely.LineString(path.xy_from(progress)).buffer(0.9, cap_style="flat")
+            for x, y, half in zip(rng.uniform(-15, 15, 80), rng.uniform(-5, n * 1.1 + 5, 80), rng.uniform(0.2, 3, 80),
+                                  strict=True):
+                box = (664_000.0 + x - half, 3_996_000.0 + y - half, 664_000.0 + x + half, 3_996_000.0 + y + half)
+                kept = path.may_meet_from(progress, grow, box)
+                assert kept or not corridor.intersects(shapely.box(*box)), (n, progress, box)
+                dropped += not kept
+    assert dropped > 0
+    straight = TA.InterpolatedPath(np.column_stack([np.zeros(40), np.arange(40.0), np.full(40, math.pi / 2)]))
+    points, _ = straight.bounds_from(20.3)
+    behind = (-1.0, 14.0, 1.0, 18.0)  # a follower 2-6 m behind the agent at y = 20.3, on its lane
+    assert not straight.may_meet_from(20.3, TA._buffer_grow(points, 1.0), behind)
+    assert straight.may_meet_from(20.3, TA._buffer_grow(points, 1.0), (-1.0, 24.0, 1.0, 28.0))  # a lead ahead
 
 
 def test_trimmed_paths_are_the_interpolated_states_and_samples_bit_for_bit():

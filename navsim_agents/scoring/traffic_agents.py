@@ -20,13 +20,16 @@ idm_policy, idm_agents_builder, utils}.py`, `simulation/path/{interpolated_path,
 - Everything else (pedestrians, bicycles, static objects) is the log replay.
 
 `_propagate` gives the results of that query-by-query rule (`_propagate_plain`, held equal to it in tests) while
-building only the geometry a query needs: corridors and footprints whose bounds meet no other entry are never built.
+building only the geometry a query needs: corridors and footprints whose bounds meet no other entry are never built
+(an entry is near an agent's path to go when its bounds meet a chunk of PATH_CHUNK segments, grown as a buffer grows;
+the bounds of the whole path hold its follower too).
 Corridors, footprints (with their simplify passes), nearest-object results and whole agent steps are kept per
 process by their exact inputs (`_Memo`): the human-filter simulation of a scene and the synthetic scenes started from
 one original scene move the same vehicles the same way until the ego makes a difference. A step is keyed by all its
 query reads: the agent's state, its own occupancy entry and the entries near its path (their geometries and what the
-lead velocity takes from them); a step decided by the devkit's whole-occupancy tree (a tie) is not kept. Buffers and
-unions go through `geos_calls` (the same GEOS calls without shapely's argument handling).
+lead velocity takes from them; a geometry by its simplify pass, or the fixed point once reached); a step decided by
+the devkit's whole-occupancy tree (a tie) is not kept. Buffers and unions go through `geos_calls` (the same GEOS
+calls without shapely's argument handling).
 
 Devkit behaviour reproduced on purpose (see the conformance README):
 - The metric cache has no `traffic_light_status`, so agents never extend their route: each keeps its starting
@@ -72,6 +75,7 @@ PARKED_SPEED_THRESHOLD = 0.1
 OCCUPANCY_SIMPLIFY_TOLERANCE = 1e-5
 
 EGO_ID = "ego"
+PATH_CHUNK = 8  # path segments per bounds box of the corridor pre-check (`InterpolatedPath.may_meet_from`)
 
 # navsim config/common/traffic_agents_policy/*.yaml names (log replay is the metric cache's own observation)
 LOG_REPLAY_POLICY = "log_replay_traffic_agents"
@@ -108,6 +112,10 @@ class InterpolatedPath:
         # bounds of points[i:] for every i (the path to go of `xy_from`)
         self._suffix_lo = np.minimum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
         self._suffix_hi = np.maximum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
+        # bounds of each run of PATH_CHUNK segments (samples [c * PATH_CHUNK, (c + 1) * PATH_CHUNK], both ends)
+        self._chunks = [(min(xs), min(ys), max(xs), max(ys))
+                        for c in range(0, len(self._xs) - 1, PATH_CHUNK)
+                        for xs, ys in [(self._xs[c:c + PATH_CHUNK + 1], self._ys[c:c + PATH_CHUNK + 1])]]
 
     @property
     def start(self) -> float:
@@ -156,6 +164,26 @@ class InterpolatedPath:
         first = min(max(bisect.bisect_right(self._progress_list, progress) - 1, 0), n - 2)
         (lx, ly), (hx, hy) = self._suffix_lo[first], self._suffix_hi[first]
         return n - first, (lx, ly, hx, hy)
+
+    def may_meet_from(self, progress: float, grow: float, bounds) -> bool:
+        """False only where nothing within `grow` of `xy_from(progress)` lies in `bounds`: its part up to the end of
+        the first chunk of PATH_CHUNK segments, then each later chunk's bounds, grown by `grow`, are tested in turn
+        (the bounds of the whole path to go hold far more than its corridor: on a curve, or behind the agent)."""
+        xs, ys, n = self._xs, self._ys, len(self._progress_list)
+        after = bisect.bisect_right(self._progress_list, progress)  # as `xy_from`
+        if after >= n:
+            head_x, head_y, rest = xs[-2:], ys[-2:], n
+        else:
+            x, y, _ = self.state_at(progress)
+            end = ((after - 1) // PATH_CHUNK + 1) * PATH_CHUNK  # the last sample of the chunk holding the first point
+            head_x, head_y, rest = [x, *xs[after:end + 1]], [y, *ys[after:end + 1]], end // PATH_CHUNK
+        lx, ly, hx, hy = bounds[0] - grow, bounds[1] - grow, bounds[2] + grow, bounds[3] + grow
+        if min(head_x) <= hx and max(head_x) >= lx and min(head_y) <= hy and max(head_y) >= ly:
+            return True
+        for cx, cy, cX, cY in self._chunks[rest:]:
+            if cx <= hx and cX >= lx and cy <= hy and cY >= ly:
+                return True
+        return False
 
     def bounds_between(self, start: float, end: float) -> Tuple[int, Tuple[float, float, float, float]]:
         """(number of points, bounds) of a superset of `xy_between(start, end)`: the samples from the segment holding
@@ -445,9 +473,14 @@ GEOS_BUFFER_SIMPLIFY_FACTOR = 0.01
 BOUNDS_SLACK = 1e-6  # [m] far above GEOS rounding at map coordinates (~1e6 m: ulp 1e-10)
 
 
+def _buffer_grow(points: int, distance: float) -> float:
+    """How far `LineString(xy).buffer(distance)` reaches from a line of `points` vertices, surely."""
+    return distance * (1.0 + GEOS_BUFFER_SIMPLIFY_FACTOR * points) + BOUNDS_SLACK
+
+
 def _buffer_bounds(points: int, bounds, distance: float) -> Tuple[float, float, float, float]:
     """Bounds that surely hold `LineString(xy).buffer(distance)` for a line of `points` vertices within `bounds`."""
-    grow = distance * (1.0 + GEOS_BUFFER_SIMPLIFY_FACTOR * points) + BOUNDS_SLACK
+    grow = _buffer_grow(points, distance)
     return bounds[0] - grow, bounds[1] - grow, bounds[2] + grow, bounds[3] + grow
 
 
@@ -489,6 +522,10 @@ class _Simplified:
     @property
     def made(self) -> bool:
         return self._versions is not None
+
+    def index(self, passes: int) -> int:
+        """`passes`, or the fixed point's index where it is known and earlier (`version` gives the same object)."""
+        return min(passes, len(self._versions) - 1) if self._fixed else passes
 
     def version(self, passes: int):
         if self._versions is None:
@@ -570,6 +607,11 @@ class _LazyGeometry:
 
     def at(self, passes: int):
         return self.chain.version(passes - self.stored_at)
+
+    def version_index(self, passes: int) -> int:
+        """Which of the chain's versions `at(passes)` gives, as far as known without building it: with the fixed
+        point reached, later passes give the same geometry."""
+        return self.chain.index(passes - self.stored_at)
 
 
 class _LazyOccupancy:
@@ -659,19 +701,26 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
         passes = occupancy.passes
         progress = agent.path.clamp(agent.progress)
         points, path_bounds = agent.path.bounds_from(progress)
+        grow = _buffer_grow(points, agent.width / 2)
         near = [k for k in occupancy.overlapping(_buffer_bounds(points, path_bounds, agent.width / 2)) if k != token]
+        if near:  # then chunk by chunk: an entry that can meet no part of the corridor cannot be a hit
+            near = [k for k in near if agent.path.may_meet_from(progress, grow, entries[k].bounds)]
         own = entries[token]
         if near or not own.footprint:
             # everything the query reads: the agent, its own entry and the near entries (their geometries, and what
             # the lead velocity takes from them); the same again gives the same step
-            step_key = (token, agent.path, agent.progress, agent.velocity, agent.target_velocity, agent.speed_limit,
-                        agent.length, agent.width, own.ident, passes - own.stored_at,
-                        *[(k, entries[k].ident, passes - entries[k].stored_at,
-                           ego_lead if EGO_ID in k else _lead_state(agents.get(k))) for k in near])
+            state = (token, agent.path, agent.progress, agent.velocity, agent.target_velocity, agent.speed_limit,
+                     agent.length, agent.width)
+            step_key = state + _query_reads(own, near, entries, passes, agents, ego_lead)
             outcome = _STEPS.find(step_key)
             if outcome is None:
                 if _query_step(token, agent, near, occupancy, agents, ego_state):
-                    _STEPS.put(step_key, (agent.progress, agent.velocity, agent.target_velocity))
+                    outcome = (agent.progress, agent.velocity, agent.target_velocity)
+                    _STEPS.put(step_key, outcome)
+                    # the query may have reached simplify fixed points: later steps find it under those indices too
+                    after = state + _query_reads(own, near, entries, passes, agents, ego_lead)
+                    if after != step_key:
+                        _STEPS.put(after, outcome)
             else:
                 agent.progress, agent.velocity, agent.target_velocity = outcome
         else:
@@ -681,6 +730,15 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
         boxes.append((token, box, corners))
         occupancy.put_footprint(token, bounds, chain)
     return boxes
+
+
+def _query_reads(own: _LazyGeometry, near: List[str], entries: Dict[str, _LazyGeometry], passes: int,
+                 agents: Dict[str, IDMAgent], ego_lead: tuple) -> tuple:
+    """What an agent's query reads of the occupancy: its own entry and the near entries (geometry, simplify version,
+    what the lead velocity takes from them)."""
+    return (own.ident, own.version_index(passes),
+            *[(k, entries[k].ident, entries[k].version_index(passes),
+               ego_lead if EGO_ID in k else _lead_state(agents.get(k))) for k in near])
 
 
 def _lead_state(agent: Optional[IDMAgent]) -> Optional[Tuple[float, float]]:
