@@ -36,7 +36,7 @@ import warnings
 from enum import IntEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -589,11 +589,14 @@ class NuPlanMap:
         return frame.iloc[self._positions[layer_name][object_id]]
 
     def _geometry(self, layer_name: str, object_id: str) -> BaseGeometry:
-        geometry = self._geometries.get((layer_name, object_id))
+        return self._kept_geometry((layer_name, object_id), layer_name, lambda: self._positions[layer_name][object_id])
+
+    def _kept_geometry(self, key: Tuple[str, str], layer_name: str, position: Callable[[], int]) -> BaseGeometry:
+        """The geometry of `layer_name`'s row at `position()` (asked once the layer is loaded), kept under `key`."""
+        geometry = self._geometries.get(key)
         if geometry is None:
-            frame = self.load_vector_layer(layer_name)
-            geometry = frame.geometry.iloc[self._positions[layer_name][object_id]]
-            self._geometries[(layer_name, object_id)] = geometry
+            geometry = self.load_vector_layer(layer_name).geometry.iloc[position()]
+            self._geometries[key] = geometry
         return geometry
 
     def _has(self, layer_name: str, object_id: str) -> bool:
@@ -664,13 +667,9 @@ class NuPlanMap:
         return frame.iloc[self._lane_connector_polygon_index[connector_id]]
 
     def _lane_connector_polygon(self, connector_id: str) -> BaseGeometry:
-        key = (LANE_CONNECTOR_POLYGON_LAYER + " of connector", connector_id)  # rows found by connector id, not fid
-        geometry = self._geometries.get(key)
-        if geometry is None:
-            frame = self.load_vector_layer(LANE_CONNECTOR_POLYGON_LAYER)
-            geometry = frame.geometry.iloc[self._lane_connector_polygon_index[connector_id]]
-            self._geometries[key] = geometry
-        return geometry
+        # rows found by connector id, not by their own fid: a key of its own
+        return self._kept_geometry((LANE_CONNECTOR_POLYGON_LAYER + " of connector", connector_id),
+                                   LANE_CONNECTOR_POLYGON_LAYER, lambda: self._lane_connector_polygon_index[connector_id])
 
     def _cached(self, cls, object_id: str):
         key = (cls.__name__, object_id)

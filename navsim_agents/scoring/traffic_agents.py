@@ -550,13 +550,10 @@ class _Memo:
         self._values: Dict[tuple, object] = {}
 
     def get(self, key: tuple, make: Callable[[], object]):
-        values = self._values
-        value = values.pop(key, None)
+        value = self.find(key)
         if value is None:
             value = make()
-            if len(values) >= self.size:
-                del values[next(iter(values))]  # the least recently used: dicts keep insertion order
-        values[key] = value
+            self.put(key, value)
         return value
 
     def find(self, key: tuple):
@@ -570,7 +567,7 @@ class _Memo:
         values = self._values
         values.pop(key, None)
         if len(values) >= self.size:
-            del values[next(iter(values))]
+            del values[next(iter(values))]  # the least recently used: dicts keep insertion order
         values[key] = value
 
     def clear(self) -> None:
