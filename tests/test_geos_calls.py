@@ -40,6 +40,28 @@ def test_union_pair_and_polygon_are_the_public_ones():
         assert G.union_pair(line, box).wkb == unary_union([line, box]).wkb
 
 
+def test_simplify_and_exact_equality_are_the_public_ones():
+    """Footprint-like unions simplified at the occupancy tolerance and far coarser (vertices do go), again and again
+    until nothing changes: every pass and every comparison as shapely's public calls give them."""
+    rng = np.random.default_rng(3)
+    changed = 0
+    for xy in _paths(4, 200):
+        x, y = xy[-1] + rng.normal(0.0, 1.0, 2)
+        geometry = G.union_pair(G.flat_buffer(xy, 0.9), shapely.box(x - 2.0, y - 1.0, x + 2.0, y + 1.0))
+        for tolerance in (1e-5, 0.05, 0.4):
+            current = geometry
+            for _ in range(4):
+                simple = G.simplify_kept(current, tolerance)
+                assert simple.wkb == current.simplify(tolerance, preserve_topology=True).wkb
+                same = G.same_coordinates(simple, current)
+                assert same is bool(shapely.equals_exact(simple, current, tolerance=0.0))
+                if same:
+                    break
+                changed += 1
+                current = simple
+    assert changed > 100  # the comparisons saw both answers
+
+
 def test_the_direct_calls_are_used_where_they_agree():
     """On the shapely this project is tested with, the probe agrees and the direct calls are in use."""
     assert G.DIRECT == (G.flat_buffer is not G._public_flat_buffer)

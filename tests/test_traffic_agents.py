@@ -288,6 +288,42 @@ def test_chunked_corridor_check_never_drops_a_box_the_corridor_meets():
     assert straight.may_meet_from(20.3, TA._buffer_grow(points, 1.0), (-1.0, 24.0, 1.0, 28.0))  # a lead ahead
 
 
+def test_a_lead_deep_in_the_corridor_is_met_by_the_buffered_path_to_go():
+    """`_lead_deep_in_corridor` says yes only where the corridor GEOS builds (the path to go buffered by half the
+    width) does hold the lead's box centre, so meets its footprint: leads at random progress ahead on S-bends of
+    dense and sparse samples (map coordinates); no for a lead behind, on another path or next to the path's end."""
+    import shapely
+
+    rng = np.random.default_rng(11)
+    said_yes = 0
+    for n, spacing in ((25, 2.0), (60, 0.5), (120, 0.35)):
+        s = np.arange(0.0, n * spacing, spacing)
+        xy = np.column_stack([664_000.0 + 10 * np.sin(s / 7), 3_996_000.0 + s + 2 * np.cos(s / 4)])
+        heading = np.arctan2(np.gradient(xy[:, 1]), np.gradient(xy[:, 0]))
+        path = TA.InterpolatedPath(np.column_stack([xy, heading]))
+        for progress in rng.uniform(path.start, path.end, 15):
+            agent = _agent(path, progress)
+            corridor = shapely.LineString(path.xy_from(path.clamp(progress))).buffer(agent.width / 2, cap_style="flat")
+            for lead_progress in rng.uniform(path.start, path.end, 20):
+                lead = _agent(path, lead_progress)
+                if TA._lead_deep_in_corridor(agent, path.clamp(progress), lead):
+                    said_yes += 1
+                    x, y, _ = lead.pose()
+                    assert lead_progress > progress
+                    assert corridor.contains(shapely.Point(x, y)), (n, progress, lead_progress)
+                    assert corridor.intersects(lead.projected_footprint()), (n, progress, lead_progress)
+    assert said_yes > 100
+    straight = TA.InterpolatedPath(np.column_stack([np.zeros(40), np.arange(40.0), np.full(40, math.pi / 2)]))
+    other = TA.InterpolatedPath(np.column_stack([np.zeros(40), np.arange(40.0), np.full(40, math.pi / 2)]))
+    agent = _agent(straight, 10.0)
+    assert TA._lead_deep_in_corridor(agent, 10.0, _agent(straight, 18.0))
+    assert not TA._lead_deep_in_corridor(agent, 10.0, _agent(straight, 4.0))  # behind
+    assert not TA._lead_deep_in_corridor(agent, 10.0, _agent(other, 18.0))  # the same line, another lane's path
+    assert not TA._lead_deep_in_corridor(agent, 10.0, _agent(straight, straight.end - 1.0))  # by the path's end
+    assert not TA._lead_deep_in_corridor(agent, 10.0, _agent(straight, 11.5))  # by the corridor's start
+    assert not TA._lead_deep_in_corridor(agent, 10.0, None)  # a static object or the ego
+
+
 def test_trimmed_paths_are_the_interpolated_states_and_samples_bit_for_bit():
     """nuplan trim_path / trim_path_up_to_progress: the interpolated end states around the samples strictly between."""
     s = np.arange(0.0, 30.0, 1.0)

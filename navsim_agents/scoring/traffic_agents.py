@@ -22,7 +22,8 @@ idm_policy, idm_agents_builder, utils}.py`, `simulation/path/{interpolated_path,
 `_propagate` gives the results of that query-by-query rule (`_propagate_plain`, held equal to it in tests) while
 building only the geometry a query needs: corridors and footprints whose bounds meet no other entry are never built
 (an entry is near an agent's path to go when its bounds meet a chunk of PATH_CHUNK segments, grown as a buffer grows;
-the bounds of the whole path hold its follower too).
+the bounds of the whole path hold its follower too), and a lead on the agent's own path, its box centre deep inside the
+corridor, is a hit without building the corridor (`_lead_deep_in_corridor`).
 Corridors, footprints (with their simplify passes), nearest-object results and whole agent steps are kept per
 process by their exact inputs (`_Memo`): the human-filter simulation of a scene and the synthetic scenes started from
 one original scene move the same vehicles the same way until the ego makes a difference. A step is keyed by all its
@@ -44,7 +45,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -58,7 +59,7 @@ from navsim_agents.data.maps import SemanticMapLayer, get_maps_api, resolve_maps
 from navsim_agents.idm import NAVSIM_IDM_TRAFFIC, pdm_idm_step
 from navsim_agents.scoring.constants import StateIndex as S
 from navsim_agents.scoring.geometry import normalize_angle
-from navsim_agents.scoring.geos_calls import flat_buffer, polygon, union_pair
+from navsim_agents.scoring.geos_calls import flat_buffer, polygon, same_coordinates, simplify_kept, union_pair
 from navsim_agents.scoring.metric_cache_file import REACTIVE_TYPE_NAME, MetricCache
 from navsim_agents.scoring.observation import Observation, OccupancyMap, TrackInfo
 from navsim_agents.scoring.pdm_closed import Track
@@ -109,6 +110,7 @@ class InterpolatedPath:
         self._xs, self._ys = self.points[:, 0].tolist(), self.points[:, 1].tolist()
         self._x, self._y = np.ascontiguousarray(self.points[:, 0]), np.ascontiguousarray(self.points[:, 1])
         self._start, self._end = self._progress_list[0], self._progress_list[-1]
+        self.last_xy = (self._xs[-1], self._ys[-1])
         # bounds of points[i:] for every i (the path to go of `xy_from`)
         self._suffix_lo = np.minimum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
         self._suffix_hi = np.maximum.accumulate(self.points[::-1, :2], axis=0)[::-1].tolist()
@@ -206,9 +208,9 @@ class InterpolatedPath:
             return self.points[:2, :2]
         inner = self.points[front:tail, :2]
         out = np.empty((len(inner) + 2, 2))
-        ends = (start, end)  # x, y as `states_at` interpolates them for several states
-        out[[0, -1], 0] = np.interp(ends, self.progress, self._x)
-        out[[0, -1], 1] = np.interp(ends, self.progress, self._y)
+        ends = np.array((start, end))  # x, y as `states_at` interpolates them for several states
+        (out[0, 0], out[-1, 0]), (out[0, 1], out[-1, 1]) = np.interp(ends, self.progress, self._x), \
+            np.interp(ends, self.progress, self._y)
         out[1:-1] = inner
         return out
 
@@ -237,11 +239,15 @@ class IDMAgent:
     velocity: float
     target_velocity: float
     speed_limit: Optional[float]
+    # the pose at a progress and the box there: asked for several times per step
+    _pose_at: Optional[float] = field(default=None, init=False, repr=False, compare=False)
+    _pose: Optional[Tuple[float, float, float]] = field(default=None, init=False, repr=False, compare=False)
+    _polygon: object = field(default=None, init=False, repr=False, compare=False)
 
     def pose(self) -> Tuple[float, float, float]:
         """(x, y, heading) on the path at the (clamped) progress."""
         progress = self.path.clamp(self.progress)
-        if getattr(self, "_pose_at", None) != progress:  # the pose is asked for several times per step
+        if self._pose_at != progress:
             self._pose_at, self._pose, self._polygon = progress, self.path.state_at(progress), None
         return self._pose
 
@@ -532,8 +538,8 @@ class _Simplified:
             self._versions, self._make = [self._make()], None
         versions = self._versions
         while len(versions) <= passes and not self._fixed:
-            simple = versions[-1].simplify(OCCUPANCY_SIMPLIFY_TOLERANCE, preserve_topology=True)
-            if shapely.equals_exact(simple, versions[-1], tolerance=0.0):
+            simple = simplify_kept(versions[-1], OCCUPANCY_SIMPLIFY_TOLERANCE)
+            if same_coordinates(simple, versions[-1]):
                 self._fixed = True
             else:
                 versions.append(simple)
@@ -633,17 +639,19 @@ class _LazyOccupancy:
     def geometry(self, key: str):
         return self.entries[key].at(self.passes)
 
-    def overlapping(self, bounds) -> List[str]:
-        """Ids of the entries whose bounds meet `bounds` (`_meets`, written out: it runs for every agent and entry)."""
+    def overlapping(self, bounds, but: Optional[str] = None) -> List[str]:
+        """Ids of the entries whose bounds meet `bounds` (`_meets`, written out: it runs for every agent and entry),
+        `but` left out."""
         lx, ly, hx, hy = bounds
         return [k for k, e in self.entries.items()
-                if (b := e.bounds)[0] <= hx and b[2] >= lx and b[1] <= hy and b[3] >= ly]
+                if (b := e.bounds)[0] <= hx and b[2] >= lx and b[1] <= hy and b[3] >= ly and k != but]
 
     def plain(self) -> _OccupancyMap:
         return _OccupancyMap({k: self.geometry(k) for k in self.entries})
 
 
-def _nearest_hit(occupancy: _LazyOccupancy, token: str, hits: List[str], corridor) -> Tuple[str, float, bool]:
+def _nearest_hit(occupancy: _LazyOccupancy, token: str, hits: List[str],
+                 corridor: Callable[[], tuple]) -> Tuple[str, float, bool]:
     """`_OccupancyMap.nearest_to` over the hits: the unique nearest by distance, or on a tie (the STR-tree's traversal
     order decides) or nothing to pick, the devkit's own tree over the whole occupancy in its order; the flag: whether
     the hits alone decided."""
@@ -656,7 +664,7 @@ def _nearest_hit(occupancy: _LazyOccupancy, token: str, hits: List[str], corrido
                                             lambda: (own, geometries, *_unique_nearest(own, geometries)))
         if best is not None:
             return others[best], distance, True
-    return (*occupancy.plain().intersects(corridor).nearest_to(token), False)
+    return (*occupancy.plain().intersects(corridor()[0]).nearest_to(token), False)
 
 
 def _unique_nearest(own, geometries: Sequence) -> Tuple[Optional[int], float]:
@@ -699,7 +707,7 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
         progress = agent.path.clamp(agent.progress)
         points, path_bounds = agent.path.bounds_from(progress)
         grow = _buffer_grow(points, agent.width / 2)
-        near = [k for k in occupancy.overlapping(_buffer_bounds(points, path_bounds, agent.width / 2)) if k != token]
+        near = occupancy.overlapping(_buffer_bounds(points, path_bounds, agent.width / 2), but=token)
         if near:  # then chunk by chunk: an entry that can meet no part of the corridor cannot be a hit
             near = [k for k in near if agent.path.may_meet_from(progress, grow, entries[k].bounds)]
         own = entries[token]
@@ -722,8 +730,12 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
                 agent.progress, agent.velocity, agent.target_velocity = outcome
         else:
             agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
-        bounds, chain, box, corners = _FOOTPRINTS.get((agent.path, agent.progress, agent.velocity, agent.length,
-                                                       agent.width), functools.partial(_footprint_entry, agent))
+        key = (agent.path, agent.progress, agent.velocity, agent.length, agent.width)
+        footprint = _FOOTPRINTS.find(key)
+        if footprint is None:
+            footprint = _footprint_entry(agent)
+            _FOOTPRINTS.put(key, footprint)
+        bounds, chain, box, corners = footprint
         boxes.append((token, box, corners))
         occupancy.put_footprint(token, bounds, chain)
     return boxes
@@ -748,15 +760,20 @@ def _query_step(token: str, agent: IDMAgent, near: List[str], occupancy: _LazyOc
     """One agent's occupancy query and IDM step, the other entries to consider being `near`; False where the devkit's
     tree over the whole occupancy picked the lead (a tie), so that more than `near` decided the step."""
     progress = agent.path.clamp(agent.progress)
-    corridor, (cx, cy, cX, cY) = _CORRIDORS.get((agent.path, progress, agent.width),
-                                                functools.partial(_corridor, agent.path, progress, agent.width))
+    key = (agent.path, progress, agent.width)
+    make = functools.partial(_corridor, agent.path, progress, agent.width)
+
+    def corridor() -> Tuple[object, Tuple[float, ...]]:  # built only for a hit no lead on the path decides
+        return _CORRIDORS.get(key, make)
+
+    entries = occupancy.entries
     # an own footprint holds the box centred at the corridor's first point (the same pose floats, the progress
     # unchanged since), so it meets the corridor for sure; the starting box was snapped apart from the path
     # (it may even lie past the path's dropped last point) and is checked as in the devkit
-    if not occupancy.entries[token].footprint and not occupancy.geometry(token).intersects(corridor):
+    if not entries[token].footprint and not occupancy.geometry(token).intersects(corridor()[0]):
         raise AssertionError(f"IDM agent {token}: its baseline does not intersect the agent itself")
-    hits = [k for k in near if _meets(occupancy.entries[k].bounds, cx, cy, cX, cY)
-            and occupancy.geometry(k).intersects(corridor)]
+    hits = [k for k in near if (entries[k].footprint and _lead_deep_in_corridor(agent, progress, agents.get(k)))
+            or (_meets(entries[k].bounds, *corridor()[1]) and occupancy.geometry(k).intersects(corridor()[0]))]
     if not hits:
         agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
         return True
@@ -765,17 +782,39 @@ def _query_step(token: str, agent: IDMAgent, near: List[str], occupancy: _LazyOc
     return among_hits
 
 
+# GEOS buffers a line within 1% of the distance per pass of its input-line simplifier, its arcs within 0.2%: a point
+# on the line farther than twice the distance (Euclidean) from both its ends is about the distance deep inside
+CORRIDOR_END_CLEARANCE = 2.5  # [half widths]
+
+
+def _lead_deep_in_corridor(agent: IDMAgent, progress: float, lead: Optional[IDMAgent]) -> bool:
+    """Whether `lead`'s footprint surely meets `agent`'s corridor (its path to go from `progress`, buffered by half its
+    width), decided without building either: on the same path ahead, the lead's box centre (half the lead's width
+    inside its footprint) lies on the path to go; more than CORRIDOR_END_CLEARANCE half widths from both its ends, it
+    is deep inside the corridor (no point within a half width of it is cut off by a flat cap)."""
+    path = agent.path
+    if lead is None or lead.path is not path or path.clamp(lead.progress) <= progress:
+        return False
+    x, y, _ = lead.pose()
+    sx, sy, _ = path.state_at(progress)
+    ex, ey = path.last_xy
+    clearance = (CORRIDOR_END_CLEARANCE * agent.width / 2) ** 2
+    return (x - sx) ** 2 + (y - sy) ** 2 > clearance and (x - ex) ** 2 + (y - ey) ** 2 > clearance
+
+
 def _footprint_entry(agent: IDMAgent) -> Tuple[Tuple[float, float, float, float], _Simplified, _Once, list]:
     """(bounds that surely hold it, chain, box, box corners) of the agent's projected footprint at its state; the
     footprint and the box are built when first needed."""
     start, end = agent.footprint_span()
-    corners = agent.corners()
+    x, y, heading = agent.pose()
+    corners = _box_corners(x, y, heading, agent.length, agent.width)
     box = _Once(functools.partial(polygon, corners))
     points, span_bounds = agent.path.bounds_between(start, end)
     lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
-    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+    (ax, ay), (bx, by), (cx, cy), (dx, dy) = corners
     chain = _Simplified(functools.partial(_footprint_of_box, agent.path, start, end, agent.width, box))
-    return (min(lx, *xs), min(ly, *ys), max(hx, *xs), max(hy, *ys)), chain, box, corners
+    return (min(lx, ax, bx, cx, dx), min(ly, ay, by, cy, dy), max(hx, ax, bx, cx, dx), max(hy, ay, by, cy, dy)), \
+        chain, box, corners
 
 
 def _make_boxes(boxes: Sequence[Tuple[_Once, list]]) -> None:
