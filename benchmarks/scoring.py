@@ -1,6 +1,6 @@
 """Speed of our NAVSIM metric caching and scoring against the official devkit, per scene, one core.
 
-    python benchmarks/scoring.py [--scenes 25] [--two-stage-logs 12] [--repeat 3]
+    python benchmarks/scoring.py [--scenes 25] [--two-stage-logs 12] [--repeat 3] [--one-stage-passes 10]
         [--devkit-python /work/devkit-venv/bin/python --devkit-root /work/devkit-src/navsim]
         [--devkit-v1-python /work/devkit-v11-venv/bin/python --devkit-v1-root /work/devkit-src/navsim-v1.1]
 
@@ -9,8 +9,11 @@ navsim_dev (the conformance data in the official layout; navmini when it is abse
 original + synthetic scenes, EPDMS with reactive IDM traffic, the human filter and the scene aggregation) on a
 navmini_two_stage world of `--two-stage-logs` logs generated into a temporary folder. The agent is constant
 velocity. Each side is timed after start-up: one untimed warm-up scene, then process CPU time (and wall time) per
-scene, the best of `--repeat` passes over all scenes for each side; scoring includes loading the metric cache from
-disk; our rows freeze what the warm-up loaded, as run_metric_caching and run_pdm_score do after their first scene;
+scene of a pass over all scenes. The two sides take turns, `--repeat` rounds each (ours then the devkit, the devkit
+then ours, ...), so that both meet the same host: a shared machine's speed drifts by tens of percent within minutes.
+A round is one pass, or for one-stage scoring (a pass of ours lasts a tenth of a second) the best of
+`--one-stage-passes`. Each side's column is its best round; the ratio is the median of the rounds' ratios. Scoring includes loading
+the metric cache from disk; our rows freeze what the warm-up loaded, as run_metric_caching and run_pdm_score do after their first scene;
 our two-stage scoring forgets what the warm-up scene kept (traffic geometries, human-filter results) before each pass.
 The devkit runs in a subprocess of its own Python (`benchmarks/devkit_timing_driver.py`, copied to a temporary
 folder) on the same scenes with OMP_NUM_THREADS=1; navsim main gives the v2 and two-stage columns, navsim v1.1 the v1
@@ -106,7 +109,9 @@ def _cv_poses(cache: MetricCache) -> np.ndarray:
     return np.array([[(i + 1) * 0.5 * speed, 0.0, 0.0] for i in range(8)])
 
 
-def ours_one_stage(loader, tokens, maps: Path, tmp: Path, repeat: int = 1) -> dict[str, Timing]:
+def ours_one_stage(loader, tokens, maps: Path, tmp: Path, repeat: int = 1,
+                   scoring_repeat: Optional[int] = None) -> dict[str, Timing]:
+    """Caching (best of `repeat` passes) and v1 / v2 scoring (best of `scoring_repeat`, default `repeat`)."""
     paths = {t: tmp / f"{t}.npz" for t in tokens}
     out = {"caching": timed(tokens, lambda t: compute_metric_cache(loader.scene_frames_dicts[t], str(maps))
                             .save(paths[t]), repeat, freeze=True)}
@@ -117,7 +122,7 @@ def ours_one_stage(loader, tokens, maps: Path, tmp: Path, repeat: int = 1) -> di
             cache = MetricCache.load(paths[t])
             runner.score(cache, _cv_poses(cache))
 
-        out[version] = timed(tokens, score, repeat, freeze=True)
+        out[version] = timed(tokens, score, scoring_repeat or repeat, freeze=True)
     return out
 
 
@@ -180,15 +185,39 @@ def devkit(python: Optional[str], navsim_root: Optional[str], job: dict, tmp: Pa
     return result
 
 
-def _row(what: str, data: str, ours: Timing, theirs: dict | str, key: str, goal: float) -> list[str]:
+def _row(what: str, data: str, ours: Sequence[Timing], theirs: Sequence[dict | str], key: str,
+         goal: float) -> list[str]:
+    """A table row from the rounds: each side's best pass, the median of the rounds' ratios (paired: both sides of a
+    round met the same host)."""
     unit, scale = ("ms", 1e3) if "scoring" in what else ("s", 1.0)
     fmt = (lambda s: f"{s * scale:.1f} {unit}") if unit == "ms" else (lambda s: f"{s:.3f} s")
-    if isinstance(theirs, str):
-        return [what, data, fmt(ours.cpu_s), theirs, "-", f">= {goal:.0f}x", "-", fmt(ours.wall_s), "-"]
-    cpu = theirs[f"{key}_cpu_s"]
-    ratio = cpu / ours.cpu_s
-    return [what, data, fmt(ours.cpu_s), fmt(cpu), f"{ratio:.1f}x", f">= {goal:.0f}x", "yes" if ratio >= goal else "no",
-            fmt(ours.wall_s), fmt(theirs[f"{key}_wall_s"])]
+    best = min(ours, key=lambda t: t.cpu_s)
+    missing = next((t for t in theirs if isinstance(t, str)), None)
+    if missing is not None:
+        return [what, data, fmt(best.cpu_s), missing, "-", f">= {goal:.0f}x", "-", fmt(best.wall_s), "-"]
+    ratio = float(np.median([t[f"{key}_cpu_s"] / o.cpu_s for o, t in zip(ours, theirs, strict=True)]))
+    cpu, wall = min(t[f"{key}_cpu_s"] for t in theirs), min(t[f"{key}_wall_s"] for t in theirs)
+    return [what, data, fmt(best.cpu_s), fmt(cpu), f"{ratio:.1f}x", f">= {goal:.0f}x", "yes" if ratio >= goal else "no",
+            fmt(best.wall_s), fmt(wall)]
+
+
+def _rounds(repeat: int, ours: Callable[[], dict], theirs: Sequence[Callable[[], dict | str]]) -> tuple[list, list]:
+    """`repeat` rounds of one pass of each side, taking turns on who goes first: (our results, [each devkit job's
+    results]); a devkit job that cannot run is asked only once."""
+    our_rounds: list = []
+    their_rounds: list[list] = [[] for _ in theirs]
+
+    def run_theirs():
+        for job, results in zip(theirs, their_rounds, strict=True):
+            results.append(results[0] if results and isinstance(results[0], str) else job())
+
+    for i in range(repeat):
+        if i % 2:
+            run_theirs()
+        our_rounds.append(ours())
+        if not i % 2:
+            run_theirs()
+    return our_rounds, their_rounds
 
 
 def main() -> None:
@@ -200,48 +229,54 @@ def main() -> None:
     parser.add_argument("--devkit-root", help="navsim main source folder (holds navsim/)")
     parser.add_argument("--devkit-v1-python", help="Python of the venv with navsim v1.1 + nuplan-devkit")
     parser.add_argument("--devkit-v1-root", help="navsim v1.1 source folder (holds navsim/)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed passes per row and side; the best one counts "
-                        "(a pass that a busy host slowed says nothing of the code)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of one timed pass per side, the sides taking "
+                        "turns; each side's best round and the median ratio count")
+    parser.add_argument("--one-stage-passes", type=int, default=10, help="one-stage scoring passes per round and "
+                        "side, the best one counts (a pass of ours lasts about 0.1 s)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="scoring_bench_"))
     try:
         name, logs, maps, loader, tokens = _one_stage_data(args.scenes)
-        ours = ours_one_stage(loader, tokens, maps, tmp, args.repeat)
-        job = {"mode": "one_stage", "repeat": args.repeat, "data_path": str(logs), "maps_root": str(maps),
+        job = {"mode": "one_stage", "repeat": 1, "scoring_repeat": args.one_stage_passes, "data_path": str(logs),
+               "maps_root": str(maps),
                "num_future_frames": 10,
                "tokens": [[loader.scene_frames_dicts[t][3]["log_name"], t] for t in tokens]}
-        main_dk = devkit(args.devkit_python, args.devkit_root, job | {"version": "v2"}, tmp)
-        v1_dk = devkit(args.devkit_v1_python, args.devkit_v1_root, job | {"version": "v1"}, tmp)
-        if isinstance(v1_dk, str) and v1_dk == NOT_INSTALLED and not isinstance(main_dk, str):
-            v1_dk = NO_V1_IN_MAIN
+        ours, (main_dk, v1_dk) = _rounds(
+            args.repeat, lambda: ours_one_stage(loader, tokens, maps, tmp, scoring_repeat=args.one_stage_passes),
+            [lambda: devkit(args.devkit_python, args.devkit_root, job | {"version": "v2"}, tmp),
+             lambda: devkit(args.devkit_v1_python, args.devkit_v1_root, job | {"version": "v1"}, tmp)])
+        if v1_dk[0] == NOT_INSTALLED and not isinstance(main_dk[0], str):
+            v1_dk = [NO_V1_IN_MAIN]
 
         from navsim_agents.data.devkit_splits import read_devkit_split
         from navsim_agents.data.navmini_two_stage import generate_two_stage_world, split_yaml
 
         world = generate_two_stage_world(tmp / "navmini_two_stage", num_logs=args.two_stage_logs, render=False)
-        two = ours_two_stage(world, tmp / "ours_two_stage", args.repeat)
         split = read_devkit_split(split_yaml(world))
         filter_yaml = split_yaml(world).parent / "scene_filter" / f"{split.name}.yaml"
-        two_dk = devkit(args.devkit_python, args.devkit_root,
-                        {"mode": "two_stage", "repeat": args.repeat, "version": "v2",
-                         "data_path": str(world / "navsim_logs" / split.data_split),
-                         "maps_root": str(world / "maps"), "num_future_frames": split.scene_filter["num_future_frames"],
-                         "synthetic_scenes_path": str(world / split.data_split / "synthetic_scene_pickles"),
-                         "split_yaml": str(split_yaml(world)), "scene_filter_yaml": str(filter_yaml)}, tmp)
+        two_job = {"mode": "two_stage", "repeat": 1, "version": "v2",
+                   "data_path": str(world / "navsim_logs" / split.data_split),
+                   "maps_root": str(world / "maps"), "num_future_frames": split.scene_filter["num_future_frames"],
+                   "synthetic_scenes_path": str(world / split.data_split / "synthetic_scene_pickles"),
+                   "split_yaml": str(split_yaml(world)), "scene_filter_yaml": str(filter_yaml)}
+        two, (two_dk,) = _rounds(args.repeat, lambda: ours_two_stage(world, tmp / "ours_two_stage"),
+                                 [lambda: devkit(args.devkit_python, args.devkit_root, two_job, tmp)])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     one = f"{name}, {len(tokens)} scenes"
-    two_data = f"navmini_two_stage, {args.two_stage_logs} logs, {two['scenes']} scenes"
+    two_data = f"navmini_two_stage, {args.two_stage_logs} logs, {two[0]['scenes']} scenes"
+    ours_of = lambda rounds, key: [r[key] for r in rounds]  # noqa: E731
     rows = [
-        _row("metric caching, v1 (one cache serves v1 and v2)", one, ours["caching"], v1_dk, "caching", CACHING_GOAL),
-        _row("metric caching, v2", one, ours["caching"], main_dk, "caching", CACHING_GOAL),
-        _row("scoring PDMS v1 (load + simulate + score)", one, ours["v1"], v1_dk, "scoring", SCORING_GOAL),
-        _row("scoring EPDMS v2 one-stage, log replay (load + simulate + score)", one, ours["v2"], main_dk, "scoring",
-             SCORING_GOAL),
-        _row("metric caching, two-stage (original + synthetic)", two_data, two["caching"], two_dk, "caching",
+        _row("metric caching, v1 (one cache serves v1 and v2)", one, ours_of(ours, "caching"), v1_dk, "caching",
              CACHING_GOAL),
-        _row("scoring EPDMS two-stage, reactive IDM (+ human filter, aggregation)", two_data, two["scoring"], two_dk,
+        _row("metric caching, v2", one, ours_of(ours, "caching"), main_dk, "caching", CACHING_GOAL),
+        _row("scoring PDMS v1 (load + simulate + score)", one, ours_of(ours, "v1"), v1_dk, "scoring", SCORING_GOAL),
+        _row("scoring EPDMS v2 one-stage, log replay (load + simulate + score)", one, ours_of(ours, "v2"), main_dk,
              "scoring", SCORING_GOAL),
+        _row("metric caching, two-stage (original + synthetic)", two_data, ours_of(two, "caching"), two_dk,
+             "caching", CACHING_GOAL),
+        _row("scoring EPDMS two-stage, reactive IDM (+ human filter, aggregation)", two_data, ours_of(two, "scoring"),
+             two_dk, "scoring", SCORING_GOAL),
     ]
     load = os.getloadavg()[0]
     write_table("scoring", ["what", "data", "ours CPU / scene", "devkit CPU / scene", "ratio", "goal", "goal met",
@@ -249,9 +284,11 @@ def main() -> None:
                 title="NAVSIM metric caching and scoring per scene, ours vs the official devkit (one core)",
                 notes=[f"machine load average during the run: {load:.1f} (numbers are only comparable on an idle "
                        "machine)",
-                       f"one process, OMP_NUM_THREADS=1, each side timed after one untimed warm-up scene, the best "
-                       f"of {args.repeat} passes over all scenes (min of per-scene means, as timeit); CPU = process "
-                       "time; agent: constant velocity; scoring includes loading the metric cache; our rows freeze "
+                       f"one process, OMP_NUM_THREADS=1, each side timed after one untimed warm-up scene; {args.repeat} "
+                       "rounds per side, the sides taking turns (ours first in odd rounds), a round being one pass "
+                       f"over all scenes (one-stage scoring: the best of {args.one_stage_passes}); each side's column "
+                       "is its best round (as timeit), the ratio the median of the rounds' ratios (both sides of a "
+                       "round met the same host); CPU = process time; agent: constant velocity; scoring includes loading the metric cache; our rows freeze "
                        "the loaded objects after the warm-up scene (gc.freeze), as run_metric_caching and "
                        "run_pdm_score do after their first scene; our two-stage scoring forgets what the warm-up "
                        "scene kept before each pass",
@@ -260,10 +297,10 @@ def main() -> None:
                        f"devkit scenes: one-stage {_scenes(main_dk)}, v1 {_scenes(v1_dk)}, two-stage {_scenes(two_dk)}"])
 
 
-def _scenes(result: dict | str) -> str:
-    if isinstance(result, str):
+def _scenes(result: Sequence[dict | str]) -> str:
+    if isinstance(result[0], str):
         return "-"
-    return f"{result['scenes']} ({len(result['failed'])} failed)"
+    return f"{result[0]['scenes']} ({max(len(r['failed']) for r in result)} failed)"
 
 
 if __name__ == "__main__":

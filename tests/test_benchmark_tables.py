@@ -92,3 +92,27 @@ def test_a_section_below_the_table_survives_its_rewrite(results):
     assert text.count("## extra") == 1 and "| eupe-t | 12 |  |" in text and text.endswith("| 1 | 2 |\n")
     common.replace_section(md, "## extra", "new body")
     assert common.read_section(md, "## extra") == "new body" and "| 1 | 2 |" not in md.read_text()
+
+
+def test_scoring_benchmark_pairs_each_round_and_takes_the_median_ratio(monkeypatch):
+    """benchmarks/scoring.py: the sides take turns (ours first in rounds 1 and 3), a devkit job that cannot run is
+    asked once, and a row shows each side's best pass with the median of the rounds' ratios (1 vs 10, 2 vs 30,
+    4 vs 20: ratios 10, 15, 5, median 10)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, "1"))  # the script pins them at import; restored after the test
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import scoring
+
+    calls = []
+    ours, (theirs, missing) = scoring._rounds(
+        3, lambda: calls.append("ours") or len(calls),
+        [lambda: calls.append("devkit") or {"n": len(calls)}, lambda: calls.append("absent") or "not measured"])
+    assert calls == ["ours", "devkit", "absent", "devkit", "ours", "ours", "devkit"]
+    assert ours == [1, 5, 6] and [t["n"] for t in theirs] == [2, 4, 7] and missing == ["not measured"] * 3
+
+    timings = [scoring.Timing(c, c + 0.5) for c in (0.001, 0.002, 0.004)]
+    devkit = [{"scoring_cpu_s": c, "scoring_wall_s": c + 0.5} for c in (0.010, 0.030, 0.020)]
+    row = scoring._row("scoring x", "data", timings, devkit, "scoring", 10.0)
+    assert row[2:7] == ["1.0 ms", "10.0 ms", "10.0x", ">= 10x", "yes"]
+    assert scoring._row("scoring x", "data", timings, ["not measured"] * 3, "scoring", 10.0)[3:5] == [
+        "not measured", "-"]

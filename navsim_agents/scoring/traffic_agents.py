@@ -627,9 +627,10 @@ class _LazyOccupancy:
         for key, geometry in geometries.items():
             self.put_geometry(key, geometry)
 
-    def put_geometry(self, key: str, geometry, ident=None) -> None:
-        self.entries[key] = _LazyGeometry(tuple(shapely.bounds(geometry).tolist()), _Simplified(lambda: geometry),
-                                          self.passes, ident=ident)
+    def put_geometry(self, key: str, geometry, ident=None, bounds: Optional[tuple] = None) -> None:
+        """Store a built geometry (`bounds`: its bounds, if known)."""
+        bounds = tuple(shapely.bounds(geometry).tolist()) if bounds is None else bounds
+        self.entries[key] = _LazyGeometry(bounds, _Simplified(lambda: geometry), self.passes, ident=ident)
 
     def put_footprint(self, key: str, bounds, chain: _Simplified) -> None:
         """Store an agent's footprint, surely held by `bounds`; an equal footprint (a stopped agent, the same vehicle
@@ -638,13 +639,6 @@ class _LazyOccupancy:
 
     def geometry(self, key: str):
         return self.entries[key].at(self.passes)
-
-    def overlapping(self, bounds, but: Optional[str] = None) -> List[str]:
-        """Ids of the entries whose bounds meet `bounds` (`_meets`, written out: it runs for every agent and entry),
-        `but` left out."""
-        lx, ly, hx, hy = bounds
-        return [k for k, e in self.entries.items()
-                if (b := e.bounds)[0] <= hx and b[2] >= lx and b[1] <= hy and b[3] >= ly and k != but]
 
     def plain(self) -> _OccupancyMap:
         return _OccupancyMap({k: self.geometry(k) for k in self.entries})
@@ -686,13 +680,14 @@ def _corridor(path: InterpolatedPath, progress: float, width: float) -> Tuple[ob
 
 
 def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state: np.ndarray,
-               ego_box=None) -> List[Tuple[str, _Once, list]]:
+               ego_box=None, ego_bounds: Optional[tuple] = None) -> List[Tuple[str, _Once, list]]:
     """`_propagate_plain` with the same results, doing only the geometry work a query needs: the corridor and the
     other entries are built only when their bounds meet, agents' footprints only when a later query needs them;
-    `ego_box`: `_ego_box(ego_state)` if already built. Returns each agent's (token, box, box corners): the box is
+    `ego_box`: `_ego_box(ego_state)` if already built (`ego_bounds`: its bounds). Returns each agent's (token, box, box corners): the box is
     built by a query that needed it or, with the others, by `_make_boxes`."""
     ego_pose = tuple(ego_state[[S.X, S.Y, S.HEADING]].tolist())  # decides the ego box exactly
-    occupancy.put_geometry(EGO_ID, _ego_box(ego_state) if ego_box is None else ego_box, ident=ego_pose)
+    occupancy.put_geometry(EGO_ID, _ego_box(ego_state) if ego_box is None else ego_box, ident=ego_pose,
+                           bounds=ego_bounds)
     ego_xy = ego_pose[:2]  # the box centre the agents see
     ego_lead = (*ego_pose, float(ego_state[S.VELOCITY_X]), float(ego_state[S.VELOCITY_Y]))
     far = [t for t, a in agents.items() if _beyond_radius(a.pose(), ego_xy)]
@@ -704,12 +699,16 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
     for token, agent in agents.items():
         occupancy.passes += 1  # the devkit simplifies every geometry before each query
         passes = occupancy.passes
-        progress = agent.path.clamp(agent.progress)
-        points, path_bounds = agent.path.bounds_from(progress)
+        path = agent.path
+        progress = path.clamp(agent.progress)
+        points, path_bounds = path.bounds_from(progress)
         grow = _buffer_grow(points, agent.width / 2)
-        near = occupancy.overlapping(_buffer_bounds(points, path_bounds, agent.width / 2), but=token)
+        lx, ly, hx, hy = _buffer_bounds(points, path_bounds, agent.width / 2)
+        # the entries whose bounds meet (`_meets`, written out: it runs for every agent and entry)
+        near = [k for k, e in entries.items()
+                if (b := e.bounds)[0] <= hx and b[2] >= lx and b[1] <= hy and b[3] >= ly and k != token]
         if near:  # then chunk by chunk: an entry that can meet no part of the corridor cannot be a hit
-            near = [k for k in near if agent.path.may_meet_from(progress, grow, entries[k].bounds)]
+            near = [k for k in near if path.may_meet_from(progress, grow, entries[k].bounds)]
         own = entries[token]
         if near or not own.footprint:
             # everything the query reads: the agent, its own entry and the near entries (their geometries, and what
@@ -805,14 +804,15 @@ def _lead_deep_in_corridor(agent: IDMAgent, progress: float, lead: Optional[IDMA
 def _footprint_entry(agent: IDMAgent) -> Tuple[Tuple[float, float, float, float], _Simplified, _Once, list]:
     """(bounds that surely hold it, chain, box, box corners) of the agent's projected footprint at its state; the
     footprint and the box are built when first needed."""
+    path, width = agent.path, agent.width
     start, end = agent.footprint_span()
     x, y, heading = agent.pose()
-    corners = _box_corners(x, y, heading, agent.length, agent.width)
+    corners = _box_corners(x, y, heading, agent.length, width)
     box = _Once(functools.partial(polygon, corners))
-    points, span_bounds = agent.path.bounds_between(start, end)
-    lx, ly, hx, hy = _buffer_bounds(points, span_bounds, agent.width / 2)
+    points, span_bounds = path.bounds_between(start, end)
+    lx, ly, hx, hy = _buffer_bounds(points, span_bounds, width / 2)
     (ax, ay), (bx, by), (cx, cy), (dx, dy) = corners
-    chain = _Simplified(functools.partial(_footprint_of_box, agent.path, start, end, agent.width, box))
+    chain = _Simplified(functools.partial(_footprint_of_box, path, start, end, width, box))
     return (min(lx, ax, bx, cx, dx), min(ly, ay, by, cy, dy), max(hx, ax, bx, cx, dx), max(hy, ay, by, cy, dy)), \
         chain, box, corners
 
@@ -890,7 +890,9 @@ def simulate_vehicles(cache: MetricCache, ego_states: np.ndarray, map_api, keep_
         return []
     occupancy = _LazyOccupancy(initial.geometries)
     ego_boxes = _ego_boxes(ego_states[:-1])
-    steps = [_propagate(agents, occupancy, ego_states[k], ego_boxes[k]) for k in range(len(ego_states) - 1)]
+    ego_bounds = list(map(tuple, shapely.bounds(ego_boxes).tolist()))
+    steps = [_propagate(agents, occupancy, ego_states[k], ego_boxes[k], ego_bounds[k])
+             for k in range(len(ego_states) - 1)]
     _make_boxes([(box, corners) for boxes in steps for _, box, corners in boxes])
     return [_observe([(t, box()) for t, box, _ in boxes], candidates) for boxes in steps]
 
