@@ -12,9 +12,10 @@ velocity. Each side is timed after start-up: one untimed warm-up scene, then pro
 scene of a pass over all scenes. The two sides take turns, `--repeat` rounds each (ours then the devkit, the devkit
 then ours, ...), so that both meet the same host: a shared machine's speed drifts by tens of percent within minutes.
 A round is one pass, or for one-stage scoring (a pass of ours lasts a tenth of a second) the best of
-`--one-stage-passes`. Each side's column is its best round; the ratio is the median of the rounds' ratios. Scoring includes loading
-the metric cache from disk; our rows freeze what the warm-up loaded, as run_metric_caching and run_pdm_score do after their first scene;
-our two-stage scoring forgets what the warm-up scene kept (traffic geometries, human-filter results) before each pass.
+`--one-stage-passes`. Each side's column is its best round; the ratio is the median of the rounds' ratios.
+Scoring includes loading the metric cache from disk; our rows freeze what the warm-up loaded, as run_metric_caching
+and run_pdm_score do after their first scene; our two-stage scoring forgets what the warm-up scene kept (traffic
+geometries, human-filter results) before each pass.
 The devkit runs in a subprocess of its own Python (`benchmarks/devkit_timing_driver.py`, copied to a temporary
 folder) on the same scenes with OMP_NUM_THREADS=1; navsim main gives the v2 and two-stage columns, navsim v1.1 the v1
 columns (navsim main has no PDMS v1 scorer). Goals (issue #16): scoring >= 10x, metric caching >= 5x the devkit per
@@ -284,14 +285,15 @@ def main() -> None:
                 title="NAVSIM metric caching and scoring per scene, ours vs the official devkit (one core)",
                 notes=[f"machine load average during the run: {load:.1f} (numbers are only comparable on an idle "
                        "machine)",
-                       f"one process, OMP_NUM_THREADS=1, each side timed after one untimed warm-up scene; {args.repeat} "
-                       "rounds per side, the sides taking turns (ours first in odd rounds), a round being one pass "
-                       f"over all scenes (one-stage scoring: the best of {args.one_stage_passes}); each side's column "
-                       "is its best round (as timeit), the ratio the median of the rounds' ratios (both sides of a "
-                       "round met the same host); CPU = process time; agent: constant velocity; scoring includes loading the metric cache; our rows freeze "
-                       "the loaded objects after the warm-up scene (gc.freeze), as run_metric_caching and "
-                       "run_pdm_score do after their first scene; our two-stage scoring forgets what the warm-up "
-                       "scene kept before each pass",
+                       "one process, OMP_NUM_THREADS=1, each side timed after one untimed warm-up scene; "
+                       f"{args.repeat} rounds per side, the sides taking turns (ours first in odd rounds), a round "
+                       "being one pass over all scenes (one-stage scoring: the best of "
+                       f"{args.one_stage_passes}); each side's column is its best round (as timeit), the ratio the "
+                       "median of the rounds' ratios (both sides of a round met the same host); CPU = process time; "
+                       "agent: constant velocity; scoring includes loading the metric cache; our rows freeze the "
+                       "loaded objects after the warm-up scene (gc.freeze), as run_metric_caching and run_pdm_score "
+                       "do after their first scene; our two-stage scoring forgets what the warm-up scene kept before "
+                       "each pass",
                        "devkit: navsim main 0a380a9 (v2, two-stage) and navsim v1.1 3e8291b (v1) with nuplan-devkit "
                        "v1.2, run outside the repository by benchmarks/devkit_timing_driver.py",
                        f"devkit scenes: one-stage {_scenes(main_dk)}, v1 {_scenes(v1_dk)}, two-stage {_scenes(two_dk)}"])

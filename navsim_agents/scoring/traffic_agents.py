@@ -683,8 +683,8 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
                ego_box=None, ego_bounds: Optional[tuple] = None) -> List[Tuple[str, _Once, list]]:
     """`_propagate_plain` with the same results, doing only the geometry work a query needs: the corridor and the
     other entries are built only when their bounds meet, agents' footprints only when a later query needs them;
-    `ego_box`: `_ego_box(ego_state)` if already built (`ego_bounds`: its bounds). Returns each agent's (token, box, box corners): the box is
-    built by a query that needed it or, with the others, by `_make_boxes`."""
+    `ego_box`: `_ego_box(ego_state)` if already built (`ego_bounds`: its bounds). Returns each agent's (token, box,
+    box corners): the box is built by a query that needed it or, with the others, by `_make_boxes`."""
     ego_pose = tuple(ego_state[[S.X, S.Y, S.HEADING]].tolist())  # decides the ego box exactly
     occupancy.put_geometry(EGO_ID, _ego_box(ego_state) if ego_box is None else ego_box, ident=ego_pose,
                            bounds=ego_bounds)
@@ -729,12 +729,8 @@ def _propagate(agents: Dict[str, IDMAgent], occupancy: _LazyOccupancy, ego_state
                 agent.progress, agent.velocity, agent.target_velocity = outcome
         else:
             agent.propagate(agent.progress_to_go(), 0.0, agent.length / 2, IDM_STEP_S)
-        key = (agent.path, agent.progress, agent.velocity, agent.length, agent.width)
-        footprint = _FOOTPRINTS.find(key)
-        if footprint is None:
-            footprint = _footprint_entry(agent)
-            _FOOTPRINTS.put(key, footprint)
-        bounds, chain, box, corners = footprint
+        bounds, chain, box, corners = _FOOTPRINTS.get((path, agent.progress, agent.velocity, agent.length,
+                                                       agent.width), functools.partial(_footprint_entry, agent))
         boxes.append((token, box, corners))
         occupancy.put_footprint(token, bounds, chain)
     return boxes
@@ -806,8 +802,7 @@ def _footprint_entry(agent: IDMAgent) -> Tuple[Tuple[float, float, float, float]
     footprint and the box are built when first needed."""
     path, width = agent.path, agent.width
     start, end = agent.footprint_span()
-    x, y, heading = agent.pose()
-    corners = _box_corners(x, y, heading, agent.length, width)
+    corners = agent.corners()
     box = _Once(functools.partial(polygon, corners))
     points, span_bounds = path.bounds_between(start, end)
     lx, ly, hx, hy = _buffer_bounds(points, span_bounds, width / 2)
